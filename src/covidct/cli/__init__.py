@@ -1,0 +1,65 @@
+"""The `covidct` command: argument parsing only; every command calls the library.
+
+Each command lives in its own small module exposing ``register(subparsers)``, which adds
+its parser and sets ``func``. Heavy imports (torch, ...) happen inside the handlers so that
+``covidct --help`` answers at once.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .. import __version__
+from ..constants import DISCLAIMER
+from ..errors import CovidctError
+
+#: Command modules, in the order `covidct --help` lists them.
+COMMANDS = ("info", "synth")
+
+EPILOG = f"""\
+Run `covidct COMMAND --help` for the options of a command.
+{DISCLAIMER}
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="covidct",
+        description="COVID-19 detection in chest CT: the BiT slice classifier and CovidCTNet, "
+                    "with scan I/O for DICOM, NIfTI and PNG/JPG.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"covidct {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f".{name}", __name__).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CovidctError as exc:
+        if args.debug:
+            raise
+        print(f"covidct: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("covidct: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal bug: one line, the traceback behind --debug
+        if args.debug:
+            raise
+        print(f"covidct: internal error: {type(exc).__name__}: {exc} "
+              "(rerun with --debug for the traceback and please report it)", file=sys.stderr)
+        return 1

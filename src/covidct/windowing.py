@@ -1,0 +1,112 @@
+"""Intensity windows and the automatic body crop: defined once, used by training and inference.
+
+A window mismatch between training and inference is the classic failure of COVIDx CT
+models (everything predicted Normal), so both methods take their window from here and
+saved models record which one they were trained with.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import ScanError
+
+
+@dataclass(frozen=True)
+class Window:
+    """A linear HU window: values in [low, high] map to the output range, outside clip."""
+
+    name: str
+    low: float
+    high: float
+
+    @property
+    def center(self) -> float:
+        return (self.low + self.high) / 2
+
+    @property
+    def width(self) -> float:
+        return self.high - self.low
+
+    def to_unit(self, hu: np.ndarray) -> np.ndarray:
+        """HU -> float32 in [0, 1]."""
+        out = (np.asarray(hu, dtype=np.float32) - self.low) / np.float32(self.width)
+        return np.clip(out, 0.0, 1.0, out=out)
+
+    def to_uint8(self, hu: np.ndarray) -> np.ndarray:
+        """HU -> uint8 0-255 (rounded), as the COVIDx CT PNGs were made."""
+        return np.rint(self.to_unit(hu) * 255.0).astype(np.uint8)
+
+    def from_uint8(self, pixels: np.ndarray) -> np.ndarray:
+        """Approximate HU from a picture made with this window (saturated ends stay at the ends)."""
+        return np.asarray(pixels, dtype=np.float32) / 255.0 * self.width + self.low
+
+
+#: COVIDx CT lung window: center -600, width 1500, i.e. [-1350, 150] HU -> [0, 255].
+COVIDX_LUNG = Window("covidx-lung", -1350.0, 150.0)
+#: CovidCTNet's range: HU clipped to [-1000, 400] and scaled to [0, 1].
+COVIDCTNET = Window("covidctnet", -1000.0, 400.0)
+#: Display presets for the viewer (not used by any model).
+DISPLAY_LUNG = Window("lung", -1350.0, 150.0)
+DISPLAY_MEDIASTINUM = Window("mediastinum", -160.0, 240.0)
+
+WINDOWS = {w.name: w for w in (COVIDX_LUNG, COVIDCTNET, DISPLAY_LUNG, DISPLAY_MEDIASTINUM)}
+
+
+def get_window(name: str) -> Window:
+    try:
+        return WINDOWS[name]
+    except KeyError:
+        raise ScanError(f"unknown window {name!r}; known: {', '.join(WINDOWS)}") from None
+
+
+# Body crop -----------------------------------------------------------------------------
+
+#: Tissue threshold for the body mask, in HU (fat is about -100, lung about -850).
+_BODY_HU = -500.0
+
+
+def body_mask(slice_2d: np.ndarray, units: str = "windowed",
+              window: Window = COVIDX_LUNG) -> np.ndarray:
+    """Boolean mask of the patient's body on one axial slice, without the scanner table.
+
+    Soft tissue is thresholded, then an opening whose size scales with the image cuts the
+    thin connections to the table and to clothing; the largest component is kept and its
+    holes (the lungs) filled.
+    """
+    img = np.asarray(slice_2d, dtype=np.float32)
+    if img.ndim != 2:
+        raise ScanError(f"body crop needs a 2D slice, got shape {img.shape}")
+    hu = img if units == "HU" else window.from_uint8(img)
+    tissue = hu > _BODY_HU
+    if not tissue.any():
+        return tissue
+    radius = max(1, round(min(img.shape) / 128))
+    size = 2 * radius + 1
+    opened = ndimage.binary_opening(tissue, structure=np.ones((size, size), bool))
+    labels, n = ndimage.label(opened if opened.any() else tissue)
+    if n == 0:
+        return np.zeros_like(tissue)
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    body = labels == (int(np.argmax(sizes)) + 1)
+    body = ndimage.binary_fill_holes(body)
+    # Undo the opening's erosion of the outline, but never grow into the table.
+    return ndimage.binary_dilation(body, iterations=radius) & ndimage.binary_fill_holes(tissue)
+
+
+def body_box(slice_2d: np.ndarray, units: str = "windowed",
+             window: Window = COVIDX_LUNG, margin: int = 2) -> tuple[int, int, int, int]:
+    """COVIDx-style body crop box (xmin, ymin, xmax, ymax), inclusive pixel coordinates.
+
+    Falls back to the whole image when no body is found (e.g. an empty slice).
+    """
+    mask = body_mask(slice_2d, units, window)
+    h, w = mask.shape
+    if not mask.any():
+        return 0, 0, w - 1, h - 1
+    ys = np.flatnonzero(mask.any(axis=1))
+    xs = np.flatnonzero(mask.any(axis=0))
+    return (max(0, int(xs[0]) - margin), max(0, int(ys[0]) - margin),
+            min(w - 1, int(xs[-1]) + margin), min(h - 1, int(ys[-1]) + margin))
