@@ -18,6 +18,8 @@ _LAZY = {
     "Scan": ".scan",
     "load_scan": ".scanio",
     "save_scan": ".scanio",
+    "load_model": ".models",
+    "Prediction": ".prediction",
     "CovidctError": ".errors",
     "ScanError": ".errors",
     "DatasetError": ".errors",

@@ -28,3 +28,8 @@ SYNTHETIC_NOTICE = (
 )
 #: Written into DICOM SeriesDescription / NIfTI descrip of everything covidct synth makes.
 SYNTHETIC_TAG = "COVIDCT SYNTHETIC PHANTOM"
+
+#: The two methods, as named on the command line and in model files.
+METHOD_BIT = "bit"
+METHOD_COVIDCTNET = "covidctnet"
+METHODS = (METHOD_BIT, METHOD_COVIDCTNET)
