@@ -1,0 +1,39 @@
+"""`covidct predict`: class probabilities for one scan, from one or both methods."""
+from __future__ import annotations
+
+import argparse
+
+from ..constants import DISCLAIMER, METHODS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict", help="predict Normal/CP/COVID-19 for a scan (slice, folder, DICOM, NIfTI)",
+        description="Run trained models on one scan and write per-method JSON (class probabilities, "
+                    "per-slice scores, the aggregation rule, model provenance), per-slice CSV and "
+                    "pictures (CovidCTNet infection maps) into --out. " + DISCLAIMER)
+    p.add_argument("scan", help="a DICOM folder/file/zip, a NIfTI file, a PNG/JPG slice or a folder of slices")
+    p.add_argument("--method", choices=(*METHODS, "all"), default="bit",
+                   help="which method to run when --model is not given (default: bit)")
+    p.add_argument("--model", action="append", default=[], metavar="FILE",
+                   help="a trained model file (repeat for several); default: <method>.pt in "
+                        "$COVIDCT_MODELS or demo-output/models")
+    p.add_argument("--out", default=None, help="folder for the outputs (default: print only)")
+    p.add_argument("--no-pictures", action="store_true", help="skip writing pictures")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..predict import load_models, predict, predict_to_folder
+
+    methods = METHODS if args.method == "all" else (args.method,)
+    models = load_models(methods, args.model)
+    if args.out:
+        predictions = predict_to_folder(args.scan, models, args.out, pictures=not args.no_pictures)
+    else:
+        predictions = predict(args.scan, models)
+    for prediction in predictions:
+        print(prediction.summary_line())
+    if args.out:
+        print(f"results written to {args.out}")
+    return 0
