@@ -1,0 +1,267 @@
+"""Slices in, tensors out: the COVIDx dataset, BiT-HyperRule transforms, sampling and mixup.
+
+Every random choice of training (which slices form step s, their crops and flips, the
+mixup lambda) is a pure function of (seed, step). A resumed run therefore sees exactly the
+batches the uninterrupted run would have seen, whatever the number of loader workers or
+processes, without having to save any random state.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..covidx import SliceRecord, check_images, read_split
+from ..errors import CovidctError, DatasetError
+
+#: BiT normalisation: pixels in [0, 1] -> [-1, 1] (timm's IMAGENET_INCEPTION_MEAN/STD).
+MEAN, STD = 0.5, 0.5
+#: Images whose headers are read concurrently when a dataset is checked.
+_CHECK_THREADS = 8
+
+
+# Pre-processing -----------------------------------------------------------------------
+
+def crop_box(pixels: np.ndarray, box: Sequence[int]) -> np.ndarray:
+    """Cut an inclusive (xmin, ymin, xmax, ymax) box out of a 2D uint8 slice."""
+    xmin, ymin, xmax, ymax = (int(v) for v in box)
+    return pixels[ymin:ymax + 1, xmin:xmax + 1]
+
+
+def to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W) grayscale -> float (3, H, W), normalised as BiT expects."""
+    gray = torch.from_numpy(np.array(pixels, dtype=np.float32)).div_(255.0)
+    return gray.sub_(MEAN).div_(STD).unsqueeze(0).expand(3, -1, -1).contiguous()
+
+
+def _resize(pixels: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR))
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """BiT-HyperRule evaluation: resize the cropped slice to (crop, crop)."""
+
+    crop: int
+
+    def __call__(self, pixels: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+        return to_tensor(_resize(pixels, self.crop))
+
+
+@dataclass(frozen=True)
+class TrainTransform:
+    """BiT-HyperRule training: resize to (resize, resize), random (crop, crop), random h-flip."""
+
+    resize: int
+    crop: int
+
+    def __call__(self, pixels: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        img = _resize(pixels, self.resize)
+        top, left = (int(v) for v in rng.integers(0, self.resize - self.crop + 1, size=2))
+        img = img[top:top + self.crop, left:left + self.crop]
+        if rng.random() < 0.5:
+            img = img[:, ::-1]
+        return to_tensor(img)
+
+
+def read_gray(path: str | os.PathLike) -> np.ndarray:
+    """An 8-bit slice picture as uint8 (H, W); RGB pictures are converted to luminance."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("L", "RGB", "RGBA", "P", "I;16", "I"):
+                raise DatasetError(f"unsupported image mode {img.mode}", path)
+            if img.mode in ("I;16", "I"):
+                raise DatasetError("16-bit pictures are not windowed slices; give 8-bit PNGs "
+                                   "(or the DICOM/NIfTI scan)", path)
+            return np.asarray(img.convert("L"))
+    except DatasetError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"unreadable image ({exc})", path) from None
+
+
+# The COVIDx dataset -------------------------------------------------------------------
+
+class COVIDxDataset(torch.utils.data.Dataset):
+    """COVIDx CT slices (``filename class xmin ymin xmax ymax``) cropped to their body box.
+
+    Items are addressed by ``(index, seed)``; the seed drives the random crop and flip of
+    that item, so augmentation is reproducible in any worker. A plain int index uses seed 0.
+    Missing images, unreadable headers and boxes outside their image are reported, the
+    first few by name, when the dataset is built (``check=True``), not in the middle of training.
+    """
+
+    def __init__(self, split: str | os.PathLike | Sequence[SliceRecord], image_dir: str | os.PathLike,
+                 transform=None, check: bool = True):
+        self.split_file = None if isinstance(split, (list, tuple)) else Path(split)
+        self.records: list[SliceRecord] = list(split) if self.split_file is None else read_split(split)
+        if not self.records:
+            raise DatasetError("no slices to use", self.split_file or image_dir)
+        self.image_dir = Path(image_dir)
+        self.transform = transform or EvalTransform(224)
+        if check:
+            check_images(self.records, self.image_dir)
+            check_headers(self.records, self.image_dir)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([r.label for r in self.records], dtype=np.int64)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = item if isinstance(item, tuple) else (item, 0)
+        record = self.records[index]
+        pixels = crop_box(read_gray(self.image_dir / record.filename), record.box)
+        return self.transform(pixels, np.random.default_rng(seed)), record.label
+
+
+def check_headers(records: Sequence[SliceRecord], image_dir: Path, show: int = 5) -> None:
+    """Open every listed image's header (cheap) and check that its box lies inside it."""
+    def problem(record: SliceRecord) -> str | None:
+        try:
+            with Image.open(image_dir / record.filename) as img:
+                width, height = img.size
+        except (OSError, ValueError):
+            return f"{record.filename} (unreadable)"
+        xmin, ymin, xmax, ymax = record.box
+        if xmax >= width or ymax >= height:
+            return f"{record.filename} (box {record.box} outside {width}x{height})"
+        return None
+
+    with ThreadPoolExecutor(_CHECK_THREADS) as pool:
+        bad = [p for p in pool.map(problem, records, chunksize=256) if p]
+    if bad:
+        more = f" and {len(bad) - show} more" if len(bad) > show else ""
+        raise DatasetError(f"{len(bad)} of {len(records)} listed images are unusable: "
+                           f"{', '.join(bad[:show])}{more}", image_dir)
+
+
+def subsample_per_class(records: Sequence[SliceRecord], per_class: int, seed: int) -> list[SliceRecord]:
+    """At most ``per_class`` slices of each class, drawn at random (the data-size experiment)."""
+    rng = np.random.default_rng([seed, 7919])
+    labels = np.array([r.label for r in records])
+    keep: list[int] = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        take = min(per_class, len(members))
+        keep.extend(rng.choice(members, size=take, replace=False).tolist())
+    return [records[i] for i in sorted(keep)]
+
+
+def find_synthetic_marker(*folders: str | os.PathLike) -> bool:
+    """True when a README/marker file in (or just above) a data folder says it is synthetic."""
+    from ..constants import SYNTHETIC_TAG
+
+    seen: set[Path] = set()
+    for folder in folders:
+        folder = Path(folder).resolve()
+        for candidate_dir in (folder, folder.parent):
+            if candidate_dir in seen or not candidate_dir.is_dir():
+                continue
+            seen.add(candidate_dir)
+            for path in candidate_dir.iterdir():
+                if path.is_file() and path.name.upper().startswith(("README", "SYNTHETIC")):
+                    try:
+                        if SYNTHETIC_TAG in path.read_text(encoding="utf-8", errors="ignore")[:100_000]:
+                            return True
+                    except OSError:
+                        continue
+    return False
+
+
+# Step-based sampling ------------------------------------------------------------------
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Micro-batches of ``(index, augmentation seed)`` for steps ``start .. total-1``.
+
+    Step s uses global positions ``s*B .. s*B+B-1`` of an endless stream of epochs, each a
+    fresh permutation of the data (or, ``balanced``, of class-uniform draws). Rank r of a
+    ``world``-process job takes positions ``k`` with ``k % world == r``; each rank's share is
+    cut into ``batch_split`` micro-batches for gradient accumulation. Together the ranks
+    always see the same global batch as a single process would.
+    """
+
+    def __init__(self, labels: np.ndarray, batch_size: int, total_steps: int, seed: int,
+                 start_step: int = 0, rank: int = 0, world: int = 1, batch_split: int = 1,
+                 balanced: bool = False):
+        per_rank, rest = divmod(batch_size, world)
+        if rest or per_rank % batch_split:
+            raise CovidctError(
+                f"batch size {batch_size} must split evenly over {world} process(es) "
+                f"and then into {batch_split} micro-batch(es)")
+        self.labels = np.asarray(labels)
+        self.batch_size, self.total, self.seed = batch_size, total_steps, seed
+        self.start, self.rank, self.world = start_step, rank, world
+        self.split, self.balanced = batch_split, balanced
+        self._by_class = [np.flatnonzero(self.labels == c) for c in np.unique(self.labels)]
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start) * self.split
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start, self.total):
+            items = self.step_items(step)[self.rank::self.world]
+            size = len(items) // self.split
+            for chunk in range(self.split):
+                yield items[chunk * size:(chunk + 1) * size]
+
+    def step_items(self, step: int) -> list[tuple[int, int]]:
+        """The whole global batch of ``step``, as (index, augmentation seed) pairs."""
+        first = step * self.batch_size
+        positions = range(first, first + self.batch_size)
+        indices = self._balanced(step) if self.balanced else self._epoch_order(positions)
+        return [(int(i), _mix_seed(self.seed, p)) for i, p in zip(indices, positions)]
+
+    def _epoch_order(self, positions: range) -> list[int]:
+        n = len(self.labels)
+        out, cache = [], {}
+        for p in positions:
+            epoch = p // n
+            if epoch not in cache:
+                cache[epoch] = np.random.default_rng([self.seed, epoch]).permutation(n)
+            out.append(cache[epoch][p % n])
+        return out
+
+    def _balanced(self, step: int) -> list[int]:
+        rng = np.random.default_rng([self.seed, 104729, step])
+        classes = rng.integers(0, len(self._by_class), size=self.batch_size)
+        return [self._by_class[c][rng.integers(0, len(self._by_class[c]))] for c in classes]
+
+
+def _mix_seed(seed: int, position: int) -> int:
+    return int(np.random.default_rng([seed, 15485863, position]).integers(0, 2**62))
+
+
+def collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = zip(*batch)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.long)
+
+
+# Mixup --------------------------------------------------------------------------------
+
+def mixup_lambda(alpha: float, seed: int, step: int) -> float:
+    """BiT mixup: one lambda ~ Beta(alpha, alpha) per step (1.0, i.e. no mixing, for alpha 0)."""
+    if alpha <= 0:
+        return 1.0
+    return float(np.random.default_rng([seed, 31337, step]).beta(alpha, alpha))
+
+
+def mixup(images: torch.Tensor, targets: torch.Tensor, lam: float,
+          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix each item with a random partner of the batch: same lambda for pixels and labels.
+
+    ``targets`` are one-hot (or soft) class distributions (N, C); returns mixed images and
+    the matching mixed target distributions (cross-entropy against them equals
+    lam * CE(y_i) + (1 - lam) * CE(y_j), the loss of Zhao et al. eq. 1-2).
+    """
+    perm = torch.randperm(images.shape[0], generator=generator).to(images.device)
+    return (lam * images + (1 - lam) * images[perm],
+            lam * targets + (1 - lam) * targets[perm])

@@ -1,0 +1,303 @@
+"""The BiT slice classifier: timm ResNet-v2 models and the trained-model object.
+
+:func:`create_model` builds a network with one of the paper's initialisations and a zero
+head. :class:`SliceClassifier` is what a model file loads into: it holds the network with
+everything pre-processing needs, so prediction uses exactly what training used.
+
+Prediction on a scan (:meth:`SliceClassifier.predict`):
+
+1. The scan must be axial. HU scans are mapped to 8 bits with the COVIDx lung window
+   ([-1350, 150] HU); 8-bit pictures are taken as they are (assumed lung-windowed).
+2. Lung slices are chosen: on a 4x-subsampled copy of each slice the body is found
+   (:func:`covidct.windowing.body_mask`), and a slice counts as a lung slice when at least
+   ``LUNG_FRACTION`` (10%) of its body pixels are in the lung range (below -400 HU, gray
+   value 162 in the lung window) and the body covers at least 2% of the picture. When no
+   slice qualifies (a picture of the abdomen, a very tight crop) every slice is used and
+   the aggregation text says so. Of long series at most ``MAX_SLICES`` (64) evenly spaced
+   lung slices are scored, which keeps a 300-slice series well under a minute on 2 cores.
+3. Each chosen slice is cropped to its automatic body box (:func:`covidct.windowing.body_box`,
+   the counterpart of the COVIDx annotated boxes), resized to the model's crop size and
+   scored in batches.
+4. Patient-level result: the mean of the per-slice class probabilities over the scored slices.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..constants import METHOD_BIT, SLICE_CLASSES
+from ..errors import ModelError
+from ..prediction import Prediction, Scores
+from ..scan import SAFE_METADATA_KEYS, Scan
+from ..windowing import COVIDX_LUNG, body_box, body_mask, get_window
+from .data import COVIDxDataset, EvalTransform, collate, crop_box, find_synthetic_marker
+from .weights import WeightsSource, load_weights, resolve, zero_head
+
+DEFAULT_ARCH = "resnetv2_50x1_bit"
+#: A 4-block BiT-layout ResNet-v2 (GroupNorm + weight standardisation, bottleneck units
+#: named as in BiT) of 0.5 M parameters: not in the paper; for tests and quick CPU demos.
+TINY_ARCH = "resnetv2_tiny_bit"
+
+#: Slice selection and aggregation rules for scans (see the module docstring).
+LUNG_FRACTION = 0.10
+LUNG_HU = -400.0
+MIN_BODY_FRACTION = 0.02
+MAX_SLICES = 64
+AGGREGATION = ("mean of per-slice class probabilities over the scored lung slices "
+               "(slices with >= 10% of the body below -400 HU; at most 64, evenly spaced)")
+
+
+# Networks -----------------------------------------------------------------------------
+
+def build_network(arch: str, num_classes: int = len(SLICE_CLASSES)) -> torch.nn.Module:
+    """A randomly initialised network by timm name (or :data:`TINY_ARCH`)."""
+    import timm
+
+    if arch == TINY_ARCH:
+        from timm.layers import GroupNormAct, StdConv2d
+        from timm.models.resnetv2 import ResNetV2
+
+        return ResNetV2(layers=[1, 1, 1, 1], channels=(64, 128, 256, 512), stem_chs=32,
+                        num_classes=num_classes, stem_type="fixed",
+                        conv_layer=partial(StdConv2d, eps=1e-8),
+                        norm_layer=partial(GroupNormAct, num_groups=8))
+    if not timm.is_model(arch):
+        raise ModelError(f"unknown architecture {arch!r}; e.g. resnetv2_50x1_bit, resnetv2_101x1_bit, "
+                         f"resnetv2_50x3_bit, or {TINY_ARCH} for quick tests")
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+
+
+def create_model(arch: str = DEFAULT_ARCH, num_classes: int = len(SLICE_CLASSES),
+                 init: str | WeightsSource = "random") -> torch.nn.Module:
+    """A network with the requested initialisation and a new zero-initialised head (as BiT)."""
+    source = init if isinstance(init, WeightsSource) else resolve(init, arch)
+    if source.kind == "hub":
+        net = _from_hub(source.location, num_classes)
+    else:
+        net = build_network(arch, num_classes)
+        load_weights(net, source)
+    zero_head(net)
+    return net
+
+
+def _from_hub(name: str, num_classes: int) -> torch.nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=num_classes)
+    except Exception as exc:  # network, hub or cache problems all mean the same to the user
+        raise ModelError(f"could not fetch {name} from the model hub ({type(exc).__name__}); "
+                         "download the BiT .npz and pass it with --init PATH") from None
+
+
+# Inference helpers shared by validation, dataset scoring and scan prediction ----------------
+
+@torch.inference_mode()
+def infer_logits(net: torch.nn.Module, batches, device: torch.device, amp: bool = False,
+                 channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32, CPU) and labels of every (images, labels) batch, in order."""
+    net.eval()
+    logits, labels = [], []
+    for images, y in batches:
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            out = net(images)
+        logits.append(out.float().cpu())
+        labels.append(torch.as_tensor(y))
+    return torch.cat(logits), torch.cat(labels)
+
+
+def lung_slices(scan: Scan, max_slices: int = MAX_SLICES) -> tuple[np.ndarray, bool]:
+    """Indices of the slices to score, and whether the lung rule found any (see module doc)."""
+    fractions = np.array([_lung_fraction(_slice_uint8(scan, k)) for k in range(scan.n_slices)])
+    chosen = np.flatnonzero(fractions >= LUNG_FRACTION)
+    found = chosen.size > 0
+    if not found:
+        chosen = np.arange(scan.n_slices)
+    if chosen.size > max_slices:
+        chosen = chosen[np.round(np.linspace(0, chosen.size - 1, max_slices)).astype(int)]
+    return chosen, found
+
+
+def _slice_uint8(scan: Scan, k: int) -> np.ndarray:
+    if scan.is_hu:
+        return COVIDX_LUNG.to_uint8(scan.voxels[k])
+    return np.asarray(scan.voxels[k], dtype=np.uint8)
+
+
+def _lung_fraction(pixels: np.ndarray) -> float:
+    stride = max(1, min(pixels.shape) // 128)
+    small = pixels[::stride, ::stride]
+    body = body_mask(small, "windowed", COVIDX_LUNG)
+    n_body = int(body.sum())
+    if n_body < MIN_BODY_FRACTION * small.size:
+        return 0.0
+    lung_gray = (LUNG_HU - COVIDX_LUNG.low) / COVIDX_LUNG.width * 255.0
+    return float(((small < lung_gray) & body).sum()) / n_body
+
+
+# The trained model --------------------------------------------------------------------
+
+@dataclass
+class SliceClassifier:
+    """A trained BiT slice classifier with its pre-processing (what a model file holds)."""
+
+    net: torch.nn.Module
+    arch: str
+    resize: int
+    crop: int
+    class_names: tuple[str, ...] = SLICE_CLASSES
+    window: str = COVIDX_LUNG.name
+    crop_rule: str = "box"
+    init: str = "random"
+    trained_on: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    version: str = __version__
+    file: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 16
+    max_slices: int = MAX_SLICES
+    method: str = METHOD_BIT
+
+    def __post_init__(self) -> None:
+        self.class_names = tuple(self.class_names)
+        self.device = next(self.net.parameters()).device
+
+    # Saving and loading ------------------------------------------------------------
+
+    def payload(self) -> dict[str, Any]:
+        """The model file content: tensors, dicts, lists, strings and numbers only."""
+        return {
+            "arch": self.arch,
+            "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "class_names": list(self.class_names),
+            "window": self.window,
+            "resolution": {"resize": self.resize, "crop": self.crop},
+            "crop_rule": self.crop_rule,
+            "scan_crop_rule": "auto-body",
+            "init": self.init,
+            "trained_on": self.trained_on,
+            "synthetic": bool(self.trained_on.get("synthetic", False)),
+            "training": self.training,
+            "version": self.version,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        from ..models import save_model_file
+
+        return save_model_file(path, METHOD_BIT, self.payload())
+
+    @classmethod
+    def from_payload(cls, record: dict[str, Any]) -> "SliceClassifier":
+        where = (record.get("file") or {}).get("name")
+        try:
+            arch, state = record["arch"], record["state_dict"]
+            resize, crop = int(record["resolution"]["resize"]), int(record["resolution"]["crop"])
+            class_names = tuple(record["class_names"])
+            window = record["window"]
+        except (KeyError, TypeError) as exc:
+            raise ModelError(f"bit model file lacks {exc}", where) from None
+        get_window(window)
+        net = build_network(arch, len(class_names))
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelError(f"weights do not fit {arch}: {str(exc).splitlines()[0]}", where) from None
+        net.eval()
+        return cls(net=net, arch=arch, resize=resize, crop=crop, class_names=class_names,
+                   window=window, crop_rule=record.get("crop_rule", "box"),
+                   init=record.get("init", ""), trained_on=record.get("trained_on", {}),
+                   training=record.get("training", {}), version=record.get("version", ""),
+                   file=record.get("file", {}))
+
+    def to(self, device: str | torch.device) -> "SliceClassifier":
+        self.device = torch.device(device)
+        self.net.to(self.device)
+        return self
+
+    # Prediction ---------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        return {"name": METHOD_BIT, "arch": self.arch, "init": self.init,
+                "file": self.file.get("name"), "sha256": self.file.get("sha256"),
+                "window": self.window, "resolution": [self.resize, self.crop],
+                "trained_on": self.trained_on,
+                "synthetic": bool(self.trained_on.get("synthetic", False)),
+                "version": self.version}
+
+    def predict_pixels(self, slices: Sequence[np.ndarray], boxes: Sequence[Sequence[int]]) -> np.ndarray:
+        """Class probabilities (n, C) of 8-bit slices cropped to their boxes."""
+        transform = EvalTransform(self.crop)
+        tensors = [transform(crop_box(s, b)) for s, b in zip(slices, boxes)]
+        batches = [(torch.stack(tensors[i:i + self.batch_size]), torch.zeros(0))
+                   for i in range(0, len(tensors), self.batch_size)]
+        logits, _ = infer_logits(self.net, batches, self.device)
+        return torch.softmax(logits, dim=1).double().numpy()
+
+    def predict(self, scan: Scan) -> Prediction:
+        """Per-slice and patient-level probabilities for an axial scan (see the module doc)."""
+        if self.window != COVIDX_LUNG.name:
+            raise ModelError(f"model was trained with window {self.window!r}; scans are prepared "
+                             f"with {COVIDX_LUNG.name!r}", self.file.get("name"))
+        scan.require_axial("the BiT slice classifier")
+        start = time.perf_counter()
+        indices, found = lung_slices(scan, self.max_slices)
+        selected = time.perf_counter()
+        pixels = [_slice_uint8(scan, int(k)) for k in indices]
+        boxes = [body_box(p, "windowed", COVIDX_LUNG) for p in pixels]
+        cropped = time.perf_counter()
+        probs = self.predict_pixels(pixels, boxes)
+        done = time.perf_counter()
+        aggregation = AGGREGATION if found else (
+            "mean of per-slice class probabilities over all slices (no slice passed the "
+            "lung-slice rule, so none was excluded)")
+        return Prediction(
+            method=METHOD_BIT, class_names=self.class_names, probabilities=probs.mean(axis=0),
+            aggregation=aggregation, slice_probabilities=probs, slice_indices=indices,
+            model=self.info(), scan=scan_summary(scan),
+            timings={"select_slices": selected - start, "crop": cropped - selected,
+                     "inference": done - cropped})
+
+    def score_dataset(self, split_file: str | Path, image_dir: str | Path, batch_size: int = 32,
+                      workers: int = 0) -> Scores:
+        """Per-slice probabilities on a labelled COVIDx split (for covidct evaluate)."""
+        dataset = COVIDxDataset(split_file, image_dir, EvalTransform(self.crop))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                             collate_fn=collate)
+        logits, labels = infer_logits(self.net, _progress(loader, "scoring"), self.device)
+        return Scores(
+            method=METHOD_BIT, class_names=self.class_names, y_true=labels.numpy(),
+            y_prob=torch.softmax(logits, dim=1).double().numpy(),
+            groups=np.array([r.patient for r in dataset.records]), level="slice",
+            items=[r.filename for r in dataset.records],
+            provenance={"model": self.info(), "split": str(split_file), "images": str(image_dir),
+                        "synthetic": bool(self.trained_on.get("synthetic", False))
+                        or find_synthetic_marker(Path(split_file).parent, image_dir)})
+
+    def save_pictures(self, prediction: Prediction, scan: Scan, out_dir: str | Path) -> list[Path]:
+        """Pictures for a prediction: none yet (Grad-CAM overlays come with the explain module)."""
+        return []
+
+
+def scan_summary(scan: Scan) -> dict[str, Any]:
+    """De-identified facts about a scan for prediction outputs."""
+    out = {k: scan.metadata[k] for k in SAFE_METADATA_KEYS if k in scan.metadata}
+    out.update(shape=list(scan.shape), spacing_mm=list(scan.spacing), units=scan.units,
+               geometry_known=scan.geometry_known, synthetic=scan.synthetic)
+    if not scan.is_hu:
+        out["input"] = "8-bit picture used as is (assumed lung-windowed like COVIDx CT)"
+    return out
+
+
+def _progress(iterable, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, unit="batch", leave=False, dynamic_ncols=True)

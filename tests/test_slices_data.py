@@ -1,0 +1,139 @@
+"""COVIDx dataset, transforms, step sampler and mixup of the slice classifier."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from covidct.constants import SYNTHETIC_TAG
+from covidct.covidx import SliceRecord
+from covidct.errors import CovidctError, DatasetError
+from covidct.slices.data import (COVIDxDataset, EvalTransform, StepBatchSampler, TrainTransform,
+                                 find_synthetic_marker, mixup, mixup_lambda, subsample_per_class)
+
+
+def _write_slices(folder, n=4, size=48):
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(n):
+        img = np.zeros((size, size), np.uint8)
+        img[10:30, 5:40] = 200 + i  # the "body": the box below
+        Image.fromarray(img).save(folder / f"P{i}_1.png")
+        records.append(SliceRecord(f"P{i}_1.png", i % 3, (5, 10, 39, 29)))
+    return records
+
+
+def test_dataset_crops_to_the_box_and_makes_three_channels(tmp_path):
+    records = _write_slices(tmp_path / "images")
+    ds = COVIDxDataset(records, tmp_path / "images", EvalTransform(16))
+    x, y = ds[1]
+    assert x.shape == (3, 16, 16) and y == 1
+    assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+    # Everything inside the box is 201: normalised to (201/255 - 0.5) / 0.5 everywhere.
+    assert torch.allclose(x, torch.full_like(x, (201 / 255 - 0.5) / 0.5), atol=1e-6)
+
+
+def test_train_transform_is_reproducible_per_seed_and_flips(tmp_path):
+    pixels = np.tile(np.arange(40, dtype=np.uint8) * 6, (40, 1))  # a left-right ramp
+    t = TrainTransform(40, 32)
+    a = t(pixels, np.random.default_rng(5))
+    b = t(pixels, np.random.default_rng(5))
+    assert a.shape == (3, 32, 32) and torch.equal(a, b)
+    directions = {bool(t(pixels, np.random.default_rng(s))[0, 0, -1] > t(pixels, np.random.default_rng(s))[0, 0, 0])
+                  for s in range(20)}
+    assert directions == {True, False}  # some crops flipped, some not
+
+
+def test_missing_images_fail_before_training_naming_the_first_few(tmp_path):
+    records = _write_slices(tmp_path / "images", n=2)
+    records += [SliceRecord(f"gone_{i}.png", 0, (0, 0, 5, 5)) for i in range(7)]
+    with pytest.raises(DatasetError) as err:
+        COVIDxDataset(records, tmp_path / "images")
+    message = str(err.value)
+    assert "7 of 9" in message and "gone_0.png" in message and "and 2 more" in message
+    assert str(tmp_path / "images") in message
+
+
+def test_unreadable_images_and_boxes_outside_fail_early(tmp_path):
+    records = _write_slices(tmp_path / "images", n=2)
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
+    records.append(SliceRecord("broken.png", 0, (0, 0, 5, 5)))
+    records.append(SliceRecord("P0_1.png", 0, (0, 0, 100, 20)))
+    with pytest.raises(DatasetError, match=r"2 of 4 .*broken.png \(unreadable\).*outside 48x48"):
+        COVIDxDataset(records, tmp_path / "images")
+
+
+def test_step_sampler_is_a_function_of_seed_and_step():
+    labels = np.repeat([0, 1, 2], 10)
+    full = StepBatchSampler(labels, 8, total_steps=10, seed=3)
+    batches = list(full)
+    assert len(batches) == 10 and all(len(b) == 8 for b in batches)
+    resumed = list(StepBatchSampler(labels, 8, total_steps=10, seed=3, start_step=6))
+    assert resumed == batches[6:]
+    # One epoch (30 items) covers every item once before any repeats.
+    first_epoch = [i for b in batches for i, _ in b][:30]
+    assert sorted(first_epoch) == list(range(30))
+    other_seed = list(StepBatchSampler(labels, 8, total_steps=10, seed=4))
+    assert other_seed != batches
+
+
+def test_ranks_and_micro_batches_partition_the_global_batch():
+    labels = np.repeat([0, 1, 2], 10)
+    single = list(StepBatchSampler(labels, 8, total_steps=3, seed=1))
+    shards = [list(StepBatchSampler(labels, 8, total_steps=3, seed=1, rank=r, world=2, batch_split=2))
+              for r in range(2)]
+    for step in range(3):
+        parts = [item for r in range(2) for item in shards[r][2 * step] + shards[r][2 * step + 1]]
+        assert sorted(parts) == sorted(single[step])
+    with pytest.raises(CovidctError, match="split evenly"):
+        StepBatchSampler(labels, 6, total_steps=3, seed=1, world=4)
+
+
+def test_balanced_sampler_draws_classes_evenly():
+    labels = np.array([0] * 90 + [1] * 9 + [2] * 1)
+    sampler = StepBatchSampler(labels, 30, total_steps=40, seed=0, balanced=True)
+    drawn = np.array([labels[i] for batch in sampler for i, _ in batch])
+    shares = np.bincount(drawn, minlength=3) / drawn.size
+    assert np.all(np.abs(shares - 1 / 3) < 0.05)
+
+
+def test_mixup_mixes_images_and_labels_with_the_same_lambda():
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 4, 4)
+    y = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 0, 1, 2]), 3).float()
+    lam = 0.3
+    gen = torch.Generator().manual_seed(1)
+    mixed_x, mixed_y = mixup(x, y, lam, gen)
+    perm = torch.randperm(6, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(mixed_x, lam * x + (1 - lam) * x[perm])
+    assert torch.allclose(mixed_y, lam * y + (1 - lam) * y[perm])
+    # Recover lambda from each item: pixels and labels agree wherever the partner differs.
+    for i in range(6):
+        j = int(perm[i])
+        if y[i].argmax() != y[j].argmax():
+            lam_y = mixed_y[i, y[i].argmax()].item()
+            lam_x = ((mixed_x[i] - x[j]) / (x[i] - x[j])).median().item()
+            assert lam_y == pytest.approx(lam) and lam_x == pytest.approx(lam, abs=1e-4)
+    assert torch.allclose(mixed_y.sum(1), torch.ones(6))
+
+
+def test_mixup_lambda_follows_beta_and_is_off_at_zero():
+    values = np.array([mixup_lambda(0.1, seed=0, step=s) for s in range(2000)])
+    assert values.min() >= 0 and values.max() <= 1
+    assert np.mean((values < 0.1) | (values > 0.9)) > 0.7  # Beta(0.1, 0.1) is U-shaped
+    assert mixup_lambda(0.1, 0, 5) == mixup_lambda(0.1, 0, 5)
+    assert mixup_lambda(0.0, 0, 5) == 1.0
+
+
+def test_subsample_per_class_draws_at_most_n_per_class():
+    records = [SliceRecord(f"p{i}_1.png", i % 3, (0, 0, 1, 1)) for i in range(60)]
+    sub = subsample_per_class(records, 5, seed=0)
+    assert [sum(r.label == c for r in sub) for c in range(3)] == [5, 5, 5]
+    assert sub == subsample_per_class(records, 5, seed=0)
+    assert sub != subsample_per_class(records, 5, seed=1)
+
+
+def test_synthetic_marker_is_found_in_or_above_the_data_folder(tmp_path):
+    (tmp_path / "covidx" / "images").mkdir(parents=True)
+    assert not find_synthetic_marker(tmp_path / "covidx", tmp_path / "covidx" / "images")
+    (tmp_path / "covidx" / "README.txt").write_text(f"{SYNTHETIC_TAG}: phantoms\n")
+    assert find_synthetic_marker(tmp_path / "covidx" / "images")
