@@ -16,9 +16,11 @@ Prediction on a scan (:meth:`SliceClassifier.predict`):
    the aggregation text says so. Of long series at most ``MAX_SLICES`` (64) evenly spaced
    lung slices are scored, which keeps a 300-slice series well under a minute on 2 cores.
 3. Each chosen slice is cropped to its automatic body box (:func:`covidct.windowing.body_box`,
-   the counterpart of the COVIDx annotated boxes), resized to the model's crop size and
+   the counterpart of the COVIDx annotated boxes, found at about 256 px), resized to the model's crop size and
    scored in batches.
-4. Patient-level result: the mean of the per-slice class probabilities over the scored slices.
+4. Patient-level result: the mean of the per-slice class probabilities over the scored slices
+   (:func:`covidct.metrics.aggregate_by_patient`, rule ``"mean"``, as ``covidct evaluate`` uses
+   for patient-level figures on COVIDx).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import torch
 from .. import __version__
 from ..constants import METHOD_BIT, SLICE_CLASSES
 from ..errors import ModelError
+from ..metrics import aggregate_by_patient
 from ..prediction import Prediction, Scores
 from ..scan import SAFE_METADATA_KEYS, Scan
 from ..windowing import COVIDX_LUNG, body_box, body_mask, get_window
@@ -132,6 +135,19 @@ def _slice_uint8(scan: Scan, k: int) -> np.ndarray:
     if scan.is_hu:
         return COVIDX_LUNG.to_uint8(scan.voxels[k])
     return np.asarray(scan.voxels[k], dtype=np.uint8)
+
+
+def scan_body_box(pixels: np.ndarray) -> tuple[int, int, int, int]:
+    """:func:`covidct.windowing.body_box` of an 8-bit slice, found at about 256 px for speed.
+
+    The box is scaled back to full resolution (within a pixel or two of the full-size
+    result at 512 px, i.e. well under 1% of the field) in a quarter of the time.
+    """
+    stride = max(1, min(pixels.shape) // 256)
+    x0, y0, x1, y1 = body_box(pixels[::stride, ::stride], "windowed", COVIDX_LUNG)
+    h, w = pixels.shape
+    return (x0 * stride, y0 * stride, min(w - 1, x1 * stride + stride - 1),
+            min(h - 1, y1 * stride + stride - 1))
 
 
 def _lung_fraction(pixels: np.ndarray) -> float:
@@ -252,15 +268,16 @@ class SliceClassifier:
         indices, found = lung_slices(scan, self.max_slices)
         selected = time.perf_counter()
         pixels = [_slice_uint8(scan, int(k)) for k in indices]
-        boxes = [body_box(p, "windowed", COVIDX_LUNG) for p in pixels]
+        boxes = [scan_body_box(p) for p in pixels]
         cropped = time.perf_counter()
         probs = self.predict_pixels(pixels, boxes)
         done = time.perf_counter()
         aggregation = AGGREGATION if found else (
             "mean of per-slice class probabilities over all slices (no slice passed the "
             "lung-slice rule, so none was excluded)")
+        patient = aggregate_by_patient(np.zeros(len(probs), dtype=int), probs, rule="mean").probs[0]
         return Prediction(
-            method=METHOD_BIT, class_names=self.class_names, probabilities=probs.mean(axis=0),
+            method=METHOD_BIT, class_names=self.class_names, probabilities=patient,
             aggregation=aggregation, slice_probabilities=probs, slice_indices=indices,
             model=self.info(), scan=scan_summary(scan),
             timings={"select_slices": selected - start, "crop": cropped - selected,

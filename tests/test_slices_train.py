@@ -1,0 +1,232 @@
+"""Training and prediction of the BiT slice classifier, end to end, on tiny synthetic data.
+
+The cohort here is a tiny class-separable stand-in in the exact COVIDx CT format (marked
+synthetic): Normal slices have dark lungs, CP one consolidated (bright) lung, NCP both lungs
+hazy. Patients are split between train, val and test, so accuracy is on unseen patients.
+"""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from covidct.constants import DISCLAIMER, SLICE_CLASSES, SYNTHETIC_TAG
+from covidct.errors import CovidctError, DatasetError, ScanError
+from covidct.models import load_model, read_model_file
+from covidct.slices.model import MAX_SLICES, TINY_ARCH
+from covidct.slices.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_toy_cohort(root: Path, patients_per_class=4, slices=6, size=64, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    images = root / "images"
+    images.mkdir(parents=True)
+    (root / "README.txt").write_text(f"{SYNTHETIC_TAG}: toy slices for tests, not patients\n")
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    splits = {"train": [], "val": [], "test": []}
+    for label, cname in enumerate(SLICE_CLASSES):
+        for p in range(patients_per_class):
+            split = ("train" if p < patients_per_class - 2 else
+                     "val" if p == patients_per_class - 2 else "test")
+            for s in range(slices):
+                cx, cy = 0.5 + rng.uniform(-0.05, 0.05), 0.5 + rng.uniform(-0.05, 0.05)
+                body = ((xx - cx) / 0.42) ** 2 + ((yy - cy) / 0.32) ** 2 < 1
+                left = ((xx - cx + 0.18) / 0.13) ** 2 + ((yy - cy) / 0.2) ** 2 < 1
+                right = ((xx - cx - 0.18) / 0.13) ** 2 + ((yy - cy) / 0.2) ** 2 < 1
+                img = np.where(body, 150.0, 5.0)
+                img[left | right] = 40
+                if label == 1:
+                    img[left if rng.random() < 0.5 else right] = 140
+                elif label == 2:
+                    img[left | right] = 95
+                img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+                name = f"{cname}_{p}_0_{s}.png"
+                Image.fromarray(img).save(images / name)
+                ys, xs = np.nonzero(body)
+                splits[split].append(f"{name} {label} {xs.min()} {ys.min()} {xs.max()} {ys.max()}")
+    for split, lines in splits.items():
+        (root / f"{split}_COVIDx_CT-2A.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def tiny_config(data: Path, out: Path, **changes) -> TrainConfig:
+    settings = dict(train_split=str(data / "train_COVIDx_CT-2A.txt"), images=str(data / "images"),
+                    val_split=str(data / "val_COVIDx_CT-2A.txt"), out=str(out), arch=TINY_ARCH,
+                    init="random", resize=40, crop=32, schedule=(5, 40, 50, 55, 60), batch_size=16,
+                    lr=0.01, mixup_alpha=0.0, workers=0, val_every=20, progress=False)
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    return make_toy_cohort(tmp_path_factory.mktemp("toy") / "covidx", patients_per_class=5)
+
+
+@pytest.fixture(scope="module")
+def trained(cohort, tmp_path_factory):
+    torch.set_num_threads(1)
+    return train(tiny_config(cohort, tmp_path_factory.mktemp("run") / "run"))
+
+
+@pytest.mark.slow
+def test_short_training_lowers_the_loss_and_beats_chance_on_unseen_patients(trained, cohort):
+    run = trained.run_dir
+    for name in ("config.json", "history.csv", "checkpoints/last.pt", "checkpoints/best.pt",
+                 "model.pt", "summary.json"):
+        assert (run / name).is_file(), name
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert len(rows) == 60 and [int(r["step"]) for r in rows] == list(range(1, 61))
+    # Zero head: the first loss is exactly that of uniform probabilities.
+    assert float(rows[0]["loss"]) == pytest.approx(math.log(3), abs=1e-4)
+    last = np.mean([float(r["loss"]) for r in rows[-10:]])
+    assert last < 0.6 * math.log(3)
+    assert [int(r["step"]) for r in rows if r["val_acc"]] == [20, 40, 60]
+
+    model = load_model(run / "model.pt")
+    scores = model.score_dataset(cohort / "test_COVIDx_CT-2A.txt", cohort / "images")
+    accuracy = float(np.mean(scores.y_prob.argmax(1) == scores.y_true))
+    assert accuracy >= 0.7, accuracy          # chance is 1/3
+    assert scores.y_prob.shape == (18, 3) and np.allclose(scores.y_prob.sum(1), 1)
+    assert sorted(set(scores.groups)) == ["CP_4", "NCP_4", "Normal_4"]
+    assert scores.provenance["synthetic"] is True
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["synthetic"] is True and summary["data"]["train"]["patients"] == 9
+    config = json.loads((run / "config.json").read_text())
+    assert config["schedule"] == [5, 40, 50, 55, 60] and "torch" in config["versions"]
+
+
+def test_model_file_carries_everything_prediction_needs(trained):
+    record = read_model_file(trained.model_path)
+    assert record["method"] == "bit" and record["arch"] == TINY_ARCH
+    assert record["class_names"] == list(SLICE_CLASSES)
+    assert record["window"] == "covidx-lung"
+    assert record["resolution"] == {"resize": 40, "crop": 32}
+    assert record["crop_rule"] == "box" and record["scan_crop_rule"] == "auto-body"
+    assert record["synthetic"] is True and record["trained_on"]["train"]["per_class"]["CP"] == 18
+    assert record["version"] and record["training"]["best_step"] in (20, 40, 60)
+
+
+def test_predict_real_slice_and_real_50_slice_series(trained, shared_dir):
+    from covidct.scanio import load_scan
+
+    model = load_model(trained.model_path)
+    examples = shared_dir / "data" / "real-ct-examples"
+    single = model.predict(load_scan(examples / "ex-covid-ct.png"))
+    assert single.slice_probabilities.shape == (1, 3) and list(single.slice_indices) == [0]
+    assert single.probabilities.sum() == pytest.approx(1.0)
+
+    series = model.predict(load_scan(examples / "volume_example"))
+    n = len(series.slice_indices)
+    assert 10 <= n <= 50 and series.slice_probabilities.shape == (n, 3)
+    assert np.all(np.diff(series.slice_indices) > 0) and series.slice_indices.max() < 50
+    assert np.allclose(series.slice_probabilities.sum(1), 1.0)
+    assert np.allclose(series.probabilities, series.slice_probabilities.mean(0))
+    out = series.to_dict()
+    assert out["disclaimer"] == DISCLAIMER and "lung" in out["aggregation"]
+    assert out["model"]["synthetic"] is True and "synthetic_notice" in out  # trained on toy data
+    assert out["scan"]["shape"] == [50, 512, 512]
+
+
+def test_long_hu_series_is_windowed_and_capped(trained, make_hu_volume):
+    model = load_model(trained.model_path)
+    scan = make_hu_volume(shape=(150, 64, 64))
+    prediction = model.predict(scan)
+    idx = prediction.slice_indices
+    assert len(idx) == MAX_SLICES and idx[0] == 0 and idx[-1] == 149
+    assert np.all(np.diff(idx) >= 2)  # evenly spread over the series
+    assert np.allclose(prediction.slice_probabilities.sum(1), 1.0)
+    coronal = make_hu_volume(shape=(3, 64, 64))
+    coronal.orientation = "coronal"
+    with pytest.raises(ScanError, match="axial"):
+        model.predict(coronal)
+
+
+@pytest.mark.slow
+def test_resume_after_a_stop_equals_the_uninterrupted_run(cohort, tmp_path):
+    torch.set_num_threads(1)
+    settings = dict(schedule=(2, 4, 6, 7, 8), batch_size=8, batch_split=2, mixup_alpha=0.1,
+                    balanced=True, max_train_per_class=6, val_every=3, seed=5)
+    whole = train(tiny_config(cohort, tmp_path / "whole", **settings))
+    stopped = train(tiny_config(cohort, tmp_path / "parts", stop_after=3, **settings))
+    assert stopped.model_path is None and not (tmp_path / "parts" / "summary.json").exists()
+    with pytest.raises(CovidctError, match="already holds a run"):
+        train(tiny_config(cohort, tmp_path / "parts", **settings))
+    with pytest.raises(CovidctError, match="settings differ"):
+        train(tiny_config(cohort, tmp_path / "parts", resume=True, **dict(settings, seed=6)))
+    resumed = train(tiny_config(cohort, tmp_path / "parts", resume=True, **settings))
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in whole.history]
+    a = read_model_file(whole.model_path)["state_dict"]
+    b = read_model_file(resumed.model_path)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.summary["data"]["train"]["per_class"] == {"Normal": 6, "CP": 6, "NCP": 6}
+
+
+@pytest.mark.slow
+def test_ddp_with_two_gloo_processes_matches_one_process(cohort, tmp_path):
+    args = ["--train-split", cohort / "train_COVIDx_CT-2A.txt", "--images", cohort / "images",
+            "--val-split", cohort / "val_COVIDx_CT-2A.txt", "--arch", TINY_ARCH, "--init", "random",
+            "--resolution", "40,32", "--schedule", "1,2,3,4,5", "--batch-size", "8", "--lr", "0.01",
+            "--no-mixup", "--workers", "0", "--val-every", "5", "--device", "cpu", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "covidct.slices.train", *map(str, args), "--out", str(tmp_path / "ddp")],
+        capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.loads((tmp_path / "ddp" / "config.json").read_text())
+    assert config["processes"] == 2
+    torch.set_num_threads(1)
+    from covidct.cli.train2d import config_from_args
+
+    single = train(config_from_args(_parse([*map(str, args), "--out", str(tmp_path / "one")])))
+    a = read_model_file(tmp_path / "ddp" / "model.pt")["state_dict"]
+    b = read_model_file(single.model_path)["state_dict"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in a if k.startswith("head"))
+
+
+def _parse(argv):
+    import argparse
+
+    from covidct.cli.train2d import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_missing_image_fails_before_any_training(cohort, tmp_path):
+    split = tmp_path / "train_COVIDx_CT-2A.txt"
+    lines = (cohort / "train_COVIDx_CT-2A.txt").read_text().splitlines()
+    split.write_text("\n".join(lines + ["gone_1_0_0.png 2 0 0 10 10"]) + "\n")
+    config = tiny_config(cohort, tmp_path / "run", train_split=str(split))
+    with pytest.raises(DatasetError, match="gone_1_0_0.png"):
+        train(config)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_command_line_options_map_to_the_config(cohort, tmp_path):
+    from covidct.cli.train2d import config_from_args
+
+    config = config_from_args(_parse(["--data", str(cohort), "--out", str(tmp_path / "r")]))
+    assert config.train_split.endswith("train_COVIDx_CT-2A.txt")
+    assert config.val_split.endswith("val_COVIDx_CT-2A.txt")
+    assert (config.resize, config.crop, config.schedule) == (512, 480, (500, 3000, 6000, 9000, 10000))
+    assert (config.batch_size, config.lr, config.mixup_alpha, config.init) == (64, 0.003, 0.1, "bit-m")
+    config = config_from_args(_parse(["--data", str(cohort), "--out", "x", "--resolution", "128",
+                                      "--schedule", "bit-500", "--no-mixup", "--val-split", "none"]))
+    assert (config.resize, config.crop, config.schedule[-1], config.mixup_alpha) == (160, 128, 500, 0.0)
+    assert config.val_split is None
+    with pytest.raises(CovidctError, match="--data"):
+        config_from_args(_parse(["--out", "x"]))
