@@ -1,0 +1,143 @@
+"""Scan input/output: one ``load_scan`` for every format, and writers for DICOM, NIfTI and PNG.
+
+``load_scan(path)`` accepts
+  * a folder of DICOM files (one series; with several, the CT series with most slices, or
+    the one ``series_uid`` names, by UID or by the 12-digit hash covidct prints),
+  * a single DICOM file, or a .zip of any of these (unpacked safely to a temporary folder),
+  * a NIfTI file (.nii, .nii.gz), reoriented to axial (z, y, x),
+  * a picture (.png, .jpg, .jpeg, .tif, .tiff) or a folder of them, in natural order.
+
+``save_scan(scan, path)`` picks the writer from the path:
+  * ``*.nii`` / ``*.nii.gz``: a NIfTI file;
+  * any other path is a folder: PNG slices when the scan is windowed or the folder name ends
+    in ``png`` (``slices_png/``), else a CT DICOM series.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import ScanError
+from ..scan import Scan
+from .common import NIFTI_SUFFIXES, PICTURE_SUFFIXES, log, looks_like_dicom, natural_key, suffix_of
+
+__all__ = ["load_scan", "save_scan", "write_dicom_series", "write_nifti", "write_png_slices"]
+
+#: Writers and readers are imported on first use: pydicom, nibabel and Pillow each take a
+#: noticeable share of a second to import, and one call needs one of them.
+_WRITERS = {"write_dicom_series": ".dicom_write", "write_nifti": ".nifti",
+            "write_png_slices": ".images"}
+
+
+def __getattr__(name: str):
+    if name in _WRITERS:
+        return _lazy(_WRITERS[name], name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _lazy(module: str, name: str):
+    """A function from a submodule, imported on first use."""
+    return getattr(importlib.import_module(module, __name__), name)
+
+
+_KINDS = ("a DICOM file or folder, a .zip of one, NIfTI (.nii, .nii.gz) "
+          "or pictures (.png, .jpg, .tif)")
+
+
+def load_scan(path: str | os.PathLike, *, series_uid: str | None = None,
+              keep_phi: bool = False) -> Scan:
+    """Read a CT scan from any supported file or folder (see the module docstring).
+
+    Patient name, ID, birth date and study date are read into ``scan.phi`` only with
+    ``keep_phi=True``; they never enter ``scan.metadata``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ScanError("no such file or folder", path)
+    if path.is_dir():
+        return _load_folder(path, path, series_uid, keep_phi)
+    suffix = suffix_of(path)
+    if suffix == ".zip":
+        return _load_zip(path, series_uid, keep_phi)
+    if series_uid and suffix in NIFTI_SUFFIXES + PICTURE_SUFFIXES:
+        log.warning("%s: --series applies to DICOM only; ignored", path)
+    if suffix in NIFTI_SUFFIXES:
+        return _lazy(".nifti", "read_nifti")(path)
+    if suffix in PICTURE_SUFFIXES:
+        return _lazy(".images", "read_pictures")([path], path)
+    if looks_like_dicom(path):
+        return _lazy(".dicom", "read_dicom")([path], path, series_uid=series_uid,
+                                               keep_phi=keep_phi)
+    raise ScanError(f"unsupported file type; expected {_KINDS}", path)
+
+
+def _load_folder(folder: Path, source: Path, series_uid: str | None, keep_phi: bool) -> Scan:
+    files = _files_under(folder)
+    if not files:
+        raise ScanError("empty folder: no files to read", source)
+    dicom = [f for f in files if looks_like_dicom(f)]
+    if dicom:
+        _note_ignored(files, dicom, source)
+        return _lazy(".dicom", "read_dicom")(dicom, source, series_uid=series_uid,
+                                               keep_phi=keep_phi)
+    pictures = [f for f in files if suffix_of(f) in PICTURE_SUFFIXES]
+    if pictures:
+        _note_ignored(files, pictures, source)
+        ordered = sorted(pictures, key=lambda f: natural_key(f.relative_to(folder)))
+        return _lazy(".images", "read_pictures")(ordered, source)
+    volumes = [f for f in files if suffix_of(f) in NIFTI_SUFFIXES]
+    if len(volumes) == 1:
+        return _lazy(".nifti", "read_nifti")(volumes[0])
+    if volumes:
+        raise ScanError(f"{len(volumes)} NIfTI files here; give the one to read", source)
+    raise ScanError(f"none of the {len(files)} files here is readable as a scan "
+                    f"(e.g. {files[0].relative_to(folder)}); expected {_KINDS}", source)
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """Files in the folder tree, skipping hidden ones and macOS archive litter."""
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
+        found += [Path(root) / n for n in sorted(names) if not n.startswith(".")]
+    return found
+
+
+def _note_ignored(files: list[Path], used: list[Path], source: Path) -> None:
+    ignored = len(files) - len(used)
+    if ignored:
+        log.info("%s: ignoring %d file(s) of other types", source, ignored)
+
+
+def _load_zip(path: Path, series_uid: str | None, keep_phi: bool) -> Scan:
+    with tempfile.TemporaryDirectory(prefix="covidct-zip-") as tmp:
+        root = Path(tmp)
+        _lazy(".archive", "extract_zip")(path, root)
+        try:
+            scan = _load_folder(root, path, series_uid, keep_phi)
+        except ScanError as exc:
+            # Name the entry inside the archive, not the temporary copy.
+            where = exc.path or str(path)
+            if where.startswith(tmp):
+                where = f"{path}/{Path(where).relative_to(root)}".rstrip("/.")
+            raise ScanError(exc.message, where) from None
+    scan.source = str(path)
+    return scan
+
+
+def save_scan(scan: Scan, path: str | os.PathLike) -> Path:
+    """Write ``scan`` with the writer the path asks for (see the module docstring)."""
+    path = Path(path)
+    suffix = suffix_of(path)
+    if suffix in NIFTI_SUFFIXES:
+        return _lazy(".nifti", "write_nifti")(scan, path)
+    if suffix and not path.name.lower().endswith("png"):
+        raise ScanError("cannot tell the format from the suffix; use .nii, .nii.gz or a folder "
+                        "(DICOM series, or PNG slices when its name ends in 'png')", path)
+    if not scan.is_hu or path.name.lower().endswith("png"):
+        _lazy(".images", "write_png_slices")(scan, path)
+    else:
+        _lazy(".dicom_write", "write_dicom_series")(scan, path)
+    return path

@@ -1,0 +1,118 @@
+"""Pictures (PNG/JPG/TIFF): already-windowed 8-bit slices, one file each or a multi-page TIFF.
+
+Pictures carry no geometry and no Hounsfield units, only the window someone applied, so
+they load as ``units="windowed"`` with unit spacing and ``geometry_known=False``.
+16-bit pictures are refused rather than converted: they may hold raw HU plus an offset or a
+rescaled window, and guessing wrong silently feeds the model a different window than the
+one it was trained with.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageSequence, PngImagePlugin, UnidentifiedImageError
+
+from ..atomic import atomic_path
+from ..constants import SYNTHETIC_TAG
+from ..errors import ScanError
+from ..scan import Scan
+from ..windowing import COVIDX_LUNG, Window
+from .common import Notes, is_synthetic_text
+
+#: Pillow modes holding 8-bit samples we can reduce to one grayscale channel.
+_GRAY_MODES = {"L", "LA", "RGB", "RGBA", "RGBX", "P", "PA"}
+_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F", "I;32"}
+
+
+def read_pictures(paths: list[Path], source: Path) -> Scan:
+    """Stack the pictures (in the order given) into a windowed Scan."""
+    notes = Notes(source)
+    slices: list[tuple[Path, np.ndarray]] = []
+    synthetic = False
+    for path in paths:
+        pages, tagged = _read_picture(path)
+        synthetic |= tagged
+        slices += [(path, page) for page in pages]
+    _check_one_size(slices)
+    fmt = paths[0].suffix.lower().lstrip(".").replace("jpeg", "jpg").replace("tiff", "tif")
+    metadata = {
+        "modality": "CT",
+        "n_slices": len(slices),
+        "orientation": "unknown",
+        "synthetic": synthetic,
+        "source_format": {"jpg": "jpeg", "tif": "tiff"}.get(fmt, fmt),
+        "warnings": notes.items,
+    }
+    # Pictures say nothing about their plane; "unknown" lets axial-only methods proceed.
+    return Scan(voxels=np.stack([page for _, page in slices]), spacing=(1.0, 1.0, 1.0),
+                units="windowed", orientation="unknown", geometry_known=False,
+                source=str(source), metadata=metadata)
+
+
+def _check_one_size(slices: list[tuple[Path, np.ndarray]]) -> None:
+    """Name the first picture whose size differs from most others'."""
+    h, w = Counter(page.shape for _, page in slices).most_common(1)[0][0]
+    for path, page in slices:
+        if page.shape != (h, w):
+            raise ScanError(f"picture size {page.shape[1]}x{page.shape[0]} differs from the "
+                            f"{w}x{h} of the other slices; all slices must have one size", path)
+
+
+def _read_picture(path: Path) -> tuple[list[np.ndarray], bool]:
+    try:
+        with Image.open(path) as image:
+            tagged = is_synthetic_text(*image.info.values())
+            pages = [_gray(page, path) for page in ImageSequence.Iterator(image)]
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ScanError(f"not a readable picture ({exc})", path) from None
+    return pages, tagged
+
+
+def _gray(image: Image.Image, path: Path) -> np.ndarray:
+    mode = image.mode
+    if mode in _WIDE_MODES:
+        raise ScanError(f"{mode} picture with more than 8 bits per sample: covidct expects 8-bit "
+                        "windowed slices (e.g. the COVIDx lung window); give the DICOM or NIfTI "
+                        "scan to use Hounsfield units", path)
+    if mode not in _GRAY_MODES:
+        raise ScanError(f"unsupported picture mode {mode}; expected 8-bit grayscale", path)
+    if mode in ("P", "PA"):
+        image = image.convert("RGBA" if "transparency" in image.info or mode == "PA" else "RGB")
+        mode = image.mode
+    pixels = np.asarray(image)
+    if mode in ("L", "LA"):
+        return np.ascontiguousarray(pixels if mode == "L" else pixels[..., 0], dtype=np.uint8)
+    rgb = pixels[..., :3]
+    if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+        raise ScanError("colour picture (red, green and blue differ); CT slices are grayscale",
+                        path)
+    return np.ascontiguousarray(rgb[..., 0], dtype=np.uint8)
+
+
+def write_png_slices(scan: Scan, folder: str | os.PathLike, *, window: Window = COVIDX_LUNG,
+                     prefix: str = "slice", indices=None) -> list[Path]:
+    """8-bit PNGs named ``{prefix}-{k:04d}.png`` (k = slice index), each written atomically.
+
+    HU scans are windowed with ``window``; windowed scans are written as they are. The folder
+    may hold other files (several patients share a COVIDx image folder), so files are
+    replaced one by one rather than the folder as a whole.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chosen = range(scan.n_slices) if indices is None else [int(k) for k in indices]
+    info = PngImagePlugin.PngInfo()
+    if scan.synthetic:
+        info.add_text("Comment", SYNTHETIC_TAG)
+    paths = []
+    for k in chosen:
+        if not 0 <= k < scan.n_slices:
+            raise ScanError(f"slice index {k} outside 0..{scan.n_slices - 1}", scan.source or None)
+        pixels = window.to_uint8(scan.voxels[k]) if scan.is_hu else scan.voxels[k].astype(np.uint8)
+        path = folder / f"{prefix}-{k:04d}.png"
+        with atomic_path(path) as tmp:
+            Image.fromarray(pixels).save(tmp, format="PNG", pnginfo=info)
+        paths.append(path)
+    return paths

@@ -1,0 +1,77 @@
+"""Shared test fixtures: the reference data folder, tiny synthetic HU scans, the CLI runner."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The read-only reference data beside the checkout (``<repo>/../shared``)."""
+    if not SHARED.is_dir():
+        pytest.skip(f"reference data folder {SHARED} not present")
+    return SHARED
+
+
+def build_hu_volume(shape=(12, 64, 64), spacing=(2.5, 0.7, 0.7), seed: int = 0,
+                    origin=(-22.4, -30.0, -100.0)):
+    """A small SYNTHETIC chest-like HU Scan: air, an elliptic body (fat rim, soft tissue),
+    two lungs at about -850 HU, noise, and a scanner table below the body.
+
+    Values are not whole numbers, so writers' int16 rounding is exercised.
+    """
+    from covidct.constants import SYNTHETIC_TAG
+    from covidct.scan import Scan
+
+    rng = np.random.default_rng(seed)
+    z, h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy, cx = h * 0.45, w * 0.5
+    body = ((yy - cy) / (h * 0.32)) ** 2 + ((xx - cx) / (w * 0.42)) ** 2 <= 1
+    inner = ((yy - cy) / (h * 0.28)) ** 2 + ((xx - cx) / (w * 0.38)) ** 2 <= 1
+    lungs = np.zeros_like(body)
+    for side in (-1, 1):
+        lungs |= ((yy - cy) / (h * 0.2)) ** 2 + ((xx - cx - side * w * 0.18) / (w * 0.12)) ** 2 <= 1
+    table_row = min(h - 2, int(cy + h * 0.32) + max(2, h // 16))
+    plane = np.full((h, w), -1000.0, np.float32)
+    plane[body] = -100.0
+    plane[inner] = 40.0
+    plane[lungs] = -850.0
+    plane[table_row:table_row + max(1, h // 32), :] = 300.0
+    vol = np.repeat(plane[None], z, axis=0)
+    vol += rng.normal(0.0, 12.0, size=vol.shape).astype(np.float32)
+    vol += np.linspace(0.0, 30.0, z, dtype=np.float32)[:, None, None]  # slices differ
+    return Scan(voxels=vol.astype(np.float32), spacing=spacing, units="HU", origin=origin,
+                source=f"synthetic-seed{seed}",
+                metadata={"synthetic": True, "source_format": "synthetic",
+                          "series_description": SYNTHETIC_TAG})
+
+
+@pytest.fixture
+def make_hu_volume():
+    """``make_hu_volume(shape, spacing, seed)`` -> a small synthetic HU Scan (build_hu_volume)."""
+    return build_hu_volume
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """``run_cli(*args)`` runs ``python -m covidct ARGS`` and returns (rc, stdout, stderr)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), HF_HUB_OFFLINE="1")
+
+    def run(*args, timeout: float = 120, cwd=None) -> tuple[int, str, str]:
+        proc = subprocess.run([sys.executable, "-m", "covidct", *map(str, args)],
+                              capture_output=True, text=True, env=env, timeout=timeout,
+                              cwd=cwd or REPO)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    return run
