@@ -8,7 +8,8 @@ from covidct.constants import SYNTHETIC_TAG
 from covidct.covidx import SliceRecord
 from covidct.errors import CovidctError, DatasetError
 from covidct.slices.data import (COVIDxDataset, EvalTransform, StepBatchSampler, TrainTransform,
-                                 find_synthetic_marker, mixup, mixup_lambda, subsample_per_class)
+                                 find_synthetic_marker, mixup, mixup_lambda, normalize,
+                                 subsample_per_class)
 
 
 def _write_slices(folder, n=4, size=48):
@@ -25,10 +26,12 @@ def _write_slices(folder, n=4, size=48):
 def test_dataset_crops_to_the_box_and_makes_three_channels(tmp_path):
     records = _write_slices(tmp_path / "images")
     ds = COVIDxDataset(records, tmp_path / "images", EvalTransform(16))
-    x, y = ds[1]
-    assert x.shape == (3, 16, 16) and y == 1
-    assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
-    # Everything inside the box is 201: normalised to (201/255 - 0.5) / 0.5 everywhere.
+    pixels, y = ds[1]
+    assert pixels.shape == (1, 16, 16) and pixels.dtype == torch.uint8 and y == 1
+    assert torch.all(pixels == 201)  # everything inside the box, nothing outside
+    x = normalize(pixels[None])
+    assert x.shape == (1, 3, 16, 16)
+    assert torch.equal(x[0, 0], x[0, 1]) and torch.equal(x[0, 1], x[0, 2])
     assert torch.allclose(x, torch.full_like(x, (201 / 255 - 0.5) / 0.5), atol=1e-6)
 
 
@@ -37,7 +40,7 @@ def test_train_transform_is_reproducible_per_seed_and_flips(tmp_path):
     t = TrainTransform(40, 32)
     a = t(pixels, np.random.default_rng(5))
     b = t(pixels, np.random.default_rng(5))
-    assert a.shape == (3, 32, 32) and torch.equal(a, b)
+    assert a.shape == (1, 32, 32) and torch.equal(a, b)
     directions = {bool(t(pixels, np.random.default_rng(s))[0, 0, -1] > t(pixels, np.random.default_rng(s))[0, 0, 0])
                   for s in range(20)}
     assert directions == {True, False}  # some crops flipped, some not

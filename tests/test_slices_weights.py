@@ -127,3 +127,16 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
 def test_unknown_architecture_is_a_model_error():
     with pytest.raises(ModelError, match="unknown architecture"):
         create_model("resnet_nonexistent_42", 3, "random")
+
+
+@pytest.mark.slow
+def test_paper_architecture_reads_its_original_npz_layout(tmp_path):
+    """resnetv2_50x1_bit (the paper's network): every unit and projection maps by name."""
+    torch.manual_seed(1)
+    source = build_network("resnetv2_50x1_bit", 3).eval()
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    export_bit_npz(source, weights / "BiT-S-R50x1.npz")
+    model = create_model("resnetv2_50x1_bit", 3, "bit-s").eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(_features(model, x), _features(source, x))

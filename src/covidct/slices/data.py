@@ -35,9 +35,19 @@ def crop_box(pixels: np.ndarray, box: Sequence[int]) -> np.ndarray:
 
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W) grayscale -> float (3, H, W), normalised as BiT expects."""
-    gray = torch.from_numpy(np.array(pixels, dtype=np.float32)).div_(255.0)
-    return gray.sub_(MEAN).div_(STD).unsqueeze(0).expand(3, -1, -1).contiguous()
+    """uint8 (H, W) -> uint8 (1, H, W). Workers hand over 8-bit single-channel pictures
+    (12x less to copy between processes than 3-channel float); :func:`normalize` finishes
+    the job on the training device."""
+    return torch.from_numpy(np.array(pixels, dtype=np.uint8, copy=True)).unsqueeze(0)
+
+
+def normalize(images: torch.Tensor, device: torch.device | str = "cpu",
+              channels_last: bool = False) -> torch.Tensor:
+    """uint8 (N, 1, H, W) grayscale -> float (N, 3, H, W) in [-1, 1], as BiT expects."""
+    x = images.to(device, non_blocking=True).float().div_(255.0).sub_(MEAN).div_(STD)
+    x = x.expand(-1, 3, -1, -1)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    return x.contiguous(memory_format=memory)
 
 
 def _resize(pixels: np.ndarray, size: int) -> np.ndarray:

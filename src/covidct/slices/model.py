@@ -40,7 +40,8 @@ from ..metrics import aggregate_by_patient
 from ..prediction import Prediction, Scores
 from ..scan import SAFE_METADATA_KEYS, Scan
 from ..windowing import COVIDX_LUNG, body_box, body_mask, get_window
-from .data import COVIDxDataset, EvalTransform, collate, crop_box, find_synthetic_marker
+from .data import (COVIDxDataset, EvalTransform, collate, crop_box, find_synthetic_marker,
+                   normalize)
 from .weights import WeightsSource, load_weights, resolve, zero_head
 
 DEFAULT_ARCH = "resnetv2_50x1_bit"
@@ -109,9 +110,7 @@ def infer_logits(net: torch.nn.Module, batches, device: torch.device, amp: bool 
     net.eval()
     logits, labels = [], []
     for images, y in batches:
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = normalize(images, device, channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
             out = net(images)
         logits.append(out.float().cpu())

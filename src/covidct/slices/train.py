@@ -40,7 +40,7 @@ from ..constants import SLICE_CLASSES
 from ..covidx import class_counts, read_split
 from ..errors import CovidctError, ModelError
 from .data import (COVIDxDataset, EvalTransform, StepBatchSampler, TrainTransform, collate,
-                   find_synthetic_marker, mixup, mixup_lambda, subsample_per_class)
+                   find_synthetic_marker, mixup, mixup_lambda, normalize, subsample_per_class)
 from .model import DEFAULT_ARCH, SliceClassifier, create_model, infer_logits
 from .schedule import DEFAULT_RESOLUTION, DEFAULT_SCHEDULE, RESOLUTIONS, SCHEDULES, learning_rate
 from .weights import resolve
@@ -325,9 +325,7 @@ def _train(config: TrainConfig, proc: _Proc) -> RunResult:
             fetch = time.perf_counter()
             images, labels = next(batches)
             wait += time.perf_counter() - fetch
-            images = images.to(proc.device, non_blocking=True)
-            if config.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = normalize(images, proc.device, config.channels_last)
             targets = F.one_hot(labels, len(SLICE_CLASSES)).float().to(proc.device)
             if lam < 1.0:
                 gen = torch.Generator().manual_seed(_seed_of(config.seed, step, proc.rank, micro))
