@@ -1,0 +1,134 @@
+"""Grad-CAM heat maps with the maintained pytorch-grad-cam library, for any CNN classifier.
+
+:func:`gradcam` is the generic core; :func:`slice_gradcam` applies it to a trained
+:class:`covidct.slices.model.SliceClassifier` on one 8-bit slice with exactly the model's
+evaluation pre-processing (body box crop, resize to the crop size, BiT normalisation), and
+returns the map at the resolution of the cropped slice so it can be laid over it.
+
+Grad-CAM weights the feature maps of a layer by the gradient of one class's logit and keeps
+the positive part: it shows where evidence *for that class* was found, at the layer's
+coarse resolution (1/32 of the input for ResNet-v2), upsampled bilinearly.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def gradcam(network: nn.Module, target_layer: nn.Module, image_tensor: torch.Tensor,
+            class_index: int) -> np.ndarray:
+    """Grad-CAM of ``class_index`` for one image: float32 (H, W) in [0, 1], the image's size.
+
+    ``image_tensor`` is (C, H, W) or (1, C, H, W), already pre-processed for ``network``.
+    A map that is zero everywhere means the layer held no positive evidence for the class
+    (e.g. an untrained zero head). The network's train/eval mode is left as it was.
+    """
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    if image_tensor.ndim == 3:
+        image_tensor = image_tensor[None]
+    if image_tensor.ndim != 4 or image_tensor.shape[0] != 1:
+        raise ValueError(f"gradcam needs one (C, H, W) image, got shape {tuple(image_tensor.shape)}")
+    parameter = next(network.parameters())
+    # A fresh leaf outside inference mode: the library needs a graph back to the layer even
+    # when the caller's tensors were made under torch.inference_mode or params are frozen.
+    with torch.inference_mode(False), torch.enable_grad():
+        x = image_tensor.detach().clone().to(parameter.device, parameter.dtype).requires_grad_(True)
+        was_training = network.training
+        try:
+            with GradCAM(model=network, target_layers=[target_layer]) as cam:
+                maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(class_index))])
+        finally:
+            network.train(was_training)
+    out = np.nan_to_num(np.asarray(maps[0], dtype=np.float32), nan=0.0)
+    return np.clip(out, 0.0, 1.0)
+
+
+def default_target_layer(network: nn.Module) -> nn.Module:
+    """The last spatial layer before global pooling.
+
+    timm ResNet-v2 (BiT) is pre-activation, so its final ``norm`` (GroupNorm + ReLU) gives the
+    activations the head actually pools; otherwise the last stage, else the last Conv2d.
+    """
+    for name in ("norm", "final_norm"):
+        layer = getattr(network, name, None)
+        if isinstance(layer, nn.Module) and any(True for _ in layer.parameters()):
+            return layer
+    stages = getattr(network, "stages", None) or getattr(network, "layer4", None)
+    if isinstance(stages, nn.Sequential) and len(stages):
+        return stages[-1]
+    if isinstance(stages, nn.Module):
+        return stages
+    convs = [m for m in network.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"{type(network).__name__} has no convolution layer for Grad-CAM")
+    return convs[-1]
+
+
+def slice_tensor(classifier: Any, pixels: np.ndarray) -> torch.Tensor:
+    """A cropped 8-bit slice as the classifier's (3, crop, crop) float evaluation input."""
+    from ..slices.data import EvalTransform
+
+    return network_input(EvalTransform(int(classifier.crop))(np.asarray(pixels, dtype=np.uint8))[None])[0]
+
+
+def network_input(images: torch.Tensor) -> torch.Tensor:
+    """What the slice classifier's transforms give (N, C, H, W) -> the float network input.
+
+    The transforms hand over 8-bit single-channel pictures and ``slices.data.normalize``
+    finishes them (BiT scaling to [-1, 1], three channels); float batches are final already.
+    """
+    from ..slices import data
+
+    normalize = getattr(data, "normalize", None)
+    if images.dtype == torch.uint8 and normalize is not None:
+        return normalize(images)
+    return images.float()
+
+
+def slice_probabilities(classifier: Any, tensor: torch.Tensor) -> np.ndarray:
+    net = classifier.net
+    net.eval()
+    with torch.inference_mode():
+        logits = net(tensor[None].to(next(net.parameters()).device))
+    return torch.softmax(logits.float(), dim=1)[0].double().cpu().numpy()
+
+
+def slice_gradcam(classifier: Any, pixels: np.ndarray, box: Sequence[int] | None = None,
+                  class_index: int | None = None) -> dict[str, Any]:
+    """Grad-CAM of a :class:`SliceClassifier` on one 8-bit slice.
+
+    ``box`` (xmin, ymin, xmax, ymax, inclusive) crops the slice first, as the COVIDx boxes
+    and the automatic body box do; ``class_index`` defaults to the predicted class.
+    Returns ``{"pixels": cropped uint8 slice, "cam": (h, w) in [0, 1] at that size,
+    "probabilities": (C,), "class_index": explained class}``.
+    """
+    from ..slices.data import crop_box
+    from .plotting import resize_to
+
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 2:
+        raise ValueError(f"expected one 2D slice, got shape {pixels.shape}")
+    cropped = crop_box(pixels, box) if box is not None else pixels
+    tensor = slice_tensor(classifier, cropped)
+    probabilities = slice_probabilities(classifier, tensor)
+    target = int(np.argmax(probabilities)) if class_index is None else int(class_index)
+    cam = gradcam(classifier.net, default_target_layer(classifier.net), tensor, target)
+    return {"pixels": np.asarray(cropped, dtype=np.uint8), "cam": resize_to(cam, cropped.shape),
+            "probabilities": probabilities, "class_index": target}
+
+
+def gradcam_picture(pixels: np.ndarray, cam: np.ndarray, side: int = 224) -> np.ndarray:
+    """The slice and its Grad-CAM overlay side by side (RGB uint8, longer side ``side``)."""
+    from .plotting import blend_heat, fit_within
+
+    gray = np.asarray(pixels)
+    base = blend_heat(gray, np.zeros(gray.shape))  # the plain slice, as RGB
+    overlay = blend_heat(gray, cam)
+    left, right = fit_within(base, side, enlarge=True), fit_within(overlay, side, enlarge=True)
+    gap = np.full((left.shape[0], 4, 3), 255, dtype=np.uint8)
+    return np.concatenate([left, gap, right], axis=1)

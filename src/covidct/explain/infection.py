@@ -1,0 +1,126 @@
+"""CovidCTNet infection maps as pictures: slice overlays and maximum-intensity projections.
+
+Inputs are the two arrays CovidCTNet computes: the pre-processed volume (z, S, S) in
+[0, 1] (1 mm slices) and the infection map (D, S, S) that the 3D CNN reads (D = 50
+slices, resized along z from the volume). Only the positive part of the map is drawn:
+it is where a slice is denser than the BCDU-Net's "control lung" reconstruction of it,
+which is where lesions show. One colour scale is used for the whole scan, so slices and
+projections of one scan compare directly.
+
+Map slice d sits at volume slice (d + 0.5) * z / D - 0.5 (the pixel-centre convention of
+the z resize), so overlays are aligned to within a millimetre.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .plotting import blend_heat, new_figure, resize_to
+
+#: Percentile of the positive map values drawn at full colour: high, because lesions can
+#: be a tiny share of the voxels and the rest of the positive values are noise.
+SCALE_PERCENTILE = 99.99
+#: Weak infection faint yellow, strong solid red: visible on both dark lung and bright tissue.
+CMAP = "autumn_r"
+#: Map values below this fraction of the scale are not drawn (noise).
+FLOOR = 0.12
+
+
+def _check(volume: np.ndarray, infection: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    volume, infection = np.asarray(volume, np.float32), np.asarray(infection, np.float32)
+    if volume.ndim != 3 or infection.ndim != 3 or volume.shape[1:] != infection.shape[1:]:
+        raise ValueError(f"volume {volume.shape} and infection map {infection.shape} must be "
+                         "(z, S, S) and (D, S, S) with the same slice size")
+    return volume, infection
+
+
+def map_scale(infection: np.ndarray) -> float:
+    """The value drawn at full colour: a high percentile of the positive map values."""
+    positive = np.asarray(infection, np.float32)
+    positive = positive[positive > 0]
+    if positive.size == 0:
+        return 1.0
+    return max(float(np.percentile(positive, SCALE_PERCENTILE)), 1e-3)
+
+
+def normalised_map(infection: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """Positive part of the map divided by the scan's scale, clipped to [0, 1]."""
+    scale = map_scale(infection) if scale is None else scale
+    return np.clip(np.asarray(infection, np.float32) / scale, 0.0, 1.0)
+
+
+def volume_index(map_index: int, map_depth: int, volume_depth: int) -> int:
+    """The volume slice under infection-map slice ``map_index``."""
+    position = (map_index + 0.5) * volume_depth / map_depth - 0.5
+    return int(np.clip(round(position), 0, volume_depth - 1))
+
+
+def top_slices(infection: np.ndarray, k: int = 3, min_gap: int = 3) -> list[int]:
+    """The ``k`` map slices with the most positive infection, at least ``min_gap`` apart."""
+    mass = np.clip(np.asarray(infection, np.float32), 0, None).sum(axis=(1, 2))
+    chosen: list[int] = []
+    for index in np.argsort(-mass, kind="stable"):
+        if all(abs(int(index) - c) >= min_gap for c in chosen):
+            chosen.append(int(index))
+        if len(chosen) == k:
+            break
+    return sorted(chosen)
+
+
+def slice_overlay(volume: np.ndarray, infection: np.ndarray, map_index: int,
+                  scale: float | None = None) -> np.ndarray:
+    """RGB uint8 (S, S): the volume slice under map slice ``map_index`` with the map over it."""
+    volume, infection = _check(volume, infection)
+    heat = normalised_map(infection[map_index], map_scale(infection) if scale is None else scale)
+    base = volume[volume_index(map_index, len(infection), len(volume))]
+    return blend_heat(np.clip(base, 0, 1), heat, cmap=CMAP, max_alpha=0.8, floor=FLOOR)
+
+
+def projections(volume: np.ndarray, infection: np.ndarray,
+                scale: float | None = None) -> dict[str, np.ndarray]:
+    """Maximum-intensity projections of the map over mean projections of the volume.
+
+    ``axial`` (S, S) projects along z; ``coronal`` (z, S) projects front to back with the
+    head at the top, on the volume's 1 mm z grid. RGB uint8.
+    """
+    volume, infection = _check(volume, infection)
+    scale = map_scale(infection) if scale is None else scale
+    heat = normalised_map(infection, scale)
+    axial = blend_heat(volume.mean(axis=0), heat.max(axis=0), cmap=CMAP, max_alpha=0.8,
+                       floor=FLOOR)
+    coronal_heat = resize_to(heat.max(axis=1), (volume.shape[0], volume.shape[2]))
+    # Canonical orientation has z increasing towards the head: flip so the head is up.
+    coronal = blend_heat(volume.mean(axis=1)[::-1], np.clip(coronal_heat, 0, 1)[::-1],
+                         cmap=CMAP, max_alpha=0.8, floor=FLOOR)
+    return {"axial": axial, "coronal": coronal}
+
+
+def infection_figure(volume: np.ndarray, infection: np.ndarray, slices: Sequence[int] | None = None,
+                     fov_mm: float | None = None, title: str | None = None):
+    """A one-row figure: the map over its most affected slices, then the two projections.
+
+    ``fov_mm`` (the scan's in-plane field of view) gives the coronal projection its true
+    aspect; without it the volume's z extent in mm is shown against 128 pixels as square.
+    """
+    volume, infection = _check(volume, infection)
+    slices = list(slices) if slices is not None else top_slices(infection)
+    scale = map_scale(infection)
+    views = [(slice_overlay(volume, infection, d, scale), f"slice {d + 1}/{len(infection)}")
+             for d in slices]
+    mips = projections(volume, infection, scale)
+    views += [(mips["axial"], "axial MIP"), (mips["coronal"], "coronal MIP")]
+    fig = new_figure(1.9 * len(views), 2.3)
+    axes = fig.subplots(1, len(views))
+    for ax, (image, label) in zip(np.atleast_1d(axes), views):
+        aspect = "equal"
+        if label == "coronal MIP":
+            row_mm = 1.0  # the pre-processed volume has 1 mm slices
+            col_mm = (fov_mm / volume.shape[2]) if fov_mm else row_mm * volume.shape[0] / volume.shape[2]
+            aspect = row_mm / col_mm
+        ax.imshow(image, aspect=aspect, interpolation="bilinear")
+        ax.set_title(label, fontsize=8)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig

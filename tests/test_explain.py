@@ -1,0 +1,236 @@
+"""Explanations: Grad-CAM on a planted feature, t-SNE, infection-map views, training curves,
+and explain_evaluation end to end on a tiny COVIDx-layout dataset (all SYNTHETIC)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from covidct.explain.cases import select_cases
+from covidct.explain.curves import plot_training_curves, read_history
+from covidct.explain.features import neighbour_agreement, plot_tsne, tsne_embedding
+from covidct.explain.gradcam import gradcam
+from covidct.explain.infection import infection_figure, projections, slice_overlay, top_slices
+from covidct.explain.plotting import blend_heat, figure_bytes
+
+# A toy classifier with planted features ---------------------------------------------------
+
+H, W = 40, 48                       # not square, so a transposed map would be caught
+BRIGHT = (slice(6, 14), slice(30, 38))   # class 1 evidence: a bright square
+DARK = (slice(24, 32), slice(8, 16))     # class 0 evidence: a dark square
+
+
+class Toy(nn.Module):
+    """Channel 0 fires on bright pixels, channel 1 on dark ones (after 2x max pooling, so
+    the map is coarser than the image); class 0 reads channel 1, class 1 reads channel 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.detect = nn.Conv2d(3, 2, 1)
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.detect.weight.copy_(torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]])[..., None, None] / 3)
+            self.detect.bias.copy_(torch.tensor([-0.6, 0.15]))
+            self.head.weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+
+    def forward(self, x):
+        features = self.pool(torch.relu(self.detect(x)))
+        return self.head(features.mean(dim=(2, 3)))
+
+
+def toy_image() -> torch.Tensor:
+    image = torch.full((3, H, W), 0.3)
+    image[(slice(None), *BRIGHT)] = 1.0
+    image[(slice(None), *DARK)] = 0.0
+    return image
+
+
+def _share_inside(cam: np.ndarray, region) -> float:
+    mask = np.zeros(cam.shape, bool)
+    mask[region] = True
+    return float(cam[mask].sum() / cam.sum())
+
+
+def test_gradcam_has_the_image_shape_and_peaks_on_the_planted_feature():
+    net = Toy()
+    cam = gradcam(net, net.pool, toy_image(), class_index=1)
+    assert cam.shape == (H, W)
+    assert cam.dtype == np.float32 and cam.min() >= 0 and cam.max() == pytest.approx(1.0)
+    row, col = np.unravel_index(np.argmax(cam), cam.shape)
+    assert BRIGHT[0].start <= row < BRIGHT[0].stop and BRIGHT[1].start <= col < BRIGHT[1].stop
+    # Bilinear upsampling spreads a little outside; most of the mass stays on the square.
+    assert _share_inside(cam, (slice(4, 16), slice(28, 40))) > 0.9
+
+
+def test_gradcam_follows_the_requested_class_and_leaves_the_mode_alone():
+    net = Toy().train()
+    cam = gradcam(net, net.pool, toy_image()[None], class_index=0)
+    assert net.training
+    assert _share_inside(cam, (slice(22, 34), slice(6, 18))) > 0.9
+    assert _share_inside(cam, (slice(4, 16), slice(28, 40))) < 0.05
+
+
+def test_gradcam_works_under_inference_mode_and_rejects_batches():
+    net = Toy()
+    with torch.inference_mode():
+        image = toy_image()
+        cam = gradcam(net, net.pool, image, class_index=1)
+    assert cam.shape == (H, W) and cam.max() > 0
+    with pytest.raises(ValueError):
+        gradcam(net, net.pool, torch.stack([toy_image(), toy_image()]), class_index=1)
+
+
+def test_blend_heat_leaves_cool_pixels_gray_and_colours_hot_ones():
+    gray = np.full((8, 8), 100, np.uint8)
+    heat = np.zeros((8, 8))
+    heat[2, 3] = 1.0
+    rgb = blend_heat(gray, heat)
+    assert rgb.shape == (8, 8, 3) and rgb.dtype == np.uint8
+    assert (rgb[0, 0] == 100).all()
+    assert len(set(rgb[2, 3].tolist())) > 1  # coloured, no longer gray
+
+
+# t-SNE -----------------------------------------------------------------------------------
+
+def test_tsne_returns_2d_points_and_keeps_separable_classes_apart():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 20)
+    centres = rng.normal(0, 6, size=(3, 64))
+    features = centres[labels] + rng.normal(0, 1, size=(60, 64))
+    points = tsne_embedding(features, seed=0)
+    assert points.shape == (60, 2) and np.isfinite(points).all()
+    assert neighbour_agreement(points, labels) >= 0.95
+    # The same features with shuffled labels: neighbours agree only at chance level.
+    assert neighbour_agreement(points, rng.permutation(labels)) < 0.7
+    fig = plot_tsne(points, labels, ("Normal", "CP", "NCP"), synthetic=True)
+    assert figure_bytes(fig).startswith(b"\x89PNG")
+
+
+def test_tsne_of_few_points_lowers_the_perplexity():
+    points = tsne_embedding(np.random.default_rng(1).normal(size=(7, 5)), seed=0)
+    assert points.shape == (7, 2)
+
+
+# Case selection -----------------------------------------------------------------------------
+
+def test_select_cases_takes_most_confident_correct_and_wrong_per_class():
+    y_true = np.array([0, 0, 0, 1, 1, 1])
+    y_prob = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.3, 0.7], [0.1, 0.9], [0.55, 0.45]])
+    cases = select_cases(y_true, y_prob, n_per_class=1)
+    assert [(c.index, c.kind) for c in cases] == [(0, "correct"), (2, "wrong"),
+                                                  (4, "correct"), (5, "wrong")]
+    assert cases[1].predicted_class == 1 and cases[1].confidence == pytest.approx(0.8)
+
+
+# Infection maps ---------------------------------------------------------------------------
+
+def test_infection_views_align_the_map_with_the_volume():
+    z, d, s = 80, 40, 32
+    volume = np.full((z, s, s), 0.2, np.float32)
+    infection = np.zeros((d, s, s), np.float32)
+    infection[30, 5:10, 20:26] = 0.3       # one lesion, in map slice 30 only
+    infection += np.random.default_rng(0).normal(0, 0.005, infection.shape).astype(np.float32)
+    assert top_slices(infection, k=1) == [30]
+    overlay = slice_overlay(volume, infection, 30)
+    assert overlay.shape == (s, s, 3)
+    hot = np.abs(overlay.astype(int) - overlay[0, 0].astype(int)).sum(axis=2) > 30
+    assert hot[5:10, 20:26].all() and hot.sum() <= 2 * 30
+    views = projections(volume, infection)
+    assert views["axial"].shape == (s, s, 3) and views["coronal"].shape == (z, s, 3)
+    coronal_hot = np.abs(views["coronal"].astype(int) - views["coronal"][0, 0].astype(int)).sum(axis=2) > 30
+    rows = np.flatnonzero(coronal_hot.any(axis=1))
+    # Map slice 30 of 40 lies at volume slice ~60 of 80; the head is drawn at the top.
+    assert rows.size and abs((z - 1 - rows.mean()) - (30.5 * z / d - 0.5)) < 3
+    assert np.flatnonzero(coronal_hot.any(axis=0)).tolist() == list(range(20, 26))
+    fig = infection_figure(volume, infection, fov_mm=340.0, title="SYNTHETIC")
+    assert figure_bytes(fig).startswith(b"\x89PNG")
+
+
+def test_infection_views_reject_mismatched_arrays():
+    with pytest.raises(ValueError):
+        projections(np.zeros((10, 32, 32)), np.zeros((5, 16, 16)))
+
+
+# Training curves ----------------------------------------------------------------------------
+
+def test_training_curves_from_a_history_csv(tmp_path):
+    rows = ["step,loss,lr,images_per_s,data_wait_s,val_loss,val_acc"]
+    for step in range(1, 61):
+        val = f"{1.0 / step:.4f},{min(1.0, 0.3 + step / 80):.4f}" if step % 20 == 0 else ","
+        rows.append(f"{step},{2.0 / step:.4f},{0.003 if step < 40 else 0.0003},50.0,0.01,{val}")
+    (tmp_path / "history.csv").write_text("\n".join(rows) + "\n")
+    history = read_history(tmp_path / "history.csv")
+    assert np.isnan(history["val_acc"][0]) and history["val_acc"][19] == pytest.approx(0.55)
+    fig = plot_training_curves(history, title="run", synthetic=True)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["Loss", "Learning rate", "Accuracy"]
+    assert figure_bytes(fig, "svg").lstrip().startswith(b"<?xml")
+    # Several runs overlay (Fig. 7), and a history without plottable columns is refused.
+    fig = plot_training_curves({"a": history, "b": history})
+    assert len(fig.axes[2].get_lines()) == 2
+    with pytest.raises(ValueError):
+        plot_training_curves({"images_per_s": np.ones(3)})
+
+
+# explain_evaluation end to end (slice classifier) ----------------------------------------
+
+def _tiny_covidx(root, n_patients=6, slices=3, size=48):
+    """A SYNTHETIC COVIDx-layout test split: per class, bright blobs at class-specific places."""
+    from PIL import Image
+
+    from covidct.constants import SYNTHETIC_TAG
+
+    images = root / "images"
+    images.mkdir(parents=True)
+    (root / "README.md").write_text(f"{SYNTHETIC_TAG}\n")
+    rng = np.random.default_rng(0)
+    lines = []
+    for p in range(n_patients):
+        label = p % 3
+        name = ("Normal", "CP", "NCP")[label]
+        for k in range(slices):
+            pixels = rng.integers(20, 60, size=(size + 8, size + 8)).astype(np.uint8)
+            pixels[10 + 10 * label:20 + 10 * label, 10:25] = 230
+            file = f"{name}_{p}_0_{k:04d}.png"
+            Image.fromarray(pixels).save(images / file)
+            lines.append(f"{file} {label} 2 2 {size + 3} {size + 3}")
+    (root / "test_COVIDx_CT-2A.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_explain_evaluation_writes_gallery_tsne_and_features(tmp_path):
+    from covidct.evaluation import evaluate
+    from covidct.explain import explain_evaluation
+    from covidct.slices.model import TINY_ARCH, SliceClassifier, build_network
+
+    torch.manual_seed(0)
+    data = _tiny_covidx(tmp_path / "data")
+    classifier = SliceClassifier(net=build_network(TINY_ARCH).eval(), arch=TINY_ARCH, resize=40,
+                                 crop=32, trained_on={"synthetic": True})
+    eval_dir = tmp_path / "eval"
+    evaluate(classifier, data, split="test", out_dir=eval_dir, n_boot=20)
+    summary = explain_evaluation(classifier, data, "test", eval_dir, n_per_class=1)
+
+    index = json.loads((eval_dir / "gradcam" / "index.json").read_text())
+    assert summary["gradcam"]["n"] == len(index["items"]) >= 3
+    for item in index["items"]:
+        assert (eval_dir / "gradcam" / item["file"]).read_bytes().startswith(b"\x89PNG")
+        assert item["true_class"] in ("Normal", "CP", "NCP")
+        assert not any("_0_" in str(v) for v in item.values())  # no file names / patient ids
+    with np.load(eval_dir / "features.npz") as saved:
+        assert saved["features"].shape == (18, 512) and saved["points"].shape == (18, 2)
+    assert (eval_dir / "tsne.png").stat().st_size > 5000
+    assert json.loads((eval_dir / "explain.json").read_text())["tsne"]["n"] == 18
+    assert "synthetic_notice" in summary
+
+
+def test_explain_evaluation_needs_scores(tmp_path):
+    from covidct.errors import DatasetError
+    from covidct.explain import explain_evaluation
+
+    with pytest.raises(DatasetError, match="scores.npz"):
+        explain_evaluation(object(), tmp_path, "test", tmp_path)
