@@ -1,0 +1,113 @@
+"""`covidct train3d`: train CovidCTNet (BCDU-Net denoiser, then the 3D CNN) into a run folder."""
+from __future__ import annotations
+
+import argparse
+
+from ..constants import DISCLAIMER
+
+DESCRIPTION = f"""\
+Train CovidCTNet in two stages into RUN_DIR.
+
+  denoiser    BCDU-Net learns to return clean control slices; half of its inputs carry
+              Perlin-noise pseudo-infection. Control patients of the train split only.
+  classifier  the frozen denoiser turns every scan into an infection map (input minus
+              output, 50x128x128); the published 3D CNN learns the classes from them. Unless
+              --no-ablation, the same 3D CNN is also trained on the plain pre-processed
+              volumes (no BCDU-Net, no Perlin noise) on the same splits, for comparison.
+  all         both, in order.
+
+DATA is the method's folder per class (Control/, CAP/, Covid/, each holding one DICOM
+series folder, .zip or NIfTI file per patient), a folder with labels.csv (as `covidct synth`
+writes), or a labels CSV with patient_id, volume_label and optional split and path columns.
+Without a split column patients are split per class, seeded (--val-fraction, --test-fraction).
+
+RUN_DIR receives config.json, history.csv, checkpoints/ (resume with --resume), denoiser.pt,
+model.pt (the model file `covidct predict --method covidctnet --model` reads),
+ablation/model.pt and summary.json (data counts, synthetic flag, validation and test figures
+of both models side by side, 3-class and COVID-vs-rest).
+
+Pre-processed volumes and infection maps are cached on disk (keyed by scan content and
+settings): a second run skips pre-processing. {DISCLAIMER}
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train3d", help="train CovidCTNet (BCDU-Net + 3D CNN) on CT volumes",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, metavar="DIR_OR_CSV",
+                   help="cohort: class folders (Control/ CAP/ Covid/), a folder with labels.csv, "
+                        "or a labels CSV")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
+    p.add_argument("--stage", choices=("denoiser", "classifier", "all"), default="all",
+                   help="which stage to train (default: all); classifier needs RUN_DIR/denoiser.pt "
+                        "or --denoiser")
+    p.add_argument("--binary", action="store_true",
+                   help="train COVID-19 vs rest (2 classes) instead of Control/CAP/COVID-19")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each stage from its last checkpoint in RUN_DIR")
+    p.add_argument("--seed", type=int, default=0, help="seed of splits, noise, init (default 0)")
+    g = p.add_argument_group("classifier (3D CNN)")
+    g.add_argument("--epochs", type=int, default=100, help="maximum epochs (default 100)")
+    g.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
+    g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    g.add_argument("--patience", type=int, default=10,
+                   help="stop after this many epochs without a lower validation loss (default 10)")
+    g.add_argument("--no-ablation", dest="ablation", action="store_false",
+                   help="skip the ablation (3D CNN on plain volumes)")
+    g.add_argument("--denoiser", dest="denoiser_file", metavar="FILE",
+                   help="use this denoiser.pt (from another run) instead of RUN_DIR/denoiser.pt")
+    g = p.add_argument_group("denoiser (BCDU-Net)")
+    g.add_argument("--denoiser-epochs", type=int, default=10, help="maximum epochs (default 10)")
+    g.add_argument("--denoiser-batch-size", type=int, default=5, help="batch size (default 5)")
+    g.add_argument("--denoiser-lr", type=float, default=1e-3,
+                   help="Adam learning rate (default 1e-3)")
+    g.add_argument("--denoiser-patience", type=int, default=3,
+                   help="early-stopping patience in epochs (default 3)")
+    g.add_argument("--slices-per-scan", type=int, default=0,
+                   help="train on this many evenly spaced slices per control scan (default 0: all)")
+    g.add_argument("--noisy-fraction", type=float, default=0.5,
+                   help="share of training slices given Perlin pseudo-infection (default 0.5)")
+    g.add_argument("--denoiser-width", type=int, default=32,
+                   help="BCDU-Net base channels (default 32: 32-64-128-256 as the method)")
+    g = p.add_argument_group("volumes")
+    g.add_argument("--slice-size", type=int, default=128, help="in-plane size (default 128)")
+    g.add_argument("--volume-slices", type=int, default=50,
+                   help="depth of the 3D CNN input (default 50, at least 34)")
+    g.add_argument("--denoise-slices", dest="max_denoised_slices", type=int, default=100,
+                   help="at most this many evenly spaced 1-mm slices per scan go through BCDU-Net "
+                        "before the infection map is resized to --volume-slices (default 100; "
+                        "0 = every slice, the method exactly, slower on long series)")
+    g = p.add_argument_group("data and machinery")
+    g.add_argument("--val-fraction", type=float, default=0.15,
+                   help="validation share per class when the data has no split (default 0.15)")
+    g.add_argument("--test-fraction", type=float, default=0.15,
+                   help="test share per class when the data has no split (default 0.15)")
+    g.add_argument("--cache-dir", help="cache of pre-processed arrays (default: $COVIDCT_CACHE or "
+                                       "~/.cache/covidct/volumes)")
+    g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: all)")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..volumes.train import TrainConfig, train
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    names = set(TrainConfig.__dataclass_fields__)
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    summary = train(config)
+    tag = " [SYNTHETIC DATA]" if summary.get("synthetic") else ""
+    print(f"run folder: {config.out}{tag}")
+    for row in summary.get("comparison", {}).get("rows", []):
+        figures = ", ".join(f"{k} {row[k]:.3f}" for k in ("accuracy", "covid_auc")
+                            if row.get(k) is not None)
+        print(f"  {row['split']:<4} {row['model']}: {figures or 'n/a'} (n={row['n']})")
+    if "denoiser" in summary and config.stage == "denoiser":
+        print(f"  denoiser: best loss {summary['denoiser'].get('best_loss')} "
+              f"after {summary['denoiser'].get('epochs_run')} epochs")
+    return 0

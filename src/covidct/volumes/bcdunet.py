@@ -1,0 +1,123 @@
+"""BCDU-Net (Azad et al. 2019), the D3 variant CovidCTNet uses as its slice "denoiser".
+
+A U-Net whose encoder goes 32-64-128 channels with max pooling, whose bottleneck is three
+densely connected conv blocks of 256 channels (block 3 sees blocks 1 and 2), and whose
+skip connections are fused with the upsampled decoder features by a bidirectional
+ConvLSTM reading the two-step sequence (encoder feature, decoder feature). The output is a
+sigmoid image in [0, 1], trained with binary cross-entropy against the clean slice.
+
+Channel widths scale with ``base`` (32 in the method) so tests can build a narrow copy.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _he_normal(module: nn.Module) -> None:
+    """Keras' he_normal, the initialiser of the method's code, for every conv layer."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3x3 convolutions with ReLU, the building block of every level."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__(
+            nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(out_ch, out_ch, 3, padding=1), nn.ReLU(inplace=True))
+
+
+class ConvLSTMCell(nn.Module):
+    """A convolutional LSTM cell run over a short sequence; returns the last hidden state."""
+
+    def __init__(self, in_ch: int, hidden: int, kernel: int = 3):
+        super().__init__()
+        self.hidden = hidden
+        self.input_conv = nn.Conv2d(in_ch, 4 * hidden, kernel, padding=kernel // 2)
+        self.hidden_conv = nn.Conv2d(hidden, 4 * hidden, kernel, padding=kernel // 2, bias=False)
+
+    def forward(self, sequence: list[torch.Tensor]) -> torch.Tensor:
+        # The input convolution of every step in one call: the steps are independent there.
+        steps = self.input_conv(torch.cat(sequence, 0)).chunk(len(sequence), 0)
+        h = c = None
+        for gates in steps:
+            if h is not None:  # the first step starts from zero state: no recurrent term
+                gates = gates + self.hidden_conv(h)
+            i, f, g, o = gates.chunk(4, 1)
+            i, o, g = torch.sigmoid(i), torch.sigmoid(o), torch.tanh(g)
+            c = i * g if c is None else torch.sigmoid(f) * c + i * g
+            h = o * torch.tanh(c)
+        return h
+
+
+class BiConvLSTM(nn.Module):
+    """Bidirectional ConvLSTM over (encoder, decoder) merged as tanh(W_f*H_f + W_b*H_b + b)."""
+
+    def __init__(self, in_ch: int, hidden: int):
+        super().__init__()
+        self.forward_cell = ConvLSTMCell(in_ch, hidden)
+        self.backward_cell = ConvLSTMCell(in_ch, hidden)
+        self.merge = nn.Conv2d(2 * hidden, hidden, 1)
+
+    def forward(self, encoder: torch.Tensor, decoder: torch.Tensor) -> torch.Tensor:
+        h_forward = self.forward_cell([encoder, decoder])
+        h_backward = self.backward_cell([decoder, encoder])
+        return torch.tanh(self.merge(torch.cat([h_forward, h_backward], 1)))
+
+
+class UpBlock(nn.Module):
+    """Transposed conv (x2) + batch norm + ReLU, BiConvLSTM skip fusion, then two convs."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.up = nn.Sequential(
+            nn.ConvTranspose2d(in_ch, out_ch, 2, stride=2),
+            nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+        self.fuse = BiConvLSTM(out_ch, out_ch // 2)
+        self.conv = DoubleConv(out_ch // 2, out_ch)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.fuse(skip, self.up(x)))
+
+
+class BCDUNet(nn.Module):
+    """BCDU-Net D3 for one-channel square slices whose side is a multiple of 8."""
+
+    def __init__(self, base: int = 32, dropout: float = 0.5):
+        super().__init__()
+        c1, c2, c3, c4 = base, 2 * base, 4 * base, 8 * base
+        self.base = base
+        self.enc1, self.enc2, self.enc3 = DoubleConv(1, c1), DoubleConv(c1, c2), DoubleConv(c2, c3)
+        self.pool = nn.MaxPool2d(2)
+        self.drop = nn.Dropout(dropout)
+        # Densely connected bottleneck: D3 reads the concatenation of D1 and D2.
+        self.dense1 = DoubleConv(c3, c4)
+        self.dense2 = DoubleConv(c4, c4)
+        self.dense3 = DoubleConv(2 * c4, c4)
+        self.up3, self.up2, self.up1 = UpBlock(c4, c3), UpBlock(c3, c2), UpBlock(c2, c1)
+        self.head = nn.Sequential(nn.Conv2d(c1, 2, 3, padding=1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(2, 1, 1))
+        _he_normal(self)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid output, (N, 1, H, W); BCE-with-logits on it is the method's BCE."""
+        if x.ndim != 4 or x.shape[1] != 1 or x.shape[-1] % 8 or x.shape[-2] % 8:
+            raise ValueError(f"BCDU-Net needs (N, 1, H, W) with H, W multiples of 8, got {tuple(x.shape)}")
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.pool(e1))
+        e3 = self.enc3(self.pool(e2))
+        d1 = self.drop(self.dense1(self.pool(e3)))
+        d2 = self.drop(self.dense2(d1))
+        d3 = self.drop(self.dense3(torch.cat([d2, d1], 1)))
+        y = self.up3(d3, self.drop(e3))
+        y = self.up2(y, e2)
+        y = self.up1(y, e1)
+        return self.head(y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(x))

@@ -1,0 +1,63 @@
+"""CovidCTNet's 3D CNN, layer for layer as published.
+
+Five stages of two 3x3x3 convolutions (8, 16, 32, 64, 128 channels, ReLU, He-uniform
+initialisation) each followed by 2x2x2 max pooling, then flatten -> dense 32 (ReLU) ->
+dropout 0.3 -> dense to the classes. As in the method's code the very first convolution
+has no padding (50x128x128 -> 48x126x126) and the others keep the size, which gives the
+published 128 x 1 x 3 x 3 = 1152 flattened features for a 50 x 128 x 128 input.
+
+``forward`` returns logits (softmax is applied by ``predict_proba`` and folded into the
+cross-entropy loss during training).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+STAGE_CHANNELS = (8, 16, 32, 64, 128)
+
+
+def _stage(in_ch: int, out_ch: int, first: bool) -> list[nn.Module]:
+    return [nn.Conv3d(in_ch, out_ch, 3, padding=0 if first else 1), nn.ReLU(inplace=True),
+            nn.Conv3d(out_ch, out_ch, 3, padding=1), nn.ReLU(inplace=True),
+            nn.MaxPool3d(2)]
+
+
+def flattened_size(input_shape: tuple[int, int, int]) -> int:
+    """Features after the five stages for a (D, H, W) input."""
+    dims = [s - 2 for s in input_shape]  # the unpadded first convolution
+    for _ in STAGE_CHANNELS:
+        dims = [d // 2 for d in dims]
+    if min(dims) < 1:
+        raise ValueError(f"input {input_shape} is too small for five 2x poolings")
+    return STAGE_CHANNELS[-1] * dims[0] * dims[1] * dims[2]
+
+
+class CNN3D(nn.Module):
+    def __init__(self, n_classes: int = 3, input_shape: tuple[int, int, int] = (50, 128, 128),
+                 dropout: float = 0.3):
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        layers: list[nn.Module] = []
+        in_ch = 1
+        for k, ch in enumerate(STAGE_CHANNELS):
+            layers += _stage(in_ch, ch, first=k == 0)
+            in_ch = ch
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(flattened_size(self.input_shape), 32), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(32, n_classes))
+        for m in self.modules():
+            if isinstance(m, (nn.Conv3d, nn.Linear)):
+                nn.init.kaiming_uniform_(m.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5 or tuple(x.shape[1:]) != (1, *self.input_shape):
+            raise ValueError(f"3D CNN needs (N, 1, {', '.join(map(str, self.input_shape))}), "
+                             f"got {tuple(x.shape)}")
+        return self.classifier(self.features(x))
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self(x), dim=1)

@@ -1,0 +1,106 @@
+"""Perlin gradient noise, CovidCTNet's "pseudo-infection" added to control slices.
+
+The method draws, per slice, a 2D Perlin noise image with 10 octaves, lacunarity 2, a
+random scale in [10, 30) pixels (on a 128-pixel slice) and a random persistence in
+[-0.5, 0.5), and adds it to the slice; the BCDU-Net learns to return the clean slice.
+Negative persistence flips the sign of every other octave, as in the ``noise`` package the
+method used; octaves are summed and divided by the sum of their amplitudes as it does.
+
+Whole images are computed at once per octave (lattice hashing, gradients, fade curves as
+array operations, no per-pixel loop).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: The 8 lattice gradients of 2D improved Perlin noise, as x and y components.
+_GRAD_X = np.array([1, -1, 1, -1, 1, -1, 0, 0], dtype=np.float32)
+_GRAD_Y = np.array([1, 1, -1, -1, 0, 0, 1, -1], dtype=np.float32)
+#: The slice size the method's noise scales refer to.
+REFERENCE_SIZE = 128
+
+
+def _fade(t: np.ndarray) -> np.ndarray:
+    return t * t * t * (t * (t * 6.0 - 15.0) + 10.0)
+
+
+def _octave(x: np.ndarray, y: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """One octave of gradient noise on the grid x (rows) by y (columns); values in [-1, 1].
+
+    x and y are 1D lattice coordinates: everything that depends on one axis only is
+    computed on the vectors and broadcast, so only the hashing and the blend are 2D.
+    """
+    x0, y0 = np.floor(x), np.floor(y)
+    fx, fy = (x - x0).astype(np.float32)[:, None], (y - y0).astype(np.float32)[None, :]
+    xi, yi = x0.astype(np.int64) & 255, y0.astype(np.int64) & 255
+
+    def corner(dx: int, dy: int) -> np.ndarray:
+        h = perm[perm[xi + dx][:, None] + yi[None, :] + dy] & 7
+        return _GRAD_X[h] * (fx - dx) + _GRAD_Y[h] * (fy - dy)
+
+    u, v = _fade(fx), _fade(fy)
+    c00, c10 = corner(0, 0), corner(1, 0)
+    bottom = c00 + u * (c10 - c00)
+    c01, c11 = corner(0, 1), corner(1, 1)
+    top = c01 + u * (c11 - c01)
+    return bottom + v * (top - bottom)
+
+
+def perlin_noise(shape: tuple[int, int], scale: float, octaves: int = 10,
+                 persistence: float = 0.5, lacunarity: float = 2.0, seed: int = 0) -> np.ndarray:
+    """A (H, W) float32 Perlin noise image; pixel (i, j) samples the noise at (i, j) / scale."""
+    if scale <= 0 or octaves < 1:
+        raise ValueError("scale must be positive and octaves >= 1")
+    perm = np.random.default_rng(seed).permutation(256)
+    perm = np.concatenate([perm, perm, perm[:2]])  # room for the +1 corner lookups
+    rows, cols = np.arange(shape[0]) / scale, np.arange(shape[1]) / scale
+    total = np.zeros(shape, dtype=np.float32)
+    frequency, amplitude, amplitude_sum = 1.0, 1.0, 0.0
+    for _ in range(octaves):
+        if amplitude != 0.0:
+            total += np.float32(amplitude) * _octave(rows * frequency, cols * frequency, perm)
+        amplitude_sum += amplitude
+        frequency *= lacunarity
+        amplitude *= persistence
+    return total / np.float32(amplitude_sum)
+
+
+def amplitude_bound(octaves: int, persistence: float) -> float:
+    """An upper bound of |perlin_noise| for these parameters (each octave is within [-1, 1])."""
+    amps = persistence ** np.arange(octaves)
+    return float(np.abs(amps).sum() / abs(amps.sum()))
+
+
+@dataclass(frozen=True)
+class PseudoInfection:
+    """The method's random noise parameters (scales refer to a 128-pixel slice)."""
+
+    scale_range: tuple[int, int] = (10, 30)
+    persistence_range: tuple[float, float] = (-0.5, 0.5)
+    octaves: int = 10
+    lacunarity: float = 2.0
+
+    def draw(self, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+        """One noise image with randomly drawn scale, persistence and lattice seed."""
+        scale = int(rng.integers(*self.scale_range)) * shape[-1] / REFERENCE_SIZE
+        lo, hi = self.persistence_range
+        persistence = float(rng.integers(round(lo * 100), round(hi * 100))) / 100
+        seed = int(rng.integers(0, 1000))
+        return perlin_noise(shape, scale, self.octaves, persistence, self.lacunarity, seed)
+
+    def apply(self, slices: np.ndarray, rng: np.random.Generator,
+              fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+        """Noisy copies of (N, H, W) ``slices``: a random ``fraction`` of them get noise added.
+
+        Returns (inputs, noisy_flags); the training target stays the clean slices.
+        """
+        slices = np.asarray(slices, dtype=np.float32)
+        n = len(slices)
+        noisy = np.zeros(n, dtype=bool)
+        noisy[rng.permutation(n)[:int(round(fraction * n))]] = True
+        inputs = slices.copy()
+        for k in np.flatnonzero(noisy):
+            inputs[k] += self.draw(slices.shape[1:], rng)
+        return inputs, noisy

@@ -1,0 +1,263 @@
+"""The trained CovidCTNet: pre-processing, frozen BCDU-Net, 3D CNN, in one object and one file.
+
+``CovidCTNet.predict(scan)`` is what ``covidct predict --method covidctnet`` runs;
+``score_dataset`` is what ``covidct evaluate`` runs; ``save`` writes the single model file
+that ``covidct.models.load_model`` reads back through ``CovidCTNet.from_payload``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..constants import METHOD_COVIDCTNET, VOLUME_CLASSES
+from ..errors import ModelError
+from ..models import save_model_file
+from ..prediction import Prediction, Scores
+from ..scan import Scan
+from .cache import ArrayCache, file_digest, scan_digest, weights_digest
+from .infection import cnn_input
+from .preprocess import check_scan, preprocess_volume
+from .settings import INPUT_INFECTION, VolumeSettings
+
+log = logging.getLogger(__name__)
+
+#: Class names of a COVID-vs-rest (``--binary``) model.
+BINARY_CLASSES = ("non-COVID-19", "COVID-19")
+
+
+class CovidCTNet:
+    """Pre-processing settings + frozen BCDU-Net denoiser + 3D CNN classifier."""
+
+    method = METHOD_COVIDCTNET
+
+    def __init__(self, classifier, denoiser, settings: VolumeSettings,
+                 class_names: tuple[str, ...] = VOLUME_CLASSES,
+                 training: dict[str, Any] | None = None, info: dict[str, Any] | None = None,
+                 cache: ArrayCache | None = None):
+        if settings.input == INPUT_INFECTION and denoiser is None:
+            raise ModelError("a CovidCTNet reading infection maps needs its BCDU-Net denoiser")
+        self.classifier = classifier.eval()
+        self.denoiser = None if denoiser is None else denoiser.eval()
+        self.settings = settings
+        self.class_names = tuple(class_names)
+        self.training = dict(training or {})
+        self.info = dict(info or {})
+        self.cache = ArrayCache.default() if cache is None else cache
+        self._denoiser_digest: str | None = None
+        self._file_digests: dict[str, str] = {}
+
+    # -- the model file ---------------------------------------------------------------
+
+    @classmethod
+    def build(cls, settings: VolumeSettings, class_names=VOLUME_CLASSES, denoiser=None,
+              **kwargs) -> "CovidCTNet":
+        """A fresh (untrained) 3D CNN around an existing denoiser."""
+        from .cnn3d import CNN3D
+
+        return cls(CNN3D(len(class_names), settings.volume_shape), denoiser, settings,
+                   tuple(class_names), **kwargs)
+
+    @classmethod
+    def from_payload(cls, record: dict[str, Any]) -> "CovidCTNet":
+        from .bcdunet import BCDUNet
+        from .cnn3d import CNN3D
+
+        try:
+            settings = VolumeSettings.from_dict(dict(record["settings"]))
+            class_names = tuple(record["class_names"])
+            classifier = CNN3D(len(class_names), settings.volume_shape)
+            classifier.load_state_dict(record["classifier"])
+            denoiser = None
+            if record.get("denoiser") is not None:
+                denoiser = BCDUNet(settings.denoiser_width)
+                denoiser.load_state_dict(record["denoiser"])
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise ModelError(f"CovidCTNet model file is incomplete or inconsistent "
+                             f"({type(exc).__name__}: {str(exc)[:200]})",
+                             (record.get("file") or {}).get("name")) from None
+        info = {"file": record.get("file"), "covidct_version": record.get("covidct_version"),
+                "name": record.get("name", "covidctnet")}
+        return cls(classifier, denoiser, settings, class_names, record.get("training"), info)
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "name": self.info.get("name", "covidctnet"),
+            "settings": self.settings.to_dict(),
+            "class_names": list(self.class_names),
+            "classifier": self.classifier.state_dict(),
+            "denoiser": None if self.denoiser is None else self.denoiser.state_dict(),
+            "training": self.training,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return save_model_file(path, METHOD_COVIDCTNET, self.payload())
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.training.get("synthetic", False))
+
+    def describe(self) -> dict[str, Any]:
+        """Model provenance for a Prediction (no patient data)."""
+        return {"name": self.info.get("name", "covidctnet"), "method": self.method,
+                "file": self.info.get("file"), "covidct_version": self.info.get("covidct_version"),
+                "class_names": list(self.class_names), "input": self.settings.input,
+                "settings": self.settings.to_dict(), "trained_on": self.training.get("data"),
+                "synthetic": self.synthetic}
+
+    # -- from scan to the 3D CNN's input ------------------------------------------------
+
+    def _weights_key(self) -> str:
+        if self._denoiser_digest is None:
+            self._denoiser_digest = "none" if self.denoiser is None else weights_digest(self.denoiser)
+        return self._denoiser_digest
+
+    def volume(self, scan: Scan, content: str | None = None) -> tuple[np.ndarray, str]:
+        """The pre-processed (z, S, S) volume and "hit"/"miss" for the cache."""
+        check_scan(scan)
+        content = content or scan_digest(scan)
+        key = ArrayCache.key("volume", content, self.settings.preprocess_key())
+        cached = self.cache.load(key)
+        if cached is not None:
+            return cached[0], "hit"
+        volume = preprocess_volume(scan, self.settings)
+        self.cache.save(key, volume)
+        return volume, "miss"
+
+    def network_input(self, volume: np.ndarray, content: str) -> tuple[np.ndarray, str]:
+        """The (volume_slices, S, S) array the 3D CNN reads (infection map or plain volume)."""
+        if self.settings.input != INPUT_INFECTION:
+            return cnn_input(volume, None, self.settings), "n/a"
+        key = ArrayCache.key("infection", content,
+                             {**self.settings.to_dict(), "denoiser": self._weights_key()})
+        cached = self.cache.load(key)
+        if cached is not None:
+            return cached[0], "hit"
+        array = cnn_input(volume, self.denoiser, self.settings)
+        self.cache.save(key, array)
+        return array, "miss"
+
+    def classify(self, inputs: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, C) for (N, D, S, S) network inputs."""
+        import torch
+
+        device = next(self.classifier.parameters()).device
+        self.classifier.eval()
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))[:, None].to(device)
+            return torch.softmax(self.classifier(x), dim=1).double().cpu().numpy()
+
+    # -- prediction ---------------------------------------------------------------------
+
+    def predict(self, scan: Scan) -> Prediction:
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        warnings = check_scan(scan) + list(scan.metadata.get("warnings", []) or [])
+        content = scan_digest(scan)
+        volume, volume_cache = self.volume(scan, content)
+        timings["preprocess"] = time.perf_counter() - start
+        mark = time.perf_counter()
+        inputs, input_cache = self.network_input(volume, content)
+        timings["infection_map" if self.settings.input == INPUT_INFECTION else "resize"] = \
+            time.perf_counter() - mark
+        mark = time.perf_counter()
+        probabilities = self.classify(inputs[None])[0]
+        timings["classify"] = time.perf_counter() - mark
+        timings["total"] = time.perf_counter() - start
+        for w in warnings:
+            log.warning("%s", w)
+        return Prediction(
+            method=self.method, class_names=self.class_names, probabilities=probabilities,
+            aggregation=(f"one 3D CNN call on the whole scan's "
+                         f"{'infection map' if self.settings.input == INPUT_INFECTION else 'volume'} "
+                         f"({'x'.join(map(str, self.settings.volume_shape))}), softmax over classes"),
+            maps={self.settings.input: inputs},
+            model=self.describe(),
+            scan=_scan_info(scan, volume, warnings, {"volume": volume_cache, "input": input_cache}),
+            timings=timings)
+
+    # -- evaluation ---------------------------------------------------------------------
+
+    def volume_for_file(self, path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+        """The pre-processed volume of a scan file/folder and a few facts about it, cached by
+        the file's bytes, so a second pass over a cohort neither reads nor pre-processes it."""
+        from ..scanio import load_scan
+
+        key = ArrayCache.key("volume", self._file_content(path), self.settings.preprocess_key())
+        cached = self.cache.load(key)
+        if cached is not None:
+            return cached
+        scan = load_scan(path)
+        volume = preprocess_volume(scan, self.settings)
+        meta = {"synthetic": scan.synthetic, "n_slices": scan.n_slices}
+        self.cache.save(key, volume, meta)
+        return volume, meta
+
+    def input_for_file(self, path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+        """The network input for a scan file/folder (cached like volume_for_file)."""
+        volume, meta = self.volume_for_file(path)
+        inputs, _ = self.network_input(volume, self._file_content(path))
+        return inputs, meta
+
+    def _file_content(self, path: str | os.PathLike) -> str:
+        # Hashing a DICOM folder reads every file: remember it for this object's lifetime.
+        resolved = str(Path(path).resolve())
+        known = self._file_digests.get(resolved)
+        if known is None:
+            known = self._file_digests[resolved] = "file:" + file_digest(path)
+        return known
+
+    def score_dataset(self, source: str | os.PathLike, split: str | None = "test",
+                      seed: int = 0, progress: bool = True) -> Scores:
+        """Scan-level Scores of this model on a cohort (see volumes.data) for metrics."""
+        from tqdm import tqdm
+
+        from .data import load_cohort
+
+        cohort = load_cohort(source, seed=seed)
+        items = cohort.split(split)
+        if not items:
+            raise ModelError(f"no scans in split {split!r} of {cohort.source}")
+        probs, synthetic = [], cohort.synthetic
+        for item in tqdm(items, desc=f"covidctnet {split or 'all'}", disable=not progress,
+                         unit="scan"):
+            inputs, meta = self.input_for_file(item.path)
+            synthetic |= bool(meta.get("synthetic"))
+            probs.append(self.classify(inputs[None])[0])
+        return Scores(
+            method=self.method, class_names=self.class_names,
+            y_true=np.array([self.target_index(i.label) for i in items]),
+            y_prob=np.stack(probs), groups=np.array([i.patient_id for i in items]),
+            level="scan", items=[i.patient_id for i in items],
+            provenance={"model": self.describe(), "data": Path(cohort.source).name,
+                        "split": split or "all", "split_from": cohort.split_from,
+                        "synthetic": bool(synthetic or self.synthetic)})
+
+    def target_index(self, label: str) -> int:
+        """Index of a volume label in this model's classes (COVID-vs-rest for binary)."""
+        if self.class_names == BINARY_CLASSES:
+            return int(label == "COVID-19")
+        return self.class_names.index(label)
+
+    # -- pictures -----------------------------------------------------------------------
+
+    def save_pictures(self, prediction: Prediction, scan: Scan,
+                      out_dir: str | os.PathLike) -> list[Path]:
+        """Infection-map pictures next to the prediction JSON (see volumes.pictures)."""
+        from .pictures import write_pictures
+
+        volume, _ = self.volume(scan)
+        return write_pictures(prediction, volume, self.settings, Path(out_dir))
+
+
+def _scan_info(scan: Scan, volume: np.ndarray, warnings: list[str],
+               cache: dict[str, str]) -> dict[str, Any]:
+    """A de-identified summary of the scan as the model saw it."""
+    return {"summary": scan.summary(), "shape": list(scan.shape),
+            "spacing_mm": list(scan.spacing), "units": scan.units,
+            "orientation": scan.orientation, "synthetic": scan.synthetic,
+            "preprocessed_shape": list(volume.shape), "warnings": warnings, "cache": cache}

@@ -1,0 +1,61 @@
+"""CovidCTNet's settings, with the method's defaults, saved inside every model file.
+
+Prediction reads them back from the model, so a model is always applied with the
+pre-processing it was trained with.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ..errors import ModelError
+
+#: What the 3D CNN reads: the method's infection maps, or (the ablation of the method's
+#: Fig. 1) the plain pre-processed volume without BCDU-Net and Perlin noise.
+INPUT_INFECTION = "infection"
+INPUT_VOLUME = "volume"
+
+
+@dataclass(frozen=True)
+class VolumeSettings:
+    spacing_mm: float = 1.0        # isotropic resampling (the method: 1 x 1 x 1 mm)
+    window: str = "covidctnet"     # HU [-1000, 400] -> [0, 1]
+    slice_size: int = 128          # in-plane size after resizing (z kept)
+    volume_slices: int = 50        # depth of the 3D CNN input
+    #: Slices passed through BCDU-Net per scan before the infection maps are resized to
+    #: ``volume_slices``: evenly spaced 1-mm slices (0 = all of them, as the method). Bounds
+    #: the cost of a long series; see infection.denoise_indices.
+    max_denoised_slices: int = 100
+    denoiser_width: int = 32       # BCDU-Net base channels (32-64-128-256 in the method)
+    input: str = INPUT_INFECTION
+
+    def __post_init__(self) -> None:
+        # BCDU-Net pools three times (multiples of 8); the 3D CNN's unpadded first conv and
+        # five 2x poolings need at least 34 voxels along every axis.
+        if self.slice_size % 8 or self.slice_size < 40:
+            raise ModelError(f"slice_size must be a multiple of 8 and >= 40, got {self.slice_size}")
+        if self.volume_slices < 34:
+            raise ModelError(f"volume_slices must be >= 34, got {self.volume_slices}")
+        if self.input not in (INPUT_INFECTION, INPUT_VOLUME):
+            raise ModelError(f"unknown 3D CNN input {self.input!r}")
+        if self.spacing_mm <= 0 or self.max_denoised_slices < 0:
+            raise ModelError("spacing_mm must be positive and max_denoised_slices >= 0")
+
+    @property
+    def volume_shape(self) -> tuple[int, int, int]:
+        return self.volume_slices, self.slice_size, self.slice_size
+
+    def preprocess_key(self) -> dict[str, Any]:
+        """The settings that determine the pre-processed volume (the cache key part)."""
+        return {"spacing_mm": self.spacing_mm, "window": self.window, "slice_size": self.slice_size}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VolumeSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ModelError(f"model settings have unknown keys {sorted(unknown)}; upgrade covidct")
+        return cls(**data)

@@ -1,0 +1,494 @@
+"""Training CovidCTNet in two stages, as the method does.
+
+Stage "denoiser": BCDU-Net learns to return clean control slices from inputs of which half
+carry Perlin pseudo-infection (binary cross-entropy, Adam 1e-3); only control patients of
+the training split are used; the best epoch on the validation controls is frozen.
+
+Stage "classifier": the frozen denoiser turns every scan into an infection map
+(50 x 128 x 128); the published 3D CNN learns Control / CAP / COVID-19 (or COVID-19 vs rest
+with ``binary``) with Adam 1e-4, batch 16, up to 100 epochs and early stopping on the
+validation loss. The ablation of the method's Fig. 1 trains the same 3D CNN, same splits
+and seed, on the plain pre-processed volumes (no BCDU-Net, no Perlin noise).
+
+Every epoch writes a checkpoint atomically; ``resume`` continues a stage from its last one.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import write_json
+from ..constants import DISCLAIMER, SYNTHETIC_NOTICE, VOLUME_CLASSES
+from ..errors import DatasetError, ModelError
+from .data import Cohort, CohortItem, load_cohort
+from .infection import denoise_indices
+from .perlin import PseudoInfection
+from .pipeline import BINARY_CLASSES, CovidCTNet
+from .runfolder import RunFolder, load_denoiser_file
+from .settings import INPUT_INFECTION, INPUT_VOLUME, VolumeSettings
+
+log = logging.getLogger(__name__)
+
+STAGES = ("denoiser", "classifier", "all")
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    stage: str = "all"
+    binary: bool = False
+    seed: int = 0
+    # pre-processing and network sizes (the method's defaults)
+    slice_size: int = 128
+    volume_slices: int = 50
+    max_denoised_slices: int = 100
+    denoiser_width: int = 32
+    # stage "denoiser"
+    denoiser_epochs: int = 10
+    denoiser_batch_size: int = 5
+    denoiser_lr: float = 1e-3
+    denoiser_patience: int = 3
+    slices_per_scan: int = 0          # 0 = every slice of every control scan
+    noisy_fraction: float = 0.5
+    denoiser_file: str | None = None  # reuse a denoiser.pt instead of the run's own
+    # stage "classifier"
+    epochs: int = 100
+    batch_size: int = 16
+    lr: float = 1e-4
+    patience: int = 10
+    ablation: bool = True
+    # data and machinery
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    cache_dir: str | None = None      # None: $COVIDCT_CACHE or ~/.cache/covidct/volumes
+    device: str = "auto"
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ModelError(f"unknown stage {self.stage!r}; choose from {', '.join(STAGES)}")
+        if min(self.epochs, self.batch_size, self.denoiser_batch_size) < 1 or self.denoiser_epochs < 1:
+            raise ModelError("epochs and batch sizes must be at least 1")
+        if not 0.0 <= self.noisy_fraction <= 1.0:
+            raise ModelError("noisy_fraction must be in [0, 1]")
+
+    def settings(self, input_kind: str = INPUT_INFECTION) -> VolumeSettings:
+        return VolumeSettings(slice_size=self.slice_size, volume_slices=self.volume_slices,
+                              max_denoised_slices=self.max_denoised_slices,
+                              denoiser_width=self.denoiser_width, input=input_kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: Settings a resumed run must share with the run it continues.
+_RESUME_KEYS = ("binary", "seed", "slice_size", "volume_slices", "max_denoised_slices",
+                "denoiser_width", "noisy_fraction", "slices_per_scan")
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run the requested stage(s); returns the run summary (also in RUN_DIR/summary.json)."""
+    import torch
+
+    from .cache import ArrayCache
+
+    run = RunFolder(config.out)
+    _check_resume(run, config)
+    write_json(run.config, {**config.to_dict(), "settings": config.settings().to_dict()})
+    device = _device(config.device)
+    cache = ArrayCache(config.cache_dir) if config.cache_dir else ArrayCache.default()
+    cohort = load_cohort(config.data, config.seed, config.val_fraction, config.test_fraction)
+    summary = run.read_summary()
+    summary.update(_data_summary(cohort, config))
+    torch.manual_seed(config.seed)
+
+    if config.stage in ("denoiser", "all"):
+        denoiser, facts = train_denoiser(config, run, cohort, cache, device)
+        summary["denoiser"] = facts
+    if config.stage in ("classifier", "all"):
+        denoiser_path = Path(config.denoiser_file) if config.denoiser_file else run.denoiser
+        denoiser, saved_settings, facts = load_denoiser_file(denoiser_path)
+        _check_denoiser_fits(saved_settings, config, denoiser_path)
+        summary.setdefault("denoiser", facts)
+        main = _new_model(config, INPUT_INFECTION, denoiser, cache)
+        summary["classifier"] = train_classifier(config, run, cohort, main, "classifier", device,
+                                                 run.model)
+        if config.ablation:
+            plain = _new_model(config, INPUT_VOLUME, None, cache)
+            summary["ablation"] = train_classifier(config, run, cohort, plain, "ablation", device,
+                                                   run.ablation_model)
+        summary["comparison"] = _comparison(summary)
+    summary["synthetic"] = bool(summary.get("synthetic") or cohort.synthetic or any(
+        (summary.get(k) or {}).get("synthetic") for k in ("denoiser", "classifier", "ablation")))
+    if summary["synthetic"]:
+        summary["synthetic_notice"] = SYNTHETIC_NOTICE
+    summary["disclaimer"] = DISCLAIMER
+    run.write_summary(summary)
+    return summary
+
+
+# -- stage "denoiser" ------------------------------------------------------------------------
+
+def train_denoiser(config: TrainConfig, run: RunFolder, cohort: Cohort, cache, device):
+    """Train BCDU-Net on control slices; save RUN_DIR/denoiser.pt; return (model, facts)."""
+    import torch
+    import torch.nn.functional as F
+
+    from .bcdunet import BCDUNet
+
+    settings = config.settings()
+    loader = CovidCTNet.build(settings, denoiser=BCDUNet(settings.denoiser_width), cache=cache)
+    train_items = [i for i in cohort.split("train") if i.label == "Control"]
+    val_items = [i for i in cohort.split("val") if i.label == "Control"]
+    if not train_items:
+        raise DatasetError("the denoiser trains on control scans, and the train split has none",
+                           config.data)
+    clean, synthetic = _control_slices(loader, train_items, config)
+    val_clean, val_synthetic = _control_slices(loader, val_items, config)
+    noise = PseudoInfection()
+    # Fixed once, as the method: the same half of the slices carries noise in every epoch.
+    inputs, noisy = noise.apply(clean, np.random.default_rng([config.seed, 1]), config.noisy_fraction)
+    val_inputs, _ = noise.apply(val_clean, np.random.default_rng([config.seed, 2]), config.noisy_fraction)
+
+    torch.manual_seed(config.seed)
+    model = BCDUNet(settings.denoiser_width).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.denoiser_lr)
+
+    def step_loss(x: np.ndarray, y: np.ndarray) -> torch.Tensor:
+        xt = torch.from_numpy(x)[:, None].to(device)
+        yt = torch.from_numpy(y)[:, None].to(device)
+        return F.binary_cross_entropy_with_logits(model.logits(xt), yt)
+
+    def evaluate() -> tuple[float | None, float | None]:
+        if not len(val_clean):
+            return None, None
+        model.eval()
+        with torch.no_grad():
+            losses = [step_loss(val_inputs[s:s + 16], val_clean[s:s + 16]).item() * len(val_clean[s:s + 16])
+                      for s in range(0, len(val_clean), 16)]
+        return float(np.sum(losses) / len(val_clean)), None
+
+    loop = _EpochLoop("denoiser", run, config.denoiser_epochs, config.denoiser_patience,
+                      config.resume, config.progress)
+    loop.restore(model, optimizer)
+    for epoch in loop:
+        torch.manual_seed(config.seed * 1000 + epoch)
+        order = np.random.default_rng([config.seed, 3, epoch]).permutation(len(clean))
+        model.train()
+        total = 0.0
+        for start in range(0, len(order), config.denoiser_batch_size):
+            batch = order[start:start + config.denoiser_batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = step_loss(inputs[batch], clean[batch])
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+        val_loss, _ = evaluate()
+        loop.end_epoch(model, optimizer, total / len(order), val_loss, None)
+    loop.load_best(model)
+    model = model.cpu().eval()
+    facts = {"train_patients": len(train_items), "train_slices": int(len(clean)),
+             "noisy_slices": int(noisy.sum()), "val_patients": len(val_items),
+             "val_slices": int(len(val_clean)), "epochs_run": loop.epochs_run,
+             "best_epoch": loop.best_epoch, "best_loss": loop.best_loss,
+             "stopped_early": loop.stopped_early, "seconds": loop.seconds,
+             "synthetic": bool(synthetic or val_synthetic)}
+    run.save_denoiser({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                      settings.to_dict(), facts)
+    return model, facts
+
+
+def _control_slices(loader: CovidCTNet, items: list[CohortItem],
+                    config: TrainConfig) -> tuple[np.ndarray, bool]:
+    """All (or ``slices_per_scan`` evenly spaced) pre-processed slices of the given scans."""
+    from tqdm import tqdm
+
+    size = config.slice_size
+    parts, synthetic = [np.zeros((0, size, size), np.float32)], False
+    for item in tqdm(items, desc="control scans", unit="scan", disable=not config.progress):
+        volume, meta = loader.volume_for_file(item.path)
+        synthetic |= bool(meta.get("synthetic"))
+        parts.append(volume[denoise_indices(len(volume), config.slices_per_scan)])
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32), synthetic
+
+
+# -- stage "classifier" and the ablation ------------------------------------------------------
+
+def train_classifier(config: TrainConfig, run: RunFolder, cohort: Cohort, net: CovidCTNet,
+                     stage: str, device, model_path: Path) -> dict[str, Any]:
+    """Train ``net``'s 3D CNN on its inputs; save its model file; return results."""
+    import torch
+    import torch.nn.functional as F
+
+    splits = {s: cohort.split(s) for s in ("train", "val", "test")}
+    if not splits["train"]:
+        raise DatasetError("the train split is empty", config.data)
+    arrays = {s: _network_inputs(net, items, f"{stage} {s} inputs", config.progress)
+              for s, items in splits.items()}
+    x_train, y_train, synthetic = arrays["train"]
+    present = sorted(set(y_train.tolist()))
+    if len(present) < 2:
+        raise DatasetError("the train split needs at least two classes", config.data)
+
+    cnn = net.classifier.to(device)
+    optimizer = torch.optim.Adam(cnn.parameters(), lr=config.lr)
+
+    def batches(x: np.ndarray, y: np.ndarray, order: np.ndarray):
+        for start in range(0, len(order), config.batch_size):
+            idx = order[start:start + config.batch_size]
+            yield (torch.from_numpy(x[idx])[:, None].to(device),
+                   torch.from_numpy(y[idx]).long().to(device), len(idx))
+
+    def validate() -> tuple[float | None, float | None]:
+        x_val, y_val, _ = arrays["val"]
+        if not len(y_val):
+            return None, None
+        cnn.eval()
+        loss = correct = 0.0
+        with torch.no_grad():
+            for xb, yb, n in batches(x_val, y_val, np.arange(len(y_val))):
+                logits = cnn(xb)
+                loss += F.cross_entropy(logits, yb, reduction="sum").item()
+                correct += (logits.argmax(1) == yb).sum().item()
+        return loss / len(y_val), correct / len(y_val)
+
+    loop = _EpochLoop(stage, run, config.epochs, config.patience, config.resume, config.progress)
+    loop.restore(cnn, optimizer)
+    for epoch in loop:
+        torch.manual_seed(config.seed * 1000 + epoch)
+        order = np.random.default_rng([config.seed, 4, epoch]).permutation(len(y_train))
+        cnn.train()
+        total = 0.0
+        for xb, yb, n in batches(x_train, y_train, order):
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(cnn(xb), yb)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * n
+        val_loss, val_accuracy = validate()
+        loop.end_epoch(cnn, optimizer, total / len(y_train), val_loss, val_accuracy)
+    loop.load_best(cnn)
+    net.classifier = cnn.cpu().eval()
+
+    results = {"model_file": str(model_path.relative_to(run.root)), "input": net.settings.input,
+               "epochs_run": loop.epochs_run, "best_epoch": loop.best_epoch,
+               "best_loss": loop.best_loss, "stopped_early": loop.stopped_early,
+               "seconds": loop.seconds}
+    for split in ("val", "test"):
+        x, y, _ = arrays[split]
+        results[split] = _metrics(y, net.classify(x), net.class_names) if len(y) else None
+    net.training = {"data": Path(cohort.source).name, "counts": cohort.counts(),
+                    "split_from": cohort.split_from,
+                    "synthetic": bool(synthetic or cohort.synthetic
+                                      or any(a[2] for a in arrays.values())),
+                    "stage": stage, "epochs_run": loop.epochs_run, "best_epoch": loop.best_epoch,
+                    "seed": config.seed}
+    net.info["name"] = "covidctnet" if stage == "classifier" else "covidctnet-ablation"
+    net.save(model_path)
+    results["synthetic"] = net.training["synthetic"]
+    return results
+
+
+def _network_inputs(net: CovidCTNet, items: list[CohortItem], desc: str,
+                    progress: bool) -> tuple[np.ndarray, np.ndarray, bool]:
+    from tqdm import tqdm
+
+    shape = net.settings.volume_shape
+    x = np.zeros((len(items), *shape), dtype=np.float32)
+    synthetic = False
+    for k, item in enumerate(tqdm(items, desc=desc, unit="scan", disable=not progress)):
+        x[k], meta = net.input_for_file(item.path)
+        synthetic |= bool(meta.get("synthetic"))
+    y = np.array([net.target_index(i.label) for i in items], dtype=np.int64)
+    return x, y, synthetic
+
+
+def _new_model(config: TrainConfig, input_kind: str, denoiser, cache) -> CovidCTNet:
+    import torch
+
+    torch.manual_seed(config.seed)  # the main model and the ablation start from the same draw
+    classes = BINARY_CLASSES if config.binary else VOLUME_CLASSES
+    return CovidCTNet.build(config.settings(input_kind), classes, denoiser, cache=cache)
+
+
+def _metrics(y_true: np.ndarray, y_prob: np.ndarray, class_names) -> dict[str, Any]:
+    """The method's figures (Table 3 layout, COVID-vs-rest) without curves."""
+    from ..metrics import classification_metrics
+
+    figures = classification_metrics(y_true, y_prob=y_prob, class_names=list(class_names),
+                                     curves=False)
+    for bulky in ("roc", "calibration"):
+        figures.pop(bulky, None)
+    if isinstance(figures.get("binary"), dict):
+        figures["binary"].pop("operating_points", None)
+    return figures
+
+
+def _comparison(summary: dict[str, Any]) -> dict[str, Any]:
+    """CovidCTNet vs the ablation on the same split, side by side (the method's Fig. 1)."""
+    rows = []
+    for key, name in (("classifier", "3D CNN on infection maps (BCDU-Net + Perlin noise)"),
+                      ("ablation", "3D CNN on plain volumes (no BCDU-Net, no Perlin noise)")):
+        result = summary.get(key)
+        if not result:
+            continue
+        for split in ("val", "test"):
+            figures = result.get(split)
+            if not figures:
+                continue
+            binary = figures.get("binary") or {}
+            rows.append({"model": name, "split": split, "n": figures.get("n_slices"),
+                         "accuracy": figures.get("accuracy"),
+                         "macro_f1": (figures.get("macro") or {}).get("f1"),
+                         "covid_sensitivity": binary.get("sensitivity"),
+                         "covid_specificity": binary.get("specificity"),
+                         "covid_auc": binary.get("auc"),
+                         "best_val_loss": result.get("best_loss")})
+    return {"rows": rows}
+
+
+# -- the epoch loop: early stopping, checkpoints, resume, history -----------------------------
+
+class _EpochLoop:
+    """Iterates epochs; keeps the best state by validation loss (train loss without a
+    validation split), writes <stage>-last/-best checkpoints and history rows, resumes."""
+
+    def __init__(self, stage: str, run: RunFolder, epochs: int, patience: int, resume: bool,
+                 progress: bool):
+        self.stage, self.run, self.epochs, self.patience = stage, run, epochs, patience
+        self.resume, self.progress = resume, progress
+        self.start_epoch, self.epochs_run = 0, 0
+        self.best_loss: float | None = None
+        self.best_epoch: int | None = None
+        self.bad_epochs = 0
+        self.stopped_early = False
+        self.seconds = 0.0
+        self.rows: list[dict[str, Any]] = []
+        self._tick = time.perf_counter()
+        self._bar = None
+
+    def restore(self, model, optimizer) -> None:
+        state = self.run.load_checkpoint(f"{self.stage}-last") if self.resume else None
+        if state is None:
+            self.run.write_history(self.stage, [])
+            return
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        self.start_epoch = self.epochs_run = int(state["epoch"]) + 1
+        self.best_loss, self.best_epoch = state["best_loss"], state["best_epoch"]
+        self.bad_epochs, self.stopped_early = int(state["bad_epochs"]), bool(state["stopped_early"])
+        self.seconds = float(state["seconds"])
+        self.rows = [r for r in self.run.read_history()
+                     if r.get("stage") == self.stage and int(r["epoch"]) < self.start_epoch]
+        log.info("%s: resuming after epoch %d", self.stage, self.start_epoch)
+
+    def __iter__(self):
+        from tqdm import tqdm
+
+        if self.stopped_early:
+            return
+        self._bar = tqdm(range(self.start_epoch, self.epochs), desc=self.stage, unit="epoch",
+                         disable=not self.progress)
+        for epoch in self._bar:
+            self.epoch = epoch
+            self._tick = time.perf_counter()
+            yield epoch
+            if self.stopped_early:
+                break
+        self._bar.close()
+
+    def end_epoch(self, model, optimizer, train_loss: float, val_loss: float | None,
+                  val_accuracy: float | None) -> None:
+        seconds = time.perf_counter() - self._tick
+        self.seconds += seconds
+        self.epochs_run = self.epoch + 1
+        monitored = val_loss if val_loss is not None else train_loss
+        if self.best_loss is None or monitored < self.best_loss:
+            self.best_loss, self.best_epoch, self.bad_epochs = monitored, self.epoch, 0
+            self.run.save_checkpoint(f"{self.stage}-best", {"model": _cpu_state(model),
+                                                            "epoch": self.epoch})
+        else:
+            self.bad_epochs += 1
+            self.stopped_early = self.bad_epochs >= self.patience
+        self.rows.append({"epoch": self.epoch, "train_loss": train_loss, "val_loss": val_loss,
+                          "val_accuracy": val_accuracy, "seconds": round(seconds, 3)})
+        self.run.write_history(self.stage, self.rows)
+        self.run.save_checkpoint(f"{self.stage}-last", {
+            "model": _cpu_state(model), "optimizer": optimizer.state_dict(), "epoch": self.epoch,
+            "best_loss": self.best_loss, "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early,
+            "seconds": self.seconds})
+        if self._bar is not None:
+            self._bar.set_postfix(train=f"{train_loss:.4f}",
+                                  val="-" if val_loss is None else f"{val_loss:.4f}")
+
+    def load_best(self, model) -> None:
+        state = self.run.load_checkpoint(f"{self.stage}-best")
+        if state is None:
+            raise ModelError(f"stage {self.stage} has no best checkpoint", self.run.checkpoints)
+        model.load_state_dict(state["model"])
+
+
+def _cpu_state(model) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ModelError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for, but no CUDA GPU is available")
+    return device
+
+
+def _check_resume(run: RunFolder, config: TrainConfig) -> None:
+    import json
+
+    if not config.resume or not run.config.is_file():
+        return
+    previous = json.loads(run.config.read_text())
+    changed = [k for k in _RESUME_KEYS if k in previous and previous[k] != getattr(config, k)]
+    if changed:
+        raise ModelError(f"--resume needs the settings of the run it continues; changed: "
+                         f"{', '.join(changed)}", run.config)
+
+
+def _check_denoiser_fits(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    if int(saved.get("slice_size", -1)) != config.slice_size:
+        raise ModelError(f"the denoiser was trained on {saved.get('slice_size')}-pixel slices, "
+                         f"this run uses {config.slice_size}", path)
+
+
+def _data_summary(cohort: Cohort, config: TrainConfig) -> dict[str, Any]:
+    counts = cohort.counts()
+    return {"data": {"source": Path(cohort.source).name, "layout": cohort.layout,
+                     "split_from": cohort.split_from, "patients": counts,
+                     "total_patients": len(cohort.items)},
+            "mode": "COVID-19 vs rest" if config.binary else "3-class",
+            "class_names": list(BINARY_CLASSES if config.binary else VOLUME_CLASSES),
+            "settings": config.settings().to_dict()}
+
+
+def override(config: TrainConfig, **changes: Any) -> TrainConfig:
+    """A copy with ``changes`` (unknown names are an error), for presets and tests."""
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(changes) - known
+    if unknown:
+        raise ModelError(f"unknown training options {sorted(unknown)}")
+    return replace(config, **changes)
+

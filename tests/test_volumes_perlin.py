@@ -1,0 +1,108 @@
+"""Perlin pseudo-infection: seeded, zero-mean, bounded, scale sets the feature size, vectorised."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from covidct.volumes import perlin
+from covidct.volumes.perlin import PseudoInfection, amplitude_bound, perlin_noise
+
+
+def correlation_length(image: np.ndarray) -> float:
+    """Mean lag (pixels, along both axes) where the autocorrelation first drops below 1/2."""
+    centred = image - image.mean()
+    spectrum = np.abs(np.fft.fft2(centred)) ** 2
+    auto = np.real(np.fft.ifft2(spectrum))
+    auto /= auto[0, 0]
+    return float(np.mean([np.argmax(auto[0, :] < 0.5), np.argmax(auto[:, 0] < 0.5)]))
+
+
+def test_same_seed_same_noise_other_seed_other_noise():
+    a = perlin_noise((64, 64), 12, octaves=10, persistence=0.3, seed=7)
+    b = perlin_noise((64, 64), 12, octaves=10, persistence=0.3, seed=7)
+    c = perlin_noise((64, 64), 12, octaves=10, persistence=0.3, seed=8)
+    assert a.dtype == np.float32 and a.shape == (64, 64)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).mean() > 0.05
+
+
+def test_pseudo_infection_is_reproducible_from_the_generator_seed():
+    slices = np.full((6, 32, 32), 0.5, dtype=np.float32)
+    x1, n1 = PseudoInfection().apply(slices, np.random.default_rng(3))
+    x2, n2 = PseudoInfection().apply(slices, np.random.default_rng(3))
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(n1, n2)
+
+
+@pytest.mark.parametrize("persistence", [-0.5, 0.0, 0.3, 0.49])
+def test_values_are_bounded_and_about_zero_mean(persistence):
+    images = np.stack([perlin_noise((64, 64), 15, 10, persistence, 2.0, seed) for seed in range(30)])
+    bound = amplitude_bound(10, persistence)
+    assert np.abs(images).max() <= bound + 1e-5
+    assert abs(images.mean()) < 0.05 * images.std() + 0.01
+    assert images.std() > 0.05  # not flat
+
+
+def test_single_octave_stays_within_one():
+    images = np.stack([perlin_noise((64, 64), 9, 1, seed=s) for s in range(20)])
+    assert np.abs(images).max() <= 1.0 + 1e-6
+    # Gradient noise is zero on the lattice points (multiples of the scale).
+    lattice = perlin_noise((64, 64), 8, 1, seed=1)[::8, ::8]
+    np.testing.assert_allclose(lattice, 0.0, atol=1e-6)
+
+
+def test_scale_sets_the_spatial_frequency():
+    short = np.mean([correlation_length(perlin_noise((128, 128), 10, 1, seed=s)) for s in range(10)])
+    long = np.mean([correlation_length(perlin_noise((128, 128), 30, 1, seed=s)) for s in range(10)])
+    assert 2.0 < long / short < 4.5  # three times the scale, about three times the length
+    # More octaves add finer detail: a shorter correlation length at the same scale.
+    detailed = np.mean([correlation_length(perlin_noise((128, 128), 30, 10, 0.5, seed=s))
+                        for s in range(10)])
+    assert detailed < long
+
+
+def test_whole_image_per_octave_not_per_pixel(monkeypatch):
+    calls = []
+    original = perlin._octave
+
+    def counting(x, y, perm):
+        calls.append((len(x), len(y)))
+        return original(x, y, perm)
+
+    monkeypatch.setattr(perlin, "_octave", counting)
+    perlin_noise((200, 150), 20, octaves=6, persistence=0.5)
+    assert calls == [(200, 150)] * 6
+
+
+def test_method_draws_scales_and_persistence_in_range(monkeypatch):
+    drawn = []
+    original = perlin.perlin_noise
+
+    def spy(shape, scale, octaves, persistence, lacunarity, seed):
+        drawn.append((scale, persistence, octaves, lacunarity))
+        return original(shape, scale, octaves, persistence, lacunarity, seed)
+
+    monkeypatch.setattr(perlin, "perlin_noise", spy)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        PseudoInfection().draw((4, 128), rng)  # scales refer to the 128-pixel width
+    scales = np.array([d[0] for d in drawn])
+    persistences = np.array([d[1] for d in drawn])
+    assert scales.min() >= 10 and scales.max() < 30 and len(set(scales)) > 10
+    assert persistences.min() >= -0.5 and persistences.max() < 0.5
+    assert (persistences < 0).any() and (persistences > 0).any()
+    assert {d[2] for d in drawn} == {10} and {d[3] for d in drawn} == {2.0}
+    # On a 64-pixel slice the scale shrinks with it: same pattern relative to the anatomy.
+    drawn.clear()
+    PseudoInfection().draw((64, 64), np.random.default_rng(1))
+    assert 5 <= drawn[0][0] < 15
+
+
+def test_half_the_slices_get_noise_and_the_rest_stay_clean():
+    rng = np.random.default_rng(0)
+    slices = rng.random((10, 32, 32)).astype(np.float32)
+    inputs, noisy = PseudoInfection().apply(slices, np.random.default_rng(1), fraction=0.5)
+    assert noisy.sum() == 5
+    np.testing.assert_array_equal(inputs[~noisy], slices[~noisy])
+    changed = np.abs(inputs[noisy] - slices[noisy]).reshape(5, -1).mean(axis=1)
+    assert np.all(changed > 0.01)
