@@ -230,3 +230,25 @@ def test_command_line_options_map_to_the_config(cohort, tmp_path):
     assert config.val_split is None
     with pytest.raises(CovidctError, match="--data"):
         config_from_args(_parse(["--out", "x"]))
+
+
+@pytest.mark.slow
+def test_trains_on_the_project_synthetic_cohort_and_flags_it(request, tmp_path):
+    """On `covidct synth` output (when conftest offers it): the run and its model say synthetic."""
+    try:
+        root = Path(request.getfixturevalue("synthetic_cohort"))
+    except pytest.FixtureLookupError:
+        pytest.skip("no synthetic_cohort fixture in conftest yet")
+    data = root / "covidx" if (root / "covidx").is_dir() else root
+    torch.set_num_threads(1)
+    result = train(tiny_config(data, tmp_path / "run", resize=48, crop=40,
+                               schedule=(2, 6, 8, 9, 10), val_every=5, max_val=30))
+    assert result.summary["synthetic"] is True
+    model = load_model(result.model_path)
+    assert model.info()["synthetic"] is True
+    patients = sorted((root / "patients").glob("*/dicom")) if (root / "patients").is_dir() else []
+    if patients:
+        from covidct.scanio import load_scan
+
+        prediction = model.predict(load_scan(patients[0]))
+        assert prediction.synthetic and np.isclose(prediction.probabilities.sum(), 1.0)
