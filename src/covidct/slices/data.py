@@ -212,6 +212,7 @@ class StepBatchSampler(torch.utils.data.Sampler):
         self.start, self.rank, self.world = start_step, rank, world
         self.split, self.balanced = batch_split, balanced
         self._by_class = [np.flatnonzero(self.labels == c) for c in np.unique(self.labels)]
+        self._perm: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return max(0, self.total - self.start) * self.split
@@ -232,13 +233,15 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
     def _epoch_order(self, positions: range) -> list[int]:
         n = len(self.labels)
-        out, cache = [], {}
+        out = []
         for p in positions:
-            epoch = p // n
-            if epoch not in cache:
-                cache[epoch] = np.random.default_rng([self.seed, epoch]).permutation(n)
-            out.append(cache[epoch][p % n])
+            out.append(self._permutation(p // n)[p % n])
         return out
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if self._perm[0] != epoch:  # one epoch is cached: consecutive steps share it
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.labels)))
+        return self._perm[1]
 
     def _balanced(self, step: int) -> list[int]:
         rng = np.random.default_rng([self.seed, 104729, step])

@@ -284,7 +284,7 @@ def _train(config: TrainConfig, proc: _Proc) -> RunResult:
         net.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         start, best, history = saved["step"], saved["best"], saved["history"]
-    elif proc.main and last_path.exists():
+    elif last_path.exists():  # every process checks, so none waits for a partner that stopped
         raise CovidctError("run folder already holds a run; pass --resume to continue it or "
                            "choose another --out", run_dir)
     if proc.main:
