@@ -266,8 +266,8 @@ def _train(config: TrainConfig, proc: _Proc) -> RunResult:
                            f"--batch-split ({proc.world} x {config.batch_split})")
     if config.amp and proc.device.type != "cuda":
         log.warning("--amp applies to CUDA only; training in float32 on the CPU")
+    source = resolve(config.init, config.arch)  # before the (slower) data check
     data = _prepare_data(config, proc)
-    source = resolve(config.init, config.arch)
     torch.manual_seed(config.seed)
     net = create_model(config.arch, len(SLICE_CLASSES), source).to(proc.device)
     if config.channels_last:
