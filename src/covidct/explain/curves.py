@@ -66,6 +66,17 @@ def panel_of(column: str) -> str | None:
     return None
 
 
+def pretty(column: str) -> str:
+    """Column name as a legend label: val_acc -> validation accuracy, loss -> training loss."""
+    name = column.lower()
+    words = {"val": "validation", "valid": "validation", "train": "training", "acc": "accuracy",
+             "lr": "learning rate", "loss": "loss"}
+    parts = [words.get(p, p) for p in name.split("_") if p]
+    if parts in (["loss"], ["accuracy"]):
+        parts.insert(0, "training")
+    return " ".join(parts)
+
+
 def x_axis(history: Mapping[str, np.ndarray]) -> tuple[np.ndarray, str]:
     for name in X_COLUMNS:
         if name in history and np.isfinite(history[name]).any():
@@ -107,7 +118,7 @@ def plot_training_curves(histories: Mapping[str, Mapping[str, np.ndarray]] | Map
             for stage, mask in stages:
                 keep = mask & np.isfinite(values) & np.isfinite(x)
                 if keep.any():
-                    label = " · ".join(p for p in (run_name, stage, column) if p)
+                    label = " · ".join(p for p in (run_name, stage, pretty(column)) if p)
                     lines[panel].append((label, column, x[keep], values[keep]))
     panels = [(key, name) for key, name in PANELS if lines[key]]
     if not panels:
@@ -133,7 +144,8 @@ def plot_training_curves(histories: Mapping[str, Mapping[str, np.ndarray]] | Map
         tidy_axes(ax)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(_x_label(histories), fontsize=8)
-        ax.legend(fontsize=7, frameon=False)
+        if len(lines[key]) > 1 or len(histories) > 1 or key == "loss":
+            ax.legend(fontsize=7, frameon=False)
     if title or synthetic:
         fig.suptitle((title or "Training curves") + (" (SYNTHETIC data)" if synthetic else ""),
                      fontsize=9)

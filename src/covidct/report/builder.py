@@ -1,0 +1,76 @@
+"""Assemble the report: discover the inputs, build every section, write one HTML file.
+
+The file is self-contained (pictures embedded as base64 PNG/SVG, inline CSS, no scripts, no
+external URL) so it opens offline, and it is written atomically.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..atomic import write_text
+from ..constants import DISCLAIMER, SYNTHETIC_NOTICE
+from ..errors import DatasetError
+from . import sections
+from .discover import Findings, discover
+from .html import esc
+from .template import PAGE
+
+DEFAULT_NAME = "report.html"
+LOOKED_FOR = ("training runs (config.json + history.csv), evaluations (results.json), "
+              "dataset folders (labels.csv or <split>_COVIDx_CT-2A.txt) or predictions (<method>.json)")
+
+
+def build_report(root: str | os.PathLike, out: str | os.PathLike | None = None,
+                 title: str | None = None) -> Path:
+    """Write the HTML report for the folder ``root`` to ``out`` (default ``root/report.html``).
+
+    Raises DatasetError when ``root`` does not exist or holds nothing a report can show.
+    """
+    root = Path(root)
+    found = discover(root)
+    if found.empty:
+        raise DatasetError(f"nothing to report: no {LOOKED_FOR} found", root)
+    out = Path(out) if out is not None else root / DEFAULT_NAME
+    command = shlex.join(["covidct", "report", str(root), "--out", str(out)])
+    path = write_text(out, render(found, title=title, command=command))
+    _shareable(path)
+    return path
+
+
+def _shareable(path: Path) -> None:
+    """Give the report the permissions of a normally created file (the atomic temporary file
+    is private, 0600), since a report is meant to be shared."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def render(found: Findings, title: str | None = None, command: str = "covidct report") -> str:
+    """The report's HTML for what :func:`discover` found."""
+    parts = [("summary", "Summary", sections.summary_section(found)),
+             ("data", "Data", sections.data_section(found))]
+    for anchor, heading, body in sections.method_sections(found):
+        parts.append((anchor, heading, sections.section(anchor, heading, body)))
+    parts += [("training", "Training", sections.training_section(found)),
+              ("predictions", "Example predictions", sections.predictions_section(found)),
+              ("reproducibility", "Commands and versions",
+               sections.reproducibility_section(found, command)),
+              ("glossary", "How to read the figures", sections.glossary_section())]
+    toc = ('<nav class="toc"><strong>Contents</strong><ol>'
+           + "".join(f'<li><a href="#{esc(a)}">{esc(t)}</a></li>' for a, t, _ in parts) + "</ol></nav>")
+    banner = (f'<div class="banner" role="alert"><span>{esc(SYNTHETIC_NOTICE)}</span></div>'
+              if found.synthetic else "")
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    from .. import __version__
+
+    return PAGE.substitute(
+        title=esc(title or "covidct evaluation report"),
+        subtitle=esc(f"COVID-19 detection in chest CT: the BiT slice classifier and CovidCTNet. "
+                     f"Folder {found.root.name or found.root}; generated {generated} by covidct {__version__}."),
+        banner=banner, disclaimer=esc(DISCLAIMER), toc=toc,
+        body="\n".join(html for _, _, html in parts),
+        footer=esc(f"{DISCLAIMER} Made by covidct {__version__}; this file is self-contained "
+                   "and can be shared and opened offline. It holds no patient names, IDs or dates."))
