@@ -146,6 +146,8 @@ def test_infection_views_align_the_map_with_the_volume():
     # Map slice 30 of 40 lies at volume slice ~60 of 80; the head is drawn at the top.
     assert rows.size and abs((z - 1 - rows.mean()) - (30.5 * z / d - 0.5)) < 3
     assert np.flatnonzero(coronal_hot.any(axis=0)).tolist() == list(range(20, 26))
+    # With the field of view, the coronal rows are resampled to true proportions (2 mm columns).
+    assert projections(volume, infection, fov_mm=2.0 * s)["coronal"].shape == (z // 2, s, 3)
     fig = infection_figure(volume, infection, fov_mm=340.0, title="SYNTHETIC")
     assert figure_bytes(fig).startswith(b"\x89PNG")
 

@@ -107,34 +107,40 @@ def plot_training_curves(histories: Mapping[str, Mapping[str, np.ndarray]] | Map
 
     if histories and all(isinstance(v, np.ndarray) for v in histories.values()):
         histories = {"": histories}  # a single run
-    lines: dict[str, list[tuple[str, str, np.ndarray, np.ndarray]]] = {p: [] for p, _ in PANELS}
+    # One colour per run and stage, the same in every panel; validation dashed with markers.
+    lines: dict[str, list[tuple[str, str, int, np.ndarray, np.ndarray]]] = {p: [] for p, _ in PANELS}
+    series = 0
     for run_name, history in histories.items():
         x, _ = x_axis(history)
-        stages = _stages(history)
-        for column, values in history.items():
-            panel = panel_of(column)
-            if panel is None:
-                continue
-            for stage, mask in stages:
+        for stage, mask in _stages(history):
+            for column, values in history.items():
+                panel = panel_of(column)
+                if panel is None:
+                    continue
                 keep = mask & np.isfinite(values) & np.isfinite(x)
                 if keep.any():
                     label = " · ".join(p for p in (run_name, stage, pretty(column)) if p)
-                    lines[panel].append((label, column, x[keep], values[keep]))
+                    lines[panel].append((label, column, series, x[keep], values[keep]))
+            series += 1
     panels = [(key, name) for key, name in PANELS if lines[key]]
     if not panels:
         raise ValueError("no loss, learning-rate or accuracy columns with values to plot")
     fig = new_figure(3.3 * len(panels), 3.0)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (key, name) in zip(axes, panels):
-        for k, (label, column, x, y) in enumerate(lines[key]):
+        for label, column, k, x, y in lines[key]:
             colour = class_colour(k)
             validation = column.lower().startswith("val")
             if key == "loss" and not validation and len(y) > 20:
                 ax.plot(x, y, color=colour, alpha=0.25, linewidth=0.8)
                 ax.plot(x, smooth(y), color=colour, linewidth=1.4, label=label + " (smoothed)")
             else:
-                style = "o-" if validation or len(y) <= 20 else "-"
-                ax.plot(x, y, style, color=colour, markersize=3, linewidth=1.2, label=label)
+                ax.plot(x, y, "o--" if validation else ("o-" if len(y) <= 20 else "-"), color=colour,
+                        markersize=3, linewidth=1.2, label=label)
+        if _x_label(histories) == "epoch":
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if key == "lr" and all((y > 0).all() for *_, y in lines[key]):
             spans = [y.max() / y.min() for *_, y in lines[key]]
             if max(spans) >= 100:

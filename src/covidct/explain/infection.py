@@ -77,12 +77,14 @@ def slice_overlay(volume: np.ndarray, infection: np.ndarray, map_index: int,
     return blend_heat(np.clip(base, 0, 1), heat, cmap=CMAP, max_alpha=0.8, floor=FLOOR)
 
 
-def projections(volume: np.ndarray, infection: np.ndarray,
-                scale: float | None = None) -> dict[str, np.ndarray]:
+def projections(volume: np.ndarray, infection: np.ndarray, scale: float | None = None,
+                fov_mm: float | None = None) -> dict[str, np.ndarray]:
     """Maximum-intensity projections of the map over mean projections of the volume.
 
-    ``axial`` (S, S) projects along z; ``coronal`` (z, S) projects front to back with the
-    head at the top, on the volume's 1 mm z grid. RGB uint8.
+    ``axial`` (S, S) projects along z; ``coronal`` projects front to back with the head at
+    the top. RGB uint8. The coronal view is on the volume's grid, (z, S) with 1 mm rows,
+    unless ``fov_mm`` (the scan's in-plane field of view, e.g. columns x x-spacing) is given:
+    then its rows are resampled so that it shows the true proportions with square pixels.
     """
     volume, infection = _check(volume, infection)
     scale = map_scale(infection) if scale is None else scale
@@ -93,7 +95,19 @@ def projections(volume: np.ndarray, infection: np.ndarray,
     # Canonical orientation has z increasing towards the head: flip so the head is up.
     coronal = blend_heat(volume.mean(axis=1)[::-1], np.clip(coronal_heat, 0, 1)[::-1],
                          cmap=CMAP, max_alpha=0.8, floor=FLOOR)
+    if fov_mm:
+        coronal = _true_aspect(coronal, column_mm=fov_mm / volume.shape[2], row_mm=1.0)
     return {"axial": axial, "coronal": coronal}
+
+
+def _true_aspect(rgb: np.ndarray, column_mm: float, row_mm: float) -> np.ndarray:
+    """Resample rows so that a row is as many mm high as a column is wide."""
+    from PIL import Image
+
+    rows = max(1, round(rgb.shape[0] * row_mm / column_mm))
+    if rows == rgb.shape[0]:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((rgb.shape[1], rows), Image.BILINEAR))
 
 
 def infection_figure(volume: np.ndarray, infection: np.ndarray, slices: Sequence[int] | None = None,
@@ -108,17 +122,13 @@ def infection_figure(volume: np.ndarray, infection: np.ndarray, slices: Sequence
     scale = map_scale(infection)
     views = [(slice_overlay(volume, infection, d, scale), f"slice {d + 1}/{len(infection)}")
              for d in slices]
-    mips = projections(volume, infection, scale)
+    # Without the field of view, show the z extent (mm) against the width as if square.
+    mips = projections(volume, infection, scale, fov_mm=fov_mm or float(volume.shape[0]))
     views += [(mips["axial"], "axial MIP"), (mips["coronal"], "coronal MIP")]
     fig = new_figure(1.9 * len(views), 2.3)
     axes = fig.subplots(1, len(views))
     for ax, (image, label) in zip(np.atleast_1d(axes), views):
-        aspect = "equal"
-        if label == "coronal MIP":
-            row_mm = 1.0  # the pre-processed volume has 1 mm slices
-            col_mm = (fov_mm / volume.shape[2]) if fov_mm else row_mm * volume.shape[0] / volume.shape[2]
-            aspect = row_mm / col_mm
-        ax.imshow(image, aspect=aspect, interpolation="bilinear")
+        ax.imshow(image, aspect="equal", interpolation="bilinear")
         ax.set_title(label, fontsize=8)
         ax.set_axis_off()
     if title:

@@ -236,7 +236,7 @@ def write_tsne(features: dict[str, np.ndarray], class_names, eval_dir: Path, see
 
     n = int(len(features["labels"]))
     if n < MIN_TSNE_ITEMS:
-        return {"file": None, "n": n, "note": f"too few cases for a t-SNE map ({n} < {MIN_TSNE_ITEMS})"}
+        return {"file": None, "n": n, "note": f"Too few cases for a t-SNE map ({n} < {MIN_TSNE_ITEMS})."}
     points = tsne_embedding(features["features"], seed=seed)
     agreement = neighbour_agreement(points, features["labels"])
     buf = io.BytesIO()

@@ -10,7 +10,7 @@ are skipped) for:
   ``explain.json``, ``gradcam/index.json``, ``infection/index.json`` and ``tsne.png``;
 - **cohorts**: a folder with ``labels.csv`` (patients per split and class) and/or COVIDx
   split files ``<split>_COVIDx_CT-2A.txt`` (slices and patients per split and class); a
-  README in it carrying the synthetic tag marks it synthetic;
+  README carrying the synthetic tag in it or in a folder above it marks it synthetic;
 - **predictions**: ``<method>.json`` files written by ``covidct predict --out`` (pictures
   beside them whose names start with the method are shown with them).
 """
@@ -37,8 +37,8 @@ class TrainingRun:
 
     @property
     def synthetic(self) -> bool:
-        data = self.config.get("data") or {}
-        return bool(data.get("synthetic") or self.config.get("synthetic")
+        data = self.config.get("data")
+        return bool((isinstance(data, dict) and data.get("synthetic")) or self.config.get("synthetic")
                     or (self.summary or {}).get("synthetic"))
 
 
@@ -143,7 +143,10 @@ def discover(root: str | os.PathLike) -> Findings:
     if not root.is_dir():
         raise DatasetError("not a folder (give the demo or experiment folder)", root)
     found = Findings(root)
+    readmes: dict[Path, Path | None] = {}  # folder -> synthetic README in it or above it
     for folder, files in _walk(root):
+        own = _synthetic_readme(folder, files)
+        readmes[folder] = own or (readmes.get(folder.parent) if folder != root else None)
         if "config.json" in files and "history.csv" in files:
             config = _read_json(folder / "config.json")
             if config is not None:
@@ -155,9 +158,9 @@ def discover(root: str | os.PathLike) -> Findings:
                 found.evaluations.append(evaluation)
         splits = sorted(folder / f for f in files if f.endswith(SPLIT_SUFFIX))
         if "labels.csv" in files or splits:
+            readme = readmes[folder]
             found.cohorts.append(Cohort(folder, folder / "labels.csv" if "labels.csv" in files else None,
-                                        splits, _synthetic_readme(folder, files) is not None,
-                                        _synthetic_readme(folder, files)))
+                                        splits, readme is not None, readme))
         for method in METHODS:
             if f"{method}.json" in files:
                 content = _read_json(folder / f"{method}.json")

@@ -74,9 +74,13 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]], caption: str = "
     return f"{cap}<table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def key_values(pairs: Iterable[tuple[str, Any]]) -> str:
-    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in pairs if v not in (None, ""))
-    return f'<table class="kv"><tbody>{rows}</tbody></table>' if rows else ""
+def key_values(pairs: Iterable[tuple[str, Any]], columns: int = 1) -> str:
+    """A two-column (name, value) table; ``columns`` > 1 puts that many pairs on each row."""
+    cells = [f"<th>{esc(k)}</th><td>{esc(v)}</td>" for k, v in pairs if v not in (None, "")]
+    if not cells:
+        return ""
+    rows = "".join("<tr>" + "".join(cells[i:i + columns]) + "</tr>" for i in range(0, len(cells), columns))
+    return f'<table class="kv"><tbody>{rows}</tbody></table>'
 
 
 def figure(image_html: str, caption: str, how_to_read: str = "") -> str:

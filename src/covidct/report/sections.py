@@ -54,10 +54,13 @@ HOW = {
             "together; colours are the true classes. Separate clusters mean the learned features "
             "separate the classes; mixed regions show where confusions are likely. Axes and "
             "distances between clusters have no meaning.",
-    "curves": "the training loss should fall and level off (faint line: every step; solid: "
-              "smoothed); the learning rate follows the schedule (warm-up, then step-wise drops); "
-              "validation accuracy, measured on held-out data during training, shows when the "
-              "model stopped improving. The saved model is the step with the best validation accuracy.",
+    "curves": "the training loss (solid) should fall and level off; with many steps a faint line "
+              "shows every step and the solid line their smoothed trend. Validation figures "
+              "(dashed, dots) are measured on held-out data during training and show when the "
+              "model stopped improving; the saved model is the one with the best validation "
+              "figure. Where shown, the learning rate follows the schedule (warm-up, then "
+              "step-wise drops). CovidCTNet trains in two stages (the BCDU-Net denoiser, then "
+              "the 3D CNN), each with its own colour.",
 }
 
 
@@ -173,8 +176,7 @@ def _cohort_html(cohort: Cohort, found: Findings) -> str:
     badge = ' <span class="badge syn">SYNTHETIC</span>' if cohort.synthetic else ""
     out = [f"<h3>Dataset folder <code>{esc(found.relative(cohort.path))}</code>{badge}</h3>"]
     if cohort.synthetic:
-        out.append(note("Computer-generated phantoms (its README carries the synthetic tag); "
-                        "no patient data."))
+        out.append(note("Computer-generated phantoms (marked synthetic by its README); no patient data."))
     if cohort.labels_csv is not None:
         out.append(_labels_table(cohort.labels_csv))
     if cohort.split_files:
@@ -191,14 +193,15 @@ def _labels_table(path: Path) -> str:
     if not rows:
         return note("labels.csv is empty.")
     columns = set(rows[0])
-    label_column = next((c for c in ("volume_label", "label", "class", "diagnosis") if c in columns), None)
-    if label_column is None:
-        return note("labels.csv has no label column (volume_label or label).")
+    label_columns = [c for c in ("label", "volume_label", "class", "diagnosis") if c in columns][:2]
+    if not label_columns:
+        return note("labels.csv has no label column (label or volume_label).")
     per_patient: dict[str, tuple[str, str]] = {}
     for k, row in enumerate(rows):
         patient = (row.get("patient_id") or row.get("patient") or str(k)).strip()
-        per_patient[patient] = ((row.get("split") or "all").strip().lower() or "all",
-                                (row.get(label_column) or "?").strip())
+        # With both the slice and the volume label ("NCP" and "COVID-19") show them as a pair.
+        label = " / ".join(dict.fromkeys((row.get(c) or "?").strip() for c in label_columns))
+        per_patient[patient] = ((row.get("split") or "all").strip().lower() or "all", label)
     counts = Counter(per_patient.values())
     splits = _ordered({s for s, _ in counts})
     labels = _class_order({c for _, c in counts})
@@ -236,7 +239,12 @@ def _covidx_table(split_files: list[Path]) -> str:
 def _class_order(labels: set[str]) -> list[str]:
     """The methods' class order (Control/Normal first, COVID-19 last); unknown labels after."""
     known = [*VOLUME_CLASSES, *SLICE_CLASSES]
-    return sorted(labels, key=lambda c: (known.index(c) if c in known else len(known), c))
+
+    def rank(label: str) -> tuple[int, str]:
+        first = label.split(" / ")[0]
+        return (known.index(first) % len(VOLUME_CLASSES) if first in known else len(known), label)
+
+    return sorted(labels, key=rank)
 
 
 def _patients_text(counts: Any) -> str:
@@ -574,12 +582,14 @@ def training_section(found: Findings) -> str:
                      f"<code>{esc(name)}</code>{badge}</h3>")
         summary = run.summary or {}
         facts = [(k.replace("_", " "), _plain(run.config[k])) for k in _RUN_KEYS if k in run.config]
-        facts += [("finished", "yes" if summary.get("finished") else "no (no summary.json yet)"),
+        # summary.json is written last by both methods' training, so it marks a finished run.
+        finished = run.summary is not None and summary.get("finished", True)
+        facts += [("finished", "yes" if finished else "no (no summary.json yet)"),
                   ("best validation accuracy", pct(summary["best_val_acc"]) if isinstance(summary.get("best_val_acc"), (int, float)) else None),
                   ("model weights", summary.get("model_weights")),
                   ("training time", f"{summary['train_seconds_this_session']:.0f} s"
                    if isinstance(summary.get("train_seconds_this_session"), (int, float)) else None)]
-        parts.append(key_values(facts))
+        parts.append(key_values(facts, columns=3))
         try:
             history = read_history(run.path / "history.csv")
             fig = plot_training_curves(history, synthetic=run.synthetic)
@@ -631,9 +641,19 @@ def predictions_section(found: Findings) -> str:
              if content.get("timings_s") else None),
         ]))
         for picture in pred.pictures[:6]:
-            parts.append(figure(img(picture.read_bytes(), "image/png", picture.stem), picture.stem.replace("_", " "),
-                                HOW["infection"] if method == METHOD_COVIDCTNET else ""))
+            parts.append(figure(img(picture.read_bytes(), "image/png", picture.stem, css="picture"),
+                                _picture_title(picture.stem, method),
+                                HOW["infection"] if "infection" in picture.stem else ""))
     return section("predictions", "Example predictions", "".join(parts))
+
+
+PICTURE_TITLES = {"infection-slices": "Infection map on the most affected slices",
+                  "infection-mip": "Infection map: maximum-intensity projections"}
+
+
+def _picture_title(stem: str, method: str) -> str:
+    key = stem[len(method):].strip("-_ ") if stem.startswith(method) else stem
+    return PICTURE_TITLES.get(key, key.replace("-", " ").replace("_", " ").capitalize() or stem)
 
 
 def _scan_text(scan: Mapping[str, Any]) -> str | None:

@@ -48,6 +48,7 @@ table.figures td:not(:first-child), table.figures th:not(:first-child) { text-al
 figure { margin: 14px 0 22px; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
 figure img.narrow { max-width: 560px; }
+figure img.picture { max-height: 560px; width: auto; }
 figcaption { font-weight: 600; margin: 0 0 6px; }
 .figrow { display: flex; flex-wrap: wrap; gap: 8px 28px; align-items: flex-start; }
 .figrow figure { flex: 0 1 auto; max-width: 100%; margin-top: 6px; display: table; }
