@@ -4,8 +4,8 @@ Inputs are the two arrays CovidCTNet computes: the pre-processed volume (z, S, S
 [0, 1] (1 mm slices) and the infection map (D, S, S) that the 3D CNN reads (D = 50
 slices, resized along z from the volume). Only the positive part of the map is drawn:
 it is where a slice is denser than the BCDU-Net's "control lung" reconstruction of it,
-which is where lesions show. One colour scale is used for the whole scan, so slices and
-projections of one scan compare directly.
+which is where lesions show. One fixed colour scale (:data:`FULL_SCALE`) is used for every
+slice, projection and scan, so pictures compare directly.
 
 Map slice d sits at volume slice (d + 0.5) * z / D - 0.5 (the pixel-centre convention of
 the z resize), so overlays are aligned to within a millimetre.
@@ -18,9 +18,11 @@ import numpy as np
 
 from .plotting import blend_heat, new_figure, resize_to
 
-#: Percentile of the positive map values drawn at full colour: high, because lesions can
-#: be a tiny share of the voxels and the rest of the positive values are noise.
-SCALE_PERCENTILE = 99.99
+#: Map value drawn at full colour, the same for every scan so that pictures compare across
+#: scans and a control scan is not stretched until its noise looks like disease: on the
+#: [-1000, 400] HU unit scale, ground glass (about -450 HU) over aerated lung (about -850 HU)
+#: differs by about 0.3.
+FULL_SCALE = 0.3
 #: Weak infection faint yellow, strong solid red: visible on both dark lung and bright tissue.
 CMAP = "autumn_r"
 #: Map values below this fraction of the scale are not drawn (noise).
@@ -35,13 +37,9 @@ def _check(volume: np.ndarray, infection: np.ndarray) -> tuple[np.ndarray, np.nd
     return volume, infection
 
 
-def map_scale(infection: np.ndarray) -> float:
-    """The value drawn at full colour: a high percentile of the positive map values."""
-    positive = np.asarray(infection, np.float32)
-    positive = positive[positive > 0]
-    if positive.size == 0:
-        return 1.0
-    return max(float(np.percentile(positive, SCALE_PERCENTILE)), 1e-3)
+def map_scale(infection: np.ndarray | None = None) -> float:
+    """The map value drawn at full colour (:data:`FULL_SCALE`, the same for every scan)."""
+    return FULL_SCALE
 
 
 def normalised_map(infection: np.ndarray, scale: float | None = None) -> np.ndarray:

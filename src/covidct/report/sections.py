@@ -49,7 +49,8 @@ HOW = {
     "infection": "yellow to red marks where a slice is denser than the BCDU-Net's reconstruction "
                  "of a normal lung (the infection map the 3D CNN classifies), on the three most "
                  "affected slices, then projected through the whole scan from above (axial) and "
-                 "from the front (coronal, head at the top). One colour scale per scan.",
+                 "from the front (coronal, head at the top). The colour scale is the same for every "
+                 "scan: full red is the density step from aerated lung to ground glass.",
     "tsne": "each dot is one case, placed so that cases the network represents alike lie close "
             "together; colours are the true classes. Separate clusters mean the learned features "
             "separate the classes; mixed regions show where confusions are likely. Axes and "
