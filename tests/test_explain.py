@@ -236,3 +236,44 @@ def test_explain_evaluation_needs_scores(tmp_path):
 
     with pytest.raises(DatasetError, match="scores.npz"):
         explain_evaluation(object(), tmp_path, "test", tmp_path)
+
+
+# explain_evaluation end to end (CovidCTNet) ----------------------------------------------
+
+def test_explain_evaluation_for_covidctnet_writes_infection_gallery_and_tsne(tmp_path, make_hu_volume,
+                                                                             monkeypatch):
+    """An untrained CovidCTNet on four tiny SYNTHETIC NIfTI scans: the glue reads the model's own
+    cached arrays and writes one picture per chosen scan and the 3D CNN's feature map."""
+    from covidct.explain import run
+
+    monkeypatch.setattr(run, "MIN_TSNE_ITEMS", 4)  # four scans keep the test quick
+    from covidct.evaluation import evaluate
+    from covidct.explain import explain_evaluation
+    from covidct.scanio import save_scan
+    from covidct.volumes.bcdunet import BCDUNet
+    from covidct.volumes.cache import ArrayCache
+    from covidct.volumes.pipeline import CovidCTNet
+    from covidct.volumes.settings import VolumeSettings
+
+    torch.manual_seed(0)
+    data = tmp_path / "cohort"
+    rows = ["patient_id,volume_label,split,path,synthetic"]
+    for k in range(4):
+        label = ("Control", "CAP", "COVID-19")[k % 3]
+        save_scan(make_hu_volume(shape=(16, 64, 64), spacing=(2.5, 5.0, 5.0), seed=k), data / f"s{k}.nii.gz")
+        rows.append(f"SYN{k:02d},{label},test,s{k}.nii.gz,true")
+    (data / "labels.csv").write_text("\n".join(rows) + "\n")
+    settings = VolumeSettings(slice_size=64, volume_slices=34, max_denoised_slices=4, denoiser_width=4)
+    model = CovidCTNet.build(settings, denoiser=BCDUNet(4), cache=ArrayCache(tmp_path / "cache"))
+    eval_dir = tmp_path / "eval"
+    evaluate(model, data, split="test", out_dir=eval_dir, n_boot=20)
+    summary = explain_evaluation(model, data, "test", eval_dir, n_per_class=1)
+
+    index = json.loads((eval_dir / "infection" / "index.json").read_text())
+    assert summary["infection"]["n"] == len(index["items"]) >= 3
+    for item in index["items"]:
+        assert (eval_dir / "infection" / item["file"]).read_bytes().startswith(b"\x89PNG")
+        assert item["level"] == "scan" and not any("SYN" in str(v) for v in item.values())
+    with np.load(eval_dir / "features.npz") as saved:
+        assert saved["features"].shape == (4, 32) and saved["points"].shape == (4, 2)
+    assert summary["tsne"]["n"] == 4 and (eval_dir / "tsne.png").is_file()
