@@ -15,7 +15,6 @@ only: no file names or patient ids, so the report can show it as it is.
 from __future__ import annotations
 
 import io
-import logging
 import os
 import re
 from pathlib import Path
@@ -27,8 +26,6 @@ from ..atomic import atomic_dir, write_bytes, write_json
 from ..constants import METHOD_BIT, SYNTHETIC_NOTICE
 from ..errors import DatasetError, ModelError
 from .cases import Case, select_cases
-
-log = logging.getLogger(__name__)
 
 GRADCAM_DIR = "gradcam"
 INFECTION_DIR = "infection"
