@@ -206,13 +206,15 @@ def test_cli_report_writes_the_file(run_cli, demo, tmp_path):
 
 
 @pytest.mark.parametrize("make", ["missing", "empty"])
-def test_cli_report_on_a_bad_folder_gives_one_line_and_exit_2(run_cli, tmp_path, make):
+def test_cli_report_on_a_bad_folder_gives_one_line_and_exit_2(capsys, tmp_path, make):
+    from covidct.cli import main
+
     target = tmp_path / "nothing-here"
     if make == "empty":
         target.mkdir()
-    rc, stdout, stderr = run_cli("report", target)
+    rc = main(["report", str(target)])  # in-process: the same path as the command, no start-up cost
     assert rc == 2
-    lines = stderr.strip().splitlines()
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("covidct: error:") and str(target) in lines[0]
     assert not (target / "report.html").exists()
 
