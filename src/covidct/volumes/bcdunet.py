@@ -100,8 +100,10 @@ class BCDUNet(nn.Module):
         self.dense2 = DoubleConv(c4, c4)
         self.dense3 = DoubleConv(2 * c4, c4)
         self.up3, self.up2, self.up1 = UpBlock(c4, c3), UpBlock(c3, c2), UpBlock(c2, c1)
-        self.head = nn.Sequential(nn.Conv2d(c1, 2, 3, padding=1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(2, 1, 1))
+        # The method's head is conv 3x3 to 2 channels with ReLU, then 1x1 conv and sigmoid. A
+        # ReLU on only two channels right before the output dies in about one seed of three
+        # on reconstruction (constant output, training stalls), so that layer stays linear.
+        self.head = nn.Sequential(nn.Conv2d(c1, 2, 3, padding=1), nn.Conv2d(2, 1, 1))
         _he_normal(self)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

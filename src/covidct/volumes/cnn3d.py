@@ -1,7 +1,7 @@
 """CovidCTNet's 3D CNN, layer for layer as published.
 
 Five stages of two 3x3x3 convolutions (8, 16, 32, 64, 128 channels, ReLU, He-uniform
-initialisation) each followed by 2x2x2 max pooling, then flatten -> dense 32 (ReLU) ->
+initialisation, also for the dense layer) each followed by 2x2x2 max pooling, then flatten -> dense 32 (ReLU) ->
 dropout 0.3 -> dense to the classes. As in the method's code the very first convolution
 has no padding (50x128x128 -> 48x126x126) and the others keep the size, which gives the
 published 128 x 1 x 3 x 3 = 1152 flattened features for a 50 x 128 x 128 input.
@@ -51,6 +51,8 @@ class CNN3D(nn.Module):
             if isinstance(m, (nn.Conv3d, nn.Linear)):
                 nn.init.kaiming_uniform_(m.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
+        # The softmax layer keeps Keras' default (Glorot uniform), as in the method's code.
+        nn.init.xavier_uniform_(self.classifier[-1].weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5 or tuple(x.shape[1:]) != (1, *self.input_shape):

@@ -212,13 +212,16 @@ class CovidCTNet:
         return known
 
     def score_dataset(self, source: str | os.PathLike, split: str | None = "test",
-                      seed: int = 0, progress: bool = True) -> Scores:
-        """Scan-level Scores of this model on a cohort (see volumes.data) for metrics."""
+                      progress: bool = True, **split_options: Any) -> Scores:
+        """Scan-level Scores of this model on a cohort (see volumes.data) for metrics.
+
+        A cohort without a split column is split as it was for training (the seed and
+        fractions are in the model file); ``seed``, ``val_fraction``, ``test_fraction``
+        override them. ``split=None`` scores every scan.
+        """
         from tqdm import tqdm
 
-        from .data import load_cohort
-
-        cohort = load_cohort(source, seed=seed)
+        cohort = self.cohort(source, **split_options)
         items = cohort.split(split)
         if not items:
             raise ModelError(f"no scans in split {split!r} of {cohort.source}")
@@ -237,6 +240,13 @@ class CovidCTNet:
                         "split": split or "all", "split_from": cohort.split_from,
                         "synthetic": bool(synthetic or self.synthetic)})
 
+    def cohort(self, source: str | os.PathLike, **split_options: Any):
+        """The cohort at ``source``, split as this model's training split it (when the data
+        has no split column); keyword arguments override the seed and fractions."""
+        from .data import load_cohort
+
+        return load_cohort(source, **{**(self.training.get("split_options") or {}), **split_options})
+
     def target_index(self, label: str) -> int:
         """Index of a volume label in this model's classes (COVID-vs-rest for binary)."""
         if self.class_names == BINARY_CLASSES:
@@ -251,7 +261,7 @@ class CovidCTNet:
         from .pictures import write_pictures
 
         volume, _ = self.volume(scan)
-        return write_pictures(prediction, volume, self.settings, Path(out_dir))
+        return write_pictures(prediction, volume, Path(out_dir))
 
 
 def _scan_info(scan: Scan, volume: np.ndarray, warnings: list[str],

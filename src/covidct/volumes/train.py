@@ -286,6 +286,8 @@ def train_classifier(config: TrainConfig, run: RunFolder, cohort: Cohort, net: C
         results[split] = _metrics(y, net.classify(x), net.class_names) if len(y) else None
     net.training = {"data": Path(cohort.source).name, "counts": cohort.counts(),
                     "split_from": cohort.split_from,
+                    "split_options": {"seed": config.seed, "val_fraction": config.val_fraction,
+                                      "test_fraction": config.test_fraction},
                     "synthetic": bool(synthetic or cohort.synthetic
                                       or any(a[2] for a in arrays.values())),
                     "stage": stage, "epochs_run": loop.epochs_run, "best_epoch": loop.best_epoch,
@@ -477,7 +479,9 @@ def _check_denoiser_fits(saved: dict[str, Any], config: TrainConfig, path: Path)
 def _data_summary(cohort: Cohort, config: TrainConfig) -> dict[str, Any]:
     counts = cohort.counts()
     return {"data": {"source": Path(cohort.source).name, "layout": cohort.layout,
-                     "split_from": cohort.split_from, "patients": counts,
+                     "split_from": cohort.split_from,
+                    "split_options": {"seed": config.seed, "val_fraction": config.val_fraction,
+                                      "test_fraction": config.test_fraction}, "patients": counts,
                      "total_patients": len(cohort.items)},
             "mode": "COVID-19 vs rest" if config.binary else "3-class",
             "class_names": list(BINARY_CLASSES if config.binary else VOLUME_CLASSES),

@@ -1,0 +1,317 @@
+"""CovidCTNet end to end on SYNTHETIC data, through `covidct train3d`.
+
+Two small runs are trained once per session (tiny networks, few epochs, one thread):
+
+* on a `covidct synth` cohort, stage "denoiser": the BCDU-Net's reconstruction error must be
+  larger on the generator's lesion masks than on healthy lung;
+* on planted-lesion phantoms in the method's folder-per-class layout, stage "all": the 3D CNN
+  must beat chance on held-out patients, and the model file then serves prediction,
+  caching, pictures, evaluation and the save/load round trip.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from covidct.cli import main as cli_main  # noqa: E402
+from covidct.constants import VOLUME_CLASSES  # noqa: E402
+from covidct.errors import ScanError  # noqa: E402
+from covidct.models import load_model  # noqa: E402
+from covidct.scan import Scan  # noqa: E402
+from covidct.volumes import preprocess as preprocess_module  # noqa: E402
+from covidct.volumes.infection import denoise  # noqa: E402
+from covidct.volumes.phantom import chest_phantom  # noqa: E402
+from covidct.volumes.preprocess import preprocess_volume  # noqa: E402
+from covidct.volumes.runfolder import load_denoiser_file  # noqa: E402
+from covidct.volumes.settings import VolumeSettings  # noqa: E402
+from covidct.windowing import COVIDX_LUNG  # noqa: E402
+
+pytestmark = pytest.mark.xdist_group("volumes-pipeline")
+
+FOLDERS = {"Control": "Control", "CAP": "CAP", "COVID-19": "Covid"}
+PHANTOM_GEOMETRY = dict(n_slices=16, size=64, spacing=(4.0, 5.0, 5.0))
+TINY = ["--slice-size", "40", "--volume-slices", "34", "--denoiser-width", "8",
+        "--threads", "1", "--no-progress"]
+
+
+def train3d(*args: str) -> None:
+    assert cli_main(["train3d", *args]) == 0
+
+
+@pytest.fixture(scope="session")
+def volumes_env(tmp_path_factory):
+    """A private array cache for the whole session, and one torch thread per worker."""
+    cache = tmp_path_factory.mktemp("covidctnet-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("COVIDCT_CACHE", str(cache))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield cache
+    torch.set_num_threads(threads)
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def synth_denoiser_run(volumes_env, tmp_path_factory):
+    """A small `covidct synth` cohort and a BCDU-Net trained on its control patients.
+
+    Every patient is in the train split: the denoiser sees only the controls, and the
+    lesion test reads the others. The learning rate is three times the method's so that a
+    few hundred steps give a usable denoiser.
+    """
+    from covidct.synth import CohortSettings, generate_cohort
+
+    root = tmp_path_factory.mktemp("synth")
+    data = root / "cohort"
+    generate_cohort(data, CohortSettings(patients=12, seed=3, difficulty=0.0, matrix=64,
+                                         max_slices=40, split=(1.0, 0.0, 0.0),
+                                         formats=("nifti", "covidctnet")), progress=False)
+    run = root / "run"
+    train3d("--data", str(data), "--out", str(run), "--stage", "denoiser",
+            "--denoiser-epochs", "6", "--denoiser-lr", "3e-3", "--slices-per-scan", "64",
+            "--denoiser-batch-size", "4", *TINY)
+    return data, run
+
+
+@pytest.fixture(scope="session")
+def phantom_cohort(tmp_path_factory):
+    """Planted-lesion phantoms as NIfTI files in the method's Control/CAP/Covid folders."""
+    from covidct.scanio import save_scan
+
+    root = tmp_path_factory.mktemp("phantoms")
+    for label, folder in FOLDERS.items():
+        for k in range(12):
+            scan, _ = chest_phantom(label, seed=100 * VOLUME_CLASSES.index(label) + k,
+                                    **PHANTOM_GEOMETRY)
+            save_scan(scan, root / folder / f"{folder}{k:02d}.nii.gz")
+    return root
+
+
+@pytest.fixture(scope="session")
+def phantom_run(volumes_env, phantom_cohort, synth_denoiser_run, tmp_path_factory):
+    """The 3D CNN on the phantoms' infection maps, made by the synth run's frozen denoiser."""
+    run = tmp_path_factory.mktemp("phantom-run") / "run"
+    train3d("--data", str(phantom_cohort), "--out", str(run), "--stage", "classifier",
+            "--denoiser", str(synth_denoiser_run[1] / "denoiser.pt"), "--epochs", "20",
+            "--test-fraction", "0.35", "--no-ablation", *TINY)
+    return run
+
+
+@pytest.fixture(scope="session")
+def model(phantom_run):
+    return load_model(phantom_run / "model.pt")
+
+
+# -- the denoiser on the synthetic generator's lesions ----------------------------------------
+
+def _on_model_grid(scan: Scan, mask: np.ndarray, settings: VolumeSettings) -> np.ndarray:
+    """A boolean mask of ``scan``'s grid carried to the pre-processed grid, through the very
+    same resampling (as a two-level HU image)."""
+    two_level = np.where(mask, 400.0, -1000.0).astype(np.float32)
+    moved = preprocess_volume(Scan(two_level, spacing=scan.spacing, units="HU",
+                                   direction=scan.direction), settings)
+    return moved > 0.5
+
+
+def test_denoiser_reconstruction_error_is_larger_on_lesions_than_on_healthy_lung(synth_denoiser_run):
+    from covidct.scanio import load_scan
+
+    data, run = synth_denoiser_run
+    denoiser, saved, _ = load_denoiser_file(run / "denoiser.pt")
+    settings = VolumeSettings(**{**saved, "volume_slices": 34})
+    with open(data / "labels.csv", newline="") as fh:
+        sick = [r for r in csv.DictReader(fh) if r["volume_label"] != "Control"
+                and float(r["lesion_fraction"]) > 0.01]
+    assert len(sick) >= 6
+    lesion_errors, healthy_errors, lesion_signed, healthy_signed = [], [], [], []
+    for row in sick:
+        ct = load_scan(data / row["nifti"])
+        labels = load_scan(data / row["lesions"]).voxels
+        lesion = _on_model_grid(ct, np.isin(labels, (1, 2, 3, 4)), settings)
+        lung = _on_model_grid(ct, (ct.voxels > -950) & (ct.voxels < -700) & (labels == 0), settings)
+        volume = preprocess_volume(ct, settings)
+        rows = np.flatnonzero(lesion.any(axis=(1, 2)))
+        difference = volume[rows] - denoise(volume[rows], denoiser)
+        lesion_errors.append(np.abs(difference)[lesion[rows]].mean())
+        healthy_errors.append(np.abs(difference)[lung[rows]].mean())
+        lesion_signed.append(difference[lesion[rows]].mean())
+        healthy_signed.append(difference[lung[rows]].mean())
+    assert np.mean(lesion_errors) > 1.2 * np.mean(healthy_errors), (lesion_errors, healthy_errors)
+    # The map keeps what the denoiser removed: denser-than-normal lesions come out positive.
+    assert np.mean(lesion_signed) > np.mean(healthy_signed) + 0.02
+
+
+def test_denoiser_run_folder(synth_denoiser_run):
+    data, run = synth_denoiser_run
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["synthetic"] is True and "synthetic_notice" in summary
+    controls = summary["data"]["patients"]["train"]["Control"]
+    assert summary["denoiser"]["train_slices"] == 64 * controls
+    assert summary["denoiser"]["noisy_slices"] == summary["denoiser"]["train_slices"] // 2
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert [r["stage"] for r in rows] == ["denoiser"] * 6
+    losses = [float(r["train_loss"]) for r in rows]
+    assert losses[-1] < 0.8 * losses[0]
+    assert not any(r["val_loss"] for r in rows)  # no validation controls: stopped on train loss
+    assert (run / "checkpoints" / "denoiser-last.pt").is_file()
+    config = json.loads((run / "config.json").read_text())
+    assert config["stage"] == "denoiser" and config["settings"]["slice_size"] == 40
+    assert not (run / "model.pt").exists()
+
+
+# -- the 3D CNN on planted lesions -------------------------------------------------------------
+
+def test_cnn_beats_chance_on_held_out_patients(phantom_run):
+    summary = json.loads((phantom_run / "summary.json").read_text())
+    test = summary["classifier"]["test"]
+    assert summary["data"]["patients"]["test"] == {c: 4 for c in VOLUME_CLASSES}
+    assert test["n_slices"] == 12
+    # Chance is an AUC of 0.5. Twenty epochs of the method's learning rate rank the held-out
+    # patients well before the arg-max settles, so ranking is what is asserted.
+    assert test["macro"]["auc"] >= 0.75, test["macro"]
+    assert test["binary"]["auc"] >= 0.75, test["binary"]  # COVID-19 vs rest, next to 3 classes
+    assert summary["mode"] == "3-class" and summary["synthetic"] is True
+    assert summary["comparison"]["rows"][0]["split"] == "val"
+
+
+def test_prediction_carries_probabilities_map_and_provenance(model):
+    scan, _ = chest_phantom("CAP", seed=999, **PHANTOM_GEOMETRY)
+    prediction = model.predict(scan)
+    assert prediction.method == "covidctnet"
+    assert prediction.class_names == VOLUME_CLASSES
+    assert prediction.probabilities.shape == (3,)
+    assert prediction.probabilities.sum() == pytest.approx(1.0)
+    assert prediction.maps["infection"].shape == (34, 40, 40)
+    assert prediction.model["synthetic"] and prediction.scan["synthetic"]
+    assert prediction.model["settings"]["slice_size"] == 40
+    assert {"preprocess", "infection_map", "classify", "total"} <= set(prediction.timings)
+    out = prediction.to_dict()
+    assert "synthetic_notice" in out
+    assert scan.source and scan.source not in json.dumps(out)  # no file names or paths
+
+
+def test_windowed_pictures_are_predicted_with_a_warning(model):
+    scan, _ = chest_phantom("Control", seed=998, **PHANTOM_GEOMETRY)
+    pictures = Scan(COVIDX_LUNG.to_uint8(scan.voxels), spacing=scan.spacing, units="windowed")
+    prediction = model.predict(pictures)
+    assert any("8-bit" in w for w in prediction.scan["warnings"])
+    assert prediction.probabilities.sum() == pytest.approx(1.0)
+
+
+def test_unfit_scans_fail_with_a_clear_error(model):
+    scan, _ = chest_phantom("Control", seed=997, **PHANTOM_GEOMETRY)
+    with pytest.raises(ScanError, match="at least 2 slices"):
+        model.predict(Scan(scan.voxels[:1], spacing=scan.spacing, units="HU"))
+    with pytest.raises(ScanError, match="axial"):
+        model.predict(Scan(scan.voxels, spacing=scan.spacing, units="HU", orientation="sagittal"))
+    with pytest.raises(ScanError, match="modality"):
+        model.predict(Scan(scan.voxels, spacing=scan.spacing, units="HU",
+                           metadata={"modality": "PT"}))
+
+
+def test_second_prediction_hits_the_cache(model, monkeypatch):
+    scan, _ = chest_phantom("COVID-19", seed=996, **PHANTOM_GEOMETRY)
+    first = model.predict(scan)
+    assert first.scan["cache"] == {"volume": "miss", "input": "miss"}
+    calls = []
+    monkeypatch.setattr("covidct.volumes.pipeline.preprocess_volume",
+                        lambda *a, **k: calls.append(1) or preprocess_module.preprocess_volume(*a, **k))
+    second = model.predict(scan)
+    assert calls == []
+    assert second.scan["cache"] == {"volume": "hit", "input": "hit"}
+    np.testing.assert_array_equal(first.probabilities, second.probabilities)
+    # A changed scan is a different entry.
+    changed = Scan(scan.voxels + 1.0, spacing=scan.spacing, units="HU")
+    assert model.predict(changed).scan["cache"]["volume"] == "miss"
+    assert calls == [1]
+
+
+def test_model_file_round_trip_gives_identical_predictions(model, phantom_run, tmp_path):
+    scan, _ = chest_phantom("CAP", seed=995, **PHANTOM_GEOMETRY)
+    copy = tmp_path / "copy.pt"
+    model.save(copy)
+    reloaded = load_model(copy)
+    np.testing.assert_array_equal(model.predict(scan).probabilities, reloaded.predict(scan).probabilities)
+    assert reloaded.settings == model.settings and reloaded.training == model.training
+
+
+def test_pictures_are_written_next_to_the_prediction(model, tmp_path):
+    from PIL import Image
+
+    scan, _ = chest_phantom("COVID-19", seed=994, **PHANTOM_GEOMETRY)
+    prediction = model.predict(scan)
+    paths = model.save_pictures(prediction, scan, tmp_path)
+    assert sorted(p.name for p in paths) == ["covidctnet-infection-mip.png",
+                                             "covidctnet-infection-slices.png"]
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width >= 256
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+def test_score_dataset_gives_scan_level_scores_by_patient(model, phantom_cohort):
+    scores = model.score_dataset(phantom_cohort, split="test", progress=False)
+    assert scores.level == "scan" and scores.method == "covidctnet"
+    assert scores.y_prob.shape == (12, 3) and len(set(scores.groups)) == 12
+    assert sorted(np.bincount(scores.y_true).tolist()) == [4, 4, 4]
+    assert scores.provenance["synthetic"] is True and scores.provenance["split"] == "test"
+
+
+# -- ablation, binary mode, resume -------------------------------------------------------------
+
+def test_ablation_binary_mode_and_resume_continue_where_they_stopped(synth_denoiser_run,
+                                                                     phantom_cohort, tmp_path):
+    common = ["--data", str(phantom_cohort), "--stage", "classifier", "--binary",
+              "--denoiser", str(synth_denoiser_run[1] / "denoiser.pt"), "--test-fraction", "0.35",
+              *TINY]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train3d(*common, "--out", str(straight), "--epochs", "2")
+    train3d(*common, "--out", str(resumed), "--epochs", "1")
+    train3d(*common, "--out", str(resumed), "--epochs", "2", "--resume")
+
+    summary = json.loads((straight / "summary.json").read_text())
+    assert summary["mode"] == "COVID-19 vs rest"
+    assert summary["class_names"] == ["non-COVID-19", "COVID-19"]
+    models = {row["model"] for row in summary["comparison"]["rows"]}
+    assert len(models) == 2 and any("plain volumes" in m for m in models)
+    ablation = load_model(straight / "ablation" / "model.pt")
+    assert ablation.settings.input == "volume" and ablation.denoiser is None
+
+    history = list(csv.DictReader(open(resumed / "history.csv")))
+    assert [(r["stage"], r["epoch"]) for r in history] == [
+        ("classifier", "0"), ("classifier", "1"), ("ablation", "0"), ("ablation", "1")]
+    scan, _ = chest_phantom("COVID-19", seed=993, **PHANTOM_GEOMETRY)
+    for name in ("model.pt", "ablation/model.pt"):
+        a, b = load_model(straight / name), load_model(resumed / name)
+        assert a.class_names == ("non-COVID-19", "COVID-19")
+        np.testing.assert_allclose(a.predict(scan).probabilities, b.predict(scan).probabilities,
+                                   atol=1e-6)
+
+
+def test_train3d_refuses_a_classifier_stage_without_a_denoiser(phantom_cohort, tmp_path, capsys):
+    rc = cli_main(["train3d", "--data", str(phantom_cohort), "--out", str(tmp_path / "run"),
+                   "--stage", "classifier", *TINY])
+    assert rc == 2
+    assert "denoiser" in capsys.readouterr().err
+
+
+def test_train3d_help_explains_the_options(run_cli):
+    rc, out, _ = run_cli("train3d", "--help")
+    assert rc == 0
+    for option in ("--stage", "--binary", "--resume", "--denoise-slices", "--no-ablation"):
+        assert option in out
+    assert "Control/" in out and "summary.json" in out
+
+
+def test_cache_folder_holds_only_hashed_array_entries(volumes_env):
+    names = [p.name for p in Path(volumes_env).rglob("*") if p.is_file()]
+    assert names and all(n.endswith(".npz") and "-" in n for n in names)
+    assert not any("Covid" in n or "Control" in n for n in names)
+    assert os.environ["COVIDCT_CACHE"] == str(volumes_env)
