@@ -166,6 +166,26 @@ def test_denoiser_run_folder(synth_denoiser_run):
     assert not (run / "model.pt").exists()
 
 
+def test_capped_denoising_matches_denoising_every_slice(synth_denoiser_run):
+    """The default cap (100 evenly spaced 1-mm slices through BCDU-Net) against the method's
+    every-slice route, on a ~300-slice resampled synthetic scan."""
+    import dataclasses
+
+    from covidct.scanio import load_scan
+    from covidct.volumes.infection import infection_map
+
+    data, run = synth_denoiser_run
+    denoiser, saved, _ = load_denoiser_file(run / "denoiser.pt")
+    settings = VolumeSettings(**{**saved, "volume_slices": 50})
+    volume = preprocess_volume(load_scan(next((data / "covidctnet" / "Covid").iterdir())), settings)
+    assert len(volume) > 150
+    every = infection_map(volume, denoiser, dataclasses.replace(settings, max_denoised_slices=0))
+    capped = infection_map(volume, denoiser, settings)
+    assert capped.shape == every.shape == (50, 40, 40)
+    assert np.corrcoef(capped.ravel(), every.ravel())[0, 1] > 0.99
+    assert np.abs(capped - every).mean() < 0.05 * every.std()
+
+
 # -- the 3D CNN on planted lesions -------------------------------------------------------------
 
 def test_cnn_beats_chance_on_held_out_patients(phantom_run):

@@ -207,9 +207,10 @@ def _stratified_split(items: list[CohortItem], seed: int, val_fraction: float,
         order = rng.permutation(len(group))
         n_test = _share(len(group), test_fraction)
         n_val = _share(len(group) - n_test, val_fraction / (1 - test_fraction))
+        splits = {}
         for rank, k in enumerate(order):
-            split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
-            out.append(CohortItem(group[k].patient_id, label, group[k].path, split))
+            splits[k] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+        out += [CohortItem(item.patient_id, label, item.path, splits[k]) for k, item in enumerate(group)]
     return out
 
 

@@ -25,8 +25,11 @@ def denoise_indices(n_slices: int, max_slices: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n_slices - 1, max_slices)).astype(int))
 
 
-def denoise(slices: np.ndarray, denoiser, batch_size: int = 16) -> np.ndarray:
-    """Run the frozen denoiser over (N, H, W) slices in batches; returns (N, H, W) float32."""
+def denoise(slices: np.ndarray, denoiser, batch_size: int = 4) -> np.ndarray:
+    """Run the frozen denoiser over (N, H, W) slices in batches; returns (N, H, W) float32.
+
+    Small batches: on a CPU, 4 slices of 128 x 128 per call ran faster than 16 (cache).
+    """
     import torch
 
     device = next(denoiser.parameters()).device
@@ -40,7 +43,7 @@ def denoise(slices: np.ndarray, denoiser, batch_size: int = 16) -> np.ndarray:
 
 
 def infection_map(volume: np.ndarray, denoiser, settings: VolumeSettings,
-                  batch_size: int = 16) -> np.ndarray:
+                  batch_size: int = 4) -> np.ndarray:
     """(volume_slices, S, S) float32 infection map of a pre-processed (z, S, S) volume."""
     chosen = volume[denoise_indices(len(volume), settings.max_denoised_slices)]
     difference = chosen - denoise(chosen, denoiser, batch_size)

@@ -1,0 +1,155 @@
+"""Timing of CovidCTNet's per-scan work on the issue's reference series.
+
+The series: 300 slices of 512 x 512, 0.625 mm pixels, 2.5 mm slices (a SYNTHETIC phantom
+made in memory). Measured: the method's pre-processing route vs the fast path, BCDU-Net on
+the capped and on all 1-mm slices, the 3D CNN, and a whole ``predict`` with the cache off,
+with the process's peak memory. Networks have random weights: timing does not depend on them.
+
+    python -m covidct.volumes.bench [--slices 300] [--size 512] [--threads 2] [--full]
+    python -m covidct.volumes.bench --predict-only     # peak memory of one prediction
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+
+def _best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+def current_rss_gb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024 ** 2
+    return float("nan")
+
+
+class RssSampler:
+    """Peak resident memory while a block runs (sampled every 20 ms)."""
+
+    def __enter__(self) -> "RssSampler":
+        import threading
+
+        self.peak = current_rss_gb()
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(0.02):
+                self.peak = max(self.peak, current_rss_gb())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss_gb())
+
+
+def predict_only(n_slices: int = 300, size: int = 512, pixel_mm: float = 0.625,
+                 slice_mm: float = 2.5, threads: int = 2) -> dict[str, Any]:
+    """One whole prediction (cache off) and the process's peak memory, nothing else."""
+    import torch
+
+    from .bcdunet import BCDUNet
+    from .cache import ArrayCache
+    from .phantom import benchmark_series
+    from .pipeline import CovidCTNet
+    from .settings import VolumeSettings
+
+    torch.set_num_threads(threads)
+    scan = benchmark_series(n_slices, size, pixel_mm, slice_mm)
+    settings = VolumeSettings()
+    model = CovidCTNet.build(settings, denoiser=BCDUNet(settings.denoiser_width), cache=ArrayCache(None))
+    before = current_rss_gb()
+    with RssSampler() as memory:
+        seconds, prediction = _best_of(lambda: model.predict(scan), 1)
+    return {"series": scan.summary(), "threads": threads, "predict_total_s": seconds,
+            "predict_timings_s": prediction.timings,
+            "rss_before_predict_gb": before, "peak_rss_during_predict_gb": memory.peak,
+            "scan_voxels_gb": scan.voxels.nbytes / 1024 ** 3}
+
+
+def run(n_slices: int = 300, size: int = 512, pixel_mm: float = 0.625, slice_mm: float = 2.5,
+        threads: int = 2, full: bool = False, repeats: int = 2) -> dict[str, Any]:
+    import torch
+
+    from .bcdunet import BCDUNet
+    from .cache import ArrayCache
+    from .infection import denoise, denoise_indices
+    from .phantom import benchmark_series
+    from .pipeline import CovidCTNet
+    from .preprocess import preprocess_reference, preprocess_volume
+    from .settings import VolumeSettings
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    scan = benchmark_series(n_slices, size, pixel_mm, slice_mm)
+    settings = VolumeSettings()
+    out: dict[str, Any] = {"series": scan.summary(), "threads": threads,
+                           "settings": settings.to_dict()}
+
+    out["preprocess_fast_s"], volume = _best_of(lambda: preprocess_volume(scan, settings), repeats)
+    out["preprocess_reference_s"], reference = _best_of(
+        lambda: preprocess_reference(scan.voxels, scan.spacing, settings), 1)
+    difference = np.abs(volume - reference)
+    out["fast_vs_reference"] = {"mean_abs": float(difference.mean()),
+                                "p99_abs": float(np.percentile(difference, 99)),
+                                "max_abs": float(difference.max())}
+    out["preprocessed_shape"] = list(volume.shape)
+
+    denoiser = BCDUNet(settings.denoiser_width).eval()
+    chosen = volume[denoise_indices(len(volume), settings.max_denoised_slices)]
+    out["bcdunet_capped_slices"] = len(chosen)
+    out["bcdunet_capped_s"], _ = _best_of(lambda: denoise(chosen, denoiser), 1)
+    out["bcdunet_s_per_slice"] = out["bcdunet_capped_s"] / len(chosen)
+    if full:
+        out["bcdunet_all_slices"] = len(volume)
+        out["bcdunet_all_s"], _ = _best_of(lambda: denoise(volume, denoiser), 1)
+
+    model = CovidCTNet.build(settings, denoiser=denoiser, cache=ArrayCache(None))
+    inputs = np.zeros((1, *settings.volume_shape), np.float32)
+    out["cnn3d_s"], _ = _best_of(lambda: model.classify(inputs), repeats)
+    out["predict_total_s"], prediction = _best_of(lambda: model.predict(scan), 1)
+    out["predict_timings_s"] = prediction.timings
+    out["peak_rss_gb"] = peak_rss_gb()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--full", action="store_true",
+                        help="also time BCDU-Net on every 1-mm slice (minutes on a CPU)")
+    parser.add_argument("--predict-only", action="store_true",
+                        help="only one whole prediction, for its peak memory")
+    args = parser.parse_args(argv)
+    if args.predict_only:
+        result = predict_only(args.slices, args.size, threads=args.threads)
+    else:
+        result = run(args.slices, args.size, threads=args.threads, full=args.full)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""CovidCTNet cohorts (folder per class, labels CSV, patient splits) and the array cache."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from covidct.errors import DatasetError
+from covidct.scan import Scan
+from covidct.volumes.cache import ArrayCache, file_digest, scan_digest
+from covidct.volumes.data import load_cohort
+
+
+def touch(path: Path, text: str = "x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def folder_cohort(root: Path, per_class: int = 10) -> Path:
+    for folder in ("Control", "CAP", "Covid"):
+        for k in range(per_class):
+            if k % 2:  # a DICOM series folder
+                touch(root / folder / f"{folder} patient {k}" / "1.dcm")
+            else:
+                touch(root / folder / f"{folder}-{k}.nii.gz")
+    touch(root / "Control" / "notes.txt")          # not a scan: ignored
+    touch(root / "Control" / ".DS_Store")          # hidden: ignored
+    return root
+
+
+def test_folder_per_class_layout_with_a_stratified_patient_split(tmp_path):
+    cohort = load_cohort(folder_cohort(tmp_path), seed=1)
+    assert cohort.layout == "folders" and len(cohort.items) == 30
+    labels = {i.label for i in cohort.items}
+    assert labels == {"Control", "CAP", "COVID-19"}
+    assert {i.patient_id for i in cohort.items if i.label == "Control"} >= {"Control-0", "Control patient 1"}
+    counts = cohort.counts()
+    for label in labels:  # 10 per class: 7 train, 1-2 val, 1-2 test, every class in every split
+        assert counts["train"][label] >= 6 and counts["val"][label] >= 1 and counts["test"][label] >= 1
+    # Patients never straddle splits, and the split is reproducible from the seed.
+    assert len({i.patient_id for i in cohort.items}) == 30
+    again = load_cohort(tmp_path, seed=1)
+    assert [(i.patient_id, i.split) for i in again.items] == [(i.patient_id, i.split) for i in cohort.items]
+    other = load_cohort(tmp_path, seed=2)
+    assert {(i.patient_id, i.split) for i in other.items} != {(i.patient_id, i.split) for i in cohort.items}
+    assert "seed 1" in cohort.split_from
+
+
+def test_labels_csv_with_paths_labels_and_splits(tmp_path):
+    touch(tmp_path / "scans" / "a.nii.gz")
+    touch(tmp_path / "scans" / "b" / "1.dcm")
+    touch(tmp_path / "scans" / "c.nii.gz")
+    csv_path = touch(tmp_path / "labels.csv",
+                     "patient_id,volume_label,split,path,synthetic\n"
+                     "a,Normal,train,scans/a.nii.gz,true\n"
+                     "b,ncp,validation,scans/b,true\n"
+                     "c,Common pneumonia,test,scans/c.nii.gz,true\n")
+    cohort = load_cohort(csv_path)
+    assert [(i.patient_id, i.label, i.split) for i in cohort.items] == [
+        ("a", "Control", "train"), ("b", "COVID-19", "val"), ("c", "CAP", "test")]
+    assert cohort.items[1].path == tmp_path / "scans" / "b"
+    assert cohort.synthetic and cohort.split_from == "file"
+    assert load_cohort(tmp_path).layout == "csv"  # the folder holding labels.csv
+
+
+def test_synth_layout_is_found_without_a_path_column(tmp_path):
+    touch(tmp_path / "covidctnet" / "Covid" / "SYN0001.nii.gz")
+    touch(tmp_path / "patients" / "SYN0002" / "ct.nii.gz")
+    touch(tmp_path / "labels.csv", "patient_id,label,volume_label,split\n"
+                                   "SYN0001,NCP,COVID-19,train\nSYN0002,Normal,Control,test\n")
+    items = load_cohort(tmp_path).items
+    assert items[0].path == tmp_path / "covidctnet" / "Covid" / "SYN0001.nii.gz"
+    assert items[1].path == tmp_path / "patients" / "SYN0002" / "ct.nii.gz"
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("a,Flu,train,a.nii.gz\n", "unknown volume label 'Flu'"),
+    ("a,Control,later,a.nii.gz\n", "unknown split 'later'"),
+    ("a,Control,train,missing.nii.gz\n", "not found"),
+    ("a,Control,train,a.nii.gz\nb,CAP,,a.nii.gz\n", "no split while others have one"),
+    ("a,Control,train,a.nii.gz\na,CAP,train,a.nii.gz\n", "two labels or splits"),
+])
+def test_bad_labels_files_are_refused_with_the_line(tmp_path, rows, message):
+    touch(tmp_path / "a.nii.gz")
+    csv_path = touch(tmp_path / "labels.csv", "patient_id,volume_label,split,path\n" + rows)
+    with pytest.raises(DatasetError, match=message) as info:
+        load_cohort(csv_path)
+    assert "labels.csv" in str(info.value)
+
+
+def test_not_a_cohort(tmp_path):
+    with pytest.raises(DatasetError, match="no such"):
+        load_cohort(tmp_path / "nowhere")
+    touch(tmp_path / "x" / "readme.txt")
+    with pytest.raises(DatasetError, match="class folders"):
+        load_cohort(tmp_path / "x")
+    touch(tmp_path / "y" / "Control" / "p.nii.gz")
+    touch(tmp_path / "y" / "Covid" / "p.nii.gz")
+    with pytest.raises(DatasetError, match="more than one class"):
+        load_cohort(tmp_path / "y")
+
+
+# -- the cache -----------------------------------------------------------------------------------
+
+def test_cache_round_trip_and_keys(tmp_path):
+    cache = ArrayCache(tmp_path)
+    key = ArrayCache.key("volume", "abc", {"slice_size": 128})
+    assert key != ArrayCache.key("volume", "abc", {"slice_size": 64})
+    assert key != ArrayCache.key("volume", "abd", {"slice_size": 128})
+    assert cache.load(key) is None
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    cache.save(key, array, {"synthetic": True})
+    loaded, meta = cache.load(key)
+    np.testing.assert_array_equal(loaded, array)
+    assert meta == {"synthetic": True}
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".part")]
+
+
+def test_a_damaged_entry_is_a_miss_not_a_crash(tmp_path):
+    cache = ArrayCache(tmp_path)
+    key = ArrayCache.key("volume", "abc", {})
+    cache.save(key, np.zeros(3))
+    entry = next(tmp_path.rglob("*.npz"))
+    entry.write_bytes(b"not a zip")
+    assert cache.load(key) is None
+
+
+def test_cache_can_be_switched_off(monkeypatch, tmp_path):
+    monkeypatch.setenv("COVIDCT_CACHE", "off")
+    cache = ArrayCache.default()
+    assert not cache.enabled
+    cache.save("volume-x", np.zeros(2))
+    assert cache.load("volume-x") is None
+    monkeypatch.setenv("COVIDCT_CACHE", str(tmp_path / "c"))
+    assert ArrayCache.default().root == tmp_path / "c"
+
+
+def test_digests_follow_content_and_geometry(tmp_path):
+    a = Scan(np.zeros((2, 4, 4), np.float32), spacing=(1, 1, 1), units="HU")
+    b = Scan(np.zeros((2, 4, 4), np.float32), spacing=(2, 1, 1), units="HU")
+    c = Scan(np.ones((2, 4, 4), np.float32), spacing=(1, 1, 1), units="HU")
+    assert len({scan_digest(a), scan_digest(b), scan_digest(c)}) == 3
+    assert scan_digest(a) == scan_digest(Scan(np.zeros((2, 4, 4), np.float32), spacing=(1, 1, 1),
+                                              units="HU"))
+    folder = tmp_path / "series"
+    touch(folder / "1.dcm", "one")
+    first = file_digest(folder)
+    touch(folder / "2.dcm", "two")
+    assert file_digest(folder) != first
+    assert file_digest(folder / "1.dcm") != file_digest(folder / "2.dcm")
