@@ -292,7 +292,8 @@ def test_ablation_binary_mode_and_resume_continue_where_they_stopped(synth_denoi
               "--denoiser", str(synth_denoiser_run[1] / "denoiser.pt"), "--test-fraction", "0.35",
               *TINY]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train3d(*common, "--out", str(straight), "--epochs", "2")
+    # The width given here is not the denoiser's: the run takes the denoiser's own.
+    train3d(*common, "--out", str(straight), "--epochs", "2", "--denoiser-width", "16")
     train3d(*common, "--out", str(resumed), "--epochs", "1")
     train3d(*common, "--out", str(resumed), "--epochs", "2", "--resume")
 
@@ -301,6 +302,7 @@ def test_ablation_binary_mode_and_resume_continue_where_they_stopped(synth_denoi
     assert summary["class_names"] == ["non-COVID-19", "COVID-19"]
     models = {row["model"] for row in summary["comparison"]["rows"]}
     assert len(models) == 2 and any("plain volumes" in m for m in models)
+    assert load_model(straight / "model.pt").settings.denoiser_width == 8
     ablation = load_model(straight / "ablation" / "model.pt")
     assert ablation.settings.input == "volume" and ablation.denoiser is None
 
@@ -315,11 +317,17 @@ def test_ablation_binary_mode_and_resume_continue_where_they_stopped(synth_denoi
                                    atol=1e-6)
 
 
-def test_train3d_refuses_a_classifier_stage_without_a_denoiser(phantom_cohort, tmp_path, capsys):
+def test_train3d_refuses_a_missing_or_mismatched_denoiser(synth_denoiser_run, phantom_cohort,
+                                                         tmp_path, capsys):
     rc = cli_main(["train3d", "--data", str(phantom_cohort), "--out", str(tmp_path / "run"),
                    "--stage", "classifier", *TINY])
     assert rc == 2
-    assert "denoiser" in capsys.readouterr().err
+    assert "no trained denoiser" in capsys.readouterr().err
+    rc = cli_main(["train3d", "--data", str(phantom_cohort), "--out", str(tmp_path / "run2"),
+                   "--stage", "classifier", "--denoiser", str(synth_denoiser_run[1] / "denoiser.pt"),
+                   *TINY, "--slice-size", "48"])
+    assert rc == 2
+    assert "40-pixel slices" in capsys.readouterr().err
 
 
 def test_train3d_help_explains_the_options(run_cli):

@@ -89,8 +89,8 @@ class CovidCTNet:
             "name": self.info.get("name", "covidctnet"),
             "settings": self.settings.to_dict(),
             "class_names": list(self.class_names),
-            "classifier": self.classifier.state_dict(),
-            "denoiser": None if self.denoiser is None else self.denoiser.state_dict(),
+            "classifier": _cpu_state(self.classifier),
+            "denoiser": None if self.denoiser is None else _cpu_state(self.denoiser),
             "training": self.training,
         }
 
@@ -262,6 +262,10 @@ class CovidCTNet:
 
         volume, _ = self.volume(scan)
         return write_pictures(prediction, volume, Path(out_dir))
+
+
+def _cpu_state(module) -> dict[str, Any]:
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
 def _scan_info(scan: Scan, volume: np.ndarray, warnings: list[str],

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     from .cache import ArrayCache
 
     run = RunFolder(config.out)
+    if config.stage == "classifier":
+        config = _fit_to_denoiser(config, _denoiser_path(config, run))
     _check_resume(run, config)
     write_json(run.config, {**config.to_dict(), "settings": config.settings().to_dict()})
     device = _device(config.device)
@@ -110,13 +112,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(config.seed)
 
     if config.stage in ("denoiser", "all"):
-        denoiser, facts = train_denoiser(config, run, cohort, cache, device)
-        summary["denoiser"] = facts
+        _, summary["denoiser"] = train_denoiser(config, run, cohort, cache, device)
     if config.stage in ("classifier", "all"):
-        denoiser_path = Path(config.denoiser_file) if config.denoiser_file else run.denoiser
-        denoiser, saved_settings, facts = load_denoiser_file(denoiser_path)
-        _check_denoiser_fits(saved_settings, config, denoiser_path)
-        summary.setdefault("denoiser", facts)
+        path = _denoiser_path(config, run)
+        denoiser, _, facts = load_denoiser_file(path)
+        denoiser = denoiser.to(device)  # the infection maps of the whole cohort run here
+        if config.denoiser_file:
+            summary["denoiser"] = {**facts, "file": str(path)}
         main = _new_model(config, INPUT_INFECTION, denoiser, cache)
         summary["classifier"] = train_classifier(config, run, cohort, main, "classifier", device,
                                                  run.model)
@@ -470,10 +472,20 @@ def _check_resume(run: RunFolder, config: TrainConfig) -> None:
                          f"{', '.join(changed)}", run.config)
 
 
-def _check_denoiser_fits(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    if int(saved.get("slice_size", -1)) != config.slice_size:
-        raise ModelError(f"the denoiser was trained on {saved.get('slice_size')}-pixel slices, "
-                         f"this run uses {config.slice_size}", path)
+def _denoiser_path(config: TrainConfig, run: RunFolder) -> Path:
+    return Path(config.denoiser_file) if config.denoiser_file else run.denoiser
+
+
+def _fit_to_denoiser(config: TrainConfig, path: Path) -> TrainConfig:
+    """The run's settings with the given denoiser's width; refuse another slice size."""
+    _, saved, _ = load_denoiser_file(path)
+    if int(saved["slice_size"]) != config.slice_size:
+        raise ModelError(f"the denoiser was trained on {saved['slice_size']}-pixel slices, "
+                         f"this run uses {config.slice_size} (--slice-size)", path)
+    width = int(saved["denoiser_width"])
+    if width != config.denoiser_width:
+        log.info("using the denoiser's width %d (not %d)", width, config.denoiser_width)
+    return replace(config, denoiser_width=width)
 
 
 def _data_summary(cohort: Cohort, config: TrainConfig) -> dict[str, Any]:
@@ -486,13 +498,3 @@ def _data_summary(cohort: Cohort, config: TrainConfig) -> dict[str, Any]:
             "mode": "COVID-19 vs rest" if config.binary else "3-class",
             "class_names": list(BINARY_CLASSES if config.binary else VOLUME_CLASSES),
             "settings": config.settings().to_dict()}
-
-
-def override(config: TrainConfig, **changes: Any) -> TrainConfig:
-    """A copy with ``changes`` (unknown names are an error), for presets and tests."""
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = set(changes) - known
-    if unknown:
-        raise ModelError(f"unknown training options {sorted(unknown)}")
-    return replace(config, **changes)
-
