@@ -89,6 +89,7 @@ def load_cohort(source: str | os.PathLike, seed: int = 0, val_fraction: float = 
         cohort = _from_csv(source)
     elif (source / "labels.csv").is_file():
         cohort = _from_csv(source / "labels.csv")
+        cohort.source = str(source)
     elif _class_folders(source):
         cohort = _from_folders(source)
     elif (source / "covidctnet").is_dir() and _class_folders(source / "covidctnet"):

@@ -156,7 +156,10 @@ class CovidCTNet:
     def predict(self, scan: Scan) -> Prediction:
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        warnings = check_scan(scan) + list(scan.metadata.get("warnings", []) or [])
+        own = check_scan(scan)
+        for warning in own:  # the reader has logged its own warnings already
+            log.warning("%s", warning)
+        warnings = own + list(scan.metadata.get("warnings", []) or [])
         content = scan_digest(scan)
         volume, volume_cache = self.volume(scan, content)
         timings["preprocess"] = time.perf_counter() - start
@@ -168,12 +171,10 @@ class CovidCTNet:
         probabilities = self.classify(inputs[None])[0]
         timings["classify"] = time.perf_counter() - mark
         timings["total"] = time.perf_counter() - start
-        for w in warnings:
-            log.warning("%s", w)
+        kind = "infection map" if self.settings.input == INPUT_INFECTION else "volume"
         return Prediction(
             method=self.method, class_names=self.class_names, probabilities=probabilities,
-            aggregation=(f"one 3D CNN call on the whole scan's "
-                         f"{'infection map' if self.settings.input == INPUT_INFECTION else 'volume'} "
+            aggregation=(f"one 3D CNN call on the whole scan's {kind} "
                          f"({'x'.join(map(str, self.settings.volume_shape))}), softmax over classes"),
             maps={self.settings.input: inputs},
             model=self.describe(),

@@ -491,9 +491,7 @@ def _fit_to_denoiser(config: TrainConfig, path: Path) -> TrainConfig:
 def _data_summary(cohort: Cohort, config: TrainConfig) -> dict[str, Any]:
     counts = cohort.counts()
     return {"data": {"source": Path(cohort.source).name, "layout": cohort.layout,
-                     "split_from": cohort.split_from,
-                    "split_options": {"seed": config.seed, "val_fraction": config.val_fraction,
-                                      "test_fraction": config.test_fraction}, "patients": counts,
+                     "split_from": cohort.split_from, "patients": counts,
                      "total_patients": len(cohort.items)},
             "mode": "COVID-19 vs rest" if config.binary else "3-class",
             "class_names": list(BINARY_CLASSES if config.binary else VOLUME_CLASSES),
