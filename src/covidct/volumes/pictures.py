@@ -61,8 +61,10 @@ def _save(image: Image.Image, path: Path) -> Path:
     return path
 
 
-def write_pictures(prediction: Prediction, volume: np.ndarray, out_dir: Path) -> list[Path]:
-    """Write the slice sheet and the projections of ``prediction``'s infection map."""
+def write_pictures(prediction: Prediction, volume: np.ndarray, out_dir: Path,
+                   fov_mm: float | None = None) -> list[Path]:
+    """Write the slice sheet and the projections of ``prediction``'s infection map;
+    ``fov_mm`` (the scan's in-plane field of view) gives the coronal view its proportions."""
     from ..explain.infection import map_scale, projections, slice_overlay, top_slices, volume_index
 
     infection = prediction.maps.get(INPUT_INFECTION)
@@ -81,7 +83,7 @@ def write_pictures(prediction: Prediction, volume: np.ndarray, out_dir: Path) ->
              f"top: pre-processed; bottom: infection map (slice minus BCDU-Net output)")
     paths = [_save(_sheet([plain, overlaid], title), out_dir / f"{prediction.method}-infection-slices.png")]
 
-    views = projections(volume, infection, scale)
+    views = projections(volume, infection, scale, fov_mm=fov_mm)
     title = f"{head}\nmaximum-intensity projections: axial | coronal. Research use only."
     tiles = [_tile(views["axial"]), _tile(views["coronal"])]
     paths.append(_save(_sheet([tiles], title), out_dir / f"{prediction.method}-infection-mip.png"))

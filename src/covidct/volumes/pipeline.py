@@ -262,7 +262,8 @@ class CovidCTNet:
         from .pictures import write_pictures
 
         volume, _ = self.volume(scan)
-        return write_pictures(prediction, volume, Path(out_dir))
+        fov = scan.shape[2] * scan.spacing[2] if scan.geometry_known else None
+        return write_pictures(prediction, volume, Path(out_dir), fov_mm=fov)
 
 
 def _cpu_state(module) -> dict[str, Any]:
