@@ -75,3 +75,15 @@ def run_cli():
         return proc.returncode, proc.stdout, proc.stderr
 
     return run
+
+
+@pytest.fixture(scope="session")
+def synthetic_cohort(tmp_path_factory) -> Path:
+    """A small `covidct synth` cohort (9 SYNTHETIC patients, 64x64, every output format),
+    written once per test process for tests that need the project's own data layout."""
+    from covidct.synth.cohort import CohortSettings, generate_cohort
+
+    root = tmp_path_factory.mktemp("synthetic-cohort") / "cohort"
+    settings = CohortSettings(patients=9, seed=3, matrix=64, slice_mm=(5.0, 5.0), max_slices=12)
+    generate_cohort(root, settings, progress=False)
+    return root

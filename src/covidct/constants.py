@@ -33,3 +33,7 @@ SYNTHETIC_TAG = "COVIDCT SYNTHETIC PHANTOM"
 METHOD_BIT = "bit"
 METHOD_COVIDCTNET = "covidctnet"
 METHODS = (METHOD_BIT, METHOD_COVIDCTNET)
+
+#: The slice classifier's initialisations (Zhao et al., Table 3); covidct.slices.weights
+#: says which weight file or hub tag each one is.
+BIT_INITS = ("random", "bit-s", "bit-m", "bit-m-s", "bit-m-c")

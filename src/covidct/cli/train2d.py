@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..slices.schedule import DEFAULT_RESOLUTION, DEFAULT_SCHEDULE, RESOLUTIONS, SCHEDULES
-    from ..slices.weights import INITS
+    from ..constants import BIT_INITS as INITS
 
     data = p.add_argument_group("data")
     data.add_argument("--data", metavar="COVIDX_DIR",

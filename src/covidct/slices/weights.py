@@ -34,9 +34,10 @@ from pathlib import Path
 
 import torch
 
+from ..constants import BIT_INITS
 from ..errors import ModelError
 
-INITS = ("random", "bit-s", "bit-m", "bit-m-s", "bit-m-c")
+INITS = BIT_INITS
 #: Original release file name per init; {size} is e.g. R50x1.
 RELEASE_FILES = {
     "bit-s": "BiT-S-{size}.npz",
