@@ -16,7 +16,7 @@ from ..constants import DISCLAIMER
 from ..errors import CovidctError
 
 #: Command modules, in the order `covidct --help` lists them.
-COMMANDS = ("info", "synth", "train2d", "train3d", "predict", "evaluate", "report")
+COMMANDS = ("info", "synth", "train2d", "train3d", "predict", "evaluate", "report", "serve", "experiment")
 
 EPILOG = f"""\
 Run `covidct COMMAND --help` for the options of a command.

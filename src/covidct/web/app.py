@@ -1,0 +1,222 @@
+"""The FastAPI application: routes only; the work is in uploads, jobs, render and report.
+
+``create_app(config, models)`` builds the app around already loaded models, so tests and
+the CLI share it. Routes under /api need ``Authorization: Bearer <token>`` when the server
+has a token; the page, /healthz and /docs do not (the page asks for the token).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from contextlib import asynccontextmanager
+from typing import Any, Sequence
+
+from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from .. import __version__
+from ..constants import DISCLAIMER
+from .config import ServeConfig
+from .jobs import DONE, FAILED, QUEUED, RUNNING, Busy, JobRunner, JobStore, ModelSet
+from .render import Renderer, RenderError
+from .uploads import UploadError, save_upload
+
+log = logging.getLogger("covidct.web")
+
+#: Multipart framing and form fields on top of the files themselves.
+_FORM_SLACK = 1024 * 1024
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class UploadLimit:
+    """ASGI middleware: answer 413 for upload bodies over the limit before they are stored.
+
+    A declared Content-Length over the limit is refused without reading the body; a body
+    without one (chunked) is counted as it arrives and cut off at the limit.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await _too_large(send, self.max_bytes)
+        seen = 0
+        started = False
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _too_large(send, self.max_bytes)
+
+
+async def _too_large(send, limit: int) -> None:
+    response = JSONResponse({"detail": f"upload is larger than the {limit // 2**20} MiB limit"},
+                            status_code=413)
+    await response({"type": "http"}, None, send)
+
+
+def create_app(config: ServeConfig, models: Sequence[Any]) -> FastAPI:
+    model_set = ModelSet(models)
+    for folder in (config.data_dir, config.results_dir):
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Upload folders of a previous process belong to jobs that can no longer finish.
+    shutil.rmtree(config.work_dir, ignore_errors=True)
+    config.work_dir.mkdir(mode=0o700)
+    store = JobStore(config.database)
+    interrupted = store.fail_unfinished()
+    if interrupted:
+        log.warning("%d job(s) left unfinished by the last server process marked failed", interrupted)
+    runner = JobRunner(config, store, model_set)
+    renderer = Renderer(config.results_dir, model_set)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        runner.shutdown()
+
+    app = FastAPI(title="covidct", version=__version__, lifespan=lifespan,
+                  description=f"COVID-19 detection in chest CT. {DISCLAIMER}")
+    app.state.config, app.state.store, app.state.runner = config, store, runner
+    app.state.models, app.state.renderer = model_set, renderer
+    app.add_middleware(UploadLimit, max_bytes=config.max_upload_bytes + _FORM_SLACK)
+
+    api = APIRouter(prefix="/api", dependencies=[Depends(_token_check(config.token))])
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        from .page import render_page
+
+        return HTMLResponse(render_page(token_required=bool(config.token),
+                                        show_phi=config.show_phi))
+
+    @app.get("/healthz", tags=["service"])
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, "models": sorted(model_set.models),
+                "queued": store.count(QUEUED), "running": store.count(RUNNING)}
+
+    @api.get("/models", tags=["service"])
+    def list_models() -> dict[str, Any]:
+        return {"models": model_set.info(), "disclaimer": DISCLAIMER}
+
+    @api.post("/scans", status_code=202, tags=["scans"])
+    async def upload_scan(files: list[UploadFile] = File(
+            ..., description="a .zip of a DICOM series, a .nii/.nii.gz file, or PNG/JPG slices")
+    ) -> dict[str, Any]:
+        """Queue a scan; answers at once with the job id to poll."""
+        try:
+            upload = await run_in_threadpool(
+                save_upload, [(f.filename or "", f.file) for f in files], config.work_dir,
+                max_bytes=config.max_upload_bytes, max_slices=config.max_slices,
+                max_unpacked_bytes=config.max_unpacked_bytes)
+        except UploadError as exc:
+            raise HTTPException(exc.status, exc.message) from None
+        finally:
+            for f in files:
+                await f.close()
+        try:
+            job_id = runner.submit(upload)
+        except Busy as exc:
+            shutil.rmtree(upload.folder, ignore_errors=True)
+            raise HTTPException(503, exc.message, headers={"Retry-After": "60"}) from None
+        return {"id": job_id, "status": QUEUED, "url": f"/api/scans/{job_id}"}
+
+    def _job(job_id: str) -> dict[str, Any]:
+        job = store.get(job_id) if job_id.isalnum() else None
+        if job is None:
+            raise HTTPException(404, "no such scan job")
+        return job
+
+    def _finished(job_id: str) -> dict[str, Any]:
+        job = _job(job_id)
+        if job["status"] != DONE:
+            raise HTTPException(409, f"scan job is {job['status']}, no result")
+        return job["result"]
+
+    @api.get("/scans/{job_id}", tags=["scans"])
+    def get_scan(job_id: str) -> dict[str, Any]:
+        """Status (queued, running with its stage, done, failed with the reason) and result."""
+        job = _job(job_id)
+        job["disclaimer"] = DISCLAIMER
+        return job
+
+    @api.get("/scans/{job_id}/result.json", tags=["scans"])
+    def download_result(job_id: str) -> JSONResponse:
+        return JSONResponse(_finished(job_id), headers=_attachment(f"covidct-{job_id[:8]}.json"))
+
+    @api.get("/scans/{job_id}/report.html", tags=["scans"])
+    def download_report(job_id: str) -> HTMLResponse:
+        from .report import scan_report
+
+        result = _finished(job_id)
+        html = scan_report(result, renderer, show_phi=config.show_phi)
+        return HTMLResponse(html, headers=_attachment(f"covidct-{job_id[:8]}-report.html"))
+
+    @api.get("/scans/{job_id}/slices/{k}.png", tags=["scans"],
+             responses={200: {"content": {"image/png": {}}}})
+    def slice_picture(job_id: str, k: int,
+                      overlay: str = Query("none", description="none, gradcam or infection"),
+                      window: str = Query("lung", description="lung or mediastinum (HU scans)"),
+                      ) -> Response:
+        """Slice ``k`` (0-based, scan order) in a display window, optionally with a heat map."""
+        result = _finished(job_id)
+        try:
+            png = renderer.slice_png(job_id, k, result, overlay=overlay, window=window)
+        except RenderError as exc:
+            raise HTTPException(exc.status, exc.message) from None
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    @api.delete("/scans/{job_id}", tags=["scans"])
+    def delete_scan(job_id: str) -> dict[str, Any]:
+        """Forget a finished scan: its row, result and stored slices."""
+        job = _job(job_id)
+        if job["status"] not in (DONE, FAILED):
+            raise HTTPException(409, f"scan job is {job['status']}; delete it when it has finished")
+        store.delete(job_id)
+        renderer.forget(job_id)
+        shutil.rmtree(config.results_dir / job_id, ignore_errors=True)
+        return {"id": job_id, "deleted": True}
+
+    app.include_router(api)
+    return app
+
+
+def _attachment(name: str) -> dict[str, str]:
+    return {"Content-Disposition": f'attachment; filename="{name}"'}
+
+
+def _token_check(token: str | None):
+    import secrets
+
+    def check(request: Request) -> None:
+        if not token:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip(), token):
+            raise HTTPException(401, "missing or wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    return check

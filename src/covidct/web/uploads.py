@@ -1,0 +1,204 @@
+"""Check an upload before any work is queued, and store it under neutral names.
+
+Everything here is cheap (file headers, the zip's central directory, the NIfTI header), so a
+bad upload is answered at once with 413 or 422 and a one-line reason instead of becoming a
+failed job. Original file names are never kept: they may carry a patient's name, so files
+are stored as ``scan.zip``, ``scan.nii.gz`` or ``00001.png`` ... in upload (natural) order.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterable
+
+from ..errors import CovidctError
+from ..scanio.common import natural_key
+
+#: Upload kinds, as stored in the job record.
+KIND_ZIP, KIND_NIFTI, KIND_PICTURES, KIND_DICOM = "dicom-zip", "nifti", "pictures", "dicom"
+
+_CHUNK = 1024 * 1024
+_PICTURE_MAGIC = {".png": (b"\x89PNG\r\n\x1a\n",), ".jpg": (b"\xff\xd8\xff",),
+                  ".jpeg": (b"\xff\xd8\xff",)}
+
+
+class UploadError(CovidctError):
+    """An upload refused before it became a job; ``status`` is the HTTP answer (413 or 422)."""
+
+    def __init__(self, message: str, status: int = 422, path: str | None = None):
+        self.status = status
+        super().__init__(message, path)
+
+
+@dataclass
+class Upload:
+    """A checked upload in its private folder: what ``load_scan`` should read."""
+
+    folder: Path          # the job's private work folder (removed when the job ends)
+    scan_path: Path       # file or folder to pass to load_scan
+    kind: str
+    n_files: int
+    n_bytes: int
+
+
+def suffix_of(name: str) -> str:
+    lower = name.lower()
+    return ".nii.gz" if lower.endswith(".nii.gz") else Path(lower).suffix
+
+
+def save_upload(files: Iterable[tuple[str, BinaryIO]], work_root: Path, *, max_bytes: int,
+                max_slices: int, max_unpacked_bytes: int) -> Upload:
+    """Copy the uploaded files into a new private folder under ``work_root`` and check them.
+
+    Raises UploadError (and leaves nothing behind) when the upload is refused.
+    """
+    work_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="job-", dir=work_root))  # mode 0700
+    try:
+        return _save_and_check(list(files), folder, max_bytes, max_slices, max_unpacked_bytes)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _save_and_check(files: list[tuple[str, BinaryIO]], folder: Path, max_bytes: int,
+                    max_slices: int, max_unpacked_bytes: int) -> Upload:
+    if not files:
+        raise UploadError("no file uploaded; send a zip of a DICOM series, a NIfTI file or "
+                          "PNG/JPG slices as multipart field 'files'")
+    kind = _kind_of([name for name, _ in files])
+    if kind == KIND_PICTURES and len(files) > max_slices:
+        raise UploadError(f"{len(files)} slices uploaded, more than the {max_slices} accepted")
+    inbox = folder / "upload"
+    inbox.mkdir()
+    ordered = sorted(files, key=lambda f: natural_key(Path(f[0] or "")))
+    total = 0
+    stored = []
+    for number, (name, stream) in enumerate(ordered, start=1):
+        suffix = suffix_of(name or "")
+        target = inbox / (f"scan{suffix}" if kind in (KIND_ZIP, KIND_NIFTI)
+                          else f"{number:05d}{suffix or '.dcm'}")
+        total += _copy(stream, target, max_bytes - total)
+        stored.append((name, target))
+    for name, path in stored:
+        _check_content(kind, name, path, max_slices, max_unpacked_bytes)
+    scan_path = stored[0][1] if kind in (KIND_ZIP, KIND_NIFTI) else inbox
+    return Upload(folder, scan_path, kind, len(stored), total)
+
+
+def _kind_of(names: list[str]) -> str:
+    suffixes = [suffix_of(n or "") for n in names]
+    kinds = set()
+    for name, suffix in zip(names, suffixes):
+        if suffix == ".zip":
+            kinds.add(KIND_ZIP)
+        elif suffix in (".nii", ".nii.gz"):
+            kinds.add(KIND_NIFTI)
+        elif suffix in _PICTURE_MAGIC:
+            kinds.add(KIND_PICTURES)
+        elif suffix in (".dcm", ".dicom", ""):
+            kinds.add(KIND_DICOM)
+        else:
+            raise UploadError(f"file type {suffix!r} is not accepted; send a .zip of a DICOM "
+                              "series, a .nii/.nii.gz file, or .png/.jpg slices")
+    if len(kinds) > 1:
+        raise UploadError(f"mixed upload ({', '.join(sorted(kinds))}); send one scan of one kind")
+    kind = kinds.pop()
+    if kind in (KIND_ZIP, KIND_NIFTI) and len(names) > 1:
+        raise UploadError(f"{len(names)} files uploaded; a {kind} scan is one file")
+    return kind
+
+
+def _copy(stream: BinaryIO, target: Path, budget: int) -> int:
+    """Copy in chunks, stopping as soon as the upload exceeds its size budget."""
+    written = 0
+    with open(target, "wb") as out:
+        while chunk := stream.read(_CHUNK):
+            written += len(chunk)
+            if written > budget:
+                raise UploadError("upload is larger than the size limit", status=413)
+            out.write(chunk)
+    if written == 0:
+        raise UploadError("an uploaded file is empty")
+    return written
+
+
+def _check_content(kind: str, name: str, path: Path, max_slices: int, max_unpacked: int) -> None:
+    label = _safe_label(name)
+    with open(path, "rb") as fh:
+        head = fh.read(352)
+    if kind == KIND_PICTURES:
+        if not head.startswith(_PICTURE_MAGIC[suffix_of(name)]):
+            raise UploadError(f"{label} is not a {suffix_of(name)[1:].upper()} picture")
+        _check_picture(path, label)
+    elif kind == KIND_ZIP:
+        _check_zip(path, label, max_slices, max_unpacked)
+    elif kind == KIND_NIFTI:
+        _check_nifti(path, label, head, max_slices)
+    elif head[128:132] != b"DICM":
+        raise UploadError(f"{label} is not a DICOM file (no DICM preamble)")
+
+
+def _safe_label(name: str) -> str:
+    """How an uploaded file is named in messages: its suffix only (names may carry PHI)."""
+    suffix = suffix_of(name or "")
+    return f"the uploaded {suffix[1:] if suffix else 'extension-less'} file"
+
+
+def _check_picture(path: Path, label: str) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UploadError(f"{label} is corrupt or truncated ({type(exc).__name__})") from None
+
+
+def _check_zip(path: Path, label: str, max_slices: int, max_unpacked: int) -> None:
+    from ..errors import ScanError
+    from ..scanio import archive
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = [m for m in zf.infolist() if not m.is_dir()]
+            archive._check_members(members, path, max_unpacked)
+    except zipfile.BadZipFile:
+        raise UploadError(f"{label} is not a readable zip archive") from None
+    except ScanError as exc:  # entries escaping the folder, links, zip bombs
+        raise UploadError(exc.message) from None
+    files = [m for m in members if not _is_litter(m.filename)]
+    if not files:
+        raise UploadError(f"{label} holds no files")
+    if len(files) > max_slices:
+        raise UploadError(f"zip holds {len(files)} files, more than the {max_slices} slices accepted")
+
+
+def _is_litter(name: str) -> bool:
+    parts = name.replace("\\", "/").split("/")
+    return "__MACOSX" in parts or parts[-1].startswith(".")
+
+
+def _check_nifti(path: Path, label: str, head: bytes, max_slices: int) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    try:
+        image = nib.load(os.fspath(path))
+        shape = image.shape
+        axes = nib.aff2axcodes(image.affine)
+    except Exception as exc:  # nibabel raises many types for bad headers
+        raise UploadError(f"{label} is not a readable NIfTI file ({type(exc).__name__})") from None
+    if len(shape) < 3 or any(int(n) < 1 for n in shape[:3]):
+        raise UploadError(f"{label} is not a 3D volume (shape {tuple(shape)})")
+    # The axial slice count is the length of the axis running head-foot (S or I).
+    vertical = [i for i, code in enumerate(axes[:3]) if code in ("S", "I")]
+    n_slices = int(shape[vertical[0]]) if vertical else int(np.max(shape[:3]))
+    if n_slices > max_slices:
+        raise UploadError(f"NIfTI volume has {n_slices} axial slices, more than the "
+                          f"{max_slices} accepted")
