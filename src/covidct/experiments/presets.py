@@ -1,0 +1,118 @@
+"""The papers' experiments as named presets: a grid of runs plus the settings they share.
+
+A preset has a *grid* (axis name -> list of values; every combination is one run) and fixed
+*settings*. Both are given at the paper's scale; ``--scale tiny`` swaps in small stand-ins
+(:data:`TINY_SETTINGS`, :data:`TINY_RESOLUTIONS`, :data:`TINY_SCHEDULES`, a preset's
+``tiny_grid``) so that every experiment finishes on a laptop CPU in minutes. Values a user
+gives explicitly (``--set``/``--config``) are taken as they are, at either scale.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..slices.schedule import RESOLUTIONS, SCHEDULES
+
+SCALES = ("paper", "tiny")
+KIND_SLICES, KIND_VOLUMES = "slices", "volumes"
+
+#: Settings of every slice-classifier run at the paper's scale (Zhao et al., Methods).
+PAPER_SLICE_SETTINGS: dict[str, Any] = {
+    "arch": "resnetv2_50x1_bit", "init": "bit-m", "resolution": "480", "schedule": "bit-10000",
+    "mixup": True, "per_class": "full", "seed": 0, "batch_size": 64, "lr": 0.003,
+    "val_every": 100, "max_val": None, "workers": 4, "device": "auto", "n_boot": 1000,
+}
+#: CovidCTNet at the method's scale (Javaheri et al.; covidct.volumes.train defaults).
+PAPER_VOLUME_SETTINGS: dict[str, Any] = {
+    "binary": False, "seed": 0, "slice_size": 128, "volume_slices": 50,
+    "denoiser_width": 32, "denoiser_epochs": 10, "denoiser_batch_size": 5,
+    "slices_per_scan": 0, "epochs": 100, "batch_size": 16, "patience": 10,
+    "val_fraction": 0.15, "test_fraction": 0.15, "device": "auto", "cache_dir": None,
+}
+#: What ``--scale tiny`` changes (a 0.5 M-parameter BiT-layout network, 32-56 px, few steps).
+TINY_SETTINGS: dict[str, Any] = {
+    "arch": "resnetv2_tiny_bit", "batch_size": 8, "val_every": 5, "workers": 0, "n_boot": 50,
+    "slice_size": 40, "volume_slices": 34, "denoiser_width": 8, "denoiser_epochs": 1,
+    "denoiser_batch_size": 4, "slices_per_scan": 8, "epochs": 3, "patience": 3,
+    "device": "cpu",
+}
+#: The paper's resolutions (by crop size) at tiny scale: same order, same resize > crop margin.
+TINY_RESOLUTIONS = {"128": (40, 32), "224": (48, 40), "384": (56, 48), "480": (64, 56)}
+#: The paper's schedules at tiny scale: roughly 1/250 of the steps, same shape.
+TINY_SCHEDULES = {"bit-500": (1, 2, 3, 4, 5), "bit-5000": (2, 6, 12, 18, 20),
+                  "bit-10000": (2, 12, 24, 36, 40), "bit-20000": (2, 24, 48, 72, 80)}
+#: BiT-HyperRule's schedule by training-set size (Kolesnikov et al.): under 20k images 500
+#: steps, else 10k (the paper's COVIDx CT-2A runs); used by the data-size experiment.
+HYPERRULE = "hyperrule"
+HYPERRULE_SMALL = 20_000
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    kind: str
+    title: str
+    figure: str                              # which table/figure of which paper
+    grid: dict[str, list[Any]]
+    settings: dict[str, Any] = field(default_factory=dict)   # preset-specific, paper scale
+    tiny_grid: dict[str, list[Any]] = field(default_factory=dict)
+    tiny_settings: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("resolution", KIND_SLICES, "Test accuracy by input resolution, with and without mixup",
+           "Zhao et al. Fig. 6A",
+           grid={"resolution": list(RESOLUTIONS), "mixup": [True, False]},
+           description="(resize, crop) = (160,128), (256,224), (448,384), (512,480); "
+                       "BiT-M, 10,000 steps."),
+    Preset("schedule", KIND_SLICES, "Test accuracy by training schedule, with and without mixup",
+           "Zhao et al. Fig. 6B",
+           grid={"schedule": list(SCHEDULES), "mixup": [True, False]},
+           description="The four BiT-HyperRule step schedules (warm-up, three decays by 10, end); "
+                       "BiT-M, (512, 480)."),
+    Preset("init", KIND_SLICES, "Weight initialisation: validation and test accuracy, "
+                                "validation accuracy during training",
+           "Zhao et al. Table 3 and Fig. 7",
+           grid={"init": ["random", "bit-s", "bit-m", "bit-m-c", "bit-m-s"]},
+           settings={"schedule": "bit-10000", "mixup": True, "val_every": 100},
+           tiny_settings={"val_every": 2},
+           description="ResNet-v2 50x1 from five starting points, 10,000 steps with mixup."),
+    Preset("data-size", KIND_SLICES, "Test accuracy by number of training images per class",
+           "Zhao et al. Fig. 8",
+           grid={"per_class": [50, 100, 500, 1000, "full"], "seed": [0, 1, 2]},
+           settings={"schedule": HYPERRULE},
+           tiny_grid={"per_class": [3, 6, "full"], "seed": [0, 1]},
+           description="BiT-M on 50, 100, 500, 1000 random slices per class and on the full "
+                       "training set; each size drawn with several seeds (mean and spread); "
+                       "schedule by BiT-HyperRule (500 steps under 20k images, else 10,000)."),
+    Preset("table1", KIND_SLICES, "Test accuracy and per-class Sn/PPV/Sp/NPV by initialisation",
+           "Zhao et al. Tables 1 and 2",
+           grid={"init": ["random", "bit-s", "bit-m"]},
+           description="Random, BiT-S and BiT-M in the main setting, next to the published "
+                       "COVID-Net CT models and the paper's own rows."),
+    Preset("covidctnet-ablation", KIND_VOLUMES,
+           "CovidCTNet with and without BCDU-Net and Perlin noise, 3-class and 2-class",
+           "Javaheri et al. Fig. 1",
+           grid={"binary": [False, True]},
+           description="One BCDU-Net denoiser (trained on control scans with Perlin "
+                       "pseudo-infection); per mode, the 3D CNN on its infection maps and the same "
+                       "3D CNN on plain volumes (same splits, same seed)."),
+)}
+
+
+def base_settings(preset: Preset, scale: str) -> dict[str, Any]:
+    """The fixed settings of a preset's runs at a scale (before user overrides)."""
+    common = PAPER_SLICE_SETTINGS if preset.kind == KIND_SLICES else PAPER_VOLUME_SETTINGS
+    settings = {**common, **preset.settings}
+    if scale == "tiny":
+        settings.update({k: v for k, v in TINY_SETTINGS.items() if k in common})
+        settings.update(preset.tiny_settings)
+    return settings
+
+
+def base_grid(preset: Preset, scale: str) -> dict[str, list[Any]]:
+    grid = {k: list(v) for k, v in preset.grid.items()}
+    if scale == "tiny":
+        grid.update({k: list(v) for k, v in preset.tiny_grid.items()})
+    return grid
