@@ -20,7 +20,8 @@ from .template import PAGE
 
 DEFAULT_NAME = "report.html"
 LOOKED_FOR = ("training runs (config.json + history.csv), evaluations (results.json), "
-              "dataset folders (labels.csv or <split>_COVIDx_CT-2A.txt) or predictions (<method>.json)")
+              "dataset folders (labels.csv or <split>_COVIDx_CT-2A.txt), predictions (<method>.json) "
+              "or experiments (experiment.json)")
 
 
 def build_report(root: str | os.PathLike, out: str | os.PathLike | None = None,
@@ -54,6 +55,8 @@ def render(found: Findings, title: str | None = None, command: str = "covidct re
              ("data", "Data", sections.data_section(found))]
     for anchor, heading, body in sections.method_sections(found):
         parts.append((anchor, heading, sections.section(anchor, heading, body)))
+    if found.experiments:
+        parts.append(("experiments", "Experiments", sections.experiments_section(found)))
     parts += [("training", "Training", sections.training_section(found)),
               ("predictions", "Example predictions", sections.predictions_section(found)),
               ("reproducibility", "Commands and versions",

@@ -12,7 +12,9 @@ are skipped) for:
   split files ``<split>_COVIDx_CT-2A.txt`` (slices and patients per split and class); a
   README carrying the synthetic tag in it or in a folder above it marks it synthetic;
 - **predictions**: ``<method>.json`` files written by ``covidct predict --out`` (pictures
-  beside them whose names start with the method are shown with them).
+  beside them whose names start with the method are shown with them);
+- **experiments**: ``experiment.json`` written by ``covidct experiment`` (its summary table,
+  with ``figure.png`` beside it); the runs inside are found as training runs too.
 """
 from __future__ import annotations
 
@@ -85,20 +87,34 @@ class PredictionFile:
 
 
 @dataclass
+class Experiment:
+    path: Path
+    content: dict[str, Any]
+    figure: Path | None
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.content.get("synthetic"))
+
+
+@dataclass
 class Findings:
     root: Path
     runs: list[TrainingRun] = field(default_factory=list)
     evaluations: list[Evaluation] = field(default_factory=list)
     cohorts: list[Cohort] = field(default_factory=list)
     predictions: list[PredictionFile] = field(default_factory=list)
+    experiments: list[Experiment] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not (self.runs or self.evaluations or self.cohorts or self.predictions)
+        return not (self.runs or self.evaluations or self.cohorts or self.predictions
+                    or self.experiments)
 
     @property
     def synthetic(self) -> bool:
-        return any(x.synthetic for x in (*self.runs, *self.evaluations, *self.cohorts, *self.predictions))
+        return any(x.synthetic for x in (*self.runs, *self.evaluations, *self.cohorts,
+                                         *self.predictions, *self.experiments))
 
     def relative(self, path: str | os.PathLike) -> str:
         """A path as shown in the report: relative to the root when inside it."""
@@ -161,6 +177,11 @@ def discover(root: str | os.PathLike) -> Findings:
             readme = readmes[folder]
             found.cohorts.append(Cohort(folder, folder / "labels.csv" if "labels.csv" in files else None,
                                         splits, readme is not None, readme))
+        if "experiment.json" in files:
+            content = _read_json(folder / "experiment.json")
+            if content and isinstance(content.get("table"), dict) and content.get("experiment"):
+                found.experiments.append(Experiment(
+                    folder, content, folder / "figure.png" if "figure.png" in files else None))
         for method in METHODS:
             if f"{method}.json" in files:
                 content = _read_json(folder / f"{method}.json")

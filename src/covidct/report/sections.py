@@ -55,6 +55,10 @@ HOW = {
             "together; colours are the true classes. Separate clusters mean the learned features "
             "separate the classes; mixed regions show where confusions are likely. Axes and "
             "distances between clusters have no meaning.",
+    "experiments": "each bar, line or dot measured here comes from this folder's runs (mean and "
+                   "spread over repeated runs where there are several); values marked "
+                   "\"published\" are copied from the paper for comparison, not measured. On "
+                   "synthetic data or at tiny scale the numbers only show that the pipeline works.",
     "curves": "the training loss (solid) should fall and level off; with many steps a faint line "
               "shows every step and the solid line their smoothed trend. Validation figures "
               "(dashed, dots) are measured on held-out data during training and show when the "
@@ -556,6 +560,39 @@ def method_sections(found: Findings) -> list[tuple[str, str, str]]:
     for k, ev in enumerate(others):
         out.append((f"eval-other-{k}", evaluation_title(ev), evaluation_html(ev, found)))
     return out
+
+
+# Experiments ---------------------------------------------------------------------------------
+
+def experiments_section(found: Findings) -> str:
+    """Each `covidct experiment` folder: its table (published rows marked) and its figure."""
+    if not found.experiments:
+        return section("experiments", "Experiments", missing(
+            "No paper experiments found", "experiment.json written by covidct experiment"))
+    parts = []
+    for exp in found.experiments:
+        content = exp.content
+        badge = ' <span class="badge syn">SYNTHETIC</span>' if exp.synthetic else ""
+        parts.append(f"<h3>{esc(content.get('title') or content['experiment'])} "
+                     f"<code>{esc(found.relative(exp.path))}</code>{badge}</h3>")
+        runs = content.get("runs") or []
+        failed = [r for r in runs if r.get("status") == "failed"]
+        data = content.get("data") or {}
+        parts.append(key_values([("reproduces", content.get("paper")), ("scale", content.get("scale")),
+                                 ("data", data.get("description")),
+                                 ("runs", f"{len(runs) - len(failed)} finished, {len(failed)} failed")],
+                                columns=2))
+        table_spec = content["table"]
+        parts.append(table(table_spec.get("header") or [], table_spec.get("rows") or [],
+                           caption=table_spec.get("caption", "")))
+        for text in content.get("notes") or []:
+            parts.append(note(text))
+        for run in failed:
+            parts.append(note(f"Failed run {run.get('id')}: {run.get('error')}"))
+        if exp.figure is not None and exp.figure.is_file():
+            parts.append(figure(img(exp.figure.read_bytes(), "image/png", content["experiment"]),
+                                f"{content.get('title')} ({content.get('paper')})", HOW["experiments"]))
+    return section("experiments", "Experiments", "".join(parts))
 
 
 # Training ------------------------------------------------------------------------------------
