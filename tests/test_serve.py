@@ -1,0 +1,284 @@
+"""`covidct serve`: the HTTP API on synthetic DICOM, NIfTI and PNG uploads, every refused
+input, persistence across a restart, the token, PHI, and 20 concurrent uploads."""
+from __future__ import annotations
+
+import io
+import logging
+import sqlite3
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from _serve_fixtures import (dicom_zip, make_app, nifti_file, png_files, post, serve_models,  # noqa: F401
+                             serve_models_dir, wait, zip_bytes)
+from covidct.constants import DISCLAIMER, SYNTHETIC_NOTICE
+
+pytestmark = pytest.mark.xdist_group("serve")
+
+
+@pytest.fixture
+def client(tmp_path, serve_models):
+    with TestClient(make_app(tmp_path / "data", serve_models)) as c:
+        yield c
+
+
+def _direct(models, path):
+    from covidct.scanio import load_scan
+
+    scan = load_scan(path)
+    return {m.method: m.predict(scan) for m in models}
+
+
+def _assert_matches(result, direct):
+    assert set(result["methods"]) == set(direct)
+    for method, prediction in direct.items():
+        got = result["methods"][method]["probabilities"]
+        np.testing.assert_allclose(list(got.values()), prediction.probabilities, atol=1e-6)
+        assert result["methods"][method]["label"] == prediction.label
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
+
+
+# -- the service ------------------------------------------------------------------------
+
+def test_health_docs_and_page(client):
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["models"] == ["bit", "covidctnet"]
+    assert client.get("/docs").status_code == 200
+    assert "/api/scans" in client.get("/openapi.json").json()["paths"]
+    page = client.get("/").text
+    assert DISCLAIMER in page and "<script src" not in page and "http" not in page.split("<script>")[1][:0] + ""
+    assert "cdn" not in page.lower() and "https://" not in page
+
+
+def test_dicom_zip_upload_gives_the_models_result_and_slice_pictures(client, serve_models, tmp_path):
+    path = dicom_zip(tmp_path / "scan.zip", seed=1)
+    answer = post(client, path)
+    assert answer.status_code == 202 and answer.json()["status"] == "queued"
+    job = wait(client, answer.json()["id"])
+    assert job["status"] == "done", job["error"]
+    result = job["result"]
+    _assert_matches(result, _direct(serve_models, path))
+    assert result["disclaimer"] == DISCLAIMER and result["synthetic"] is True
+    assert result["synthetic_notice"] == SYNTHETIC_NOTICE
+    assert result["scan"]["upload_kind"] == "dicom-zip" and result["scan"]["shape"] == [12, 64, 64]
+    assert result["call"]["label"] and 0 <= result["call"]["covid19_probability"] <= 1
+    assert len(result["slice_scores"]["bit"]) == len(result["slice_scores"]["covidctnet"]) == 12
+    assert {"read_scan", "bit", "covidctnet"} <= set(result["timings_s"])
+    assert result["models"]["bit"]["arch"] == "resnetv2_tiny_bit"
+    base = f"/api/scans/{job['id']}/slices/6.png"
+    pictures = {o: client.get(base, params={"overlay": o}) for o in ("none", "gradcam", "infection")}
+    for overlay, answer in pictures.items():
+        assert answer.status_code == 200 and answer.headers["content-type"] == "image/png", overlay
+        assert _png_size(answer.content) == (64, 64)
+    assert len({a.content for a in pictures.values()}) == 3  # each overlay draws something
+    mediastinum = client.get(base, params={"window": "mediastinum"}).content
+    assert mediastinum != pictures["none"].content
+    report = client.get(f"/api/scans/{job['id']}/report.html")
+    assert report.status_code == 200 and DISCLAIMER in report.text and "data:image/png" in report.text
+    download = client.get(f"/api/scans/{job['id']}/result.json")
+    assert download.json() == result and "attachment" in download.headers["content-disposition"]
+
+
+def test_nifti_upload(client, serve_models, tmp_path):
+    path = nifti_file(tmp_path / "scan.nii.gz", seed=2)
+    job = wait(client, post(client, path).json()["id"])
+    assert job["status"] == "done", job["error"]
+    _assert_matches(job["result"], _direct(serve_models, path))
+    assert job["result"]["scan"]["units"] == "HU"
+
+
+def test_png_slices_upload_in_natural_order(client, serve_models, tmp_path):
+    files = png_files(tmp_path / "png", seed=3)
+    # Uploaded shuffled and with names whose natural order (2 < 10) is the slice order.
+    names = [f"img{k + 1}.png" for k in range(len(files))]
+    order = np.random.default_rng(0).permutation(len(files))
+    answer = post(client, *[files[i] for i in order], names=[names[i] for i in order])
+    job = wait(client, answer.json()["id"])
+    assert job["status"] == "done", job["error"]
+    _assert_matches(job["result"], _direct(serve_models, tmp_path / "png"))
+    assert job["result"]["scan"]["units"] == "windowed"
+    answer = client.get(f"/api/scans/{job['id']}/slices/0.png", params={"overlay": "gradcam"})
+    assert answer.status_code == 200
+
+
+def test_single_slice_runs_the_slice_classifier_and_says_why_covidctnet_did_not(client, tmp_path):
+    one = png_files(tmp_path / "png", seed=4)[5]
+    job = wait(client, post(client, one).json()["id"])
+    assert job["status"] == "done"
+    assert set(job["result"]["methods"]) == {"bit"}
+    assert "at least 2 slices" in job["result"]["errors"]["covidctnet"]
+    answer = client.get(f"/api/scans/{job['id']}/slices/0.png", params={"overlay": "infection"})
+    assert answer.status_code == 404 and "infection map" in answer.json()["detail"]
+
+
+def test_results_survive_a_restart_and_unfinished_jobs_are_marked(tmp_path, serve_models):
+    data = tmp_path / "data"
+    with TestClient(make_app(data, serve_models)) as first:
+        job = wait(first, post(first, nifti_file(tmp_path / "s.nii.gz")).json()["id"])
+    # A job that was still running when the process died:
+    db = sqlite3.connect(data / "jobs.sqlite3")
+    db.execute("INSERT INTO jobs (id, status, created) VALUES ('deadbeef', 'running', 0)")
+    db.commit()
+    db.close()
+    (data / "work" / "job-stale").mkdir()
+    with TestClient(make_app(data, serve_models)) as second:
+        again = second.get(f"/api/scans/{job['id']}").json()
+        assert again["status"] == "done" and again["result"] == job["result"]
+        assert second.get(f"/api/scans/{job['id']}/slices/3.png?overlay=gradcam").status_code == 200
+        stale = second.get("/api/scans/deadbeef").json()
+        assert stale["status"] == "failed" and "restart" in stale["error"]
+        assert not any((data / "work").iterdir())
+        assert second.delete(f"/api/scans/{job['id']}").json()["deleted"]
+        assert second.get(f"/api/scans/{job['id']}").status_code == 404
+        assert not (data / "results" / job["id"]).exists()
+
+
+def test_uploads_are_removed_when_the_job_ends(client, tmp_path):
+    app_config = client.app.state.config
+    wait(client, post(client, dicom_zip(tmp_path / "a.zip")).json()["id"])
+    bad = zip_bytes({"series/a.dcm": b"\0" * 128 + b"DICM" + b"\x02" * 40})
+    wait(client, client.post("/api/scans", files=[("files", ("b.zip", bad))]).json()["id"])
+    assert list(app_config.work_dir.iterdir()) == []
+
+
+# -- refused and failing inputs -----------------------------------------------------------
+
+def _refused(answer, status: int, words: str) -> None:
+    assert answer.status_code == status, answer.text
+    assert words in answer.json()["detail"], answer.json()
+
+
+def test_size_limit_answers_413(tmp_path, serve_models):
+    with TestClient(make_app(tmp_path / "d", serve_models, max_upload_bytes=100_000)) as c:
+        # Over the limit but under the framing slack: refused while it is copied.
+        _refused(c.post("/api/scans", files=[("files", ("a.nii.gz", b"\x1f\x8b" + b"0" * 300_000))]),
+                 413, "size limit")
+        # Far over: refused from its Content-Length before it is read.
+        _refused(c.post("/api/scans", files=[("files", ("a.zip", b"0" * 3_000_000))]), 413, "MiB limit")
+        assert list(c.app.state.config.work_dir.iterdir()) == []
+
+
+def test_slice_limit_answers_422(tmp_path, serve_models):
+    with TestClient(make_app(tmp_path / "d", serve_models, max_slices=8)) as c:
+        _refused(post(c, *png_files(tmp_path / "png")), 422, "12 slices uploaded, more than the 8")
+        _refused(post(c, dicom_zip(tmp_path / "s.zip")), 422, "12 files, more than the 8")
+        _refused(post(c, nifti_file(tmp_path / "s.nii.gz")), 422, "12 axial slices, more than the 8")
+
+
+@pytest.mark.parametrize("name, data, words", [
+    ("escape.zip", zip_bytes({"../../etc/evil.dcm": b"x"}), "outside the folder"),
+    ("abs.zip", zip_bytes({"/tmp/evil.dcm": b"x"}), "outside the folder"),
+    ("bomb.zip", zip_bytes({"a.dcm": bytes(80 * 1024 * 1024)}), "zip bomb"),
+    ("notazip.zip", b"PK\x03\x04 this is not really a zip", "not a readable zip"),
+    ("empty.zip", zip_bytes({}), "no files"),
+    ("notes.txt", b"patient notes", "file type '.txt' is not accepted"),
+    ("slice.png", b"GIF89a not a png", "is not a PNG picture"),
+    ("slice.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 20, "corrupt or truncated"),
+    ("scan.nii.gz", b"\x1f\x8b garbage", "not a readable NIfTI"),
+    ("scan.nii", b"\0" * 400, "not a readable NIfTI"),
+    ("empty.png", b"", "empty"),
+])
+def test_bad_uploads_are_refused_at_once(client, name, data, words):
+    _refused(client.post("/api/scans", files=[("files", (name, data))]), 422, words)
+    assert list(client.app.state.config.work_dir.iterdir()) == []
+
+
+def test_mixed_or_missing_uploads_are_refused(client, tmp_path):
+    png = png_files(tmp_path / "png")[0]
+    _refused(post(client, png, nifti_file(tmp_path / "s.nii.gz")), 422, "mixed upload")
+    _refused(post(client, dicom_zip(tmp_path / "a.zip"), dicom_zip(tmp_path / "b.zip", seed=1)),
+             422, "a dicom-zip scan is one file")
+    assert client.post("/api/scans").status_code == 422
+
+
+def test_corrupt_dicom_and_unreadable_zip_contents_fail_the_job_with_a_reason(client, tmp_path):
+    path = dicom_zip(tmp_path / "scan.zip")
+    with zipfile.ZipFile(path) as zf:
+        entries = {n: zf.read(n) for n in zf.namelist()}
+    first = sorted(entries)[3]
+    entries[first] = entries[first][:400]  # truncated in the middle of the header/pixels
+    job = wait(client, client.post("/api/scans", files=[("files", ("c.zip", zip_bytes(entries)))]).json()["id"])
+    assert job["status"] == "failed" and job["result"] is None
+    assert "upload/" in job["error"] and str(client.app.state.config.work_dir) not in job["error"]
+    text_only = zip_bytes({"readme.txt": b"hello", "data.csv": b"1,2"})
+    job = wait(client, client.post("/api/scans", files=[("files", ("t.zip", text_only))]).json()["id"])
+    assert job["status"] == "failed" and "none of the 2 files" in job["error"]
+
+
+def test_unknown_jobs_slices_and_options(client, tmp_path):
+    assert client.get("/api/scans/0123abcd").status_code == 404
+    assert client.get("/api/scans/..%2F..%2Fetc").status_code == 404
+    job = wait(client, post(client, nifti_file(tmp_path / "s.nii.gz")).json()["id"])
+    base = f"/api/scans/{job['id']}/slices"
+    _refused(client.get(f"{base}/12.png"), 404, "slices 0-11")
+    _refused(client.get(f"{base}/0.png?overlay=xray"), 422, "unknown overlay")
+    _refused(client.get(f"{base}/0.png?window=bone"), 422, "unknown window")
+
+
+def test_busy_server_answers_503(tmp_path, serve_models):
+    from covidct.web.jobs import QUEUED
+
+    with TestClient(make_app(tmp_path / "d", serve_models, max_pending=1)) as c:
+        c.app.state.store.create("nifti", 1)  # one job already waiting
+        assert c.app.state.store.count(QUEUED) == 1
+        _refused(post(c, nifti_file(tmp_path / "s.nii.gz")), 503, "already waiting")
+
+
+# -- token and PHI ----------------------------------------------------------------------
+
+def test_bearer_token_guards_the_api(tmp_path, serve_models):
+    with TestClient(make_app(tmp_path / "d", serve_models, token="s3cret")) as c:
+        path = nifti_file(tmp_path / "s.nii.gz")
+        assert post(c, path).status_code == 401
+        assert post(c, path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        good = {"Authorization": "Bearer s3cret"}
+        answer = post(c, path, headers=good)
+        assert answer.status_code == 202
+        assert c.get(answer.json()["url"]).status_code == 401
+        assert wait(c, answer.json()["id"], headers=good)["status"] == "done"
+        assert c.get("/healthz").status_code == 200 and c.get("/").status_code == 200
+        assert '"token_required": true' in c.get("/").text
+
+
+def test_no_phi_in_results_or_logs_unless_asked(tmp_path, serve_models, caplog):
+    phi = dict(patient_name="DOE^JANE", patient_id="PID-991122")
+    path = dicom_zip(tmp_path / "doe_jane.zip", **phi)
+    caplog.set_level(logging.DEBUG)
+    with TestClient(make_app(tmp_path / "d", serve_models)) as c:
+        job = wait(c, post(c, path).json()["id"])
+        text = str(job) + c.get(f"/api/scans/{job['id']}/report.html").text
+    assert job["status"] == "done"
+    for secret in ("DOE^JANE", "DOE JANE", "PID-991122", "doe_jane"):
+        assert secret not in text and secret not in caplog.text
+    with TestClient(make_app(tmp_path / "e", serve_models, show_phi=True)) as c:
+        job = wait(c, post(c, path).json()["id"])
+        assert "DOE^JANE" in str(job["result"]["phi"]) and '"show_phi": true' in c.get("/").text
+
+
+# -- load -------------------------------------------------------------------------------
+
+def test_twenty_concurrent_uploads_all_finish_with_their_own_results(tmp_path, serve_models):
+    # Ten distinct small scans, each uploaded twice, all twenty at once.
+    paths = [nifti_file(tmp_path / f"s{k}.nii.gz", seed=100 + k, shape=(6, 48, 48)) for k in range(10)]
+    uploads = paths + paths[::-1]
+    with TestClient(make_app(tmp_path / "d", serve_models, workers=2)) as c:
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(lambda p: post(c, p), uploads))
+        assert [a.status_code for a in answers] == [202] * 20
+        assert len({a.json()["id"] for a in answers}) == 20
+        jobs = [wait(c, a.json()["id"], timeout=240) for a in answers]
+    direct = {path: _direct(serve_models, path) for path in paths}
+    for path, job in zip(uploads, jobs):
+        assert job["status"] == "done", job["error"]
+        _assert_matches(job["result"], direct[path])
+    covid = [j["result"]["methods"]["covidctnet"]["probabilities"]["COVID-19"] for j in jobs[:10]]
+    assert len(set(np.round(covid, 9))) > 1  # distinct scans, distinct results: a mix-up would show
