@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "$COVIDCT_MODELS or demo-output/models")
     p.add_argument("--out", default=None, help="folder for the outputs (default: print only)")
     p.add_argument("--no-pictures", action="store_true", help="skip writing pictures")
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="run the networks on PyTorch (default) or ONNX Runtime (CPU; faster "
+                        "there, the model is exported once and cached, see covidct export)")
     p.set_defaults(func=run)
 
 
@@ -28,6 +31,10 @@ def run(args: argparse.Namespace) -> int:
 
     methods = METHODS if args.method == "all" else (args.method,)
     models = load_models(methods, args.model)
+    if args.runtime != "torch":
+        from ..export import to_runtime
+
+        models = [to_runtime(m, args.runtime) for m in models]
     if args.out:
         predictions = predict_to_folder(args.scan, models, args.out, pictures=not args.no_pictures)
     else:

@@ -1,0 +1,234 @@
+"""Prediction over an archive of scans in parallel worker processes, with a resumable manifest.
+
+``predict_batch(input_dir, out_dir, workers=N)`` treats every entry directly under
+``input_dir`` (a DICOM folder, zip or file, a NIfTI file, a picture or a folder of slices;
+hidden entries skipped) as one scan. Each scan's outputs go to ``out_dir/scans/<name>/``
+(what ``covidct predict --out`` writes), and ``out_dir/manifest.csv`` gets one row per scan:
+status ``ok`` or ``error`` (with the one-line reason), labels, probabilities, seconds, and
+the model files' digests.
+
+* The manifest is rewritten atomically after every finished scan, so an interrupted run
+  leaves a manifest of exactly the scans that finished.
+* A rerun skips scans whose row is ``ok`` for the same model files and whose outputs are
+  complete; failed scans are tried again.
+* A scan that fails (unreadable, not a CT, ...) is recorded and does not stop the others.
+
+Each worker loads the models once and uses ``cpu_count // workers`` torch (or ONNX
+Runtime) threads, so N workers share the machine rather than oversubscribe it. Workers are
+started with ``spawn`` (no fork of a process whose thread pools already run).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import re
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .atomic import write_text
+from .errors import CovidctError, DatasetError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.csv"
+FIELDS = ("scan", "status", "labels", "probabilities", "synthetic", "seconds", "models",
+          "outputs", "error")
+STATUS_OK, STATUS_ERROR = "ok", "error"
+_SCAN_SUFFIXES = (".dcm", ".zip", ".nii", ".nii.gz", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    total: int
+    done: int        # finished in this run
+    skipped: int     # already finished in an earlier run
+    failed: int      # errors in this run
+    manifest: Path
+
+    def line(self) -> str:
+        return (f"{self.total} scans: {self.done} predicted, {self.skipped} already done, "
+                f"{self.failed} failed; manifest {self.manifest}")
+
+
+def discover_scans(input_dir: str | os.PathLike) -> list[Path]:
+    """The scans of an archive folder: its visible files with a scan suffix and its folders."""
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise DatasetError("not a folder of scans", root)
+    found = [p for p in root.iterdir() if not p.name.startswith(".") and
+             (p.is_dir() or p.name.lower().endswith(_SCAN_SUFFIXES))]
+    if not found:
+        raise DatasetError("no scans in this folder (expected DICOM folders/zips, NIfTI files "
+                           "or pictures)", root)
+    return sorted(found, key=lambda p: _natural_key(p.name))
+
+
+def _natural_key(name: str) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def output_name(scan: Path) -> str:
+    """A folder name for a scan's outputs: its name with suffixes and odd characters removed."""
+    name = scan.name
+    for suffix in sorted(_SCAN_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "scan"
+
+
+# The manifest ------------------------------------------------------------------------------
+
+def read_manifest(path: str | os.PathLike) -> dict[str, dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or "scan" not in reader.fieldnames:
+            raise DatasetError("not a covidct batch manifest (no 'scan' column)", path)
+        return {row["scan"]: row for row in reader}
+
+
+def write_manifest(path: str | os.PathLike, rows: dict[str, dict[str, Any]]) -> Path:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for name in sorted(rows, key=_natural_key):
+        writer.writerow({k: rows[name].get(k, "") for k in FIELDS})
+    return write_text(path, buffer.getvalue())
+
+
+def _is_finished(row: dict[str, str] | None, models_key: str, out_dir: Path) -> bool:
+    return bool(row and row.get("status") == STATUS_OK and row.get("models") == models_key
+                and (out_dir / row.get("outputs", "") / "summary.json").is_file())
+
+
+# Workers -----------------------------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(model_paths: Sequence[str], runtime: str, threads: int, pictures: bool) -> None:
+    """Load the models once per worker process."""
+    import torch
+
+    from .export import load_model
+
+    torch.set_num_threads(max(1, threads))
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    _WORKER.update(models=[load_model(p, runtime, threads) for p in model_paths],
+                   pictures=pictures)
+
+
+def _predict_one(scan_path: str, out_dir: str) -> dict[str, Any]:
+    """One scan -> its manifest row; a scan's own failure becomes an error row."""
+    from .predict import predict_to_folder
+
+    start = time.perf_counter()
+    row: dict[str, Any] = {"scan": Path(scan_path).name, "outputs": os.path.relpath(out_dir, Path(out_dir).parents[1])}
+    try:
+        predictions = predict_to_folder(scan_path, _WORKER["models"], out_dir,
+                                        pictures=_WORKER["pictures"])
+    except CovidctError as exc:
+        return {**row, "status": STATUS_ERROR, "error": str(exc).splitlines()[0][:300],
+                "seconds": f"{time.perf_counter() - start:.2f}"}
+    except Exception as exc:  # one bad scan must not stop the archive
+        return {**row, "status": STATUS_ERROR,
+                "error": f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0][:250] if str(exc) else ''}",
+                "seconds": f"{time.perf_counter() - start:.2f}"}
+    return {**row, "status": STATUS_OK, "error": "",
+            "labels": ";".join(f"{p.method}={p.label}" for p in predictions),
+            "probabilities": json.dumps({p.method: dict(zip(p.class_names, (round(float(v), 6) for v in p.probabilities)))
+                                         for p in predictions}, sort_keys=True),
+            "synthetic": str(any(p.synthetic for p in predictions)).lower(),
+            "seconds": f"{time.perf_counter() - start:.2f}"}
+
+
+# The driver --------------------------------------------------------------------------------
+
+def model_key(model_paths: Sequence[str | os.PathLike]) -> str:
+    """Which model files made a row: ``name:sha256[:16]`` of each, joined."""
+    from .volumes.cache import file_digest
+
+    return ";".join(f"{Path(p).name}:{file_digest(p)[:16]}" for p in model_paths)
+
+
+def predict_batch(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                  model_paths: Sequence[str | os.PathLike], workers: int = 1,
+                  runtime: str = "torch", pictures: bool = False, threads: int | None = None,
+                  on_row: Callable[[dict[str, Any]], None] | None = None) -> BatchSummary:
+    """Predict every scan under ``input_dir`` with the given model files (see module doc).
+
+    ``workers=0`` runs in this process (no start-up cost; for small jobs and debugging).
+    """
+    from .export import RUNTIMES
+
+    if runtime not in RUNTIMES:
+        raise CovidctError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    if not model_paths:
+        raise CovidctError("no model files given")
+    scans = discover_scans(input_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / MANIFEST
+    rows: dict[str, dict[str, Any]] = dict(read_manifest(manifest_path))
+    key = model_key(model_paths)
+    todo = [s for s in scans if not _is_finished(rows.get(s.name), key, out_dir)]
+    skipped = len(scans) - len(todo)
+    names = _unique_output_names(scans)
+    threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    init_args = ([str(p) for p in model_paths], runtime, threads, pictures)
+    done = failed = 0
+
+    def record(row: dict[str, Any]) -> None:
+        nonlocal done, failed
+        row["models"] = key
+        rows[row["scan"]] = row
+        write_manifest(manifest_path, rows)  # atomically, after every scan
+        done += row["status"] == STATUS_OK
+        failed += row["status"] != STATUS_OK
+        if on_row:
+            on_row(row)
+
+    jobs = [(str(s), str(out_dir / "scans" / names[s])) for s in todo]
+    if workers <= 0:
+        _init_worker(*init_args)
+        for job in jobs:
+            record(_predict_one(*job))
+    elif jobs:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
+                                 initializer=_init_worker, initargs=init_args) as pool:
+            futures = {pool.submit(_predict_one, *job): job for job in jobs}
+            for future in as_completed(futures):
+                try:
+                    record(future.result())
+                except BrokenProcessPool as exc:  # a worker died (memory, a crash in a library)
+                    scan, out = futures[future]
+                    record({"scan": Path(scan).name, "status": STATUS_ERROR,
+                            "outputs": os.path.relpath(out, out_dir),
+                            "error": f"worker process died ({exc})"[:300]})
+    if not manifest_path.is_file():
+        write_manifest(manifest_path, rows)
+    return BatchSummary(len(scans), done, skipped, failed, manifest_path)
+
+
+def _unique_output_names(scans: Sequence[Path]) -> dict[Path, str]:
+    """Output folder per scan; "a.nii.gz" and "a" (a folder) would clash, so count them."""
+    seen: dict[str, int] = {}
+    names = {}
+    for scan in scans:
+        base = output_name(scan)
+        seen[base] = seen.get(base, 0) + 1
+        names[scan] = base if seen[base] == 1 else f"{base}-{seen[base]}"
+    return names

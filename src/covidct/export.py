@@ -1,0 +1,278 @@
+"""ONNX export of both methods' networks and prediction on ONNX Runtime.
+
+What is exported is the *network* of a model file; pre-processing (window, slice choice,
+body crop, resampling, aggregation) stays in covidct and is the same for both runtimes:
+
+* the slice classifier: one graph, ``(N, 3, crop, crop)`` float in [-1, 1] -> logits ``(N, C)``;
+* CovidCTNet: its 3D CNN, ``(N, 1, D, S, S)`` -> logits, and its BCDU-Net denoiser (the
+  bidirectional ConvLSTM skips included), ``(N, 1, H, W)`` -> sigmoid image; a model
+  without a denoiser (the plain-volume ablation) exports only the 3D CNN.
+
+The batch axis is dynamic (BCDU-Net's height and width too). Weight standardisation of
+BiT's StdConv2d layers is a function of the weights only, so the exporter's constant
+folding removes it from the graph: part of why ONNX Runtime is faster on a CPU.
+
+``to_runtime(model, "onnx")`` (or ``load_model(path, runtime="onnx")``) swaps the model's
+networks for :class:`OnnxNetwork` objects, callable like the torch modules they replace,
+so ``predict``/``score_dataset`` run unchanged. Exported graphs are cached by the model
+file's SHA-256 under ``$COVIDCT_CACHE/onnx`` (default ``~/.cache/covidct/onnx``), so only
+the first ONNX prediction with a given model pays for the export (seconds).
+Grad-CAM and training need the PyTorch runtime.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .atomic import atomic_path
+from .constants import METHOD_BIT, METHOD_COVIDCTNET
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "onnx")
+#: ONNX Runtime 1.31's "Pad_Fusion" folds BiT's zero Pad before the stem's MaxPool into the
+#: MaxPool's own padding, which pads with -inf: 5e-4 off on the logits of a tiny model
+#: (the stem convolution's output is not rectified, so the pad value matters). Disabled.
+DISABLED_OPTIMIZERS = ("Pad_Fusion",)
+FORMATS = ("onnx",)
+#: ONNX opset of exported graphs (ONNX Runtime 1.17+ runs it).
+OPSET = 17
+#: Suffix of the BCDU-Net graph written next to a CovidCTNet's 3D CNN graph.
+DENOISER_SUFFIX = ".bcdunet.onnx"
+_CACHE_DEFAULT = Path("~/.cache/covidct/onnx")
+
+
+# Export ------------------------------------------------------------------------------------
+
+def fold_weight_standardization(net: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``net`` whose StdConv2d layers are plain convolutions with standardised weights.
+
+    BiT standardises every convolution's weights at every forward pass; for inference that
+    is a constant, computed here once in float64. (Exported as is, the standardisation is a
+    BatchNormalization node in training mode that ONNX Runtime's constant folding computes
+    less accurately: 5e-4 on the logits of a random tiny model.) Same outputs, less work.
+    """
+    import copy
+
+    from timm.layers import StdConv2d
+
+    net = copy.deepcopy(net).eval()
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is StdConv2d:  # not StdConv2dSame: its padding happens in forward
+                setattr(parent, name, _plain_conv(child))
+    return net
+
+
+def _plain_conv(layer) -> torch.nn.Conv2d:
+    conv = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                           stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                           groups=layer.groups, bias=layer.bias is not None)
+    with torch.no_grad():
+        w = layer.weight.detach().double()
+        flat = w.reshape(w.shape[0], -1)
+        mean = flat.mean(1, keepdim=True)
+        var = flat.var(1, unbiased=False, keepdim=True)  # batch_norm's (biased) variance
+        conv.weight.copy_(((flat - mean) / torch.sqrt(var + layer.eps)).reshape_as(w).float())
+        if layer.bias is not None:
+            conv.bias.copy_(layer.bias.detach())
+    return conv
+
+
+def networks(model) -> dict[str, tuple[Any, tuple[int, ...], dict[int, str]]]:
+    """role -> (torch module, example input shape, dynamic axes) of a loaded covidct model."""
+    if model.method == METHOD_BIT:
+        return {"classifier": (fold_weight_standardization(model.net), (1, 3, model.crop, model.crop), {0: "batch"})}
+    if model.method == METHOD_COVIDCTNET:
+        out = {"classifier": (model.classifier, (1, 1, *model.settings.volume_shape), {0: "batch"})}
+        if model.denoiser is not None:
+            size = model.settings.slice_size
+            out["denoiser"] = (model.denoiser, (1, 1, size, size),
+                               {0: "batch", 2: "height", 3: "width"})
+        return out
+    raise ModelError(f"cannot export a model of method {model.method!r}")
+
+
+def output_paths(model, out: str | os.PathLike) -> dict[str, Path]:
+    """Where each network's graph goes: ``out`` for the classifier, ``<stem>.bcdunet.onnx``
+    next to it for a CovidCTNet denoiser."""
+    out = Path(out)
+    paths = {"classifier": out}
+    if "denoiser" in networks(model):
+        stem = out.name[:-5] if out.name.endswith(".onnx") else out.name
+        paths["denoiser"] = out.with_name(stem + DENOISER_SUFFIX)
+    return paths
+
+
+def export_network(module, example_shape: tuple[int, ...], dynamic: dict[int, str],
+                   path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+    """Trace one torch module to an ONNX file (written atomically), with covidct metadata."""
+    import onnx
+    import torch
+
+    module = module.eval().to("cpu")
+    example = torch.zeros(example_shape, dtype=torch.float32)
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # Tracing warns about the input-shape checks in forward(); they hold for the
+        # example and the graph keeps the dynamic axes declared here.
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            torch.onnx.export(module, (example,), str(tmp), dynamo=False, opset_version=OPSET,
+                              input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": dynamic, "output": {0: "batch"}},
+                              do_constant_folding=True)
+        graph = onnx.load(str(tmp))
+        for key, value in (metadata or {}).items():
+            entry = graph.metadata_props.add()
+            entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+        onnx.save(graph, str(tmp))
+    return Path(path)
+
+
+def export_model(model, out: str | os.PathLike, fmt: str = "onnx") -> dict[str, Path]:
+    """Export every network of a loaded covidct model; returns role -> written file."""
+    if fmt not in FORMATS:
+        raise ModelError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    meta = model_metadata(model)
+    written = {}
+    for role, path in output_paths(model, out).items():
+        module, shape, dynamic = networks(model)[role]
+        written[role] = export_network(module, shape, dynamic, path, {**meta, "covidct_role": role})
+    return written
+
+
+def model_metadata(model) -> dict[str, Any]:
+    """What a reader of the ONNX file needs to feed it (no patient data)."""
+    meta: dict[str, Any] = {"covidct_method": model.method,
+                            "covidct_class_names": list(model.class_names)}
+    if model.method == METHOD_BIT:
+        meta.update(covidct_source=model.file, covidct_window=model.window,
+                    covidct_input="8-bit lung-window slice cropped to its body box, resized to "
+                                  f"{model.crop}x{model.crop}, x/127.5-1, repeated to 3 channels")
+    else:
+        meta.update(covidct_source=model.info.get("file"), covidct_settings=model.settings.to_dict())
+    return meta
+
+
+# Runtime -----------------------------------------------------------------------------------
+
+def session_options(threads: int | None = None):
+    """ONNX Runtime options: every graph optimisation, ``threads`` intra-op threads
+    (default: torch's thread count, i.e. what the PyTorch runtime would use)."""
+    import onnxruntime as ort
+    import torch
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return options
+
+
+class OnnxNetwork(torch.nn.Module):
+    """An ONNX Runtime session that stands in for a torch module (eval only, CPU).
+
+    It takes and returns torch tensors, has ``eval()``/``to()`` and one empty parameter, so
+    code that asks ``next(net.parameters()).device`` keeps working.
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        import onnxruntime as ort
+        import torch
+
+        super().__init__()
+        self.path = Path(path)
+        try:
+            self.session = ort.InferenceSession(str(self.path), session_options(threads),
+                                                providers=["CPUExecutionProvider"],
+                                                disabled_optimizers=list(DISABLED_OPTIMIZERS))
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelError(f"not a runnable ONNX file ({type(exc).__name__})", path) from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    def forward(self, x):
+        import torch
+
+        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+
+
+def cache_root() -> Path:
+    env = os.environ.get("COVIDCT_CACHE", "")
+    if env and env.strip().lower() not in ("off", "none", "0", "false", "no"):
+        return Path(env).expanduser() / "onnx"
+    return _CACHE_DEFAULT.expanduser()
+
+
+def _model_sha(model) -> str | None:
+    source = model.file if model.method == METHOD_BIT else (model.info.get("file") or {})
+    return (source or {}).get("sha256")
+
+
+def to_runtime(model, runtime: str = "onnx", threads: int | None = None,
+               onnx_path: str | os.PathLike | None = None):
+    """The same model object with its networks running on ``runtime`` ("torch" is a no-op).
+
+    ``onnx_path``: an exported classifier graph to use (its denoiser graph next to it);
+    otherwise the model is exported into the ONNX cache (once per model file; a model not
+    loaded from a file is exported to a temporary folder).
+    """
+    if runtime not in RUNTIMES:
+        raise ModelError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    if runtime == "torch":
+        return model
+    roles = networks(model)
+    if onnx_path is not None:
+        paths = output_paths(model, onnx_path)
+        missing = [p for p in paths.values() if not p.is_file()]
+        if missing:
+            raise ModelError("exported ONNX graph not found (run covidct export first)", missing[0])
+    else:
+        paths = _cached_export(model)
+    if model.method == METHOD_COVIDCTNET and "denoiser" in roles:
+        # Infection-map cache keys name the denoiser's weights: keep the torch digest.
+        model._weights_key()
+    swapped = {role: OnnxNetwork(paths[role], threads) for role in roles}
+    if model.method == METHOD_BIT:
+        model.net = swapped["classifier"]
+        model.device = next(model.net.parameters()).device
+    else:
+        model.classifier = swapped["classifier"]
+        if "denoiser" in swapped:
+            model.denoiser = swapped["denoiser"]
+    model.runtime = runtime
+    return model
+
+
+def _cached_export(model) -> dict[str, Path]:
+    sha = _model_sha(model)
+    if sha is None:
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="covidct-onnx-"))
+        return export_model(model, folder / f"{model.method}.onnx")
+    target = cache_root() / f"{model.method}-{sha}.onnx"
+    paths = output_paths(model, target)
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    log.info("exporting the %s model to ONNX (once per model file) ...", model.method)
+    return export_model(model, target)
+
+
+def load_model(path: str | os.PathLike, runtime: str = "torch", threads: int | None = None):
+    """:func:`covidct.models.load_model` on the chosen runtime ("torch" or "onnx")."""
+    from .models import load_model as load_torch
+
+    if runtime not in RUNTIMES:
+        raise ModelError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    return to_runtime(load_torch(path), runtime, threads)

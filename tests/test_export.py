@@ -1,0 +1,146 @@
+"""ONNX export and the ONNX Runtime path of both methods: parity with PyTorch (tiny models)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from covidct import export  # noqa: E402
+from covidct.cli import main as cli_main  # noqa: E402
+from covidct.errors import ModelError  # noqa: E402
+from covidct.models import load_model  # noqa: E402
+
+pytestmark = pytest.mark.xdist_group("export")
+
+#: The issue's bound on probabilities (ONNX Runtime vs PyTorch, float32).
+PARITY = 1e-4
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("COVIDCT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def bit_file(tmp_path_factory, onnx_cache):
+    """A tiny BiT slice classifier with a random (non-zero) head, so outputs are not uniform."""
+    from covidct.slices.model import TINY_ARCH, SliceClassifier, build_network
+
+    torch.manual_seed(0)
+    net = build_network(TINY_ARCH)
+    for p in net.head.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    path = tmp_path_factory.mktemp("bit") / "bit.pt"
+    SliceClassifier(net=net.eval(), arch=TINY_ARCH, resize=72, crop=64).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def covidctnet_file(tmp_path_factory, onnx_cache):
+    """A small CovidCTNet (as tests/test_volumes_pipeline.py sizes it), random weights."""
+    from covidct.volumes.bcdunet import BCDUNet
+    from covidct.volumes.cache import ArrayCache
+    from covidct.volumes.pipeline import CovidCTNet
+    from covidct.volumes.settings import VolumeSettings
+
+    torch.manual_seed(0)
+    settings = VolumeSettings(slice_size=40, volume_slices=34, denoiser_width=8)
+    model = CovidCTNet.build(settings, denoiser=BCDUNet(8), cache=ArrayCache(None))
+    path = tmp_path_factory.mktemp("covidctnet") / "covidctnet.pt"
+    model.save(path)
+    return path
+
+
+def _onnx_probs(path, x):
+    return torch.softmax(export.OnnxNetwork(path, threads=1)(x), 1)
+
+
+def test_bit_export_cli_and_parity(bit_file, tmp_path):
+    out = tmp_path / "bit.onnx"
+    assert cli_main(["export", str(bit_file), "--format", "onnx", "--out", str(out)]) == 0
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["covidct_method"] == "bit" and "NCP" in meta["covidct_class_names"]
+    model = load_model(bit_file)
+    x = torch.randn(5, 3, 64, 64)  # the batch axis is dynamic: 5 != the traced 1
+    with torch.no_grad():
+        reference = torch.softmax(model.net(x), 1)
+    assert (_onnx_probs(out, x) - reference).abs().max().item() < PARITY
+    assert reference.std(1).min() > 1e-3  # a real test: the head is not uniform
+
+
+def test_weight_standardization_folding_is_exact(bit_file):
+    model = load_model(bit_file)
+    folded = export.fold_weight_standardization(model.net)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (folded(x) - model.net(x)).abs().max().item() < 1e-5
+    assert not any(type(m).__name__ == "StdConv2d" for m in folded.modules())
+
+
+def test_bit_predict_on_onnx_runtime_matches_torch(bit_file, make_hu_volume):
+    scan = make_hu_volume(shape=(10, 96, 96))
+    torch_prediction = load_model(bit_file).predict(scan)
+    onnx_model = export.load_model(bit_file, runtime="onnx", threads=1)
+    assert isinstance(onnx_model.net, export.OnnxNetwork)
+    onnx_prediction = onnx_model.predict(scan)
+    assert np.abs(onnx_prediction.probabilities - torch_prediction.probabilities).max() < PARITY
+    assert np.abs(onnx_prediction.slice_probabilities
+                  - torch_prediction.slice_probabilities).max() < PARITY
+    # The second load reuses the cached export of the same model file.
+    cached = sorted(export.cache_root().glob("bit-*.onnx"))
+    assert len(cached) == 1
+    export.load_model(bit_file, runtime="onnx", threads=1)
+    assert sorted(export.cache_root().glob("bit-*.onnx")) == cached
+
+
+def test_covidctnet_export_both_networks_and_parity(covidctnet_file, tmp_path, make_hu_volume,
+                                                    monkeypatch):
+    written = export.export_model(load_model(covidctnet_file), tmp_path / "cc.onnx")
+    assert set(written) == {"classifier", "denoiser"}
+    assert written["denoiser"].name == "cc.bcdunet.onnx"
+    model = load_model(covidctnet_file)
+    slices = torch.rand(3, 1, 48, 56)  # height and width are dynamic too
+    volumes = torch.rand(2, 1, 34, 40, 40)
+    with torch.no_grad():
+        denoised = model.denoiser(slices)
+        probs = torch.softmax(model.classifier(volumes), 1)
+    onnx_denoised = export.OnnxNetwork(written["denoiser"], threads=1)(slices)
+    assert (onnx_denoised - denoised).abs().max().item() < PARITY
+    assert (_onnx_probs(written["classifier"], volumes) - probs).abs().max().item() < PARITY
+
+    monkeypatch.setenv("COVIDCT_CACHE", "off")
+    scan = make_hu_volume(shape=(24, 64, 64), spacing=(2.5, 1.2, 1.2))
+    reference = load_model(covidctnet_file).predict(scan)
+    on_onnx = export.to_runtime(load_model(covidctnet_file), "onnx",
+                                onnx_path=written["classifier"], threads=1)
+    prediction = on_onnx.predict(scan)
+    assert np.abs(prediction.probabilities - reference.probabilities).max() < PARITY
+
+
+def test_predict_cli_runtime_onnx(bit_file, make_hu_volume, tmp_path, capsys):
+    from covidct.scanio import save_scan
+
+    path = save_scan(make_hu_volume(shape=(8, 64, 64)), tmp_path / "scan.nii.gz")
+    assert cli_main(["predict", str(path), "--model", str(bit_file), "--runtime", "onnx",
+                     "--out", str(tmp_path / "out")]) == 0
+    assert "bit:" in capsys.readouterr().out
+    assert (tmp_path / "out" / "summary.json").is_file()
+
+
+def test_bad_inputs(bit_file, tmp_path):
+    with pytest.raises(ModelError, match="runtime"):
+        export.load_model(bit_file, runtime="tensorrt")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a graph")
+    with pytest.raises(ModelError, match="bad.onnx"):
+        export.OnnxNetwork(bad)
+    with pytest.raises(ModelError, match="covidct export"):
+        export.to_runtime(load_model(bit_file), "onnx", onnx_path=tmp_path / "missing.onnx")
+    assert cli_main(["export", str(tmp_path / "nope.pt")]) == 2
