@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import shutil
 import sqlite3
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -282,3 +283,20 @@ def test_twenty_concurrent_uploads_all_finish_with_their_own_results(tmp_path, s
         _assert_matches(job["result"], direct[path])
     covid = [j["result"]["methods"]["covidctnet"]["probabilities"]["COVID-19"] for j in jobs[:10]]
     assert len(set(np.round(covid, 9))) > 1  # distinct scans, distinct results: a mix-up would show
+
+
+# -- the command ------------------------------------------------------------------------
+
+def test_serve_command_refuses_clearly_without_models(tmp_path, capsys):
+    from covidct.cli import main
+
+    assert main(["serve", "--models", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no trained model (bit.pt or covidctnet.pt)" in err and str(tmp_path) in err
+
+
+def test_serve_command_serves_whichever_models_exist(tmp_path, serve_models_dir):
+    from covidct.cli.serve import load_served_models
+
+    shutil.copy(serve_models_dir / "bit.pt", tmp_path / "bit.pt")
+    assert [m.method for m in load_served_models(str(tmp_path))] == ["bit"]

@@ -138,7 +138,8 @@ function show(res) {
     });
     const m = pred.model || {};
     const meta = document.createElement('div'); meta.className = 'meta';
-    meta.textContent = 'model ' + (m.file || m.name || method) + ', covidct ' + (m.version || m.covidct_version || '?') +
+    const file = (m.file && typeof m.file === 'object') ? m.file.name : m.file;
+    meta.textContent = 'model ' + (file || m.name || method) + ', covidct ' + (m.version || m.covidct_version || '?') +
         (m.synthetic ? ', trained on SYNTHETIC data' : '') + '; ' + pred.aggregation;
     box.appendChild(meta); probs.appendChild(box);
   }

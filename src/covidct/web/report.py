@@ -43,10 +43,12 @@ def scan_report(result: dict[str, Any], renderer, show_phi: bool = False) -> str
         rows = "".join(f"<tr><td>{_e(c)}</td><td>{p:.1%}</td></tr>"
                        for c, p in pred["probabilities"].items())
         model = pred.get("model") or {}
+        file = model.get("file")
+        file = file.get("name") if isinstance(file, dict) else file
         parts.append(f"<h2>{_e(method)}: {_e(pred['label'])}</h2><table><tr><th>class</th>"
                      f"<th>probability</th></tr>{rows}</table>"
                      f"<p>Aggregation: {_e(pred.get('aggregation', ''))}</p>"
-                     f"<p>Model: {_e(model.get('file') or model.get('name'))}, "
+                     f"<p>Model: {_e(file or model.get('name'))}, "
                      f"version {_e(model.get('version') or model.get('covidct_version'))}.</p>")
     for method, error in (result.get("errors") or {}).items():
         parts.append(f"<h2>{_e(method)}: not run</h2><p>{_e(error)}</p>")

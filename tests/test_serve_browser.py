@@ -1,0 +1,112 @@
+"""`covidct serve` in a real browser: Debian's headless Chromium, driven by selenium, uploads a
+synthetic DICOM zip through the page and checks the probabilities and the heat map appear.
+
+Skips when chromium or chromedriver is not installed.
+"""
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from _serve_fixtures import dicom_zip, make_app, serve_models, serve_models_dir  # noqa: F401
+from covidct.constants import DISCLAIMER
+
+pytestmark = pytest.mark.xdist_group("serve")
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and Path(p).exists()), None)
+DRIVER = next((p for p in ("/usr/bin/chromedriver", shutil.which("chromedriver") or "") if p and Path(p).exists()), None)
+CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1400,1250")
+
+
+@pytest.fixture
+def server(tmp_path, serve_models):
+    """The app under uvicorn on a free loopback port, in a thread; yields its base URL."""
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = make_app(tmp_path / "data", serve_models)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=15)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if not CHROMIUM or not DRIVER:
+        pytest.skip("the browser test needs Chromium and chromedriver (Debian: apt-get install "
+                    "chromium chromium-driver); not found")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_upload_in_the_browser_shows_probabilities_and_overlay(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    scan = dicom_zip(tmp_path / "scan.zip", seed=5)
+    browser.get(server + "/")
+    assert browser.find_element(By.ID, "disclaimer").text == DISCLAIMER
+    picker = browser.find_element(By.ID, "file-input")
+    browser.execute_script("arguments[0].hidden = false", picker)
+    picker.send_keys(str(scan))
+    wait = WebDriverWait(browser, 90)
+    wait.until(ec.visibility_of_element_located((By.ID, "result")))
+    wait.until(lambda d: d.execute_script(
+        "const o = document.getElementById('overlay-img'), b = document.getElementById('base-img');"
+        "return !o.hidden && o.complete && o.naturalWidth > 0 && b.naturalWidth > 0;"))
+    bars = browser.find_elements(By.CSS_SELECTOR, ".prob-bar")
+    assert {b.get_attribute("data-method") for b in bars} == {"bit", "covidctnet"}
+    assert len(bars) == 6
+    # The bars show what the API returns for the same job.
+    import json
+    import urllib.request
+
+    job_id = browser.execute_script("return result.id")
+    with urllib.request.urlopen(f"{server}/api/scans/{job_id}") as answer:
+        api = json.load(answer)["result"]
+    for bar in bars:
+        expected = api["methods"][bar.get_attribute("data-method")]["probabilities"][bar.get_attribute("data-cls")]
+        assert abs(float(bar.get_attribute("data-p")) - expected) < 1e-9
+        assert bar.text.endswith(f"{100 * expected:.1f}%")
+    assert browser.find_element(By.ID, "synthetic-banner").is_displayed()
+    assert browser.find_element(By.ID, "disclaimer").is_displayed()
+    assert browser.find_element(By.ID, "overlay-select").get_attribute("value") == "gradcam"
+    assert "Patient-level call" in browser.find_element(By.ID, "call").text
+    # Moving through slices and switching to the infection map keep the viewer drawing.
+    slider = browser.find_element(By.ID, "slice-slider")
+    browser.execute_script("arguments[0].value = 2; arguments[0].dispatchEvent(new Event('input'))", slider)
+    browser.execute_script("const s = document.getElementById('overlay-select'); s.value = 'infection';"
+                           "s.dispatchEvent(new Event('change'))")
+    wait.until(lambda d: d.find_element(By.ID, "slice-label").text.startswith("slice 3 / 12"))
+    wait.until(lambda d: d.execute_script("return document.getElementById('overlay-img').naturalWidth > 0"))
+    assert "Slice picture" not in browser.find_element(By.ID, "status").text
+    shot = tmp_path / "covidct-serve-page.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
