@@ -165,6 +165,16 @@ def test_size_limit_answers_413(tmp_path, serve_models):
                  413, "size limit")
         # Far over: refused from its Content-Length before it is read.
         _refused(c.post("/api/scans", files=[("files", ("a.zip", b"0" * 3_000_000))]), 413, "MiB limit")
+        # Sent chunked, without a Content-Length: cut off once the body passes the limit.
+        def body():
+            yield b"--xyz\r\nContent-Disposition: form-data; name=files; filename=a.zip\r\n\r\n"
+            for _ in range(40):
+                yield b"0" * 100_000
+            yield b"\r\n--xyz--\r\n"
+
+        answer = c.post("/api/scans", content=body(),
+                        headers={"content-type": "multipart/form-data; boundary=xyz"})
+        _refused(answer, 413, "MiB limit")
         assert list(c.app.state.config.work_dir.iterdir()) == []
 
 

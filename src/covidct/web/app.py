@@ -50,23 +50,30 @@ class UploadLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await _too_large(send, self.max_bytes)
         seen = 0
-        started = False
+        exceeded = started = False
 
         async def counting_receive():
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
+                exceeded = True
                 raise _TooLarge()
             return message
 
-        async def tracking_send(message):
+        async def guarded_send(message):
+            # The framework may turn the interrupted body into its own 400: answer 413 instead.
             nonlocal started
+            if exceeded:
+                if not started:
+                    started = True
+                    await _too_large(send, self.max_bytes)
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, guarded_send)
         except _TooLarge:
             if not started:
                 await _too_large(send, self.max_bytes)
