@@ -117,12 +117,21 @@ def run_slice_job(params: dict[str, Any], run_dir: Path, data: ExperimentData) -
         if not result.summary.get("finished"):
             raise CovidctError("training stopped before its last step", out)
         summary = result.summary
-    model = load_model(out / "model.pt")
+    model = load_model(out / "model.pt").to(_device(config.device))
     scores = model.score_dataset(data.split("test"), data.images, batch_size=config.batch_size,
                                  workers=config.workers)
     metrics = metrics_for(scores, n_boot=int(params["n_boot"]), seed=int(params["seed"]))
     return _slice_row(params, summary, metrics, init, init_note, (resize, crop), schedule, per_class,
                       _val_curve(out))
+
+
+def _device(name: str) -> str:
+    """Score the test split where training ran (a 25k-slice split at 480 px needs the GPU)."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
 
 
 def _finished_summary(out: Path) -> dict[str, Any] | None:
