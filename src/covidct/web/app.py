@@ -104,8 +104,8 @@ def create_app(config: ServeConfig, models: Sequence[Any]) -> FastAPI:
         yield
         runner.shutdown()
 
-    app = FastAPI(title="covidct", version=__version__, lifespan=lifespan,
-                  description=f"COVID-19 detection in chest CT. {DISCLAIMER}")
+    app = FastAPI(title="covidct", version=__version__, lifespan=lifespan, docs_url="/docs/swagger",
+                  redoc_url=None, description=f"COVID-19 detection in chest CT. {DISCLAIMER}")
     app.state.config, app.state.store, app.state.runner = config, store, runner
     app.state.models, app.state.renderer = model_set, renderer
     app.add_middleware(UploadLimit, max_bytes=config.max_upload_bytes + _FORM_SLACK)
@@ -119,16 +119,30 @@ def create_app(config: ServeConfig, models: Sequence[Any]) -> FastAPI:
         return HTMLResponse(render_page(token_required=bool(config.token),
                                         show_phi=config.show_phi))
 
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        from .docs import render_docs
+
+        return HTMLResponse(render_docs(app.openapi()))
+
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict[str, Any]:
+        """Liveness, the models served and the queue's length (no token needed)."""
         return {"status": "ok", "version": __version__, "models": sorted(model_set.models),
                 "queued": store.count(QUEUED), "running": store.count(RUNNING)}
 
     @api.get("/models", tags=["service"])
     def list_models() -> dict[str, Any]:
+        """Provenance of every model served (file, version, training data, synthetic or not)."""
         return {"models": model_set.info(), "disclaimer": DISCLAIMER}
 
-    @api.post("/scans", status_code=202, tags=["scans"])
+    @api.post("/scans", status_code=202, tags=["scans"], responses={
+        202: {"description": "queued: poll the url it returns"},
+        401: {"description": "missing or wrong bearer token (servers with a token)"},
+        413: {"description": "upload larger than the size limit"},
+        422: {"description": "refused upload: file type, slice count, unsafe or broken zip, "
+                             "corrupt picture or NIfTI, mixed files"},
+        503: {"description": "too many scans waiting; retry later"}})
     async def upload_scan(files: list[UploadFile] = File(
             ..., description="a .zip of a DICOM series, a .nii/.nii.gz file, or PNG/JPG slices")
     ) -> dict[str, Any]:
@@ -171,18 +185,23 @@ def create_app(config: ServeConfig, models: Sequence[Any]) -> FastAPI:
 
     @api.get("/scans/{job_id}/result.json", tags=["scans"])
     def download_result(job_id: str) -> JSONResponse:
+        """The finished result as a JSON file download."""
         return JSONResponse(_finished(job_id), headers=_attachment(f"covidct-{job_id[:8]}.json"))
 
     @api.get("/scans/{job_id}/report.html", tags=["scans"])
     def download_report(job_id: str) -> HTMLResponse:
+        """A self-contained HTML report of the finished result (a file download)."""
         from .report import scan_report
 
         result = _finished(job_id)
         html = scan_report(result, renderer, show_phi=config.show_phi)
         return HTMLResponse(html, headers=_attachment(f"covidct-{job_id[:8]}-report.html"))
 
-    @api.get("/scans/{job_id}/slices/{k}.png", tags=["scans"],
-             responses={200: {"content": {"image/png": {}}}})
+    @api.get("/scans/{job_id}/slices/{k}.png", tags=["scans"], responses={
+        200: {"content": {"image/png": {}}, "description": "the slice picture"},
+        404: {"description": "no such job or slice, or no model for that overlay"},
+        409: {"description": "the job has not finished"},
+        422: {"description": "unknown overlay or window"}})
     def slice_picture(job_id: str, k: int,
                       overlay: str = Query("none", description="none, gradcam or infection"),
                       window: str = Query("lung", description="lung or mediastinum (HU scans)"),
