@@ -113,6 +113,7 @@ def write_png_slices(scan: Scan, folder: str | os.PathLike, *, window: Window = 
         pixels = window.to_uint8(scan.voxels[k]) if scan.is_hu else scan.voxels[k].astype(np.uint8)
         path = folder / f"{prefix}-{k:04d}.png"
         with atomic_path(path) as tmp:
-            Image.fromarray(pixels).save(tmp, format="PNG", pnginfo=info)
+            # Level 1: about 4x faster to write than the default 6, files about 25% larger.
+            Image.fromarray(pixels).save(tmp, format="PNG", pnginfo=info, compress_level=1)
         paths.append(path)
     return paths
