@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from ..explain.plotting import new_figure, tidy_axes
 from . import published as pub
@@ -79,13 +80,13 @@ def _mixup_figure(outcome, scale: str, label_of: Callable[[dict], str], title: s
 
 def figure_resolution(outcome, scale: str):
     return _mixup_figure(outcome, scale, lambda r: f"({r['resize']}, {r['crop']})",
-                         "Test accuracy by resolution, measured here (cf. Zhao et al. Fig. 6A)",
+                         "Test accuracy by resolution, measured here\n(cf. Zhao et al. Fig. 6A)",
                          "(resize, crop) in pixels")
 
 
 def figure_schedule(outcome, scale: str):
     return _mixup_figure(outcome, scale, lambda r: f"{r['steps']}",
-                         "Test accuracy by schedule, measured here (cf. Zhao et al. Fig. 6B)",
+                         "Test accuracy by schedule, measured here\n(cf. Zhao et al. Fig. 6B)",
                          "training steps (BiT-HyperRule schedule)")
 
 
@@ -171,7 +172,8 @@ def figure_data_size(outcome, scale: str):
         _zoom(ax)
     ax.set_xlabel("training images per class", fontsize=9)
     ax.set_ylabel("test accuracy (%)", fontsize=9)
-    _title(fig, "Test accuracy by training-set size (cf. Zhao et al. Fig. 8)", outcome, scale)
+    _title(fig, "Test accuracy by training-set size, measured here\n(cf. Zhao et al. Fig. 8)",
+           outcome, scale)
     return fig
 
 
@@ -196,8 +198,8 @@ def figure_table1(outcome, scale: str):
                   rotation=0)
     ax.set_ylabel("test accuracy (%)", fontsize=9)
     _zoom(ax)
-    _title(fig, "COVIDx CT-2A test accuracy: published (grey) and measured here (blue), "
-                "cf. Zhao et al. Table 1", outcome, scale)
+    _title(fig, "COVIDx CT-2A test accuracy: published (grey) and measured here (blue)\n"
+                "(cf. Zhao et al. Table 1)", outcome, scale)
     return fig
 
 
@@ -229,9 +231,10 @@ def figure_covidctnet(outcome, scale: str):
         acc.set_title(f"{mode}: validation accuracy (%)", fontsize=9)
         for ax in (loss, acc):
             ax.set_xlabel("epoch", fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         loss.legend(fontsize=6, frameon=False)
         acc.legend(fontsize=6, frameon=False)
-    _title(fig, "CovidCTNet with and without BCDU-Net / Perlin noise, measured here "
+    _title(fig, "CovidCTNet with and without BCDU-Net / Perlin noise, measured here\n"
                 "(cf. Javaheri et al. Fig. 1)", outcome, scale)
     return fig
 
