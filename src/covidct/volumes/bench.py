@@ -64,7 +64,7 @@ class RssSampler:
 
 
 def predict_only(n_slices: int = 300, size: int = 512, pixel_mm: float = 0.625,
-                 slice_mm: float = 2.5, threads: int = 2) -> dict[str, Any]:
+                 slice_mm: float = 2.5, threads: int = 2, settings=None) -> dict[str, Any]:
     """One whole prediction (cache off) and the process's peak memory, nothing else."""
     import torch
 
@@ -76,7 +76,7 @@ def predict_only(n_slices: int = 300, size: int = 512, pixel_mm: float = 0.625,
 
     torch.set_num_threads(threads)
     scan = benchmark_series(n_slices, size, pixel_mm, slice_mm)
-    settings = VolumeSettings()
+    settings = settings or VolumeSettings()
     model = CovidCTNet.build(settings, denoiser=BCDUNet(settings.denoiser_width), cache=ArrayCache(None))
     before = current_rss_gb()
     with RssSampler() as memory:
@@ -88,7 +88,9 @@ def predict_only(n_slices: int = 300, size: int = 512, pixel_mm: float = 0.625,
 
 
 def run(n_slices: int = 300, size: int = 512, pixel_mm: float = 0.625, slice_mm: float = 2.5,
-        threads: int = 2, full: bool = False, repeats: int = 2) -> dict[str, Any]:
+        threads: int = 2, full: bool = False, repeats: int = 2, settings=None) -> dict[str, Any]:
+    """Every timing above; ``settings`` (default: the method's) lets benchmarks.run --tiny
+    use small networks."""
     import torch
 
     from .bcdunet import BCDUNet
@@ -102,7 +104,7 @@ def run(n_slices: int = 300, size: int = 512, pixel_mm: float = 0.625, slice_mm:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     scan = benchmark_series(n_slices, size, pixel_mm, slice_mm)
-    settings = VolumeSettings()
+    settings = settings or VolumeSettings()
     out: dict[str, Any] = {"series": scan.summary(), "threads": threads,
                            "settings": settings.to_dict()}
 

@@ -1,0 +1,1 @@
+"""covidct benchmarks: `python -m benchmarks.run [--tiny]` (see run.py)."""

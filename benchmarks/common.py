@@ -1,0 +1,119 @@
+"""Shared pieces of the benchmarks: sizes, timing, FLOP counting, the matmul peak, the machine."""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Problem sizes of one benchmark mode (``--tiny`` or the full default)."""
+
+    name: str
+    arch: str                  # slice classifier architecture
+    crop: int                  # slice classifier input side
+    matmul_n: int              # side of the square float32 matmul that measures the peak
+    batch: int                 # the batched inference variants' batch size
+    reps: int                  # timed repetitions (best of) after one warm-up call
+    series: tuple[int, int]    # patient-level series: slices, matrix
+    cohort_patients: int       # synthetic cohort for the capped-vs-every-slice accuracy
+    cohort_matrix: int
+    cohort_slices: int
+    cohort_crop: int           # the cohort model's input side (a tiny BiT, trained here)
+    cohort_steps: int
+    max_slices: int            # the slice classifier's cap in row 2
+    volume: tuple[int, int]    # CovidCTNet series: slices, matrix
+    volume_settings: dict[str, Any]  # VolumeSettings overrides ({} = the method's)
+    loader_images: int         # PNG slices decoded in the loader row
+    loader_matrix: int
+    train_batch_cpu: int
+    train_batch_cuda: int
+    train_steps: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FULL = Sizes(name="full", arch="resnetv2_50x1_bit", crop=480, matmul_n=2048, batch=4, reps=3,
+             series=(300, 512), cohort_patients=24, cohort_matrix=64, cohort_slices=100,
+             cohort_crop=64, cohort_steps=300, max_slices=32, volume=(300, 512),
+             volume_settings={}, loader_images=48, loader_matrix=512, train_batch_cpu=4,
+             train_batch_cuda=64, train_steps=3)
+TINY = Sizes(name="tiny", arch="resnetv2_tiny_bit", crop=64, matmul_n=1024, batch=4, reps=2,
+             series=(24, 96), cohort_patients=6, cohort_matrix=48, cohort_slices=24,
+             cohort_crop=32, cohort_steps=12, max_slices=8, volume=(16, 96),
+             volume_settings={"slice_size": 40, "volume_slices": 34, "denoiser_width": 8,
+                              "max_denoised_slices": 16},
+             loader_images=8, loader_matrix=96, train_batch_cpu=2, train_batch_cuda=8,
+             train_steps=2)
+
+
+def best_time(fn: Callable[[], Any], reps: int, warmup: int = 1) -> float:
+    """Fastest of ``reps`` timed calls after ``warmup`` calls (least disturbed by other load)."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(max(1, reps)):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def sync(device) -> None:
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak_gflops(n: int, device: str = "cpu", dtype: str = "float32", reps: int = 5) -> float:
+    """Achieved GFLOP/s of one big square matmul (2 n^3 FLOPs): the machine's practical peak."""
+    import torch
+
+    dt = getattr(torch, dtype)
+    a = torch.randn(n, n, device=device, dtype=dt)
+    b = torch.randn(n, n, device=device, dtype=dt)
+
+    def call():
+        torch.mm(a, b)
+        sync(a.device)
+
+    seconds = best_time(call, reps, warmup=2)
+    return 2 * n ** 3 / seconds / 1e9
+
+
+def forward_flops(module, example) -> int:
+    """FLOPs (2 per multiply-add) of one forward pass, counted by torch's FlopCounterMode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        module(example)
+    return int(counter.get_total_flops())
+
+
+def machine(threads: int, device: str) -> dict[str, Any]:
+    import onnxruntime
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
+            flags = next((ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")), "")
+        cpu = names[0] if names else cpu
+        isa = [f for f in ("avx512f", "avx2", "fma", "amx_tile") if f" {f}" in flags]
+    except OSError:
+        isa = []
+    out = {"cpu": cpu, "cores": os.cpu_count(), "isa": isa, "threads": threads,
+           "python": platform.python_version(), "torch": torch.__version__,
+           "onnxruntime": onnxruntime.__version__, "device": device,
+           "load_average_start": [round(v, 2) for v in os.getloadavg()]}
+    if device == "cuda" and torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out

@@ -1,0 +1,233 @@
+"""Slice-classifier benchmarks: inference paths (row 1), a patient end to end (row 2), the
+training data pipeline (row 5) and training throughput (row 6).
+
+Networks have random weights where only time is measured (time does not depend on them).
+Every scan here is a SYNTHETIC phantom.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .common import Sizes, best_time, forward_flops, sync
+
+
+def _resize_for(crop: int) -> int:
+    """The BiT-HyperRule resize of a crop size (the paper's pairs; else x1.125 rounded to 8)."""
+    from covidct.slices.schedule import RESOLUTIONS
+
+    pair = RESOLUTIONS.get(str(crop))
+    return pair[0] if pair else int(math.ceil(crop * 1.125 / 8) * 8)
+
+
+# Row 1: inference paths --------------------------------------------------------------------
+
+def inference(sizes: Sizes, threads: int, peak: float, workdir: Path) -> dict[str, Any]:
+    """Slices/s of the slice classifier on each CPU path, with FLOP utilisation."""
+    from covidct.export import OnnxNetwork, export_network, fold_weight_standardization
+    from covidct.slices.model import build_network
+
+    torch.manual_seed(0)
+    net = build_network(sizes.arch).eval()
+    crop, batch = sizes.crop, sizes.batch
+    flops = forward_flops(net, torch.zeros(1, 3, crop, crop))
+    folded = fold_weight_standardization(net)
+    start = time.perf_counter()
+    onnx_path = export_network(folded, (1, 3, crop, crop), {0: "batch"}, workdir / "bit.onnx")
+    export_s = time.perf_counter() - start
+    session = OnnxNetwork(onnx_path, threads)
+    inputs = {n: torch.randn(n, 3, crop, crop) for n in (1, batch)}
+    channels_last = {n: x.contiguous(memory_format=torch.channels_last) for n, x in inputs.items()}
+
+    def eager(module, x):
+        def call():
+            with torch.inference_mode():
+                module(x)
+        return call
+
+    cl_net = build_network(sizes.arch).eval().to(memory_format=torch.channels_last)
+    cl_net.load_state_dict(net.state_dict())
+    cl_folded = fold_weight_standardization(cl_net).to(memory_format=torch.channels_last)
+    variants = [
+        ("timm eager float32, batch 1 (baseline)", 1, eager(net, inputs[1])),
+        (f"timm eager float32, batch {batch}", batch, eager(net, inputs[batch])),
+        (f"eager, channels-last, batch {batch}", batch, eager(cl_net, channels_last[batch])),
+        (f"eager, folded weight standardisation, channels-last, batch {batch}", batch,
+         eager(cl_folded, channels_last[batch])),
+        ("ONNX Runtime, batch 1", 1, lambda: session(inputs[1])),
+        (f"ONNX Runtime, batch {batch}", batch, lambda: session(inputs[batch])),
+    ]
+    rows = []
+    for name, n, call in variants:
+        seconds = best_time(call, sizes.reps)
+        rate = n / seconds
+        rows.append({"variant": name, "batch": n, "seconds_per_call": seconds,
+                     "slices_per_s": rate, "gflops_per_s": rate * flops / 1e9,
+                     "peak_fraction": rate * flops / 1e9 / peak})
+    baseline = rows[0]["slices_per_s"]
+    for row in rows:
+        row["speedup"] = row["slices_per_s"] / baseline
+    best = max(rows, key=lambda r: r["slices_per_s"])
+    return {"arch": sizes.arch, "crop": crop, "gflops_per_slice": flops / 1e9,
+            "onnx_export_s": export_s, "variants": rows, "fastest": best["variant"],
+            "onnx_path": str(onnx_path), "onnx_batch_1_rate": rows[4]["slices_per_s"]}
+
+
+# Row 2: a patient end to end --------------------------------------------------------------------
+
+def patient_level(sizes: Sizes, threads: int, row1: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Read a DICOM series, choose slices, crop, batch, score on ONNX Runtime, aggregate."""
+    from covidct.export import to_runtime
+    from covidct.scanio import load_scan, save_scan
+    from covidct.slices.model import SliceClassifier, build_network, lung_slices
+    from covidct.volumes.phantom import benchmark_series
+
+    n_slices, matrix = sizes.series
+    series = save_scan(benchmark_series(n_slices, matrix), workdir / "series")
+    read_s = best_time(lambda: load_scan(series), 2, warmup=0)
+    scan = load_scan(series)
+    torch.manual_seed(0)
+    model = SliceClassifier(net=build_network(sizes.arch).eval(), arch=sizes.arch,
+                            resize=_resize_for(sizes.crop), crop=sizes.crop,
+                            max_slices=sizes.max_slices, batch_size=sizes.batch)
+    model = to_runtime(model, "onnx", threads=threads, onnx_path=row1["onnx_path"])
+    start = time.perf_counter()
+    prediction = model.predict(load_scan(series))
+    total_s = time.perf_counter() - start
+    lung, _ = lung_slices(scan, max_slices=10 ** 9)
+    eager_rate = row1["variants"][0]["slices_per_s"]
+    crop_per_slice = prediction.timings["crop"] / max(1, len(prediction.slice_indices))
+    # Every slice, eager, batch 1: the same read, then crop and score each of the n slices.
+    baseline_s = read_s + n_slices * (crop_per_slice + 1 / eager_rate)
+    return {"series": scan.summary(), "lung_slices": int(len(lung)),
+            "scored_slices": int(len(prediction.slice_indices)), "read_s": read_s,
+            "total_s": total_s, "timings_s": prediction.timings,
+            "baseline_every_slice_eager_s_estimated": baseline_s,
+            "baseline_formula": "read + n_slices x (crop per slice + 1 / row-1 eager batch-1 rate)"}
+
+
+def capped_vs_every_slice(sizes: Sizes, threads: int, workdir: Path) -> dict[str, Any]:
+    """Patient-level accuracy of the project's slice choice vs scoring every slice, with a
+    tiny BiT trained here on a SYNTHETIC cohort (the rule is what is compared, not the net)."""
+    from covidct.models import load_model
+    from covidct.scanio import load_scan
+    from covidct.slices.model import TINY_ARCH, _slice_uint8, scan_body_box
+    from covidct.slices.train import TrainConfig, train
+    from covidct.synth.cohort import CohortSettings, generate_cohort
+
+    root = workdir / "cohort"
+    start = time.perf_counter()
+    generate_cohort(root, CohortSettings(patients=sizes.cohort_patients, seed=7,
+                                         matrix=sizes.cohort_matrix, slice_mm=(2.5, 2.5),
+                                         max_slices=sizes.cohort_slices, split=(0.5, 0.0, 0.5),
+                                         formats=("nifti", "covidx")), progress=False)
+    steps = sizes.cohort_steps
+    result = train(TrainConfig(
+        train_split=str(root / "covidx" / "train_COVIDx_CT-2A.txt"),
+        images=str(root / "covidx" / "images"), out=str(workdir / "run"), arch=TINY_ARCH,
+        init="random", resize=_resize_for(sizes.cohort_crop), crop=sizes.cohort_crop,
+        schedule=(max(1, steps // 20), steps // 2, 3 * steps // 4, 9 * steps // 10, steps),
+        batch_size=16, lr=0.01, mixup_alpha=0.0, workers=0, val_every=steps, progress=False))
+    prepared_s = time.perf_counter() - start
+    model = load_model(result.model_path)
+    model.max_slices = sizes.max_slices
+    with open(root / "labels.csv", newline="") as fh:
+        patients = list(csv.DictReader(fh))
+    rows = []
+    for patient in patients:
+        scan = load_scan(root / patient["nifti"])
+        capped = model.predict(scan)
+        pixels = [_slice_uint8(scan, k) for k in range(scan.n_slices)]
+        every = model.predict_pixels(pixels, [scan_body_box(p) for p in pixels]).mean(0)
+        rows.append({"split": patient["split"], "truth": patient["label"], "capped": capped.label,
+                     "every": model.class_names[int(np.argmax(every))],
+                     "scored": len(capped.slice_indices), "slices": scan.n_slices,
+                     "max_prob_difference": float(np.abs(capped.probabilities - every).max())})
+    test = [r for r in rows if r["split"] == "test"]
+    return {"patients": len(rows), "test_patients": len(test), "train_steps": steps,
+            "prepare_s": prepared_s, "max_slices": sizes.max_slices,
+            "mean_scored_slices": float(np.mean([r["scored"] for r in rows])),
+            "mean_slices": float(np.mean([r["slices"] for r in rows])),
+            "test_accuracy_capped": float(np.mean([r["capped"] == r["truth"] for r in test])),
+            "test_accuracy_every_slice": float(np.mean([r["every"] == r["truth"] for r in test])),
+            "label_agreement_all_patients": float(np.mean([r["capped"] == r["every"] for r in rows])),
+            "max_prob_difference": float(max(r["max_prob_difference"] for r in rows)),
+            "synthetic": True}
+
+
+# Row 5: the training data pipeline -----------------------------------------------------------------
+
+def loader(sizes: Sizes, workdir: Path) -> dict[str, Any]:
+    """COVIDx-format PNG slices decoded, box-cropped, resized and randomly cropped per second,
+    in one process (= one DataLoader worker)."""
+    from PIL import Image
+
+    from covidct.slices.data import COVIDxDataset, TrainTransform
+    from covidct.slices.model import scan_body_box
+    from covidct.volumes.phantom import benchmark_series
+    from covidct.windowing import COVIDX_LUNG
+
+    images = workdir / "covidx" / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    scan = benchmark_series(sizes.loader_images, sizes.loader_matrix)
+    lines = []
+    for k in range(scan.n_slices):
+        pixels = COVIDX_LUNG.to_uint8(scan.voxels[k])
+        name = f"NCP_1_1_{k}.png"
+        Image.fromarray(pixels).save(images / name)
+        x0, y0, x1, y1 = scan_body_box(pixels)
+        lines.append(f"{name} 2 {x0} {y0} {x1} {y1}")
+    split = workdir / "covidx" / "train_COVIDx_CT-2A.txt"
+    split.write_text("\n".join(lines) + "\n")
+    dataset = COVIDxDataset(split, images, TrainTransform(_resize_for(sizes.crop), sizes.crop))
+    n = len(dataset)
+
+    def epoch():
+        for i in range(n):
+            dataset[(i, i)]
+
+    seconds = best_time(epoch, sizes.reps, warmup=1)
+    return {"images": n, "png_matrix": sizes.loader_matrix, "crop": sizes.crop,
+            "images_per_s_per_worker": n / seconds}
+
+
+# Row 6: training throughput ----------------------------------------------------------------------
+
+def training(sizes: Sizes, device: str, peak: float, gflops_per_image: float) -> dict[str, Any]:
+    """Training images/s of the slice classifier (SGD step, cross-entropy) and model FLOP
+    utilisation (3 x forward FLOPs per image: forward, input and weight gradients).
+    On CUDA: bf16 autocast + channels-last, as `covidct train2d --amp --channels-last`."""
+    from covidct.slices.model import build_network
+
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    batch = sizes.train_batch_cuda if cuda else sizes.train_batch_cpu
+    torch.manual_seed(0)
+    net = build_network(sizes.arch).to(dev).train()
+    x = torch.randn(batch, 3, sizes.crop, sizes.crop, device=dev)
+    if cuda:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 3, (batch,), device=dev)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+
+    def step():
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync(dev)
+
+    seconds = best_time(step, sizes.train_steps if not cuda else 10 * sizes.train_steps,
+                        warmup=1 if not cuda else 3)
+    rate = batch / seconds
+    return {"device": device, "precision": "bf16 autocast, channels-last" if cuda else "float32",
+            "batch": batch, "images_per_s": rate,
+            "mfu": rate * 3 * gflops_per_image / peak}

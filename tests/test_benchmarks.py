@@ -1,0 +1,52 @@
+"""The benchmark suite runs end to end at tiny sizes (no timing assertions: the CPU is shared)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `benchmarks` lives at the repository root, beside src/
+    sys.path.insert(0, str(REPO))
+
+pytest.importorskip("onnxruntime")
+
+pytestmark = [pytest.mark.xdist_group("benchmarks"), pytest.mark.slow]
+
+
+def test_tiny_benchmarks_produce_every_row(tmp_path, monkeypatch):
+    from benchmarks.run import main
+
+    monkeypatch.setenv("COVIDCT_CACHE", str(tmp_path / "cache"))
+    md, js = tmp_path / "BENCHMARKS.md", tmp_path / "results.json"
+    assert main(["--tiny", "--threads", "1", "--md", str(md), "--json", str(js)]) == 0
+    result = json.loads(js.read_text())
+    variants = result["inference"]["variants"]
+    assert variants[0]["variant"].endswith("(baseline)") and variants[0]["speedup"] == 1.0
+    assert all(v["slices_per_s"] > 0 and v["peak_fraction"] > 0 for v in variants)
+    assert result["inference"]["gflops_per_slice"] > 0
+    patient = result["patient"]
+    assert 0 < patient["scored_slices"] <= result["sizes"]["max_slices"] <= patient["lung_slices"]
+    accuracy = result["capped_vs_every_slice"]
+    assert accuracy["synthetic"] and 0 <= accuracy["label_agreement_all_patients"] <= 1
+    volumes = result["covidctnet"]
+    assert volumes["memory"].get("peak_rss_during_predict_gb", 0) > 0, volumes["memory"]
+    assert volumes["predict_onnx_s"] > 0 and volumes["preprocess_fast_s"] > 0
+    assert result["loader"]["images_per_s_per_worker"] > 0
+    assert result["training_cpu"]["images_per_s"] > 0 and "training_cuda" not in result
+    text = md.read_text()
+    for row in ("| 0 |", "| 1 |", "| 2 |", "| 3 |", "| 4 |", "| 5 |", "| 6 |"):
+        assert row in text
+    assert "not measured here" in text and "SYNTHETIC" in text
+
+
+def test_cuda_request_without_a_gpu_is_refused(capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from benchmarks.run import main
+
+    assert main(["--tiny", "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
