@@ -93,7 +93,11 @@ def test_bit_predict_on_onnx_runtime_matches_torch(bit_file, make_hu_volume):
     assert np.abs(onnx_prediction.probabilities - torch_prediction.probabilities).max() < PARITY
     assert np.abs(onnx_prediction.slice_probabilities
                   - torch_prediction.slice_probabilities).max() < PARITY
-    # The second load reuses the cached export of the same model file.
+    # The same through covidct.load_model, which reuses the cached export of the model file.
+    import covidct
+
+    again = covidct.load_model(bit_file, runtime="onnx").predict(scan)
+    assert np.abs(again.probabilities - onnx_prediction.probabilities).max() < 1e-6
     cached = sorted(export.cache_root().glob("bit-*.onnx"))
     assert len(cached) == 1
     export.load_model(bit_file, runtime="onnx", threads=1)

@@ -12,7 +12,7 @@ The batch axis is dynamic (BCDU-Net's height and width too). Weight standardisat
 BiT's StdConv2d layers is a function of the weights only, so the exporter's constant
 folding removes it from the graph: part of why ONNX Runtime is faster on a CPU.
 
-``to_runtime(model, "onnx")`` (or ``load_model(path, runtime="onnx")``) swaps the model's
+``to_runtime(model, "onnx")`` (or ``covidct.load_model(path, runtime="onnx")``) swaps the model's
 networks for :class:`OnnxNetwork` objects, callable like the torch modules they replace,
 so ``predict``/``score_dataset`` run unchanged. Exported graphs are cached by the model
 file's SHA-256 under ``$COVIDCT_CACHE/onnx`` (default ``~/.cache/covidct/onnx``), so only

@@ -68,14 +68,22 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
-def load_model(path: str | os.PathLike) -> Model:
-    """Load a trained covidct model (either method) from its single file."""
+def load_model(path: str | os.PathLike, runtime: str = "torch") -> Model:
+    """Load a trained covidct model (either method) from its single file.
+
+    ``runtime="onnx"`` runs its networks on ONNX Runtime (see :mod:`covidct.export`).
+    """
     record = read_model_file(path)
     module_name, attr = _LOADERS[record["method"]].split(":")
     target: Any = importlib.import_module(module_name)
     for part in attr.split("."):
         target = getattr(target, part)
-    return target(record)
+    model = target(record)
+    if runtime != "torch":
+        from .export import to_runtime
+
+        model = to_runtime(model, runtime)
+    return model
 
 
 def _sha256(path: Path) -> str:
