@@ -168,7 +168,7 @@ def test_table1_lists_published_and_measured_rows(env, synthetic_cohort):
     assert "| COVID-Net CT-2 L | published | 98.1 | 99.0 | 98.2 | 96.2 |" in table
     assert "| random | measured here (SYNTHETIC) |" in table
     header = table.splitlines()[6]
-    assert "SN NCP (%)" in header and "NPV Normal (%)" in header
+    assert "Sn NCP (%)" in header and "NPV Normal (%)" in header
 
 
 def test_covidctnet_ablation_preset(env, synthetic_cohort):

@@ -38,8 +38,11 @@ def _grouped_bars(ax, categories: list[str], series: dict[str, dict[str, list]],
             mean, sd, _ = stats(by_cat.get(cat, []))
             means.append(np.nan if mean is None else 100 * mean)
             sds.append(0.0 if sd is None else 100 * sd)
-        ax.bar(x + (k - (len(series) - 1) / 2) * width, means, width, yerr=sds, capsize=3,
-               label=name, color=colours.get(name, None), alpha=0.9)
+        bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, means, width, yerr=sds, capsize=3,
+                      label=name, color=colours.get(name, None), alpha=0.9)
+        # Values on the bars: a 0% bar is otherwise invisible.
+        ax.bar_label(bars, labels=["" if np.isnan(m) else f"{m:.1f}" for m in means], fontsize=7,
+                     padding=2)
     ax.set_xticks(x, categories, fontsize=8)
     ax.set_ylabel("test accuracy (%)", fontsize=9)
     _zoom(ax)
@@ -163,10 +166,9 @@ def figure_data_size(outcome, scale: str):
                 ax.scatter([k], [pub.FIG8[key]], marker="D", facecolors="none", edgecolors="black",
                            s=40, zorder=4, label=None if shown else "published (Zhao et al. text)")
                 shown = True
-        for name, value in pub.FIG8_REFERENCES.items():
-            ax.axhline(value, color=GREY, linestyle=":", linewidth=0.8)
-            ax.text(len(labels) - 0.5, value, f"{name} (published)", fontsize=6, color=GREY,
-                    va="bottom", ha="right")
+        for (name, value), style in zip(pub.FIG8_REFERENCES.items(), (":", "--", "-.")):
+            ax.axhline(value, color=GREY, linestyle=style, linewidth=0.8,
+                       label=f"{name}, full set: {value:.1f} (published)")
         ax.set_xticks(x, labels, fontsize=8)
         ax.legend(fontsize=7, frameon=False, loc="lower right")
         _zoom(ax)
@@ -178,26 +180,25 @@ def figure_data_size(outcome, scale: str):
 
 
 def figure_table1(outcome, scale: str):
-    fig = new_figure(7.0, 3.8)
-    ax = fig.add_subplot(1, 1, 1)
-    tidy_axes(ax)
-    names = list(pub.TABLE1_ACCURACY)
+    """Horizontal bars, published (grey) then measured here (blue), best at the top."""
+    names = [f"{n} (published)" for n in pub.TABLE1_ACCURACY]
     values = list(pub.TABLE1_ACCURACY.values())
-    colours = ["#cccccc"] * len(names)
+    colours = ["#bbbbbb"] * len(names)
     for _, members in groups(finished(outcome)):
         mean, _, _ = stats([m["test_acc"] for m in members])
-        names.append(f"{_init_name(members[0])}\n(measured here)")
+        names.append(f"{_init_name(members[0])} (measured here)")
         values.append(np.nan if mean is None else 100 * mean)
         colours.append("#0072B2")
-    x = np.arange(len(names))
-    ax.bar(x, values, color=colours, hatch=None)
-    for k, v in enumerate(values):
-        if np.isfinite(v):
-            ax.text(k, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(x, [n if "measured" in n else f"{n}\n(published)" for n in names], fontsize=6,
-                  rotation=0)
-    ax.set_ylabel("test accuracy (%)", fontsize=9)
-    _zoom(ax)
+    fig = new_figure(7.0, 1.2 + 0.32 * len(names))
+    ax = fig.add_subplot(1, 1, 1)
+    tidy_axes(ax)
+    y = np.arange(len(names))[::-1]
+    bars = ax.barh(y, values, color=colours)
+    ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.1f}" for v in values], fontsize=7,
+                 padding=2)
+    ax.set_yticks(y, names, fontsize=7)
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("test accuracy (%)", fontsize=9)
     _title(fig, "COVIDx CT-2A test accuracy: published (grey) and measured here (blue)\n"
                 "(cf. Zhao et al. Table 1)", outcome, scale)
     return fig

@@ -22,6 +22,8 @@ from .presets import Preset
 
 CSV_NAME, TABLE_NAME, FIGURE_NAME, JSON_NAME = "results.csv", "table.md", "figure.png", "experiment.json"
 MEASURED, PUBLISHED = "measured here", "published"
+#: Column names of Table 2 (sensitivity, positive/negative predictive value, specificity).
+FIGURE_NAMES = {"sn": "Sn", "ppv": "PPV", "sp": "Sp", "npv": "NPV"}
 #: Bulky per-run series kept in result.json but left out of the CSV.
 _SERIES = ("val_curve", "curve")
 
@@ -173,7 +175,7 @@ def table_data_size(preset, outcome) -> Table:
 
 def table_table1(preset, outcome) -> Table:
     header = ["Model", "Source", "Accuracy (%)",
-              *(f"{fig.upper()} {cls} (%)" for fig in pub.FIGURES for cls in SLICE_CLASSES)]
+              *(f"{FIGURE_NAMES[fig]} {cls} (%)" for fig in pub.FIGURES for cls in SLICE_CLASSES)]
     rows = []
     for model, acc in pub.TABLE1_ACCURACY.items():
         figures = pub.TABLE2[model]
