@@ -1,0 +1,340 @@
+"""`make demo`: the whole job on the embedded default, a SYNTHETIC cohort, on a laptop CPU.
+
+One call, :func:`run_demo`, does what a user of the two papers would do on their own data,
+at sizes that fit a 2-core CPU in minutes::
+
+    cohort/               covidct synth: phantoms with Normal / CP / NCP findings, split by patient
+    runs/bit/             covidct train2d: the BiT slice classifier (tiny BiT-layout ResNet-v2, low resolution)
+    runs/covidctnet/      covidct train3d: BCDU-Net denoiser + 3D CNN (and the no-BCDU-Net ablation)
+    models/{bit,covidctnet}.pt       the trained models (covidct predict finds them here)
+    evaluation/{bit,covidctnet}/     covidct evaluate + explanations on the held-out test patients
+    prediction/<patient>/            covidct predict of one held-out DICOM series with both methods
+    report.html           covidct report of everything above
+    demo.json             what ran, the settings, timings and the headline figures (written last)
+
+A second run reuses every stage whose output is complete and was made with the same
+settings (an interrupted training resumes from its last checkpoint). The figures describe
+phantoms, not patients: every output says SYNTHETIC.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .atomic import atomic_path, write_json
+from .constants import DISCLAIMER, METHOD_BIT, METHOD_COVIDCTNET, SYNTHETIC_NOTICE
+from .errors import CovidctError
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "demo-settings.json"
+SUMMARY_FILE = "demo.json"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes of the demo; the defaults fit a 2-core CPU in well under 10 minutes."""
+
+    patients: int = 30
+    matrix: int = 128
+    seed: int = 0
+    # slice classifier: the tiny BiT-layout network at low resolution, from scratch (no
+    # download), no mixup (too few steps for it to pay off)
+    bit_arch: str = "resnetv2_tiny_bit"
+    bit_resolution: tuple[int, int] = (80, 64)
+    bit_schedule: tuple[int, ...] = (20, 150, 220, 260, 300)
+    bit_batch_size: int = 32
+    bit_lr: float = 0.01
+    # CovidCTNet at half the method's in-plane size and a narrower BCDU-Net
+    slice_size: int = 64
+    volume_slices: int = 50
+    denoiser_width: int = 16
+    slices_per_scan: int = 48
+    denoiser_epochs: int = 4
+    epochs: int = 60
+    patience: int = 20
+    lr: float = 1e-3
+    n_boot: int = 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))  # tuples as lists, as read back
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    report: Path
+    summary: dict[str, Any]
+    lines: list[str] = field(default_factory=list)
+
+
+class _Stages:
+    """Numbered stage messages with timings; `reused` stages say so."""
+
+    def __init__(self, total: int, say: Callable[[str], None]):
+        self.total, self.say, self.number, self.timings = total, say, 0, {}
+
+    def run(self, name: str, done: bool, work: Callable[[], Any]) -> Any:
+        self.number += 1
+        prefix = f"[{self.number}/{self.total}] {name}"
+        if done:
+            self.say(f"{prefix}: reused")
+            self.timings[name] = 0.0
+            return None
+        self.say(f"{prefix} ...")
+        start = time.perf_counter()
+        value = work()
+        self.timings[name] = round(time.perf_counter() - start, 1)
+        self.say(f"{prefix}: done in {self.timings[name]:.0f} s")
+        return value
+
+
+def run_demo(out: str | os.PathLike = "demo-output", settings: DemoSettings = DemoSettings(),
+             progress: bool = True, say: Callable[[str], None] = print) -> DemoResult:
+    """Run every stage (reusing finished ones) and return the report path and summary."""
+    out = Path(out)
+    _prepare_folder(out, settings)
+    stages = _Stages(7, say)
+    cohort, covidx = out / "cohort", out / "cohort" / "covidx"
+    runs, models, evaluation = out / "runs", out / "models", out / "evaluation"
+
+    stages.run("synthetic cohort", _cohort_done(cohort, settings),
+               lambda: _make_cohort(cohort, settings, progress))
+    stages.run("train the BiT slice classifier", _bit_done(runs / METHOD_BIT),
+               lambda: _train_bit(covidx, runs / METHOD_BIT, settings, progress))
+    _publish(runs / METHOD_BIT / "model.pt", models / f"{METHOD_BIT}.pt")
+    stages.run("train CovidCTNet", _covidctnet_done(runs / METHOD_COVIDCTNET),
+               lambda: _train_covidctnet(cohort, runs / METHOD_COVIDCTNET, out, settings, progress))
+    _publish(runs / METHOD_COVIDCTNET / "model.pt", models / f"{METHOD_COVIDCTNET}.pt")
+    for method, data in ((METHOD_BIT, covidx), (METHOD_COVIDCTNET, cohort)):
+        folder = evaluation / method
+        stages.run(f"evaluate {method} on the held-out test patients", _evaluated(folder),
+                   lambda m=method, d=data, f=folder: _evaluate(models / f"{m}.pt", d, f, out, settings))
+    patient = held_out_patient(cohort)
+    prediction_dir = out / "prediction" / patient["patient_id"]
+    stages.run(f"predict held-out patient {patient['patient_id']} (DICOM) with both methods",
+               (prediction_dir / "summary.json").is_file(),
+               lambda: _predict(cohort / "patients" / patient["patient_id"] / "dicom",
+                                models, prediction_dir, out))
+    report = stages.run("write the report", False, lambda: _report(out))
+    summary = _summary(out, settings, patient, prediction_dir, stages.timings)
+    write_json(out / SUMMARY_FILE, summary)
+    return DemoResult(out=out, report=report, summary=summary, lines=summary_lines(summary))
+
+
+# -- the folder --------------------------------------------------------------------------------
+
+def _prepare_folder(out: Path, settings: DemoSettings) -> None:
+    """Refuse a foreign folder; start over (keeping nothing) when the settings changed."""
+    marker = out / SETTINGS_FILE
+    if out.exists() and not out.is_dir():
+        raise CovidctError("exists and is not a folder; choose another --out", out)
+    if out.is_dir() and any(out.iterdir()) and not marker.is_file():
+        raise CovidctError("folder exists, is not empty and is not a covidct demo folder; choose "
+                           "another --out (nothing was deleted)", out)
+    wanted = {"covidct_version": __version__, "settings": settings.to_dict()}
+    if marker.is_file():
+        try:
+            previous = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = None
+        if previous == wanted:
+            return
+        log.info("demo settings changed: starting %s over", out)
+        for name in ("cohort", "runs", "models", "evaluation", "prediction", ".cache",
+                     "report.html", SUMMARY_FILE):
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    write_json(marker, wanted)
+
+
+def _publish(source: Path, target: Path) -> None:
+    """Copy a finished run's model to models/ (atomically) unless the same file is there."""
+    if target.is_file() and target.stat().st_size == source.stat().st_size \
+            and target.stat().st_mtime >= source.stat().st_mtime:
+        return
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+# -- stages -------------------------------------------------------------------------------------
+
+def _cohort_settings(settings: DemoSettings):
+    from .synth.cohort import CohortSettings
+
+    return CohortSettings(patients=settings.patients, seed=settings.seed, matrix=settings.matrix)
+
+
+def _cohort_done(cohort: Path, settings: DemoSettings) -> bool:
+    from .synth.cohort import SETTINGS_FILE as SYNTH_FILE, _settings_json
+
+    try:
+        saved = json.loads((cohort / SYNTH_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return saved == json.loads(json.dumps(_settings_json(_cohort_settings(settings))))
+
+
+def _make_cohort(cohort: Path, settings: DemoSettings, progress: bool) -> None:
+    from .synth.cohort import generate_cohort
+
+    generate_cohort(cohort, _cohort_settings(settings), progress=progress)
+
+
+def _bit_done(run: Path) -> bool:
+    return (run / "summary.json").is_file() and (run / "model.pt").is_file()
+
+
+def _train_bit(covidx: Path, run: Path, settings: DemoSettings, progress: bool) -> None:
+    from .slices.train import TrainConfig, train
+
+    resize, crop = settings.bit_resolution
+    config = TrainConfig(
+        train_split=str(covidx / "train_COVIDx_CT-2A.txt"), images=str(covidx / "images"),
+        val_split=str(covidx / "val_COVIDx_CT-2A.txt"), out=str(run), arch=settings.bit_arch,
+        init="random", resize=resize, crop=crop, schedule=settings.bit_schedule,
+        batch_size=settings.bit_batch_size, lr=settings.bit_lr, mixup_alpha=0.0,
+        workers=1, val_every=50, max_val=256, seed=settings.seed, device="cpu",
+        resume=(run / "checkpoints" / "last.pt").is_file(), progress=progress,
+        command="covidct demo")
+    train(config)
+
+
+def _covidctnet_done(run: Path) -> bool:
+    if not (run / "model.pt").is_file():
+        return False
+    try:
+        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return "classifier" in summary
+
+
+def _train_covidctnet(cohort: Path, run: Path, out: Path, settings: DemoSettings,
+                      progress: bool) -> None:
+    from .volumes.train import TrainConfig, train
+
+    config = TrainConfig(
+        data=str(cohort), out=str(run), seed=settings.seed, slice_size=settings.slice_size,
+        volume_slices=settings.volume_slices, denoiser_width=settings.denoiser_width, slices_per_scan=settings.slices_per_scan,
+        denoiser_epochs=settings.denoiser_epochs, epochs=settings.epochs,
+        patience=settings.patience, lr=settings.lr, cache_dir=str(out / ".cache"),
+        device="cpu", resume=(run / "config.json").is_file(), progress=progress)
+    train(config)
+
+
+def _evaluated(folder: Path) -> bool:
+    return (folder / "results.json").is_file() and (folder / "explain.json").is_file()
+
+
+def _evaluate(model_path: Path, data: Path, folder: Path, out: Path, settings: DemoSettings) -> None:
+    from .evaluation import evaluate
+    from .explain.run import explain_evaluation
+    from .models import load_model
+
+    with _volume_cache(out):
+        model = load_model(model_path)
+        evaluate(model, data, split="test", out_dir=folder, n_boot=settings.n_boot,
+                 seed=settings.seed)
+        explain_evaluation(model, data, "test", folder, seed=settings.seed)
+
+
+def held_out_patient(cohort: Path) -> dict[str, str]:
+    """The first COVID-19 test patient of the cohort (else the first test patient)."""
+    with (cohort / "labels.csv").open(newline="", encoding="utf-8") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("split") == "test"]
+    if not rows:
+        raise CovidctError("the cohort has no test patients; use more --patients", cohort)
+    covid = [r for r in rows if r.get("label") == "NCP"]
+    return (covid or rows)[0]
+
+
+def _predict(series: Path, models: Path, folder: Path, out: Path) -> None:
+    from .predict import load_models, predict_to_folder
+
+    with _volume_cache(out):
+        loaded = load_models((), paths=[models / f"{m}.pt" for m in (METHOD_BIT, METHOD_COVIDCTNET)])
+        predict_to_folder(series, loaded, folder)
+
+
+def _report(out: Path) -> Path:
+    from .report import build_report
+
+    return build_report(out, title="covidct demo (SYNTHETIC data)")
+
+
+class _volume_cache:
+    """Keep CovidCTNet's pre-processed arrays inside the demo folder while a stage runs."""
+
+    def __init__(self, out: Path):
+        self.path, self.saved = str(out / ".cache"), None
+
+    def __enter__(self):
+        self.saved = os.environ.get("COVIDCT_CACHE")
+        os.environ["COVIDCT_CACHE"] = self.path
+
+    def __exit__(self, *exc):
+        if self.saved is None:
+            os.environ.pop("COVIDCT_CACHE", None)
+        else:
+            os.environ["COVIDCT_CACHE"] = self.saved
+
+
+# -- the summary -----------------------------------------------------------------------------
+
+def _summary(out: Path, settings: DemoSettings, patient: dict[str, str], prediction_dir: Path,
+             timings: dict[str, float]) -> dict[str, Any]:
+    results = {}
+    for method in (METHOD_BIT, METHOD_COVIDCTNET):
+        saved = json.loads((out / "evaluation" / method / "results.json").read_text(encoding="utf-8"))
+        results[method] = _headline(saved)
+    predicted = json.loads((prediction_dir / "summary.json").read_text(encoding="utf-8"))
+    return {
+        "synthetic": True, "synthetic_notice": SYNTHETIC_NOTICE, "disclaimer": DISCLAIMER,
+        "covidct_version": __version__, "settings": settings.to_dict(),
+        "test_results": results,
+        "example": {"patient": patient["patient_id"], "true_label": patient["label"],
+                    "folder": str(prediction_dir.relative_to(out)),
+                    "calls": {m: r["label"] for m, r in predicted["results"].items()}},
+        "report": "report.html", "seconds": timings,
+    }
+
+
+def _headline(saved: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy and COVID AUC with CIs at the level a clinician cares about (the patient)."""
+    metrics = saved.get("metrics", saved)
+    level = "patient" if "patient" in metrics else "scan" if "scan" in metrics else next(iter(metrics))
+    figures = metrics[level]
+    return {"level": level, "n_patients": figures.get("n_patients"),
+            "accuracy": figures.get("accuracy"),
+            "covid_auc": (figures.get("binary") or {}).get("auc")}
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    lines = [SYNTHETIC_NOTICE, "Held-out test patients (95% CI from a patient bootstrap):"]
+    for method, row in summary["test_results"].items():
+        lines.append(f"  {method:<11} {row['level']}-level accuracy {_ci(row['accuracy'])}, "
+                     f"COVID-vs-rest AUC {_ci(row['covid_auc'])}, n={row['n_patients']} patients")
+    example = summary["example"]
+    calls = ", ".join(f"{m} -> {label}" for m, label in example["calls"].items())
+    lines.append(f"Example: held-out patient {example['patient']} (truth {example['true_label']}): {calls}")
+    lines.append(DISCLAIMER)
+    return lines
+
+
+def _ci(figure: Any) -> str:
+    if isinstance(figure, dict) and figure.get("value") is not None:
+        low, high = figure.get("ci_low"), figure.get("ci_high")
+        text = f"{figure['value']:.2f}"
+        return text + (f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else "")
+    if isinstance(figure, (int, float)):
+        return f"{figure:.2f}"
+    return "n/a"

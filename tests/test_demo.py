@@ -1,0 +1,76 @@
+"""`covidct demo` end to end at toy sizes: every stage's output, the summary, reuse."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from covidct.cli import main as cli_main  # noqa: E402
+from covidct.constants import SYNTHETIC_NOTICE  # noqa: E402
+from covidct.demo import DemoSettings, run_demo  # noqa: E402
+from covidct.errors import CovidctError  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo")]
+
+TOY = DemoSettings(patients=9, matrix=64, bit_resolution=(40, 32), bit_schedule=(2, 6, 8, 9, 10),
+                   bit_batch_size=8, slice_size=40, volume_slices=34, denoiser_width=8,
+                   slices_per_scan=8, denoiser_epochs=1, epochs=2, patience=2, n_boot=50)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    torch.set_num_threads(1)
+    said: list[str] = []
+    result = run_demo(tmp_path_factory.mktemp("demo") / "out", TOY, progress=False, say=said.append)
+    return result, said
+
+
+def test_every_stage_writes_its_output(demo):
+    result, said = demo
+    out = result.out
+    for name in ("cohort/labels.csv", "runs/bit/summary.json", "runs/covidctnet/summary.json",
+                 "models/bit.pt", "models/covidctnet.pt", "evaluation/bit/results.json",
+                 "evaluation/bit/explain.json", "evaluation/covidctnet/results.json",
+                 "evaluation/covidctnet/explain.json", "report.html", "demo.json"):
+        assert (out / name).is_file(), name
+    assert len(said) == 14 and said[-1].startswith("[7/7] write the report: done")
+    assert result.report == out / "report.html"
+
+
+def test_summary_is_labelled_synthetic_and_names_a_held_out_patient(demo):
+    result, _ = demo
+    summary = json.loads((result.out / "demo.json").read_text())
+    assert summary["synthetic"] is True and summary["synthetic_notice"] == SYNTHETIC_NOTICE
+    example = summary["example"]
+    labels = (result.out / "cohort" / "labels.csv").read_text().splitlines()
+    row = next(line for line in labels if line.startswith(example["patient"] + ","))
+    assert ",test," in row + ","
+    assert set(example["calls"]) == {"bit", "covidctnet"}
+    test_patients = sum(",test," in line + "," for line in labels[1:])
+    for method, row in summary["test_results"].items():
+        assert 0.0 <= row["accuracy"]["value"] <= 1.0, method
+        assert row["n_patients"] == test_patients >= 2, method  # both methods: the same patients
+    assert result.lines[0] == SYNTHETIC_NOTICE
+    html = result.report.read_text()
+    assert "SYNTHETIC" in html and "Grad-CAM" in html
+
+
+def test_second_run_reuses_every_stage(demo):
+    result, _ = demo
+    model_time = (result.out / "models" / "bit.pt").stat().st_mtime
+    said: list[str] = []
+    run_demo(result.out, TOY, progress=False, say=said.append)
+    reused = [line for line in said if line.endswith(": reused")]
+    assert len(reused) == 6 and said[-1].startswith("[7/7] write the report: done")
+    assert (result.out / "models" / "bit.pt").stat().st_mtime == model_time
+
+
+def test_foreign_folder_is_refused_untouched(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(CovidctError, match="not a covidct demo folder"):
+        run_demo(tmp_path, TOY, progress=False, say=lambda _: None)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert cli_main(["demo", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "not a covidct demo folder" in capsys.readouterr().err
