@@ -180,19 +180,21 @@ class JobRunner:
     def _run(self, job_id: str, upload: Upload) -> None:
         start = time.time()
         self.store.update(job_id, status=RUNNING, stage="reading the scan", started=start)
+        result = error = None
         try:
             result = self._predict(job_id, upload)
         except CovidctError as exc:
-            self._fail(job_id, _public_message(exc, upload), type(exc).__name__)
+            error = (_public_message(exc, upload), type(exc).__name__)
         except Exception as exc:  # a bug must fail the job, not the worker thread
             log.exception("job %s: internal error", job_id)
-            self._fail(job_id, f"internal error ({type(exc).__name__}); see the server log",
-                       type(exc).__name__)
+            error = (f"internal error ({type(exc).__name__}); see the server log", type(exc).__name__)
+        # The upload goes before the job is reported finished, so "finished" means "gone".
+        shutil.rmtree(upload.folder, ignore_errors=True)
+        if error:
+            self._fail(job_id, *error)
         else:
             self.store.update(job_id, status=DONE, stage=None, finished=time.time(), result=result)
             log.info("job %s done in %.1f s", job_id, time.time() - start)
-        finally:
-            shutil.rmtree(upload.folder, ignore_errors=True)
 
     def _fail(self, job_id: str, message: str, kind: str) -> None:
         self.store.update(job_id, status=FAILED, stage=None, finished=time.time(), error=message)

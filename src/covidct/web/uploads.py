@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +57,6 @@ def save_upload(files: Iterable[tuple[str, BinaryIO]], work_root: Path, *, max_b
     Raises UploadError (and leaves nothing behind) when the upload is refused.
     """
     work_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    import tempfile
-
     folder = Path(tempfile.mkdtemp(prefix="job-", dir=work_root))  # mode 0700
     try:
         return _save_and_check(list(files), folder, max_bytes, max_slices, max_unpacked_bytes)
