@@ -152,6 +152,26 @@ def test_long_hu_series_is_windowed_and_capped(trained, make_hu_volume):
         model.predict(coronal)
 
 
+def test_prediction_pictures_are_gradcam_of_the_slices_that_drove_the_call(trained, make_hu_volume,
+                                                                          tmp_path):
+    from PIL import Image
+
+    model = load_model(trained.model_path)
+    scan = make_hu_volume(shape=(8, 64, 64))
+    prediction = model.predict(scan)
+    paths = model.save_pictures(prediction, scan, tmp_path)
+    called = list(SLICE_CLASSES).index(prediction.label)
+    top = prediction.slice_indices[np.argsort(-prediction.slice_probabilities[:, called],
+                                              kind="stable")[:3]]
+    assert [p.name for p in paths] == [f"bit-gradcam-{k:04d}.png" for k in top]
+    picture = np.asarray(Image.open(paths[0]))
+    assert picture.ndim == 3 and picture.shape[2] == 3
+    half = (picture.shape[1] - 4) // 2   # plain slice | white gap | overlay
+    assert picture.shape[1] == 2 * half + 4 and (picture[:, half:half + 4] == 255).all()
+    plain = picture[:, :half]
+    assert (plain[..., 0] == plain[..., 1]).all() and plain.std() > 5  # the slice itself, in gray
+
+
 @pytest.mark.slow
 def test_resume_after_a_stop_equals_the_uninterrupted_run(cohort, tmp_path):
     torch.set_num_threads(1)
