@@ -12,6 +12,7 @@ demo:
 	@$(PY) -m covidct demo --out $(DEMO_DIR)
 
 test:
+	@./scripts/browser.sh
 	@$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 bench:
