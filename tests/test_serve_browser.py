@@ -74,10 +74,14 @@ def test_upload_in_the_browser_shows_probabilities_and_overlay(server, browser, 
     scan = dicom_zip(tmp_path / "scan.zip", seed=5)
     browser.get(server + "/")
     assert browser.find_element(By.ID, "disclaimer").text == DISCLAIMER
-    picker = browser.find_element(By.ID, "file-input")
-    browser.execute_script("arguments[0].hidden = false", picker)
-    picker.send_keys(str(scan))
     wait = WebDriverWait(browser, 90)
+    # A refused upload says why on the page.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a scan")
+    browser.find_element(By.ID, "file-input").send_keys(str(notes))
+    wait.until(lambda d: "Refused (422)" in d.find_element(By.ID, "status").text)
+    assert "is not accepted" in browser.find_element(By.ID, "status").text
+    browser.find_element(By.ID, "file-input").send_keys(str(scan))
     wait.until(ec.visibility_of_element_located((By.ID, "result")))
     wait.until(lambda d: d.execute_script(
         "const o = document.getElementById('overlay-img'), b = document.getElementById('base-img');"

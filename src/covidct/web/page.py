@@ -73,7 +73,8 @@ drop.addEventListener('click', () => $('file-input').click());
 drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
 drop.addEventListener('dragleave', () => drop.classList.remove('over'));
 drop.addEventListener('drop', (e) => { e.preventDefault(); drop.classList.remove('over'); upload(e.dataTransfer.files); });
-$('file-input').addEventListener('change', (e) => upload(e.target.files));
+// Cleared after each upload, so the next choice (even the same file again) starts afresh.
+$('file-input').addEventListener('change', (e) => { upload(e.target.files); e.target.value = ''; });
 
 function upload(files) {
   if (!files || !files.length) return;
