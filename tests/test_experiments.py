@@ -141,9 +141,11 @@ def test_failed_run_is_reported_and_the_others_go_on(env, synthetic_cohort, caps
 
 def test_schedule_preset(env, synthetic_cohort):
     outcome = run_experiment("schedule", synthetic_cohort, env, "tiny",
-                             small(schedule=["1,2", "1,2,3"], mixup=[False]))
+                             {**small(schedule=["1,2", "1,2,3"], mixup=[False]), "max_test": 5})
     assert not outcome.failed
     assert sorted(r.result["steps"] for r in outcome.runs) == [2, 3]
+    assert {r.result["test_slices"] for r in outcome.runs} == {5}
+    assert any("fixed random 5 of" in n for n in outcome.notes)
     assert (env / "schedule" / "figure.png").is_file()
     assert "3 steps (1,2,3)" in (env / "schedule" / "table.md").read_text()
 
@@ -199,6 +201,8 @@ def test_overrides_replace_axes_add_axes_and_settings(tmp_path):
     overrides = parse_set(["mixup=[true]", "grid.seed=[0, 1]", "batch_size=16", "schedule=1,2,4"])
     plan = make_plan(PRESETS["resolution"], "paper", overrides)
     assert plan.grid == {"resolution": ["128", "224", "384", "480"], "mixup": [True], "seed": [0, 1]}
+    from covidct.cli.experiment import EXPERIMENTS
+    assert EXPERIMENTS == tuple(PRESETS)  # the CLI spells the names out to start without torch
     assert plan.settings["batch_size"] == 16 and plan.settings["schedule"] == "1,2,4"
     specs = expand(plan, "paper")
     assert len(specs) == 8 and len({s.id for s in specs}) == 8

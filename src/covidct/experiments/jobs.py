@@ -118,11 +118,27 @@ def run_slice_job(params: dict[str, Any], run_dir: Path, data: ExperimentData) -
             raise CovidctError("training stopped before its last step", out)
         summary = result.summary
     model = load_model(out / "model.pt").to(_device(config.device))
-    scores = model.score_dataset(data.split("test"), data.images, batch_size=config.batch_size,
+    test_split, test_note = _test_split(data, params.get("max_test"), run_dir)
+    scores = model.score_dataset(test_split, data.images, batch_size=config.batch_size,
                                  workers=config.workers)
     metrics = metrics_for(scores, n_boot=int(params["n_boot"]), seed=int(params["seed"]))
-    return _slice_row(params, summary, metrics, init, init_note, (resize, crop), schedule, per_class,
+    note = "; ".join(n for n in (init_note, test_note) if n)
+    return _slice_row(params, summary, metrics, init, note, (resize, crop), schedule, per_class,
                       _val_curve(out))
+
+
+def _test_split(data: ExperimentData, max_test: Any, run_dir: Path) -> tuple[Path, str | None]:
+    """The test split, or a fixed random subset of ``max_test`` slices (same for every run)."""
+    import numpy as np
+
+    from ..covidx import read_split, write_split
+
+    records = read_split(data.split("test"))
+    if not max_test or len(records) <= int(max_test):
+        return data.split("test"), None
+    keep = np.sort(np.random.default_rng(4243).choice(len(records), int(max_test), replace=False))
+    path = write_split(run_dir / "test_subset.txt", [records[i] for i in keep])
+    return path, f"test accuracy on a fixed random {int(max_test)} of {len(records)} test slices"
 
 
 def _device(name: str) -> str:

@@ -182,6 +182,9 @@ def _notes(outcome: Outcome, scale: str) -> list[str]:
     if scale == "tiny":
         notes.append("tiny scale: shrunken network, resolution and steps; numbers are a smoke "
                      "test of the pipeline, not a reproduction of the paper.")
+    subsets = {str(r.result.get("note")) for r in outcome.runs
+               if r.result and "test slices" in str(r.result.get("note"))}
+    notes += sorted({n.split("; ")[-1] for n in subsets})
     substituted = sorted({str(r.result.get("init")) for r in outcome.runs
                           if r.result and r.result.get("init_used") not in (None, r.result.get("init"))})
     if substituted:
