@@ -41,6 +41,10 @@ Override the grid or settings with --set KEY=VALUE (YAML values) or a YAML --con
   --set grid.seed=[0,1,2]            make a setting an axis (repeat every run)
   --set schedule=100,200,300,400,500 --set batch_size=32 --set max_val=2000   fixed settings
   --set resolution=["40,32","64,56"] explicit (resize,crop) pairs
+Slice-classifier settings: arch init resolution schedule mixup per_class seed batch_size lr
+val_every max_val max_test workers device n_boot. CovidCTNet settings: binary seed slice_size
+volume_slices denoiser_width denoiser_epochs denoiser_batch_size slices_per_scan epochs
+batch_size patience val_fraction test_fraction device cache_dir.
 """
 
 
