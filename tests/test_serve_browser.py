@@ -1,5 +1,6 @@
 """`covidct serve` in a real browser: Debian's headless Chromium, driven by selenium, uploads a
-synthetic DICOM zip through the page and checks the probabilities and the heat map appear.
+synthetic DICOM zip through the page (with the server's token) and checks the probabilities
+and the heat map appear.
 
 Skips when chromium or chromedriver is not installed.
 """
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.xdist_group("serve")
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and Path(p).exists()), None)
 DRIVER = next((p for p in ("/usr/bin/chromedriver", shutil.which("chromedriver") or "") if p and Path(p).exists()), None)
+TOKEN = "browser-test-token"
 CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--window-size=1400,1250")
@@ -33,7 +35,7 @@ def server(tmp_path, serve_models):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    app = make_app(tmp_path / "data", serve_models)
+    app = make_app(tmp_path / "data", serve_models, token=TOKEN)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -75,6 +77,10 @@ def test_upload_in_the_browser_shows_probabilities_and_overlay(server, browser, 
     browser.get(server + "/")
     assert browser.find_element(By.ID, "disclaimer").text == DISCLAIMER
     wait = WebDriverWait(browser, 90)
+    # The server has a token: the page asks for it and sends it with every request.
+    token_box = browser.find_element(By.ID, "token")
+    assert token_box.is_displayed()
+    token_box.send_keys(TOKEN + "\t")
     # A refused upload says why on the page.
     notes = tmp_path / "notes.txt"
     notes.write_text("not a scan")
@@ -94,7 +100,9 @@ def test_upload_in_the_browser_shows_probabilities_and_overlay(server, browser, 
     import urllib.request
 
     job_id = browser.execute_script("return result.id")
-    with urllib.request.urlopen(f"{server}/api/scans/{job_id}") as answer:
+    request = urllib.request.Request(f"{server}/api/scans/{job_id}",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request) as answer:
         api = json.load(answer)["result"]
     for bar in bars:
         expected = api["methods"][bar.get_attribute("data-method")]["probabilities"][bar.get_attribute("data-cls")]
