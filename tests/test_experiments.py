@@ -212,6 +212,10 @@ def test_overrides_replace_axes_add_axes_and_settings(tmp_path):
     # Other settings give other run folders, so an old run is never taken for a new one.
     again = expand(make_plan(PRESETS["resolution"], "paper", {**overrides, "lr": 0.01}), "paper")
     assert {s.id for s in again}.isdisjoint({s.id for s in specs})
+    # ...but another device or worker count finds the same runs (to resume them elsewhere).
+    moved = expand(make_plan(PRESETS["resolution"], "paper", {**overrides, "device": "cpu",
+                                                               "workers": 0}), "paper")
+    assert [s.id for s in moved] == [s.id for s in specs]
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, synthetic_cohort, capsys):

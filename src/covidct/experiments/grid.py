@@ -26,6 +26,11 @@ from ..errors import CovidctError
 from .presets import Preset, base_grid, base_settings
 
 
+#: Settings that change where and how fast a run goes, not its result: a run started on one
+#: machine is found again (and resumed) on another.
+MACHINERY = ("device", "workers", "cache_dir")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One run of a grid: its axis values and every setting it uses."""
@@ -128,7 +133,8 @@ def run_id(axes: dict[str, Any], params: dict[str, Any]) -> str:
     """``resolution-128_mixup-on-3f2a1c``: axis values, then a hash of every setting, so that a
     rerun with other settings never mistakes an old run folder for its own."""
     parts = [f"{_slug(k)}-{_slug(_value_text(v))}" for k, v in axes.items()] or ["run"]
-    digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    hashed = {k: v for k, v in params.items() if k not in MACHINERY}
+    digest = hashlib.sha1(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:6]
     return "_".join(parts) + "-" + digest
 
 
