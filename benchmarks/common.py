@@ -24,6 +24,7 @@ class Sizes:
     cohort_slices: int
     cohort_crop: int           # the cohort model's input side (a tiny BiT, trained here)
     cohort_steps: int
+    cohort_batch: int
     max_slices: int            # the slice classifier's cap in row 2
     volume: tuple[int, int]    # CovidCTNet series: slices, matrix
     volume_settings: dict[str, Any]  # VolumeSettings overrides ({} = the method's)
@@ -38,13 +39,13 @@ class Sizes:
 
 
 FULL = Sizes(name="full", arch="resnetv2_50x1_bit", crop=480, matmul_n=2048, batch=4, reps=3,
-             series=(300, 512), cohort_patients=24, cohort_matrix=64, cohort_slices=100,
-             cohort_crop=64, cohort_steps=300, max_slices=32, volume=(300, 512),
+             series=(300, 512), cohort_patients=30, cohort_matrix=128, cohort_slices=100,
+             cohort_crop=64, cohort_steps=300, cohort_batch=32, max_slices=32, volume=(300, 512),
              volume_settings={}, loader_images=48, loader_matrix=512, train_batch_cpu=4,
              train_batch_cuda=64, train_steps=3)
 TINY = Sizes(name="tiny", arch="resnetv2_tiny_bit", crop=64, matmul_n=1024, batch=4, reps=2,
              series=(24, 96), cohort_patients=6, cohort_matrix=48, cohort_slices=24,
-             cohort_crop=32, cohort_steps=12, max_slices=8, volume=(16, 96),
+             cohort_crop=32, cohort_steps=12, cohort_batch=8, max_slices=8, volume=(16, 96),
              volume_settings={"slice_size": 40, "volume_slices": 34, "denoiser_width": 8,
                               "max_denoised_slices": 16},
              loader_images=8, loader_matrix=96, train_batch_cpu=2, train_batch_cuda=8,
