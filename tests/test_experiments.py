@@ -231,3 +231,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, synthetic_cohort, capsys):
     assert rc == 2 and "bad.yaml" in capsys.readouterr().err
     with pytest.raises(CovidctError, match="CovidCTNet needs CT volumes"):
         run_experiment("covidctnet-ablation", synthetic_cohort / "covidx", tmp_path / "o", "tiny")
+
+
+def test_find_data_takes_the_kaggle_layout_and_names_what_is_missing(tmp_path):
+    from covidct.experiments import find_data
+
+    for split in ("train", "val"):
+        (tmp_path / f"{split}_COVIDx_CT-2A.txt").write_text("a.png 0 0 0 10 10\n")
+    (tmp_path / "2A_images").mkdir()
+    with pytest.raises(CovidctError, match="test_COVIDx_CT-2A.txt"):
+        find_data(tmp_path, "slices")
+    (tmp_path / "test_COVIDx_CT-2A.txt").write_text("b.png 2 0 0 10 10\n")
+    data = find_data(tmp_path, "slices")
+    assert data.images == tmp_path / "2A_images" and not data.synthetic
+    assert data.description.startswith("COVIDx CT-2A-format slices")
