@@ -63,13 +63,20 @@ def inference(sizes: Sizes, threads: int, peak: float, workdir: Path) -> dict[st
         ("ONNX Runtime, batch 1", 1, lambda: session(inputs[1])),
         (f"ONNX Runtime, batch {batch}", batch, lambda: session(inputs[batch])),
     ]
+    from .common import matmul_peak_gflops
+
     rows = []
     for name, n, call in variants:
+        # The matmul peak again right before each variant: on a shared machine the load
+        # changes over minutes, and the fraction should compare like with like.
+        local_peak = matmul_peak_gflops(sizes.matmul_n, reps=3)
         seconds = best_time(call, sizes.reps)
         rate = n / seconds
         rows.append({"variant": name, "batch": n, "seconds_per_call": seconds,
                      "slices_per_s": rate, "gflops_per_s": rate * flops / 1e9,
-                     "peak_fraction": rate * flops / 1e9 / peak})
+                     "local_peak_gflops": local_peak,
+                     "peak_fraction": rate * flops / 1e9 / local_peak,
+                     "run_peak_fraction": rate * flops / 1e9 / peak})
     baseline = rows[0]["slices_per_s"]
     for row in rows:
         row["speedup"] = row["slices_per_s"] / baseline
