@@ -86,6 +86,9 @@ def run_experiment(name: str, data: str | Path, out: str | Path, scale: str = "p
     tag = " [SYNTHETIC DATA]" if dataset.synthetic else ""
     echo(f"experiment {preset.name} ({preset.figure}), scale {scale}: {len(specs)} run(s){tag}")
     echo(f"data: {dataset.description}")
+    if scale == "tiny" and preset.kind == KIND_SLICES:
+        echo(f"tiny scale: {plan.settings.get('arch', 'grid arch')}, small crops and few steps; a "
+             "named initialisation without a local weights file trains from random weights")
     if preset.kind == KIND_SLICES:
         _run_slices(specs, folder, dataset, outcome, echo)
     else:
