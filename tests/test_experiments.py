@@ -193,6 +193,8 @@ def test_report_has_an_experiments_section(resolution_run):
     html = build_report(folder.parent, folder.parent / "report.html").read_text()
     assert 'id="experiments"' in html and "Test accuracy by input resolution" in html
     assert "Zhao et al. Fig. 6A" in html and "SYNTHETIC" in html
+    # The experiment's own runs are summarised there, not drawn one by one under Training.
+    assert "of the experiments above are not drawn one by one" in html
 
 
 # -- overrides and bad input (no training) ------------------------------------------------------

@@ -608,11 +608,16 @@ def training_section(found: Findings) -> str:
     from ..explain.curves import plot_training_curves, read_history
     from ..explain.plotting import figure_bytes
 
-    if not found.runs:
-        return section("training", "Training", missing("No training runs found",
-                                                       "folders with config.json and history.csv"))
-    parts, histories = [], {}
-    for run in found.runs:
+    # An experiment's runs are summarised in its own section; dozens of curves would bury the rest.
+    runs = [r for r in found.runs if not any(e.path in r.path.parents for e in found.experiments)]
+    skipped = len(found.runs) - len(runs)
+    skipped_note = note(f"{skipped} training run(s) of the experiments above are not drawn one by one "
+                        "(see the Experiments section; each run folder holds its history.csv).") if skipped else ""
+    if not runs:
+        return section("training", "Training", skipped_note or missing(
+            "No training runs found", "folders with config.json and history.csv"))
+    parts, histories = [skipped_note], {}
+    for run in runs:
         name = found.relative(run.path)
         badge = ' <span class="badge syn">SYNTHETIC</span>' if run.synthetic else ""
         method = run_method(run)
