@@ -18,7 +18,7 @@ from covidct.errors import CovidctError  # noqa: E402
 from covidct.experiments import PRESETS, parse_set, read_config, run_experiment  # noqa: E402
 from covidct.experiments.grid import expand, make_plan  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("experiments")]
+pytestmark = pytest.mark.xdist_group("experiments")
 
 #: Small runs for every slice experiment: one 32-px crop, three steps, batch 4.
 SMALL = {"resolution": "36,32", "schedule": "1,2,3", "batch_size": 4, "n_boot": 20, "val_every": 2}
@@ -63,6 +63,7 @@ def resolution_run(env, synthetic_cohort):
     return args, rc, env / "resolution"
 
 
+@pytest.mark.slow
 def test_resolution_preset_writes_csv_table_figure_and_json(resolution_run):
     _, rc, folder = resolution_run
     assert rc == 0
@@ -81,6 +82,7 @@ def test_resolution_preset_writes_csv_table_figure_and_json(resolution_run):
     assert len(meta["table"]["rows"]) == 4
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs(resolution_run, capsys):
     args, _, folder = resolution_run
     before = {p: p.stat().st_mtime_ns for p in folder.glob("runs/*/result.json")}
@@ -90,6 +92,7 @@ def test_rerun_skips_finished_runs(resolution_run, capsys):
     assert {p: p.stat().st_mtime_ns for p in folder.glob("runs/*/result.json")} == before
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_from_its_checkpoint(env, synthetic_cohort):
     from covidct.slices.train import TrainConfig, train
 
@@ -112,6 +115,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(env, synthetic_cohort):
     assert [r["step"] for r in history] == ["1", "2", "3"]  # steps 2-3 appended, not restarted
 
 
+@pytest.mark.slow
 def test_failed_run_is_reported_and_the_others_go_on(env, synthetic_cohort, capsys):
     args = ["init", "--data", str(synthetic_cohort), "--out", str(env), "--scale", "tiny",
             "--set", "init=[random, bit-m, /no/such/weights.npz]", "--set", "schedule=1,2,3,4",
@@ -139,6 +143,7 @@ def test_failed_run_is_reported_and_the_others_go_on(env, synthetic_cohort, caps
     assert rc == 1 and out.count("finished before, skipped") == 2 and out.count(": running") == 1
 
 
+@pytest.mark.slow
 def test_schedule_preset(env, synthetic_cohort):
     outcome = run_experiment("schedule", synthetic_cohort, env, "tiny",
                              {**small(schedule=["1,2", "1,2,3"], mixup=[False]), "max_test": 5})
@@ -150,6 +155,7 @@ def test_schedule_preset(env, synthetic_cohort):
     assert "3 steps (1,2,3)" in (env / "schedule" / "table.md").read_text()
 
 
+@pytest.mark.slow
 def test_data_size_preset_repeats_draws(env, synthetic_cohort):
     outcome = run_experiment("data-size", synthetic_cohort, env, "tiny",
                              small(per_class=[2, "full"], seed=[0, 1]))
@@ -163,6 +169,7 @@ def test_data_size_preset_repeats_draws(env, synthetic_cohort):
     assert "BiT-M (%), published" in header and table_rows[1][-1] == "99.2"
 
 
+@pytest.mark.slow
 def test_table1_lists_published_and_measured_rows(env, synthetic_cohort):
     outcome = run_experiment("table1", synthetic_cohort, env, "tiny", small(init=["random"]))
     assert not outcome.failed
@@ -173,6 +180,7 @@ def test_table1_lists_published_and_measured_rows(env, synthetic_cohort):
     assert "Sn NCP (%)" in header and "NPV Normal (%)" in header
 
 
+@pytest.mark.slow
 def test_covidctnet_ablation_preset(env, synthetic_cohort):
     outcome = run_experiment("covidctnet-ablation", synthetic_cohort, env, "tiny",
                              {"binary": [True], "epochs": 2})
@@ -186,6 +194,7 @@ def test_covidctnet_ablation_preset(env, synthetic_cohort):
     assert (env / "covidctnet-ablation" / "figure.png").is_file()
 
 
+@pytest.mark.slow
 def test_report_has_an_experiments_section(resolution_run):
     from covidct.report import build_report
 
