@@ -256,3 +256,17 @@ def test_find_data_takes_the_kaggle_layout_and_names_what_is_missing(tmp_path):
     data = find_data(tmp_path, "slices")
     assert data.images == tmp_path / "2A_images" and not data.synthetic
     assert data.description.startswith("COVIDx CT-2A-format slices")
+
+
+def test_covidctnet_patient_cap_draws_whole_patients_per_class(synthetic_cohort, tmp_path):
+    from covidct.experiments import find_data
+    from covidct.experiments.jobs import patient_subset
+    from covidct.volumes.data import load_cohort
+
+    data = find_data(synthetic_cohort, "volumes")
+    params = {"max_patients_per_class": 2, "seed": 1, "val_fraction": 0.15, "test_fraction": 0.15}
+    path = patient_subset(data, params, tmp_path)
+    assert patient_subset(data, params, tmp_path).read_text() == path.read_text()  # seeded
+    cohort = load_cohort(path)
+    assert sorted(cohort.counts()["train"].values()) == [2, 2, 2] and cohort.synthetic
+    assert len({i.patient_id for i in cohort.items}) == 6

@@ -214,8 +214,42 @@ def volume_config(params: dict[str, Any], data: ExperimentData, out: Path, stage
 
     names = set(TrainConfig.__dataclass_fields__)
     fixed = {k: v for k, v in params.items() if k in names and k not in ("data", "out", "stage")}
-    return TrainConfig(data=str(data.root), out=str(out), stage=stage, ablation=True,
+    source = str(data.root)
+    if params.get("max_patients_per_class"):
+        # runs/<id>/train -> the experiment folder, shared by the denoiser and classifier runs
+        source = str(patient_subset(data, params, out.parent.parent.parent / "cohorts"))
+    return TrainConfig(data=source, out=str(out), stage=stage, ablation=True,
                        denoiser_file=denoiser_file, resume=True, progress=False, **fixed)
+
+
+def patient_subset(data: ExperimentData, params: dict[str, Any], folder: Path) -> Path:
+    """A labels CSV of at most ``max_patients_per_class`` random patients per class (seeded),
+    without a split column, so they are split per class as the method did (its Fig. 1 used 50
+    cases per class). The same settings always give the same file."""
+    import csv
+    import io
+
+    import numpy as np
+
+    from ..atomic import write_text
+    from ..constants import VOLUME_CLASSES
+    from ..volumes.data import load_cohort
+
+    limit, seed = int(params["max_patients_per_class"]), int(params.get("seed", 0))
+    cohort = load_cohort(data.root, seed, float(params.get("val_fraction", 0.15)),
+                         float(params.get("test_fraction", 0.15)))
+    rng = np.random.default_rng([seed, 5050])
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["patient_id", "volume_label", "path", "synthetic"])
+    for label in VOLUME_CLASSES:
+        members = sorted((i for i in cohort.items if i.label == label), key=lambda i: i.patient_id)
+        keep = sorted(rng.choice(len(members), min(limit, len(members)), replace=False).tolist())
+        for k in keep:
+            item = members[k]
+            writer.writerow([item.patient_id, item.label, str(Path(item.path).resolve()),
+                             "yes" if (data.synthetic or cohort.synthetic) else "no"])
+    return write_text(folder / f"max{limit}-per-class-seed{seed}.csv", buf.getvalue())
 
 
 def run_denoiser_job(params: dict[str, Any], run_dir: Path, data: ExperimentData) -> dict[str, Any]:

@@ -32,6 +32,7 @@ PAPER_VOLUME_SETTINGS: dict[str, Any] = {
     "denoiser_width": 32, "denoiser_epochs": 10, "denoiser_batch_size": 5,
     "slices_per_scan": 0, "epochs": 100, "batch_size": 16, "patience": 10,
     "val_fraction": 0.15, "test_fraction": 0.15, "device": "auto", "cache_dir": None,
+    "max_patients_per_class": None,   # 50: the 50 random cases per class of the method's Fig. 1
 }
 #: What ``--scale tiny`` changes (a 0.5 M-parameter BiT-layout network, 32-56 px, few steps).
 TINY_SETTINGS: dict[str, Any] = {
