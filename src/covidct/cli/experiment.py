@@ -43,7 +43,7 @@ Override the grid or settings with --set KEY=VALUE (YAML values) or a YAML --con
   --set resolution=["40,32","64,56"] explicit (resize,crop) pairs
 Slice-classifier settings: arch init resolution schedule mixup per_class seed batch_size lr
 val_every max_val max_test workers device n_boot. CovidCTNet settings: binary seed slice_size
-volume_slices denoiser_width denoiser_epochs denoiser_batch_size slices_per_scan epochs
+volume_slices max_denoised_slices denoiser_width denoiser_epochs denoiser_batch_size slices_per_scan epochs
 batch_size patience val_fraction test_fraction max_patients_per_class device cache_dir
 (max_patients_per_class=50 draws the 50 random cases per class of CovidCTNet's Fig. 1).
 """

@@ -28,7 +28,7 @@ PAPER_SLICE_SETTINGS: dict[str, Any] = {
 }
 #: CovidCTNet at the method's scale (Javaheri et al.; covidct.volumes.train defaults).
 PAPER_VOLUME_SETTINGS: dict[str, Any] = {
-    "binary": False, "seed": 0, "slice_size": 128, "volume_slices": 50,
+    "binary": False, "seed": 0, "slice_size": 128, "volume_slices": 50, "max_denoised_slices": 100,
     "denoiser_width": 32, "denoiser_epochs": 10, "denoiser_batch_size": 5,
     "slices_per_scan": 0, "epochs": 100, "batch_size": 16, "patience": 10,
     "val_fraction": 0.15, "test_fraction": 0.15, "device": "auto", "cache_dir": None,
@@ -40,7 +40,8 @@ TINY_SETTINGS: dict[str, Any] = {
     # On the real COVIDx CT-2A (21k validation, 34k test slices) tiny runs stay CPU-sized
     # by validating and testing on fixed random subsets; the output says so.
     "max_val": 256, "max_test": 512,
-    "slice_size": 40, "volume_slices": 34, "denoiser_width": 8, "denoiser_epochs": 1,
+    "slice_size": 40, "volume_slices": 34, "max_denoised_slices": 24, "denoiser_width": 8,
+    "denoiser_epochs": 1,
     "denoiser_batch_size": 4, "slices_per_scan": 8, "epochs": 3, "patience": 3,
     "device": "cpu",
 }
