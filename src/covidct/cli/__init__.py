@@ -16,7 +16,7 @@ from ..constants import DISCLAIMER
 from ..errors import CovidctError
 
 #: Command modules, in the order `covidct --help` lists them.
-COMMANDS = ("info", "synth", "train2d", "train3d", "predict", "evaluate", "report", "serve", "experiment",
+COMMANDS = ("demo", "info", "synth", "train2d", "train3d", "predict", "evaluate", "report", "serve", "experiment",
             "export", "predict_batch")
 
 EPILOG = f"""\
