@@ -125,9 +125,9 @@ def run(sizes: Sizes, threads: int, device: str = "cpu", workdir: Path | None = 
 
         peak = timed("peak_gflops", matmul_peak_gflops, sizes.matmul_n)
         row1 = None
-        if {"1", "2", "5", "6"} & set(rows):
+        if {"1", "2", "2p", "5", "6"} & set(rows):
             row1 = timed("inference", slices.inference, sizes, threads, peak, work)
-        if "2" in rows:
+        if "2" in rows or "2p" in rows:
             timed("patient", slices.patient_level, sizes, threads, row1, work)
         if "2" in rows or "2a" in rows:
             timed("capped_vs_every_slice", slices.capped_vs_every_slice, sizes, threads, work)
@@ -275,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="cuda adds row 6 on the GPU (bf16 autocast + channels-last)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rows", default="1,2,3,4,5,6",
-                        help="rows to run (2, 5 and 6 need 1; 2a = only row 2's accuracy line)")
+                        help="rows to run (2, 5 and 6 need 1; 2p / 2a = only row 2's patient / "
+                             "accuracy line)")
     parser.add_argument("--merge", default=None, metavar="FILE",
                         help="update an earlier --json file with the rows run now (then --md "
                              "rewrites the whole report)")
