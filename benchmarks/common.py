@@ -43,7 +43,7 @@ FULL = Sizes(name="full", arch="resnetv2_50x1_bit", crop=480, matmul_n=2048, bat
              cohort_crop=64, cohort_steps=300, cohort_batch=32, max_slices=32, volume=(300, 512),
              volume_settings={}, loader_images=48, loader_matrix=512, train_batch_cpu=4,
              train_batch_cuda=64, train_steps=3)
-TINY = Sizes(name="tiny", arch="resnetv2_tiny_bit", crop=64, matmul_n=1024, batch=4, reps=2,
+TINY = Sizes(name="tiny", arch="resnetv2_tiny_bit", crop=64, matmul_n=512, batch=4, reps=1,
              series=(24, 96), cohort_patients=6, cohort_matrix=48, cohort_slices=24,
              cohort_crop=32, cohort_steps=12, cohort_batch=8, max_slices=8, volume=(16, 96),
              volume_settings={"slice_size": 40, "volume_slices": 34, "denoiser_width": 8,
