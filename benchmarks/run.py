@@ -263,6 +263,12 @@ NOTES = """Notes
 - Rows 3-4 come from covidct.volumes.bench (fast pre-processing vs the method's route; BCDU-Net
   on at most 100 evenly spaced 1-mm slices); peak memory is that of one prediction in a fresh
   interpreter.
+- A busy machine hurts PyTorch's eager float32 path far more than ONNX Runtime: its OpenMP
+  threads wait at every layer's barrier for a peer that the scheduler has parked (here, at a
+  load average of 8 on 2 cores, a tiny network trained at 0.4 img/s on 2 threads and 60 img/s
+  on 1). Ratios against the eager baseline measured under load therefore overstate the gain
+  on a quiet machine; the fractions of the peak measured just before each variant are the
+  fairer figure.
 - Row 5 is one process decoding, cropping and resizing PNGs, i.e. one DataLoader worker; row 6
   on CUDA (`--device cuda`) gives the GPU's images/s, so workers needed = row 6 / row 5.
 """

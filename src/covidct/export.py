@@ -248,6 +248,7 @@ def to_runtime(model, runtime: str = "onnx", threads: int | None = None,
         model._weights_key()
     swapped = {role: OnnxNetwork(paths[role], threads) for role in roles}
     if model.method == METHOD_BIT:
+        _keep_torch_for_pictures(model)
         model.net = swapped["classifier"]
         model.device = next(model.net.parameters()).device
     else:
@@ -256,6 +257,21 @@ def to_runtime(model, runtime: str = "onnx", threads: int | None = None,
             model.denoiser = swapped["denoiser"]
     model.runtime = runtime
     return model
+
+
+def _keep_torch_for_pictures(model) -> None:
+    """Grad-CAM needs gradients, which ONNX Runtime does not give: the slice classifier's
+    pictures are drawn with the PyTorch network it was exported from (the same weights)."""
+    torch_net, draw = model.net, type(model).save_pictures
+
+    def save_pictures(prediction, scan, out_dir, **options):
+        onnx_net, model.net = model.net, torch_net
+        try:
+            return draw(model, prediction, scan, out_dir, **options)
+        finally:
+            model.net = onnx_net
+
+    model.save_pictures = save_pictures
 
 
 def _cached_export(model) -> dict[str, Path]:
