@@ -44,6 +44,7 @@ class DemoSettings:
     """Sizes of the demo; the defaults fit a 2-core CPU in well under 10 minutes."""
 
     patients: int = 30
+    difficulty: float = 0.0           # large, typical lesions: tiny models learn in minutes
     matrix: int = 128
     seed: int = 0
     # slice classifier: the tiny BiT-layout network at low resolution, from scratch (no
@@ -171,7 +172,8 @@ def _publish(source: Path, target: Path) -> None:
 def _cohort_settings(settings: DemoSettings):
     from .synth.cohort import CohortSettings
 
-    return CohortSettings(patients=settings.patients, seed=settings.seed, matrix=settings.matrix)
+    return CohortSettings(patients=settings.patients, seed=settings.seed, matrix=settings.matrix,
+                          difficulty=settings.difficulty)
 
 
 def _cohort_done(cohort: Path, settings: DemoSettings) -> bool:
