@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_path, write_json
+from ..atomic import atomic_path, jsonable, write_json
 from ..constants import DISCLAIMER, SYNTHETIC_NOTICE
 from ..errors import CovidctError
 from .config import ServeConfig
@@ -86,7 +86,7 @@ class JobStore:
 
     def update(self, job_id: str, **fields: Any) -> None:
         if "result" in fields and fields["result"] is not None:
-            fields["result"] = json.dumps(fields["result"], default=_jsonable)
+            fields["result"] = json.dumps(fields["result"], default=jsonable)
         names = ", ".join(f"{k} = ?" for k in fields)
         self._run(f"UPDATE jobs SET {names} WHERE id = ?", (*fields.values(), job_id))
 
@@ -111,16 +111,6 @@ class JobStore:
                          "WHERE status IN (?, ?) RETURNING id",
                          (FAILED, INTERRUPTED, time.time(), QUEUED, RUNNING))
         return len(rows)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
 
 
 class ModelSet:
