@@ -63,6 +63,21 @@ def make_hu_volume():
     return build_hu_volume
 
 
+def save_tiny_bit_model(path: Path, seed: int, resize: int, crop: int) -> Path:
+    """An untrained tiny BiT slice classifier whose head is random (std 0.5) rather than
+    BiT's zeros, so its outputs are not uniform; saved as a model file at ``path``."""
+    import torch
+
+    from covidct.slices.model import TINY_ARCH, SliceClassifier, build_network
+
+    torch.manual_seed(seed)
+    net = build_network(TINY_ARCH)
+    for p in net.head.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    SliceClassifier(net=net.eval(), arch=TINY_ARCH, resize=resize, crop=crop).save(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def run_cli():
     """``run_cli(*args)`` runs ``python -m covidct ARGS`` and returns (rc, stdout, stderr)."""

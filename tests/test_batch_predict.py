@@ -8,6 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import save_tiny_bit_model  # noqa: E402
 from covidct.batch import MANIFEST, discover_scans, predict_batch, read_manifest  # noqa: E402
 from covidct.errors import DatasetError  # noqa: E402
 
@@ -16,15 +17,7 @@ pytestmark = pytest.mark.xdist_group("batch")
 
 @pytest.fixture(scope="module")
 def bit_file(tmp_path_factory):
-    from covidct.slices.model import TINY_ARCH, SliceClassifier, build_network
-
-    torch.manual_seed(1)
-    net = build_network(TINY_ARCH)
-    for p in net.head.parameters():
-        torch.nn.init.normal_(p, std=0.5)
-    path = tmp_path_factory.mktemp("bit") / "bit.pt"
-    SliceClassifier(net=net.eval(), arch=TINY_ARCH, resize=40, crop=32).save(path)
-    return path
+    return save_tiny_bit_model(tmp_path_factory.mktemp("bit") / "bit.pt", seed=1, resize=40, crop=32)
 
 
 @pytest.fixture

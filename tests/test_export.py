@@ -7,6 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
+from conftest import save_tiny_bit_model  # noqa: E402
 from covidct import export  # noqa: E402
 from covidct.cli import main as cli_main  # noqa: E402
 from covidct.errors import ModelError  # noqa: E402
@@ -29,15 +30,7 @@ def onnx_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bit_file(tmp_path_factory, onnx_cache):
     """A tiny BiT slice classifier with a random (non-zero) head, so outputs are not uniform."""
-    from covidct.slices.model import TINY_ARCH, SliceClassifier, build_network
-
-    torch.manual_seed(0)
-    net = build_network(TINY_ARCH)
-    for p in net.head.parameters():
-        torch.nn.init.normal_(p, std=0.5)
-    path = tmp_path_factory.mktemp("bit") / "bit.pt"
-    SliceClassifier(net=net.eval(), arch=TINY_ARCH, resize=72, crop=64).save(path)
-    return path
+    return save_tiny_bit_model(tmp_path_factory.mktemp("bit") / "bit.pt", seed=0, resize=72, crop=64)
 
 
 @pytest.fixture(scope="module")
