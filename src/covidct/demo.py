@@ -243,11 +243,9 @@ def _evaluate(model_path: Path, data: Path, folder: Path, out: Path, settings: D
     from .explain.run import explain_evaluation
     from .models import load_model
 
-    with _volume_cache(out):
-        model = load_model(model_path)
-        evaluate(model, data, split="test", out_dir=folder, n_boot=settings.n_boot,
-                 seed=settings.seed)
-        explain_evaluation(model, data, "test", folder, seed=settings.seed)
+    model = _in_demo_cache(load_model(model_path), out)
+    evaluate(model, data, split="test", out_dir=folder, n_boot=settings.n_boot, seed=settings.seed)
+    explain_evaluation(model, data, "test", folder, seed=settings.seed)
 
 
 def held_out_patient(cohort: Path) -> dict[str, str]:
@@ -263,9 +261,8 @@ def held_out_patient(cohort: Path) -> dict[str, str]:
 def _predict(series: Path, models: Path, folder: Path, out: Path) -> None:
     from .predict import load_models, predict_to_folder
 
-    with _volume_cache(out):
-        loaded = load_models((), paths=[models / f"{m}.pt" for m in (METHOD_BIT, METHOD_COVIDCTNET)])
-        predict_to_folder(series, loaded, folder)
+    loaded = load_models((), paths=[models / f"{m}.pt" for m in (METHOD_BIT, METHOD_COVIDCTNET)])
+    predict_to_folder(series, [_in_demo_cache(m, out) for m in loaded], folder)
 
 
 def _report(out: Path) -> Path:
@@ -274,21 +271,14 @@ def _report(out: Path) -> Path:
     return build_report(out, title="covidct demo (SYNTHETIC data)")
 
 
-class _volume_cache:
-    """Keep CovidCTNet's pre-processed arrays inside the demo folder while a stage runs."""
+def _in_demo_cache(model, out: Path):
+    """Keep CovidCTNet's pre-processed arrays inside the demo folder (the training stage
+    wrote them there); the slice classifier has no cache."""
+    if hasattr(model, "cache"):
+        from .volumes.cache import ArrayCache
 
-    def __init__(self, out: Path):
-        self.path, self.saved = str(out / ".cache"), None
-
-    def __enter__(self):
-        self.saved = os.environ.get("COVIDCT_CACHE")
-        os.environ["COVIDCT_CACHE"] = self.path
-
-    def __exit__(self, *exc):
-        if self.saved is None:
-            os.environ.pop("COVIDCT_CACHE", None)
-        else:
-            os.environ["COVIDCT_CACHE"] = self.saved
+        model.cache = ArrayCache(out / ".cache")
+    return model
 
 
 # -- the summary -----------------------------------------------------------------------------

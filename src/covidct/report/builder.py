@@ -36,17 +36,8 @@ def build_report(root: str | os.PathLike, out: str | os.PathLike | None = None,
         raise DatasetError(f"nothing to report: no {LOOKED_FOR} found", root)
     out = Path(out) if out is not None else root / DEFAULT_NAME
     command = shlex.join(["covidct", "report", str(root), "--out", str(out)])
-    path = write_text(out, render(found, title=title, command=command))
-    _shareable(path)
-    return path
-
-
-def _shareable(path: Path) -> None:
-    """Give the report the permissions of a normally created file (the atomic temporary file
-    is private, 0600), since a report is meant to be shared."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+    # atomic writes get the umask's permissions: the report can be shared as it is
+    return write_text(out, render(found, title=title, command=command))
 
 
 def render(found: Findings, title: str | None = None, command: str = "covidct report") -> str:
