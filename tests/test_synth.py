@@ -188,6 +188,12 @@ def test_volumes_reload_with_geometry_and_lesion_masks(cohort):
     assert np.array_equal(ct.voxels, dicom.voxels)
     assert set(np.unique(lesions.voxels)) <= {0, 1, 2, 3, 4, 5}
     assert np.isin(lesions.voxels, INFECTION).any()
+    lungs = load_scan(cohort / r["lungs"]).voxels
+    assert lungs.shape == ct.shape and set(np.unique(lungs)) == {0, 1, 2}
+    # Label 2 is the patient's left lung: larger x in the LPS grid; lesions lie in the lungs.
+    xs = np.nonzero(lungs)[2]
+    assert xs[lungs[np.nonzero(lungs)] == 2].mean() > xs[lungs[np.nonzero(lungs)] == 1].mean()
+    assert (lungs[np.isin(lesions.voxels, INFECTION)] > 0).all()
 
 
 def test_split_files_have_the_exact_covidx_format(cohort):

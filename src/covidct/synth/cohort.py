@@ -7,6 +7,7 @@ One run writes, into a temporary folder beside ``out`` that replaces it only whe
     labels.csv             one row per patient: class, split, geometry, paths, lesion share
     patients/<pid>/dicom/  CT DICOM series (SeriesDescription says SYNTHETIC)
     patients/<pid>/ct.nii.gz, lesions.nii.gz   the CT and its lesion labels (same grid)
+    patients/<pid>/lungs.nii.gz   the true lung mask: 1 right lung, 2 left lung (same grid)
     covidx/images/*.png    COVIDx CT-style slices: lung window, 512x512, 8-bit
     covidx/{train,val,test}_COVIDx_CT-2A.txt   split files: filename class xmin ymin xmax ymax
     covidctnet/{Control,CAP,Covid}/<pid>.nii.gz   CovidCTNet folder-per-class layout
@@ -95,6 +96,7 @@ class PatientRecord:
     dicom: str
     nifti: str
     lesions: str
+    lungs: str
     lesion_fraction: float
     covidx_prefix: str
     covidx_slices: int
@@ -252,7 +254,7 @@ def _write_patient(root: Path, patient: Patient, pid: str, number: int, split: s
     formats = settings.formats
     folder = root / "patients" / pid
     scan = patient.scan
-    dicom = nifti = lesions = ""
+    dicom = nifti = lesions = lungs = ""
     if "dicom" in formats:
         series_uid = generate_uid(entropy_srcs=["covidct synth", str(settings.seed), pid, "series"])
         study_uid = generate_uid(entropy_srcs=["covidct synth", str(settings.seed), pid, "study"])
@@ -264,7 +266,10 @@ def _write_patient(root: Path, patient: Patient, pid: str, number: int, split: s
         write_nifti(scan, folder / "ct.nii.gz", description=SYNTHETIC_TAG)
         write_nifti(_label_scan(patient), folder / "lesions.nii.gz",
                     description="lesion labels 1-5, see README")
+        write_nifti(_label_scan(patient, true_lung_labels(patient)), folder / "lungs.nii.gz",
+                    description="lungs: 1 right, 2 left")
         nifti, lesions = f"patients/{pid}/ct.nii.gz", f"patients/{pid}/lesions.nii.gz"
+        lungs = f"patients/{pid}/lungs.nii.gz"
     if "covidctnet" in formats:
         target = root / "covidctnet" / _volume_folder(patient.label) / f"{pid}.nii.gz"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -278,17 +283,32 @@ def _write_patient(root: Path, patient: Patient, pid: str, number: int, split: s
     record = PatientRecord(
         patient_id=pid, label=patient.label, volume_label=patient.volume_label, split=split,
         n_slices=scan.n_slices, spacing_z=round(sz, 4), spacing_y=round(sy, 4),
-        spacing_x=round(sx, 4), dicom=dicom, nifti=nifti, lesions=lesions,
+        spacing_x=round(sx, 4), dicom=dicom, nifti=nifti, lesions=lesions, lungs=lungs,
         lesion_fraction=round(patient.lesion_fraction, 5),
         covidx_prefix=prefix if "covidx" in formats else "", covidx_slices=len(lines),
         findings=patient.describe_findings())
     return record, lines
 
 
-def _label_scan(patient: Patient) -> Scan:
+def true_lung_labels(patient: Patient) -> np.ndarray:
+    """The phantom's lungs as lungmask labels them: 1 the patient's right lung, 2 the left.
+
+    The phantoms are axial in LPS order, so x grows towards the patient's left; the
+    mediastinum separates the lungs, so the midline between them splits them cleanly.
+    """
+    lung = patient.lung
+    if not lung.any():
+        return np.zeros(lung.shape, np.uint8)
+    x = np.arange(lung.shape[2])
+    midline = float(np.average(x, weights=lung.sum(axis=(0, 1))))
+    return np.where(lung, np.where(x > midline, 2, 1), 0).astype(np.uint8)
+
+
+def _label_scan(patient: Patient, labels: np.ndarray | None = None) -> Scan:
     # scanio writes 8-bit data for "windowed" scans: the labels stay small integers.
     scan = patient.scan
-    return Scan(voxels=patient.lesions, spacing=scan.spacing, units="windowed",
+    voxels = patient.lesions if labels is None else labels
+    return Scan(voxels=voxels, spacing=scan.spacing, units="windowed",
                 origin=scan.origin, direction=scan.direction, source=scan.source,
                 metadata={"synthetic": True, "modality": "SEG"})
 
