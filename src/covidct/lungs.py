@@ -170,14 +170,17 @@ def _hu_labels(scan: Scan) -> tuple[np.ndarray, dict[str, Any]]:
     outside = _outside_air(air)
     enclosed = air & ~outside
     labels = np.zeros(hu.shape, np.uint8)
+    airway_at_start = False
     if enclosed.any():
         # Everything after this works inside the box of the enclosed air (plus the closing's reach).
         box = _box(enclosed, margin=int(np.ceil(CLOSING_MM / min(pixel))) + 2)
-        lungs = _lung_regions(hu[box], enclosed[box])
+        lungs, gas = _lung_regions(hu[box], enclosed[box])
         labels[box] = _split_sides(lungs, _x_to_left(scan))
+        airway_at_start = _airway_at_start(lungs, gas)
         _close_pleura(labels[box], hu[box], outside[box], pixel)
     details = {"working_stride": stride, "working_pixel_mm": [round(p, 3) for p in pixel],
-               "air_hu": AIR_HU, "gas_hu": GAS_HU, "closing_mm": CLOSING_MM}
+               "air_hu": AIR_HU, "gas_hu": GAS_HU, "closing_mm": CLOSING_MM,
+               "airway_at_start": airway_at_start}
     return _to_full(labels, scan.shape, stride), details
 
 
@@ -208,24 +211,39 @@ def _cross(mask: np.ndarray, op) -> np.ndarray:
     return out
 
 
-def _lung_regions(hu: np.ndarray, enclosed: np.ndarray) -> np.ndarray:
-    """Enclosed air that is not gas, in 3D components of a useful size."""
+def _lung_regions(hu: np.ndarray, enclosed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Enclosed air that is not gas, in 3D components of a useful size; and the gas."""
     labels, n = _label_2d(enclosed)
     if n == 0:
-        return enclosed
+        return enclosed, enclosed
     area = np.bincount(labels.ravel(), minlength=n + 1)
     gas = np.bincount(labels[hu < GAS_HU], minlength=n + 1)
     lung_like = gas <= GAS_SHARE * np.maximum(area, 1)
     lung_like[0] = False
     candidate = lung_like[labels]
+    gas_regions = enclosed & ~candidate
     parts, m = ndimage.label(candidate)
     if m == 0:
-        return candidate
+        return candidate, gas_regions
     sizes = np.bincount(parts.ravel(), minlength=m + 1)
     sizes[0] = 0
     keep = sizes >= MIN_COMPONENT_SHARE * sizes.max()
     keep[0] = False
-    return keep[parts]
+    return keep[parts], gas_regions
+
+
+def _airway_at_start(lungs: np.ndarray, gas: np.ndarray) -> bool:
+    """Whether the airway gas between the lungs lies in the first half of the lung slices
+    (then slice 0 is the head end): the trachea runs above the lungs' middle, the stomach
+    and bowel below it and to the side."""
+    rows = np.flatnonzero(lungs.any(axis=(1, 2)))
+    if rows.size < 4:
+        return False
+    xs = np.flatnonzero(lungs.any(axis=(0, 1)))
+    mid, reach = 0.5 * (xs[0] + xs[-1]), max(1, int(0.1 * (xs[-1] - xs[0])))
+    central = gas[rows, :, max(0, int(mid) - reach):int(mid) + reach + 1].sum(axis=(1, 2))
+    half = rows.size // 2
+    return bool(central[:half].sum() > central[half:].sum())
 
 
 def _x_to_left(scan: Scan) -> bool:
@@ -350,3 +368,115 @@ def _lungmask_labels(scan: Scan, weights: str | os.PathLike | None) -> tuple[np.
     if not _x_to_left(scan):  # lungmask assumes LPS arrays; its "right" is image-left
         labels = np.where(labels > 0, 3 - labels, 0).astype(np.uint8)
     return labels, {"weights": os.path.basename(path), "model": "lungmask U-Net (R231 layout)"}
+
+
+# Involvement --------------------------------------------------------------------------------
+
+#: Infection-like density inside the lung mask (HU): ground glass, then consolidation above.
+GGO_HU = (-750.0, -300.0)
+#: Dense structures narrower than twice this (vessels, airway walls, fissures, partial volume
+#: at the pleura) are removed by an in-plane opening before counting.
+VESSEL_RADIUS_MM = 3.0
+#: A voxel of a CovidCTNet infection map counts as "infected" above this value: the map is
+#: the pre-processed slice minus the denoiser's normal lung, in [0, 1] units of the
+#: [-1000, 400] HU window, so 0.1 is 140 HU denser than the model's normal lung.
+MAP_THRESHOLD = 0.1
+#: Per-zone extent score: 0 below 1% (noise), 1 up to 25%, 2 up to 50%, 3 up to 75%, 4 above.
+ZONE_BINS = (1.0, 25.0, 50.0, 75.0)
+ZONES = ("upper", "middle", "lower")
+SEVERITY_SCALE = (
+    "six-zone CT severity score: each lung split into upper/middle/lower thirds of its "
+    "height; per zone 0 (<1% involved), 1 (1-25%), 2 (25-50%), 3 (50-75%), 4 (>75%), "
+    "total 0-24 (the per-zone extent bins of Chung et al., Radiology 2020, applied to six "
+    "geometric zones rather than five lobes)")
+RESEARCH_NOTE = ("research measurement, not validated for clinical use: share of the lung "
+                 "mask with infection-like density by a fixed HU rule")
+
+
+def superior_first(scan: Scan, mask: LungMask) -> bool:
+    """Whether slice 0 is the head end: from the scan's direction, or for pictures without
+    geometry from where the airway gas lies (the trachea is above the lungs' middle)."""
+    if scan.geometry_known:
+        axis = np.asarray(scan.direction, dtype=float).reshape(3, 3)[:, 2]
+        return bool(axis[int(np.argmax(np.abs(axis)))] < 0)
+    return bool(mask.details.get("airway_at_start", False))
+
+
+def involvement(scan: Scan, mask: LungMask, infection_map: np.ndarray | None = None,
+                map_threshold: float = MAP_THRESHOLD) -> dict[str, Any]:
+    """The share of lung with infection-like density, per lung and per zone (JSON-able).
+
+    ``infection_map``: optional map (any shape) covering the scan's extent in the scan's
+    array orientation (e.g. CovidCTNet's, flipped back); its share of lung above
+    ``map_threshold`` is reported as ``map_share_percent``.
+    """
+    stride = working_stride(scan.shape)
+    hu = np.nan_to_num(_hu_copy(scan, stride), nan=-1024.0)
+    labels = mask.labels[:, ::stride, ::stride]
+    pixel = min(scan.spacing[1], scan.spacing[2]) * stride
+    dense = (hu >= GGO_HU[0]) & (labels > 0)
+    for _ in range(max(1, int(round(VESSEL_RADIUS_MM / pixel)))):
+        dense = _cross(dense, np.logical_and)
+    for _ in range(max(1, int(round(VESSEL_RADIUS_MM / pixel)))):
+        dense = _cross(dense, np.logical_or)
+    dense &= (hu >= GGO_HU[0]) & (labels > 0)
+    consolidation = dense & (hu >= GGO_HU[1])
+    voxel_ml = float(np.prod(scan.spacing)) * stride * stride / 1000.0
+    out: dict[str, Any] = {
+        "research_measurement": True, "note": RESEARCH_NOTE,
+        "rule": {"ground_glass_hu": list(GGO_HU), "consolidation_hu": f">= {GGO_HU[1]:.0f}",
+                 "vessels": f"dense structures narrower than about {2 * VESSEL_RADIUS_MM:.0f} mm "
+                            "removed by an in-plane opening",
+                 "working_pixel_mm": round(pixel, 3)},
+        "lung_volume_ml": mask.volumes_ml(), "geometry_known": mask.geometry_known,
+    }
+    lung_n = int((labels > 0).sum())
+    out["involved_ml"] = round(int(dense.sum()) * voxel_ml, 1)
+    out["involved_percent"] = _percent(dense.sum(), lung_n)
+    out["ground_glass_percent"] = _percent((dense & ~consolidation).sum(), lung_n)
+    out["consolidation_percent"] = _percent(consolidation.sum(), lung_n)
+    out["by_lung"] = {name: {"involved_percent": _percent((dense & (labels == side)).sum(),
+                                                          (labels == side).sum())}
+                      for side, name in LABEL_NAMES.items()}
+    out["zones"] = _zones(labels, dense, superior_first(scan, mask))
+    out["severity_score"] = int(sum(z["score"] for z in out["zones"]))
+    out["severity_scale"] = SEVERITY_SCALE
+    if infection_map is not None:
+        out["map_threshold"] = map_threshold
+        out["map_share_percent"] = map_share(mask.labels, infection_map, map_threshold)
+    return out
+
+
+def _percent(part, whole) -> float:
+    return round(100.0 * float(part) / float(whole), 2) if whole else 0.0
+
+
+def _zones(labels: np.ndarray, dense: np.ndarray, head_first: bool) -> list[dict[str, Any]]:
+    zones = []
+    for side, name in LABEL_NAMES.items():
+        own = labels == side
+        per_slice = own.sum(axis=(1, 2))
+        hit = (dense & own).sum(axis=(1, 2))
+        rows = np.flatnonzero(per_slice)
+        thirds = (np.array_split(rows, 3) if rows.size >= 3 else [rows, rows[:0], rows[:0]])
+        if not head_first:
+            thirds = thirds[::-1]
+        for zone, idx in zip(ZONES, thirds):
+            pct = _percent(hit[idx].sum(), per_slice[idx].sum())
+            zones.append({"zone": f"{name} {zone}", "involved_percent": pct,
+                          "score": int(np.searchsorted(ZONE_BINS, pct, side="right"))})
+    return zones
+
+
+def resample_nearest(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Nearest-neighbour resampling by voxel centres (both arrays span the same extent)."""
+    idx = [np.minimum(((np.arange(n) + 0.5) * m / n).astype(int), m - 1)
+           for n, m in zip(shape, array.shape)]
+    return array[np.ix_(*idx)]
+
+
+def map_share(labels: np.ndarray, infection_map: np.ndarray, threshold: float = MAP_THRESHOLD) -> float:
+    """Percent of the lung (labels resampled onto the map's grid) where the map exceeds
+    ``threshold``."""
+    lung = resample_nearest(labels > 0, infection_map.shape)
+    return _percent((lung & (infection_map > threshold)).sum(), lung.sum())
