@@ -17,11 +17,11 @@ matrix; every slice is kept, so 0.6-5 mm slices are treated alike):
    view or lying off-centre change nothing.
 2. The air left is enclosed by tissue: lungs, trachea and bronchi, stomach and bowel gas,
    air trapped in clothing or the table. Per slice, a region of it is *gas* (not lung)
-   when more than half of it is below ``GAS_HU`` (-950 HU): lung parenchyma with its
+   when more than ``GAS_SHARE`` (30%) of it is below ``GAS_HU`` (-950 HU): lung parenchyma with its
    vessels sits around -850 HU, the lumen of airways and bowel near -1000 HU. This drops
    the trachea and main bronchi (while they run outside the lung), stomach and bowel gas
    and air outside the lungs alike. Severe emphysema (median below -950 HU) would be
-   dropped too: a known limit of this rule.
+   dropped too (LAA-950 above 30%): a known limit of this rule.
 3. The rest is joined in 3D; components under ``MIN_COMPONENT_SHARE`` (3%) of the largest
    are dropped (gas bubbles in bowel content, noise).
 4. Right and left: per slice the lungs are cut at the column with least lung within 20% of
@@ -29,10 +29,12 @@ matrix; every slice is kept, so 0.6-5 mm slices are treated alike):
    it whole. Array x runs to the patient's left unless the scan's direction says otherwise
    (pictures without geometry are taken in the radiological convention).
 5. Pathology stays inside: per slice and lung, holes are filled (vessels, airway walls,
-   central lesions), then a closing with a disk of ``CLOSING_MM`` (12 mm) radius on a
-   coarser grid adds the bites that dense tissue took out of the lung outline: juxta-pleural
-   consolidation (0-50 HU) and dense ground glass touching the pleura. Only voxels of
-   -1000-150 HU that are not room air are added (no bone, no outside air).
+   central lesions), then a closing with a disk of ``CLOSING_MM`` (30 mm) radius on a
+   grid of about 3 mm pixels adds the bites that dense tissue took out of the lung outline: juxta-pleural
+   consolidation (0-50 HU) and dense ground glass touching the pleura. Only tissue voxels
+   of -400-150 HU within ``PLEURA_REACH_MM`` (30 mm) of bone (ribs, spine, sternum: the
+   chest wall) are added, so the hilum and the heart's border are not; no bone, and no air
+   the steps above left out.
 6. The labels are copied back (nearest neighbour) to the scan's grid.
 
 Windowed pictures (8-bit PNG/JPG stacks): gray values are mapped back to approximate HU
@@ -64,12 +66,18 @@ BACKENDS = ("hu", "lungmask")
 
 AIR_HU = -400.0
 GAS_HU = -950.0
-#: Share of a region below GAS_HU above which it is gas rather than lung.
-GAS_SHARE = 0.5
+#: Share of a region below GAS_HU above which it is gas rather than lung (the emphysema
+#: index LAA-950 of normal lungs is a few percent, 30% is severe emphysema).
+GAS_SHARE = 0.3
 MIN_COMPONENT_SHARE = 0.03
-CLOSING_MM = 12.0
+CLOSING_MM = 30.0
 #: Densest tissue the pleural closing may add (consolidation, not bone).
 CLOSING_MAX_HU = 150.0
+#: Pixel size the pleural closing works at (mm).
+CLOSING_PIXEL_MM = 2.8
+#: Bone, and how far from it (in-plane) the closing may add tissue to the lung.
+BONE_HU = 200.0
+PLEURA_REACH_MM = 30.0
 #: Working in-plane size: the mask is found on every (matrix // WORK_PX)-th pixel.
 WORK_PX = 256
 #: A scan "has lungs" when its largest lung cross-section reaches this area.
@@ -177,7 +185,7 @@ def _hu_labels(scan: Scan) -> tuple[np.ndarray, dict[str, Any]]:
         lungs, gas = _lung_regions(hu[box], enclosed[box])
         labels[box] = _split_sides(lungs, _x_to_left(scan))
         airway_at_start = _airway_at_start(lungs, gas)
-        _close_pleura(labels[box], hu[box], outside[box], pixel)
+        _close_pleura(labels[box], hu[box], outside[box], pixel, scan.spacing[0])
     details = {"working_stride": stride, "working_pixel_mm": [round(p, 3) for p in pixel],
                "air_hu": AIR_HU, "gas_hu": GAS_HU, "closing_mm": CLOSING_MM,
                "airway_at_start": airway_at_start}
@@ -284,19 +292,31 @@ def _fill_holes_2d(mask: np.ndarray) -> np.ndarray:
 
 
 def _close_pleura(labels: np.ndarray, hu: np.ndarray, outside: np.ndarray,
-                  pixel: tuple[float, float]) -> None:
+                  pixel: tuple[float, float], slice_mm: float) -> None:
     """In place: per lung, fill holes per slice and close the outline (see the module doc)."""
-    addable = (hu <= CLOSING_MAX_HU) & ~outside
+    # Tissue only: air left out on purpose (gas, room air) stays out.
+    addable = (hu >= AIR_HU) & (hu <= CLOSING_MAX_HU) & ~outside
     for side in (RIGHT, LEFT):
         own = labels == side
         if not own.any():
             continue
         box = _box(own, margin=int(np.ceil(CLOSING_MM / min(pixel))) + 2)
         region = own[box]
-        # The holes of the closed outline include the lung's own holes.
-        closed = _fill_holes_2d(_closing(region, pixel))
-        add = closed & ~region & addable[box] & (labels[box] == 0)
+        # Bites in the outline count as lung only near the chest wall (ribs, spine): the
+        # closing would otherwise also take the hilum and the mediastinum's concavities.
+        near_wall = _near(hu[box] > BONE_HU, PLEURA_REACH_MM, pixel, slice_mm)
+        closed = _fill_holes_2d(_closing(region, pixel)) & near_wall
+        add = (closed | _fill_holes_2d(region)) & ~region & addable[box] & (labels[box] == 0)
         labels[box][add] = side
+
+
+def _near(mask: np.ndarray, reach_mm: float, pixel: tuple[float, float],
+          slice_mm: float) -> np.ndarray:
+    """Voxels within ``reach_mm`` in-plane (a square's half side) and half that in z of
+    ``mask``: the z reach spans the gaps between ribs (about 25 mm apart)."""
+    size = (2 * int(round(0.5 * reach_mm / slice_mm)) + 1,
+            2 * int(round(reach_mm / pixel[0])) + 1, 2 * int(round(reach_mm / pixel[1])) + 1)
+    return ndimage.maximum_filter(mask.view(np.uint8), size=size).astype(bool)
 
 
 def _box(mask: np.ndarray, margin: int) -> tuple[slice, slice, slice]:
@@ -310,8 +330,9 @@ def _box(mask: np.ndarray, margin: int) -> tuple[slice, slice, slice]:
 
 
 def _closing(mask: np.ndarray, pixel: tuple[float, float]) -> np.ndarray:
-    """Per-slice closing with a disk of CLOSING_MM, computed on a 2x coarser grid."""
-    step = 2 if min(mask.shape[1:]) >= 32 else 1
+    """Per-slice closing with a disk of CLOSING_MM, on a grid of about 3 mm pixels (every
+    second working pixel of a 512 matrix; the working grid itself when coarser)."""
+    step = max(1, int(round(CLOSING_PIXEL_MM / min(pixel))))
     coarse = mask[:, ::step, ::step]
     radius = CLOSING_MM / (min(pixel) * step)
     r = int(np.floor(radius))
