@@ -82,8 +82,9 @@ PLEURA_REACH_MM = 30.0
 WORK_PX = 256
 #: A scan "has lungs" when its largest lung cross-section reaches this area.
 MIN_LUNG_AREA_MM2 = 2000.0
-#: A slice is a lung slice when its lung area is at least this share of the largest one.
-LUNG_SLICE_SHARE = 0.10
+#: A slice is a lung slice when its lung area reaches this (2 cm^2: a basal crescent that
+#: can hold a lesion counts; a slice under the diaphragm does not).
+LUNG_SLICE_MM2 = 200.0
 
 _IN_PLANE = np.zeros((3, 3, 3), bool)
 _IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
@@ -118,12 +119,11 @@ class LungMask:
         areas = self.slice_areas_mm2()
         return bool(areas.size and areas.max() >= MIN_LUNG_AREA_MM2)
 
-    def lung_slices(self, share: float = LUNG_SLICE_SHARE) -> np.ndarray:
-        """Indices of the slices whose lung area is at least ``share`` of the largest one."""
-        areas = self.slice_areas_mm2()
+    def lung_slices(self, min_area_mm2: float = LUNG_SLICE_MM2) -> np.ndarray:
+        """Indices of the slices with at least ``min_area_mm2`` of lung (none if not found)."""
         if not self.found:
             return np.zeros(0, dtype=int)
-        return np.flatnonzero(areas >= share * areas.max())
+        return np.flatnonzero(self.slice_areas_mm2() >= min_area_mm2)
 
     def volumes_ml(self) -> dict[str, float]:
         counts = np.bincount(self.labels.ravel(), minlength=3)
@@ -501,3 +501,45 @@ def map_share(labels: np.ndarray, infection_map: np.ndarray, threshold: float = 
     ``threshold``."""
     lung = resample_nearest(labels > 0, infection_map.shape)
     return _percent((lung & (infection_map > threshold)).sum(), lung.sum())
+
+
+# One mask per scan, shared by both methods --------------------------------------------------
+
+#: The lung mask backend predictions use (see :func:`use_backend`).
+_BACKEND: dict[str, Any] = {"backend": "hu", "weights": None}
+#: Recently masked scans: id(voxels) -> (weak reference to the voxels, mask, HU involvement).
+_RECENT: dict[int, tuple[Any, LungMask, dict | None]] = {}
+_RECENT_MAX = 2
+
+
+def use_backend(backend: str = "hu", weights: str | os.PathLike | None = None) -> None:
+    """Choose the backend that :func:`scan_lungs` (and so both methods) use."""
+    if backend not in BACKENDS:
+        raise ScanError(f"unknown lung mask backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    _BACKEND.update(backend=backend, weights=weights)
+    _RECENT.clear()
+
+
+def scan_lungs(scan: Scan) -> LungMask:
+    """The lung mask of ``scan``, computed once however many methods ask for it."""
+    import weakref
+
+    key = id(scan.voxels)
+    hit = _RECENT.get(key)
+    if hit is not None and hit[0]() is scan.voxels:
+        return hit[1]
+    mask = lung_mask(scan, _BACKEND["backend"], _BACKEND["weights"])
+    while len(_RECENT) >= _RECENT_MAX:
+        _RECENT.pop(next(iter(_RECENT)))
+    _RECENT[key] = (weakref.ref(scan.voxels), mask, None)
+    return mask
+
+
+def lung_report(scan: Scan) -> dict[str, Any]:
+    """What predictions carry about the lungs: the mask's summary and the HU involvement."""
+    mask = scan_lungs(scan)
+    ref, _, measured = _RECENT[id(scan.voxels)]
+    if measured is None:
+        measured = involvement(scan, mask) if mask.found else None
+        _RECENT[id(scan.voxels)] = (ref, mask, measured)
+    return {"mask": mask.summary(), "involvement": measured}
