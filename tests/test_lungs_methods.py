@@ -86,3 +86,24 @@ def test_predict_writes_lung_figures_and_outlined_gradcam(tmp_path, run_cli):
         rgb = np.asarray(image.convert("RGB"))
     left = rgb[:, : rgb.shape[1] // 2]
     assert (left == OUTLINE_RGB).all(axis=-1).sum() > 50
+
+
+def test_evaluate_scores_the_lung_mask_and_involvement_on_a_synthetic_cohort(tmp_path, run_cli):
+    from conftest import save_tiny_bit_model
+    from covidct.synth.cohort import CohortSettings, generate_cohort
+
+    cohort = tmp_path / "cohort"
+    generate_cohort(cohort, CohortSettings(patients=5, seed=8, matrix=96, slice_mm=(5.0, 5.0),
+                                           max_slices=40, split=(1.0, 0.0, 0.0),
+                                           formats=("nifti", "covidx")), progress=False)
+    model = save_tiny_bit_model(tmp_path / "bit.pt", seed=0, resize=64, crop=64)
+    out = tmp_path / "eval"
+    rc, stdout, stderr = run_cli("evaluate", cohort / "covidx", "--model", model, "--split", "train",
+                                 "--n-boot", "20", "--out", out, timeout=300)
+    assert rc == 0, stderr
+    assert "Lung mask on 5 scans" in stdout and "MAE" in stdout
+    lungs = json.loads((out / "lungs.json").read_text())
+    assert lungs["synthetic"] and lungs["n_scans"] == 5 and len(lungs["per_scan"]) == 5
+    assert lungs["dice"]["mean"] >= 0.9
+    versus = lungs["involvement_vs_truth"]
+    assert versus["mae_percent_points"] >= 0 and "pearson_r" in versus

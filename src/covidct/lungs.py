@@ -367,14 +367,20 @@ def _to_full(labels: np.ndarray, shape: tuple[int, int, int], stride: int) -> np
 
 # The lungmask backend --------------------------------------------------------------------
 
-def _lungmask_labels(scan: Scan, weights: str | os.PathLike | None) -> tuple[np.ndarray, dict]:
-    """lungmask's U-Net from a local weights file (its labels: 1 right, 2 left)."""
+def check_lungmask_weights(weights: str | os.PathLike | None) -> str:
+    """The weights path for the lungmask backend, refused early when missing."""
     if weights is None:
         raise ModelError("--lungs lungmask needs the lungmask weights file on disk "
                          "(--lung-weights PATH, e.g. unet_r231-d5d2fc3d.pth); covidct never downloads it")
     path = os.fspath(weights)
     if not os.path.isfile(path):
         raise ModelError("lungmask weights file not found", path)
+    return path
+
+
+def _lungmask_labels(scan: Scan, weights: str | os.PathLike | None) -> tuple[np.ndarray, dict]:
+    """lungmask's U-Net from a local weights file (its labels: 1 right, 2 left)."""
+    path = check_lungmask_weights(weights)
     try:
         from lungmask import LMInferer
     except ImportError:

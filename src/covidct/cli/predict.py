@@ -23,12 +23,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="run the networks on PyTorch (default) or ONNX Runtime (CPU; faster "
                         "there, the model is exported once and cached, see covidct export)")
+    p.add_argument("--lungs", choices=("hu", "lungmask"), default="hu",
+                   help="lung mask both methods use: the HU rule (default) or the lungmask "
+                        "package's U-Net from --lung-weights (never downloaded)")
+    p.add_argument("--lung-weights", default=None, metavar="FILE",
+                   help="lungmask weights file for --lungs lungmask (e.g. unet_r231-d5d2fc3d.pth)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..lungs import use_backend
     from ..predict import load_models, predict, predict_to_folder
 
+    use_backend(args.lungs, args.lung_weights)
+    if args.lungs == "lungmask":
+        from ..lungs import check_lungmask_weights
+
+        check_lungmask_weights(args.lung_weights)
     methods = METHODS if args.method == "all" else (args.method,)
     models = load_models(methods, args.model)
     if args.runtime != "torch":
