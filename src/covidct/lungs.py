@@ -22,7 +22,9 @@ matrix; every slice is kept, so 0.6-5 mm slices are treated alike):
    the trachea and main bronchi (while they run outside the lung), stomach and bowel gas
    and air outside the lungs alike. Severe emphysema (median below -950 HU) would be
    dropped too (LAA-950 above 30%): a known limit of this rule.
-3. The rest is joined in 3D; components under ``MIN_COMPONENT_SHARE`` (3%) of the largest
+3. The main bronchi, where they run into a lung's region, are removed: air below -950 HU
+   grown in 3D from the airway gas between the lungs, at most ``AIRWAY_REACH_MM`` (30 mm).
+   The rest is joined in 3D; components under ``MIN_COMPONENT_SHARE`` (3%) of the largest
    are dropped (gas bubbles in bowel content, noise).
 4. Right and left: per slice the lungs are cut at the column with least lung within 20% of
    the lungs' 3D midline, so touching lungs are separated and a slice with one lung keeps
@@ -73,6 +75,8 @@ MIN_COMPONENT_SHARE = 0.03
 CLOSING_MM = 30.0
 #: Densest tissue the pleural closing may add (consolidation, not bone).
 CLOSING_MAX_HU = 150.0
+#: How far the main bronchi are followed into a lung's region from the airway gas outside it.
+AIRWAY_REACH_MM = 30.0
 #: Pixel size the pleural closing works at (mm).
 CLOSING_PIXEL_MM = 2.8
 #: Bone, and how far from it (in-plane) the closing may add tissue to the lung.
@@ -183,6 +187,7 @@ def _hu_labels(scan: Scan) -> tuple[np.ndarray, dict[str, Any]]:
         # Everything after this works inside the box of the enclosed air (plus the closing's reach).
         box = _box(enclosed, margin=int(np.ceil(CLOSING_MM / min(pixel))) + 2)
         lungs, gas = _lung_regions(hu[box], enclosed[box])
+        lungs = _drop_airways(lungs, gas, hu[box], pixel)
         labels[box] = _split_sides(lungs, _x_to_left(scan))
         airway_at_start = _airway_at_start(lungs, gas)
         _close_pleura(labels[box], hu[box], outside[box], pixel, scan.spacing[0])
@@ -238,6 +243,39 @@ def _lung_regions(hu: np.ndarray, enclosed: np.ndarray) -> tuple[np.ndarray, np.
     keep = sizes >= MIN_COMPONENT_SHARE * sizes.max()
     keep[0] = False
     return keep[parts], gas_regions
+
+
+def _drop_airways(lungs: np.ndarray, gas: np.ndarray, hu: np.ndarray,
+                  pixel: tuple[float, float]) -> np.ndarray:
+    """The lungs without the main bronchi where they run into a lung's 2D region: air below
+    GAS_HU connected (in 3D) to the airway gas between the lungs (trachea, bronchi outside the
+    lung), up to AIRWAY_REACH_MM from it. Grown in a box around that gas only."""
+    if not lungs.any() or not gas.any():
+        return lungs
+    xs = np.flatnonzero(lungs.any(axis=(0, 1)))
+    mid, reach = 0.5 * (xs[0] + xs[-1]), max(1, int(0.15 * (xs[-1] - xs[0])))
+    seeds = np.zeros_like(gas)
+    lo, hi = max(0, int(mid) - reach), int(mid) + reach + 1
+    seeds[:, :, lo:hi] = gas[:, :, lo:hi]
+    if not seeds.any():
+        return lungs
+    steps = max(1, int(round(AIRWAY_REACH_MM / min(pixel))))
+    box = _box(seeds, margin=steps)
+    box = (slice(max(0, box[0].start - steps), min(lungs.shape[0], box[0].stop + steps)),) + box[1:]
+    allowed = lungs[box] & (hu[box] < GAS_HU)
+    front, grown = seeds[box], np.zeros(allowed.shape, bool)
+    for _ in range(steps):
+        step = _cross(front, np.logical_or)
+        step[1:] |= front[:-1]
+        step[:-1] |= front[1:]
+        step &= allowed & ~grown
+        if not step.any():
+            break
+        grown |= step
+        front = step
+    out = lungs.copy()
+    out[box] &= ~grown
+    return out
 
 
 def _airway_at_start(lungs: np.ndarray, gas: np.ndarray) -> bool:
@@ -549,3 +587,22 @@ def lung_report(scan: Scan) -> dict[str, Any]:
         measured = involvement(scan, mask) if mask.found else None
         _RECENT[id(scan.voxels)] = (ref, mask, measured)
     return {"mask": mask.summary(), "involvement": measured}
+
+
+def lung_picture(scan: Scan, mask: LungMask, n_slices: int = 4) -> np.ndarray:
+    """RGB uint8: ``n_slices`` evenly spaced lung slices (lung window), the right lung
+    outlined in cyan and the left in yellow, side by side."""
+    from .explain.plotting import OUTLINE_RGB, draw_outline
+
+    rows = mask.lung_slices()
+    if rows.size == 0:
+        rows = np.array([scan.n_slices // 2])
+    picks = rows[np.unique(np.round(np.linspace(0, rows.size - 1, min(n_slices, rows.size))).astype(int))]
+    tiles = []
+    for k in picks:
+        pixels = COVIDX_LUNG.to_uint8(scan.voxels[k]) if scan.is_hu else np.asarray(scan.voxels[k], np.uint8)
+        rgb = np.repeat(pixels[..., None], 3, axis=-1)
+        rgb = draw_outline(rgb, mask.labels[k] == RIGHT, OUTLINE_RGB)
+        tiles.append(draw_outline(rgb, mask.labels[k] == LEFT, (255, 255, 0)))
+    gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)
+    return np.concatenate([part for tile in tiles for part in (tile, gap)][:-1], axis=1)

@@ -328,7 +328,37 @@ def evaluation_html(ev: Evaluation, found: Findings) -> str:
     parts.append(_figures_html(ev, levels))
     parts.append(gallery_html(ev))
     parts.append(tsne_html(ev))
+    parts.append(lungs_html(ev))
     return "".join(parts)
+
+
+def lungs_html(ev: Evaluation) -> str:
+    """The lung mask against the true lungs and the involvement against the true lesion share
+    (lungs.json, written by covidct evaluate on covidct synth cohorts)."""
+    found = ev.lungs
+    if not found or not found.get("per_scan"):
+        return ""
+    versus = found.get("involvement_vs_truth") or {}
+    coverage = found.get("lesion_coverage") or {}
+    intro = key_values([
+        ("Scans", count(found.get("n_scans"))),
+        ("Lung mask Dice vs true lungs", f"mean {dec(found['dice']['mean'])}, min {dec(found['dice']['min'])}"),
+        ("True lesion voxels inside the mask", (f"mean {pct(coverage.get('mean'))}, min "
+                                                f"{pct(coverage.get('min'))}") if coverage else None),
+        ("Involvement vs true lesion % (research measurement)",
+         f"Pearson r {dec(versus.get('pearson_r'), 2)}, mean absolute error "
+         f"{dec(versus.get('mae_percent_points'), 2)} percentage points"),
+        ("Synthetic data", "yes" if found.get("synthetic") else "no"),
+    ])
+    rows = [[esc(e["patient_id"]), esc(e["label"]), dec(e["dice"]), dec(e.get("lesion_coverage"), 2),
+             dec(e["true_lesion_percent"], 1), dec(e["involved_percent"], 1), count(e["severity_score"])]
+            for e in found["per_scan"]]
+    body = intro + table(["Patient", "Class", "Dice", "Lesion coverage", "True lesion %",
+                          "Involved % (HU rule)", "Zone score (0-24)"], rows,
+                         caption="Lung mask (covidct.lungs, HU rule) and share of lung involved, per "
+                                 "scan. Involvement is a research measurement, not a clinical score.",
+                         raw=True)
+    return subsection("Lungs: mask and involvement", body)
 
 
 def _model_text(model: Mapping[str, Any]) -> str | None:
