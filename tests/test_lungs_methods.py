@@ -107,3 +107,35 @@ def test_evaluate_scores_the_lung_mask_and_involvement_on_a_synthetic_cohort(tmp
     assert lungs["dice"]["mean"] >= 0.9
     versus = lungs["involvement_vs_truth"]
     assert versus["mae_percent_points"] >= 0 and "pearson_r" in versus
+
+
+def test_lung_masked_ablation_row_reads_masked_inputs_from_files(tmp_path):
+    import torch
+
+    from covidct.synth.cohort import CohortSettings, generate_cohort
+    from covidct.volumes.bcdunet import BCDUNet
+    from covidct.volumes.cache import ArrayCache
+    from covidct.volumes.settings import INPUT_INFECTION
+    from covidct.volumes.train import TrainConfig, _comparison, _new_model
+
+    cohort = tmp_path / "cohort"
+    generate_cohort(cohort, CohortSettings(patients=1, seed=9, matrix=96, slice_mm=(5.0, 5.0),
+                                           max_slices=40, formats=("nifti",)), progress=False)
+    scan_file = next(cohort.glob("patients/*/ct.nii.gz"))
+    config = TrainConfig(data=str(cohort), out=str(tmp_path / "run"), slice_size=40,
+                         volume_slices=34, max_denoised_slices=20, denoiser_width=4,
+                         lung_ablation=True)
+    torch.manual_seed(0)
+    cache = ArrayCache(tmp_path / "cache")
+    plain = _new_model(config, INPUT_INFECTION, BCDUNet(4), cache)
+    masked = _new_model(config, INPUT_INFECTION, plain.denoiser, cache, mask_input=True)
+    assert masked.settings.mask_input and not plain.settings.mask_input
+    raw, _ = plain.input_for_file(scan_file)
+    inside, _ = masked.input_for_file(scan_file)
+    outside_lung = inside == 0
+    assert outside_lung.mean() > 0.5 and np.abs(raw[outside_lung]).sum() > 0
+    np.testing.assert_array_equal(inside[~outside_lung], raw[~outside_lung])
+    rows = _comparison({"classifier": {"val": {"accuracy": 0.5}},
+                        "lung_masked": {"val": {"accuracy": 0.6}}})["rows"]
+    assert [r["model"].split(" (")[0] for r in rows] == [
+        "3D CNN on infection maps", "3D CNN on lung-masked infection maps"]
