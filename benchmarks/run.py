@@ -260,7 +260,7 @@ NOTES = """Notes
   `covidct export` writes (weight standardisation folded, `Pad_Fusion` disabled, threads not
   spinning).
 - Row 2: the project path reads the DICOM series with SimpleITK, picks at most 32 evenly spaced
-  lung slices (>= 10% of the body below -400 HU, see covidct.slices.model), crops each to its
+  lung slices (>= 2 cm^2 of lung in the lung mask, see covidct.lungs), crops each to its
   body box, scores them in batches on ONNX Runtime and averages the probabilities. The
   every-slice baseline is estimated from row 1's eager rate (formula in the row), not run.
   The accuracy line trains a tiny BiT on the synthetic cohort in the same run: it compares the
@@ -276,6 +276,11 @@ NOTES = """Notes
   fairer figure.
 - Row 5 is one process decoding, cropping and resizing PNGs, i.e. one DataLoader worker; row 6
   on CUDA (`--device cuda`) gives the GPU's images/s, so workers needed = row 6 / row 5.
+- Row 7 (benchmarks.lungs): the lung mask of the row-3/4 series at its working resolution
+  (about 2 mm pixels), against the former body-fraction slice rule (which chose slices only, no
+  mask) and, for the cost of resolution, the same rule at every pixel with the Dice between the
+  two. Row 7 was run alone (`--rows 7`) into benchmarks/results/lungs-cpu-2core.json; its load
+  average is in that file.
 """
 
 
