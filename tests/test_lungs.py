@@ -1,9 +1,9 @@
 """The lung mask (covidct.lungs) on harder-than-default phantoms and on the real JPG series.
 
-Thresholds (documented in README, "Lung mask"): on SYNTHETIC phantoms Dice >= 0.95 against
-the phantom's lungs, left/right agreement >= 0.97, and >= 90% of COVID-19-like (NCP) lesion
-voxels inside the mask; a juxta-pleural consolidation (30 HU) keeps >= 80% of its core (the outermost pixel column is
-partial volume) and >= 65% of all its voxels.
+Thresholds (documented in README, "Lungs first"): on SYNTHETIC phantoms Dice >= 0.95
+against the phantom's lungs, left/right agreement >= 0.97, and >= 90% of COVID-19-like (NCP)
+lesion voxels inside the mask; a juxta-pleural consolidation (30 HU) keeps >= 80% of its core
+(the outermost pixel column is partial volume) and >= 65% of all its voxels.
 """
 from __future__ import annotations
 

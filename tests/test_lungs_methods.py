@@ -107,6 +107,18 @@ def test_evaluate_scores_the_lung_mask_and_involvement_on_a_synthetic_cohort(tmp
     assert lungs["dice"]["mean"] >= 0.9
     versus = lungs["involvement_vs_truth"]
     assert versus["mae_percent_points"] >= 0 and "pearson_r" in versus
+    # The report shows it, with a prediction's lung figures and lung picture beside it.
+    scan = next(cohort.glob("patients/*/ct.nii.gz"))
+    rc, _, stderr = run_cli("predict", scan, "--model", model, "--out", tmp_path / "prediction",
+                            timeout=300)
+    assert rc == 0, stderr
+    rc, _, stderr = run_cli("report", tmp_path, "--out", tmp_path / "report.html", timeout=300)
+    assert rc == 0, stderr
+    page = (tmp_path / "report.html").read_text()
+    for text in ("Lungs: mask and involvement", "Lung mask Dice vs true lungs",
+                 "Lung with infection-like density (research measurement)",
+                 "Lung mask used by both methods"):
+        assert text in page, text
 
 
 def test_lung_masked_ablation_row_reads_masked_inputs_from_files(tmp_path):
