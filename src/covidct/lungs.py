@@ -512,14 +512,22 @@ def involvement(scan: Scan, mask: LungMask, infection_map: np.ndarray | None = N
     ``map_threshold`` is reported as ``map_share_percent``.
     """
     stride = _stride(scan)
-    hu = _hu_copy(scan, stride)
-    np.fmax(hu, -1024.0, out=hu)
     labels = mask.labels[:, ::stride, ::stride]
     pixel = min(scan.spacing[1], scan.spacing[2]) * stride
+    reach = max(1, int(round(VESSEL_RADIUS_MM / pixel)))
+    if labels.any():  # only the lungs' box is read and measured
+        box = _box(labels > 0, margin=reach + 1)
+        labels = labels[box]
+        full = tuple(slice(b.start * (stride if i else 1), b.stop * (stride if i else 1))
+                     for i, b in enumerate(box))
+        hu = _hu_copy(scan.with_voxels(scan.voxels[full]), stride)
+    else:
+        hu = _hu_copy(scan, stride)
+    np.fmax(hu, -1024.0, out=hu)
     dense = (hu >= GGO_HU[0]) & (labels > 0)
-    for _ in range(max(1, int(round(VESSEL_RADIUS_MM / pixel)))):
+    for _ in range(reach):
         dense = _cross(dense, np.logical_and)
-    for _ in range(max(1, int(round(VESSEL_RADIUS_MM / pixel)))):
+    for _ in range(reach):
         dense = _cross(dense, np.logical_or)
     dense &= (hu >= GGO_HU[0]) & (labels > 0)
     consolidation = dense & (hu >= GGO_HU[1])
