@@ -193,6 +193,23 @@ def test_slice_limit_answers_422(tmp_path, serve_models):
         _refused(post(c, nifti_file(tmp_path / "s.nii.gz")), 422, "12 axial slices, more than the 8")
 
 
+def test_slices_over_the_pixel_limit_are_refused_from_their_headers(tmp_path, serve_models):
+    limit = dict(max_slice_pixels=48 * 48)  # the test scans have 64x64 slices
+    with TestClient(make_app(tmp_path / "d", serve_models, **limit)) as c:
+        too_big = "64x64 pixels, more than the 2,304 pixels a slice may have"
+        _refused(post(c, *png_files(tmp_path / "png")[:2]), 413, too_big)
+        _refused(post(c, nifti_file(tmp_path / "s.nii.gz")), 413, too_big)
+        dicom = dicom_zip(tmp_path / "s.zip")
+        with zipfile.ZipFile(dicom) as zf:
+            (tmp_path / "one.dcm").write_bytes(zf.read(zf.namelist()[0]))
+        _refused(post(c, tmp_path / "one.dcm"), 413, too_big)
+        # Inside a zip the sizes are read when the job unpacks it, before any reader decodes.
+        job = wait(c, post(c, dicom).json()["id"])
+        assert job["status"] == "failed"
+        assert job["error"] == f"zip entry 1 (in name order) is {too_big}"
+        assert list(c.app.state.config.work_dir.iterdir()) == []
+
+
 @pytest.mark.parametrize("name, data, words", [
     ("escape.zip", zip_bytes({"../../etc/evil.dcm": b"x"}), "outside the folder"),
     ("abs.zip", zip_bytes({"/tmp/evil.dcm": b"x"}), "outside the folder"),

@@ -215,7 +215,8 @@ class JobRunner:
         timings: dict[str, float] = {}
         mark = time.perf_counter()
         if upload.kind == KIND_ZIP:  # its members under neutral names: messages cannot name them
-            upload.scan_path = unpack_zip(upload.scan_path, upload.folder / "unpacked")
+            upload.scan_path = unpack_zip(upload.scan_path, upload.folder / "unpacked",
+                                          self.config.max_slice_pixels)
         scan = load_scan(upload.scan_path, keep_phi=self.config.show_phi)
         timings["read_scan"] = time.perf_counter() - mark
         if scan.n_slices > self.config.max_slices:

@@ -156,6 +156,8 @@ def _check_content(kind: str, name: str, path: Path, max_slices: int, max_unpack
         _check_nifti(path, label, max_slices, max_pixels)
     elif head[128:132] != b"DICM":
         raise UploadError(f"{label} is not a DICOM file (no DICM preamble)")
+    else:
+        _check_dicom_size(path, label, max_pixels)
 
 
 def _safe_label(name: str) -> str:
@@ -180,6 +182,18 @@ def _check_picture(path: Path, label: str, max_pixels: int) -> None:
                           f"{max_pixels:,}); refused", status=413) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UploadError(f"{label} is corrupt or truncated ({type(exc).__name__})") from None
+
+
+def _check_dicom_size(path: Path, label: str, max_pixels: int) -> None:
+    """Rows x Columns from the header (a broken file is left to the reader to describe)."""
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Rows", "Columns"])
+        size = (int(header.get("Columns") or 0), int(header.get("Rows") or 0))
+    except Exception:  # pydicom raises many types for broken headers
+        return
+    _check_pixels(size, label, max_pixels)
 
 
 def _check_pixels(size: tuple[int, int], label: str, max_pixels: int) -> None:
@@ -229,11 +243,13 @@ def _in_name_order(members: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:
     return sorted(members, key=lambda m: natural_key(Path(m.filename.replace("\\", "/"))))
 
 
-def unpack_zip(path: Path, target: Path) -> Path:
+def unpack_zip(path: Path, target: Path, max_pixels: int) -> Path:
     """Unpack the checked zip's files into ``target`` as ``member-00001.dcm`` ... (name order).
 
     Folders are flattened and names dropped, so no reader's message can repeat them; the
     readers group DICOM files by series and order pictures by these (natural-order) names.
+    A DICOM file or picture whose header declares slices over ``max_pixels`` is refused
+    before any reader decodes it.
     """
     target.mkdir(mode=0o700)
     with zipfile.ZipFile(path) as zf:
@@ -242,6 +258,7 @@ def unpack_zip(path: Path, target: Path) -> Path:
             suffix = suffix_of(member.filename)
             out = target / f"{MEMBER_PREFIX}{number:05d}{suffix if suffix in _KEPT_SUFFIXES else ''}"
             _unpack_member(zf, member, out, number)
+            _check_member_size(out, f"zip entry {number} (in name order)", max_pixels)
     path.unlink()  # the archive is not needed any more
     return target
 
@@ -260,6 +277,15 @@ def _unpack_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo, out: Path, numb
             EOFError, OSError) as exc:
         raise ScanError(f"cannot unpack zip entry {number} (in name order): "
                         f"{type(exc).__name__}") from None
+
+
+def _check_member_size(path: Path, label: str, max_pixels: int) -> None:
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    if head[128:132] == b"DICM":
+        _check_dicom_size(path, label, max_pixels)
+    elif suffix_of(path.name) in _PICTURE_MAGIC:
+        _check_picture(path, label, max_pixels)
 
 
 def _is_litter(name: str) -> bool:
