@@ -151,6 +151,26 @@ def test_results_survive_a_restart_and_unfinished_jobs_are_marked(tmp_path, serv
         assert not (data / "results" / job["id"]).exists()
 
 
+def test_jobs_stored_by_earlier_versions_in_one_viewer_npz_still_show(tmp_path, serve_models):
+    import json
+
+    data = tmp_path / "data"
+    with TestClient(make_app(data, serve_models)) as first:
+        job = wait(first, post(first, nifti_file(tmp_path / "s.nii.gz")).json()["id"])
+        url = f"/api/scans/{job['id']}/slices/4.png?overlay=infection"
+        before = first.get(url).content
+    folder = data / "results" / job["id"]
+    note = json.loads((folder / "viewer" / "viewer.json").read_text())
+    np.savez_compressed(folder / "viewer.npz", voxels=np.load(folder / "viewer" / "voxels.npy"),
+                        infection=np.load(folder / "viewer" / "infection.npy"),
+                        units=np.array(note["units"]), direction=np.array(note["direction"]),
+                        volume_depth=np.array(note["volume_depth"]))
+    shutil.rmtree(folder / "viewer")
+    shutil.rmtree(folder / "render")
+    with TestClient(make_app(data, serve_models)) as second:
+        assert second.get(url).content == before
+
+
 def test_uploads_are_removed_when_the_job_ends(client, tmp_path):
     app_config = client.app.state.config
     wait(client, post(client, dicom_zip(tmp_path / "a.zip")).json()["id"])
