@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=int, default=1024,
                    help="largest upload in MiB, answered 413 above it (default 1024)")
     p.add_argument("--max-slices", type=int, default=1000,
-                   help="most slices per scan, answered 422 above it (default 1000)")
+                   help="most slices per scan, answered 422 above it (default 1000); each slice "
+                        "may have at most 4096x4096 pixels (413 above)")
     p.add_argument("--keep-days", type=float, default=DEFAULT_KEEP_DAYS, metavar="DAYS",
                    help="delete finished jobs (result, stored slices) this many days after they "
                         f"finished, checked at start-up and hourly (default {DEFAULT_KEEP_DAYS:g}; "
