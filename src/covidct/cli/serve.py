@@ -5,7 +5,7 @@ import argparse
 import logging
 
 from ..constants import DISCLAIMER, METHODS
-from ..web.config import DEFAULT_KEEP_DAYS
+from ..web.config import DEFAULT_KEEP_DAYS, MAX_SLICE_SIDE
 
 log = logging.getLogger("covidct.web")
 
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="largest upload in MiB, answered 413 above it (default 1024)")
     p.add_argument("--max-slices", type=int, default=1000,
                    help="most slices per scan, answered 422 above it (default 1000); each slice "
-                        "may have at most 4096x4096 pixels (413 above)")
+                        f"may have at most {MAX_SLICE_SIDE}x{MAX_SLICE_SIDE} pixels (413 above)")
     p.add_argument("--keep-days", type=float, default=DEFAULT_KEEP_DAYS, metavar="DAYS",
                    help="delete finished jobs (result, stored slices) this many days after they "
                         f"finished, checked at start-up and hourly (default {DEFAULT_KEEP_DAYS:g}; "

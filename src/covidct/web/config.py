@@ -14,7 +14,8 @@ MIB = 1024 * 1024
 #: Largest slice a picture upload or a scan may have, in pixels (rows x columns): 4096x4096.
 #: CT slices are 512x512 (rarely 1024x1024); a bigger picture is refused from its header
 #: (413) before it is decoded, so a tiny, highly compressed PNG cannot claim gigabytes.
-MAX_SLICE_PIXELS = 4096 * 4096
+MAX_SLICE_SIDE = 4096
+MAX_SLICE_PIXELS = MAX_SLICE_SIDE * MAX_SLICE_SIDE
 #: Finished jobs are deleted this many days after they finished (0: kept forever).
 DEFAULT_KEEP_DAYS = 30.0
 
