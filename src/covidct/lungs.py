@@ -12,17 +12,17 @@ slices are treated alike):
 
 1. Air is every voxel below ``AIR_HU`` (-400 HU). Per slice, air connected to the image
    border is outside the patient (room air, the air under and inside the table, the dark
-   corners of a circular field of view); a 3 x 3 opening of the air before that test stops
-   a one-pixel leak through a thin chest wall from joining a lung to the room. Nothing
+   corners of a circular field of view); eroding the air by a 3 x 3 cross before that test
+   stops a one-pixel leak through a thin chest wall from joining a lung to the room. Nothing
    needs the body outline, so a thin chest wall, a body touching the edge of the field of
    view or lying off-centre change nothing.
 2. The air left is enclosed by tissue: lungs, trachea and bronchi, stomach and bowel gas,
    air trapped in clothing or the table. Per slice, a region of it is *gas* (not lung)
-   when more than ``GAS_SHARE`` (30%) of it is below ``GAS_HU`` (-950 HU): lung parenchyma with its
-   vessels sits around -850 HU, the lumen of airways and bowel near -1000 HU. This drops
-   the trachea and main bronchi (while they run outside the lung), stomach and bowel gas
-   and air outside the lungs alike. Severe emphysema (median below -950 HU) would be
-   dropped too (LAA-950 above 30%): a known limit of this rule.
+   when more than ``GAS_SHARE`` (30%) of it is below ``GAS_HU`` (-950 HU): lung parenchyma
+   with its vessels sits around -850 HU, the lumen of airways and bowel near -1000 HU. This
+   drops the trachea and main bronchi (while they run outside the lung), stomach and bowel
+   gas and air outside the lungs alike. Severe emphysema (LAA-950 above 30%) would be
+   dropped too: a known limit of this rule.
 3. The main bronchi, where they run into a lung's region, are removed: air below -950 HU
    grown in 3D from the airway gas between the lungs, at most ``AIRWAY_REACH_MM`` (30 mm).
    The rest is joined in 3D; components under ``MIN_COMPONENT_SHARE`` (3%) of the largest
@@ -32,9 +32,10 @@ slices are treated alike):
    it whole. Array x runs to the patient's left unless the scan's direction says otherwise
    (pictures without geometry are taken in the radiological convention).
 5. Pathology stays inside: per slice and lung, holes are filled (vessels, airway walls,
-   central lesions), then a closing with a disk of ``CLOSING_MM`` (30 mm) radius on a
-   grid of 3-4 mm pixels adds the bites that dense tissue took out of the lung outline: juxta-pleural
-   consolidation (0-50 HU) and dense ground glass touching the pleura. Only tissue voxels
+   central lesions), then a closing with an octagon of ``CLOSING_MM`` (30 mm) radius on a
+   grid of 3-4 mm pixels adds the bites that dense tissue took out of the lung outline:
+   juxta-pleural consolidation (0-50 HU) and dense ground glass touching the pleura. A
+   consolidation filling a whole lobe is not recovered. Only tissue voxels
    of -400-150 HU within ``PLEURA_REACH_MM`` (30 mm) of bone (ribs, spine, sternum: the
    chest wall) are added, so the hilum and the heart's border are not; no bone, and no air
    the steps above left out.
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -116,9 +118,14 @@ class LungMask:
     def voxel_ml(self) -> float:
         return float(np.prod(self.spacing)) / 1000.0
 
+    @cached_property
+    def _per_slice(self) -> np.ndarray:
+        """Right and left lung voxels per slice, (z, 2): counted once (the labels stay put)."""
+        return np.stack([(self.labels == k).sum(axis=(1, 2)) for k in (RIGHT, LEFT)], axis=1)
+
     def slice_areas_mm2(self) -> np.ndarray:
         """Lung area of every slice, in mm^2."""
-        return self.lung.sum(axis=(1, 2)) * float(self.spacing[1] * self.spacing[2])
+        return self._per_slice.sum(axis=1) * float(self.spacing[1] * self.spacing[2])
 
     @property
     def found(self) -> bool:
@@ -133,8 +140,7 @@ class LungMask:
         return np.flatnonzero(self.slice_areas_mm2() >= min_area_mm2)
 
     def volumes_ml(self) -> dict[str, float]:
-        counts = np.bincount(self.labels.ravel(), minlength=3)
-        right, left = (float(counts[k]) * self.voxel_ml for k in (RIGHT, LEFT))
+        right, left = (float(n) * self.voxel_ml for n in self._per_slice.sum(axis=0))
         return {"right": round(right, 1), "left": round(left, 1), "total": round(right + left, 1)}
 
     def summary(self) -> dict[str, Any]:
