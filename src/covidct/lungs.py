@@ -53,6 +53,7 @@ weights file on disk (``weights=``); nothing is downloaded.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -605,14 +606,16 @@ _BACKEND: dict[str, Any] = {"backend": "hu", "weights": None}
 #: Recently masked scans: id(voxels) -> (weak reference to the voxels, mask, HU involvement).
 _RECENT: dict[int, tuple[Any, LungMask, dict | None]] = {}
 _RECENT_MAX = 2
+_LOCK = threading.Lock()  # the web app predicts in worker threads
 
 
 def use_backend(backend: str = "hu", weights: str | os.PathLike | None = None) -> None:
     """Choose the backend that :func:`scan_lungs` (and so both methods) use."""
     if backend not in BACKENDS:
         raise ScanError(f"unknown lung mask backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    _BACKEND.update(backend=backend, weights=weights)
-    _RECENT.clear()
+    with _LOCK:
+        _BACKEND.update(backend=backend, weights=weights)
+        _RECENT.clear()
 
 
 def scan_lungs(scan: Scan) -> LungMask:
@@ -620,23 +623,30 @@ def scan_lungs(scan: Scan) -> LungMask:
     import weakref
 
     key = id(scan.voxels)
-    hit = _RECENT.get(key)
-    if hit is not None and hit[0]() is scan.voxels:
-        return hit[1]
+    with _LOCK:
+        hit = _RECENT.get(key)
+        if hit is not None and hit[0]() is scan.voxels:
+            return hit[1]
     mask = lung_mask(scan, _BACKEND["backend"], _BACKEND["weights"])
-    while len(_RECENT) >= _RECENT_MAX:
-        _RECENT.pop(next(iter(_RECENT)))
-    _RECENT[key] = (weakref.ref(scan.voxels), mask, None)
+    with _LOCK:
+        while len(_RECENT) >= _RECENT_MAX:
+            _RECENT.pop(next(iter(_RECENT)))
+        _RECENT[key] = (weakref.ref(scan.voxels), mask, None)
     return mask
 
 
 def lung_report(scan: Scan) -> dict[str, Any]:
     """What predictions carry about the lungs: the mask's summary and the HU involvement."""
     mask = scan_lungs(scan)
-    ref, _, measured = _RECENT[id(scan.voxels)]
+    key = id(scan.voxels)
+    with _LOCK:
+        hit = _RECENT.get(key)
+    measured = hit[2] if hit is not None and hit[1] is mask else None
     if measured is None:
         measured = involvement(scan, mask) if mask.found else None
-        _RECENT[id(scan.voxels)] = (ref, mask, measured)
+        with _LOCK:
+            if key in _RECENT and _RECENT[key][1] is mask:
+                _RECENT[key] = (_RECENT[key][0], mask, measured)
     return {"mask": mask.summary(), "involvement": measured}
 
 
