@@ -20,6 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "$COVIDCT_MODELS or demo-output/models")
     p.add_argument("--out", default=None, help="folder for the outputs (default: print only)")
     p.add_argument("--no-pictures", action="store_true", help="skip writing pictures")
+    p.add_argument("--dicom-out", default=None, metavar="DIR",
+                   help="also write DICOM objects for the PACS into DIR (DICOM input only): a "
+                        "Structured Report, a Segmentation and key images in the source's study "
+                        "(they carry its patient module; DIR is made 0700)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="run the networks on PyTorch (default) or ONNX Runtime (CPU; faster "
                         "there, the model is exported once and cached, see covidct export)")
@@ -29,13 +33,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..predict import load_models, predict, predict_to_folder
 
+    if args.dicom_out:
+        from ..dicom_out import check_dicom_input
+
+        check_dicom_input(args.scan)  # before the models load: a wrong input fails at once
     methods = METHODS if args.method == "all" else (args.method,)
     models = load_models(methods, args.model)
     if args.runtime != "torch":
         from ..export import to_runtime
 
         models = [to_runtime(m, args.runtime) for m in models]
-    if args.out:
+    if args.dicom_out:
+        from ..dicom_out import predict_to_dicom
+
+        predictions, _ = predict_to_dicom(args.scan, models, args.dicom_out, out_dir=args.out,
+                                          pictures=not args.no_pictures)
+    elif args.out:
         predictions = predict_to_folder(args.scan, models, args.out, pictures=not args.no_pictures)
     else:
         predictions = predict(args.scan, models)
@@ -43,4 +56,6 @@ def run(args: argparse.Namespace) -> int:
         print(prediction.summary_line())
     if args.out:
         print(f"results written to {args.out}")
+    if args.dicom_out:
+        print(f"DICOM outputs written to {args.dicom_out}")
     return 0
