@@ -40,6 +40,8 @@ from .prediction import Prediction
 from .scan import Scan
 
 log = logging.getLogger(__name__)
+# highdicom logs the UIDs of the datasets it copies from at INFO: UIDs stay out of covidct's logs.
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 #: Burnt into every key image, so that a viewer without SR support still shows it.
 BURNT_IN_TEXT = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
