@@ -15,22 +15,10 @@ torch = pytest.importorskip("torch")
 import highdicom as hd  # noqa: E402
 import pydicom  # noqa: E402
 
-from conftest import REPO, build_hu_volume, save_tiny_bit_model  # noqa: E402
+from conftest import (REPO, build_hu_volume, save_tiny_bit_model,  # noqa: E402
+                      save_tiny_covidctnet_model)
 
 PATIENT_NAME, PATIENT_ID = "Doe^Jane", "PAT-0042"
-
-
-def tiny_covidctnet(path):
-    """A small CovidCTNet with random weights (as tests/test_export.py sizes it)."""
-    from covidct.volumes.bcdunet import BCDUNet
-    from covidct.volumes.cache import ArrayCache
-    from covidct.volumes.pipeline import CovidCTNet
-    from covidct.volumes.settings import VolumeSettings
-
-    torch.manual_seed(0)
-    settings = VolumeSettings(slice_size=40, volume_slices=34, denoiser_width=8)
-    CovidCTNet.build(settings, denoiser=BCDUNet(8), cache=ArrayCache(None)).save(path)
-    return path
 
 
 def covidct(*args, env=None, timeout=120):
@@ -55,7 +43,7 @@ def write_series(folder, seed=0, shape=(12, 64, 64), **kw):
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     return (save_tiny_bit_model(root / "bit.pt", seed=0, resize=72, crop=64),
-            tiny_covidctnet(root / "covidctnet.pt"))
+            save_tiny_covidctnet_model(root / "covidctnet.pt"))
 
 
 @pytest.fixture(scope="module")

@@ -235,22 +235,41 @@ class DicomNode:
         return SUCCESS
 
     def on_released(self, event) -> None:
-        state = self._associations.get(id(event.assoc))
-        if state:
-            moved = self.spool.commit(state["name"])
-            state["committed"] = True
-            log.info("received %d instance(s) of %s on one association",
-                     moved, ", ".join(f"study {s}" for s in state["studies"]) or "no study")
+        self._finish(id(event.assoc), commit=True)
+
+    def on_aborted(self, event) -> None:
+        self._finish(id(event.assoc), commit=False)
 
     def on_closed(self, event) -> None:
+        # pynetdicom signals the closed connection from another thread than the release, so
+        # a close is not taken as final at once: step() drops what is left after a grace time.
         with self._assoc_lock:
-            state = self._associations.pop(id(event.assoc), None)
-        if state and not state.get("committed"):
-            dropped = self.spool.discard(state["name"])
-            if dropped:
-                log.warning("association aborted or cut: %d instance(s) of %s discarded "
-                            "(nothing of it is processed; the sender should send again)", dropped,
-                            ", ".join(f"study {s}" for s in state["studies"]))
+            state = self._associations.get(id(event.assoc))
+            if state is not None:
+                state["closed"] = time.monotonic()
+
+    def _finish(self, key: int, commit: bool) -> None:
+        """Commit or drop one association's instances, exactly once."""
+        with self._assoc_lock:
+            state = self._associations.pop(key, None)
+        if state is None:
+            return
+        studies = ", ".join(f"study {s}" for s in state["studies"]) or "no study"
+        if commit:
+            moved = self.spool.commit(state["name"])
+            log.info("received %d instance(s) of %s on one association", moved, studies)
+            return
+        dropped = self.spool.discard(state["name"])
+        if dropped:
+            log.warning("association aborted or cut: %d instance(s) of %s discarded (nothing of "
+                        "it is processed; the sender should send again)", dropped, studies)
+
+    def _drop_closed(self, grace_s: float = 5.0) -> None:
+        now = time.monotonic()
+        with self._assoc_lock:
+            stale = [k for k, s in self._associations.items() if now - s.get("closed", now) > grace_s]
+        for key in stale:
+            self._finish(key, commit=False)
 
     def start(self) -> None:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
@@ -263,7 +282,8 @@ class DicomNode:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         handlers = [(evt.EVT_C_STORE, self.on_store), (evt.EVT_C_ECHO, lambda event: SUCCESS),
-                    (evt.EVT_RELEASED, self.on_released), (evt.EVT_CONN_CLOSE, self.on_closed)]
+                    (evt.EVT_RELEASED, self.on_released), (evt.EVT_ABORTED, self.on_aborted),
+                    (evt.EVT_CONN_CLOSE, self.on_closed)]
         self.server = ae.start_server((self.settings.host, self.settings.port), block=False,
                                       evt_handlers=handlers)
 
@@ -283,10 +303,15 @@ class DicomNode:
                 self.server.shutdown()
 
     def step(self) -> None:
+        self._drop_closed()
         for work in self.spool.take_ready(self.settings.quiet_s):
             if self._stop.is_set():
                 break  # left in work/: requeued at the next start
-            self.process(work)
+            try:
+                self.process(work)
+            except Exception:  # e.g. a full disk: say so, drop the series, keep serving
+                log.exception("series %s: dropped after an internal error", work.name)
+                shutil.rmtree(work, ignore_errors=True)
         self.send_pending()
 
     # -- processing ---------------------------------------------------------------------

@@ -331,11 +331,18 @@ def build_sr(sources: Sequence[Any], scan: Scan, predictions: Sequence[Predictio
 
 def refusal_sr(sources: Sequence[Any], reason: str, synthetic: bool = False):
     """An SR in the study saying that covidct did not process the series, and why."""
-    from highdicom.sr import CodedConcept, MeasurementReport
+    from highdicom.sr import (CodedConcept, MeasurementReport, MeasurementsAndQualitativeEvaluations,
+                              QualitativeEvaluation, TrackingIdentifier)
 
+    _, private = _codes()
+    group = MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=new_uid(), identifier="covidct not processed"),
+        qualitative_evaluations=[QualitativeEvaluation(call_concept(),
+                                                       private("NOT-PROCESSED", "Not processed"))])
     report = MeasurementReport(
         observation_context=_observation_context(),
         procedure_reported=CodedConcept("24627-2", "LN", "CT Chest"),
+        imaging_measurements=[group],
         title=CodedConcept("126000", "DCM", "Imaging Measurement Report"),
         referenced_images=list(sources))
     report[0].ContentSequence.append(_statement_container(
