@@ -367,3 +367,38 @@ def test_orthanc_sends_a_study_and_gets_sr_seg_and_key_images_back_in_it(tmp_pat
         assert source.StudyInstanceUID not in log and source.SeriesInstanceUID not in log
     finally:
         node.stop()
+
+
+# Limits and settings, in-process (no models needed: nothing completes) ---------------------
+
+def test_per_association_and_per_study_limits_answer_out_of_resources(tmp_path):
+    from covidct.dicom_node import DicomNode, NodeSettings
+
+    files = write_series(tmp_path / "ct", seed=7)
+    settings = NodeSettings(spool=tmp_path / "spool", port=free_port(), quiet_s=3600,
+                            max_instances_per_association=4, max_instances_per_study=6)
+    node = DicomNode(settings, models=[])
+    node.start()
+    try:
+        def statuses(batch):
+            ae = AE(ae_title="TESTSCU")
+            ae.add_requested_context(pydicom.dcmread(batch[0]).SOPClassUID)
+            assoc = ae.associate("127.0.0.1", settings.port, ae_title="COVIDCT")
+            codes = [assoc.send_c_store(pydicom.dcmread(f)).Status for f in batch]
+            assoc.release()
+            return codes
+
+        assert statuses(files[:6]) == [0, 0, 0, 0, 0xA700, 0xA700]  # 4 per association
+        wait_for(lambda: len(spool_files(settings.spool, "incoming")) >= 4, 10, "the commit")
+        assert statuses(files[6:10]) == [0, 0, 0xA700, 0xA700]     # 6 per study
+    finally:
+        node.stop()
+        node.server.shutdown()
+
+
+def test_bad_destination_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "covidct", "dicom-node", "--dest", "PACS-no-port",
+                           "--spool", str(tmp_path / "spool")], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO / "src")), cwd=REPO, timeout=60)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "AE@HOST:PORT" in proc.stderr

@@ -95,7 +95,10 @@ def _mkdir(path: Path) -> Path:
 
 
 def _count_files(folder: Path) -> int:
-    return sum(len(files) for _, _, files in os.walk(folder)) if folder.is_dir() else 0
+    """Instances (``*.dcm``) under ``folder``; markers and partial writes are not counted."""
+    if not folder.is_dir():
+        return 0
+    return sum(sum(n.endswith(".dcm") for n in names) for _, _, names in os.walk(folder))
 
 
 class Spool:
@@ -107,6 +110,9 @@ class Spool:
         self.staging, self.incoming, self.work, self.outbox = (
             _mkdir(self.root / name) for name in ("staging", "incoming", "work", "outbox"))
         self._lock = threading.Lock()
+        #: Instances per study in incoming/, kept in memory: counting files at every C-STORE
+        #: would cost a folder walk per instance.
+        self._study_counts = {d.name: _count_files(d) for d in self.incoming.iterdir()}
 
     def recover(self) -> None:
         """After a restart: drop instances of associations the stop cut short; requeue the
@@ -125,6 +131,7 @@ class Spool:
             else:
                 os.replace(folder, target)
             self._touch(target)
+            self._study_counts[study] = _count_files(self.incoming / study)
             log.info("spool: study %s series %s requeued after a restart", study, series)
 
     def stage(self, association: str, study: str, series: str, sop: str, data: bytes) -> None:
@@ -136,7 +143,7 @@ class Spool:
         os.replace(tmp, folder / f"{sop}.dcm")
 
     def study_count(self, study: str) -> int:
-        return _count_files(self.incoming / study)
+        return self._study_counts.get(study, 0)
 
     def commit(self, association: str) -> int:
         """Move an association's instances into their series; returns how many."""
@@ -149,6 +156,7 @@ class Spool:
                     for f in series_dir.iterdir():
                         os.replace(f, target / f.name)
                         moved += 1
+                        self._study_counts[study_dir.name] = self._study_counts.get(study_dir.name, 0) + 1
                     self._touch(target)
         shutil.rmtree(staged, ignore_errors=True)
         return moved
@@ -178,6 +186,7 @@ class Spool:
                     taken.append(target)
                 if not any(study_dir.iterdir()):
                     study_dir.rmdir()
+                self._study_counts[study_dir.name] = _count_files(study_dir)
         return taken
 
 
@@ -320,8 +329,6 @@ class DicomNode:
         """Results of one received series into ``outbox/`` (or a logged skip)."""
         import pydicom
 
-        from .atomic import atomic_dir
-
         study, _, series = work.name.partition("-")
         where = f"study {study} series {series}"
         files = sorted(work.glob("*.dcm"))
@@ -337,9 +344,8 @@ class DicomNode:
             log.info("%s: skipped: a covidct output series", where)
         else:
             log.info("%s: %d CT instance(s) complete; predicting", where, len(files))
-            with atomic_dir(self.spool.outbox / work.name) as tmp:
-                self._predict_or_explain(work, tmp, headers, where)
             outbox = self.spool.outbox / work.name
+            self._predict_or_explain(work, outbox, headers, where)
         shutil.rmtree(work, ignore_errors=True)
         return outbox
 
@@ -420,7 +426,10 @@ class DicomNode:
             return "association refused or destination unreachable"
         try:
             for ds in datasets:
-                status = assoc.send_c_store(ds)
+                try:
+                    status = assoc.send_c_store(ds)
+                except (ValueError, RuntimeError) as exc:  # e.g. no accepted context
+                    return f"C-STORE not possible: {exc}"
                 code = int(getattr(status, "Status", -1)) if status else -1
                 if code != SUCCESS and code not in STORE_WARNINGS:
                     return f"C-STORE status 0x{code & 0xFFFF:04X}" if code >= 0 else "no C-STORE answer"

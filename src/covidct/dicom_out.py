@@ -33,9 +33,9 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from . import __version__
-from .atomic import atomic_path
 from .constants import DISCLAIMER, METHOD_BIT, METHOD_COVIDCTNET, SYNTHETIC_NOTICE
 from .errors import ScanError
+from .explain.infection import FLOOR, FULL_SCALE
 from .prediction import Prediction
 from .scan import Scan
 
@@ -49,20 +49,12 @@ SERIES_PREFIX = "covidct RESEARCH"
 MANUFACTURER = "covidct"
 #: Series numbers of the outputs, high so that they sort after the scanner's series.
 SERIES_NUMBERS = {"sr": 9901, "seg": 9902, "key": 9903}
-#: Infection-map value from which the SEG marks a voxel: where the pictures start drawing
-#: (covidct.explain.infection: FLOOR x FULL_SCALE, about 0.036 on the [-1000, 400] HU unit scale).
 KEY_IMAGES_PER_METHOD = 3
 #: Key images are drawn at least this wide, so that the burnt-in text stays readable.
 MIN_PICTURE_WIDTH = 512
-
-
-def _infection_threshold() -> float:
-    from .explain.infection import FLOOR, FULL_SCALE
-
-    return FLOOR * FULL_SCALE
-
-
-INFECTION_THRESHOLD = _infection_threshold()
+#: Infection-map value from which the SEG marks a voxel: where the pictures start drawing
+#: (FLOOR x FULL_SCALE, about 0.036 on the [-1000, 400] HU unit scale).
+INFECTION_THRESHOLD = FLOOR * FULL_SCALE
 
 
 def new_uid() -> str:
@@ -530,19 +522,18 @@ def output_name(ds: Any) -> str:
 
 
 def save_outputs(datasets: Sequence[Any], out_dir: str | os.PathLike) -> list[Path]:
-    """Write each object atomically as ``<kind>-<series>-<n>.dcm``; the folder is 0700 and the
-    files 0600, since they carry the patient module."""
+    """Write each object as ``<kind>-<series>-<n>.dcm`` into ``out_dir``, all at once: the folder
+    (0700, files 0600, since they carry the patient module) appears complete or not at all,
+    replacing an earlier one."""
+    from .atomic import atomic_dir
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(out_dir, 0o700)
-    paths = []
-    for ds in datasets:
-        path = out_dir / output_name(ds)
-        with atomic_path(path) as tmp:
-            ds.save_as(tmp, enforce_file_format=True)
-            os.chmod(tmp, 0o600)
-        paths.append(path)
-    return paths
+    names = [output_name(ds) for ds in datasets]
+    with atomic_dir(out_dir) as tmp:  # mkdtemp: 0700
+        for ds, name in zip(datasets, names):
+            ds.save_as(tmp / name, enforce_file_format=True)
+            os.chmod(tmp / name, 0o600)
+    return [out_dir / name for name in names]
 
 
 def predict_to_dicom(scan_path: str | os.PathLike, models: Sequence[Any], dicom_dir: str | os.PathLike,
