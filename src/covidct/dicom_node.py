@@ -342,6 +342,8 @@ class DicomNode:
             log.info("%s: skipped: modality %s; covidct reads CT series", where, modality)
         elif description.startswith(SERIES_PREFIX):
             log.info("%s: skipped: a covidct output series", where)
+        elif "LOCALIZER" in [str(v).upper() for v in headers[0].get("ImageType", [])]:
+            log.info("%s: skipped: a localizer (scout), not a CT volume", where)
         else:
             log.info("%s: %d CT instance(s) complete; predicting", where, len(files))
             outbox = self.spool.outbox / work.name
