@@ -152,7 +152,8 @@ def test_seg_and_sr_carry_a_given_lung_mask_and_involvement(tmp_path, models):
     mask = np.zeros(scan.shape, np.uint8)
     mask[2:10, 20:40, 10:30] = 1
     mask[2:10, 20:40, 34:54] = 2
-    lungs = LungFindings(mask, {"right": 0.1, "left": 0.25})
+    lungs = LungFindings.from_lungs(mask, {"involved_percent": 17.5, "by_lung": {
+        "right": {"involved_percent": 10.0}, "left": {"involved_percent": 25.0}}})
     predict_to_dicom(tmp_path / "series", [load_model(models[0])], tmp_path / "dicom", lungs=lungs)
     seg = hd.seg.segread(next((tmp_path / "dicom").glob("seg-*.dcm")))
     names = [seg.get_segment_description(n).segmented_property_type.meaning for n in seg.segment_numbers]
@@ -169,6 +170,7 @@ def test_seg_and_sr_carry_a_given_lung_mask_and_involvement(tmp_path, models):
     voxel_ml = np.prod(scan.spacing) / 1000
     assert values[("Volume", "Right lung")] == pytest.approx((mask == 1).sum() * voxel_ml, abs=0.01)
     assert values[("Fraction of lung volume involved", "Left lung")] == pytest.approx(25.0)
+    assert values[("Fraction of lung volume involved", "Lung")] == pytest.approx(17.5)
 
 
 def test_infection_map_returns_to_the_scan_grid_where_the_network_saw_it():

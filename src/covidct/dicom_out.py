@@ -179,10 +179,24 @@ def source_datasets(path: str | os.PathLike, scan: Scan) -> list[Any]:
 @dataclass
 class LungFindings:
     """Optional lung results: a label mask on the scan grid (1 right, 2 left) and involvement
-    figures (fraction 0-1 of each lung's volume involved; keys "right", "left", "total")."""
+    figures in percent of each lung's volume (keys "right", "left", "total")."""
 
     mask: np.ndarray | None = None
-    involvement: Mapping[str, float] = field(default_factory=dict)
+    involvement_percent: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_lungs(cls, labels: np.ndarray | None,
+                   involvement: Mapping[str, Any] | None = None) -> "LungFindings":
+        """From a lung mask's labels and an involvement report shaped like covidct.lungs'
+        (``involved_percent`` overall, ``by_lung: {"right": {"involved_percent": ..}, ..}``)."""
+        figures: dict[str, float] = {}
+        if involvement:
+            if "involved_percent" in involvement:
+                figures["total"] = float(involvement["involved_percent"])
+            for side, values in (involvement.get("by_lung") or {}).items():
+                if side in ("right", "left") and "involved_percent" in values:
+                    figures[side] = float(values["involved_percent"])
+        return cls(labels, figures)
 
     def volumes_ml(self, scan: Scan) -> dict[str, float]:
         if self.mask is None:
@@ -247,9 +261,9 @@ def _lung_group(lungs: LungFindings, scan: Scan):
         measurements.append(Measurement(name=volume, value=round(ml, 2),
                                         unit=CodedConcept("ml", "UCUM", "milliliter"),
                                         finding_sites=[FindingSite(sites[key])]))
-    for key, fraction in lungs.involvement.items():
+    for key, percent in lungs.involvement_percent.items():
         if key in sites:
-            measurements.append(Measurement(name=involved, value=round(100.0 * float(fraction), 2),
+            measurements.append(Measurement(name=involved, value=round(float(percent), 2),
                                             unit=CodedConcept("%", "UCUM", "percent"),
                                             finding_sites=[FindingSite(sites[key])]))
     if not measurements:
