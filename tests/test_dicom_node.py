@@ -402,3 +402,26 @@ def test_bad_destination_is_one_line_and_exit_2(tmp_path):
                           env=dict(os.environ, PYTHONPATH=str(REPO / "src")), cwd=REPO, timeout=60)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "AE@HOST:PORT" in proc.stderr
+
+
+def test_unsent_results_are_retried_then_deleted_after_the_keep_time(tmp_path, caplog):
+    from covidct.dicom_node import Destination, DicomNode, NodeSettings
+    from covidct.dicom_out import refusal_sr, save_outputs
+
+    files = write_series(tmp_path / "ct", seed=8)
+    settings = NodeSettings(spool=tmp_path / "spool", destination=Destination("DOWN", "127.0.0.1",
+                                                                              free_port()),
+                            retry_s=0.0, keep_failed_s=3600)
+    node = DicomNode(settings, models=[])
+    folder = node.spool.outbox / "study-series"
+    save_outputs([refusal_sr([pydicom.dcmread(files[0])], "test")], folder)
+    caplog.set_level(logging.INFO, logger="covidct")
+    node.send_pending()
+    state = json.loads((folder / "state.json").read_text())
+    assert state["attempts"] == 1 and "unreachable" in state["last_error"]
+    assert "kept, retrying" in caplog.text
+    node.send_pending()  # retried: a second failure
+    assert json.loads((folder / "state.json").read_text())["attempts"] == 2
+    node.settings.keep_failed_s = 0.0  # the keep time is over: deleted, with an error logged
+    node.send_pending()
+    assert not folder.exists() and "deleted unsent" in caplog.text
