@@ -425,3 +425,40 @@ def test_unsent_results_are_retried_then_deleted_after_the_keep_time(tmp_path, c
     node.settings.keep_failed_s = 0.0  # the keep time is over: deleted, with an error logged
     node.send_pending()
     assert not folder.exists() and "deleted unsent" in caplog.text
+
+
+def test_predict_retrieves_a_study_from_the_pacs_by_accession_number(tmp_path, models, orthanc):
+    """`covidct predict pacs://AE@HOST:PORT/ACCESSION`: C-FIND then C-GET from Orthanc."""
+    from covidct.scanio import write_dicom_series
+
+    files = write_dicom_series(build_hu_volume(shape=(12, 64, 64), seed=9), tmp_path / "series",
+                               patient_id=PATIENT_ID, patient_name=PATIENT_NAME,
+                               extra={"AccessionNumber": "ACC4217"})
+    for f in files:
+        orthanc.post("/instances", f.read_bytes())
+    orthanc.request("PUT", "/modalities/covidct",  # the PACS must know covidct's AE title
+                    json.dumps({"AET": "COVIDCT", "Host": "127.0.0.1", "Port": free_port()}).encode())
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), COVIDCT_CACHE=str(tmp_path / "cache"))
+
+    def predict(*args):
+        return subprocess.run([sys.executable, "-m", "covidct", "predict", *map(str, args)],
+                              capture_output=True, text=True, env=env, cwd=REPO, timeout=180)
+
+    url = f"pacs://ORTHANC@127.0.0.1:{orthanc.dicom}"
+    proc = predict(f"{url}/ACC4217", "--model", models[0], "--dicom-out", tmp_path / "dicom",
+                   "--out", tmp_path / "json")
+    assert proc.returncode == 0, proc.stderr
+    assert "bit:" in proc.stdout and "ACC4217" not in proc.stdout + proc.stderr
+    local = predict(tmp_path / "series", "--model", models[0], "--out", tmp_path / "local")
+    assert local.returncode == 0, local.stderr
+    for name in ("json", "local"):
+        assert (tmp_path / name / "bit.json").is_file()
+    retrieved = json.loads((tmp_path / "json" / "bit.json").read_text())["probabilities"]
+    expected = json.loads((tmp_path / "local" / "bit.json").read_text())["probabilities"]
+    assert retrieved == pytest.approx(expected, abs=1e-9)
+    (sr,) = (tmp_path / "dicom").glob("sr-*.dcm")
+    assert pydicom.dcmread(sr).StudyInstanceUID == pydicom.dcmread(files[0]).StudyInstanceUID
+    missing = predict(f"{url}/NOSUCH1", "--model", models[0])
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert "no study with that accession number" in missing.stderr
+    assert "NOSUCH1" not in missing.stderr

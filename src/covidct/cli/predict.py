@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run trained models on one scan and write per-method JSON (class probabilities, "
                     "per-slice scores, the aggregation rule, model provenance), per-slice CSV and "
                     "pictures (CovidCTNet infection maps) into --out. " + DISCLAIMER)
-    p.add_argument("scan", help="a DICOM folder/file/zip, a NIfTI file, a PNG/JPG slice or a folder of slices")
+    p.add_argument("scan", help="a DICOM folder/file/zip, a NIfTI file, a PNG/JPG slice or a folder of "
+                                "slices, or a PACS study: pacs://AE@HOST:PORT/ACCESSION")
     p.add_argument("--method", choices=(*METHODS, "all"), default="bit",
                    help="which method to run when --model is not given (default: bit)")
     p.add_argument("--model", action="append", default=[], metavar="FILE",
@@ -27,10 +28,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="run the networks on PyTorch (default) or ONNX Runtime (CPU; faster "
                         "there, the model is exported once and cached, see covidct export)")
+    p.add_argument("--calling-ae", default="COVIDCT",
+                   help="covidct's AE title when retrieving a pacs:// study (default COVIDCT)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from ..pacs import is_pacs_url, retrieved_study
+
+    with contextlib.ExitStack() as stack:
+        if is_pacs_url(args.scan):  # C-FIND + C-GET into a temporary folder, removed after
+            args.scan = str(stack.enter_context(retrieved_study(args.scan, args.calling_ae)))
+        return _predict(args)
+
+
+def _predict(args: argparse.Namespace) -> int:
     from ..predict import load_models, predict, predict_to_folder
 
     if args.dicom_out:
