@@ -329,12 +329,13 @@ def test_orthanc_sends_a_study_and_gets_sr_seg_and_key_images_back_in_it(tmp_pat
         for f in files:  # the study reaches the PACS through its REST API
             study = orthanc.post("/instances", f.read_bytes())["ParentStudy"]
         orthanc.post("/modalities/covidct/store", {"Resources": [study], "Synchronous": True})
-        series = wait_for(lambda: (s := orthanc.get(f"/studies/{study}/series")) and len(s) >= 4 and s,
+        series = wait_for(lambda: (s := orthanc.get(f"/studies/{study}/series")) and len(s) >= 5 and s,
                           240, "results in the study", node.log)
         by_description = {s["MainDicomTags"].get("SeriesDescription", ""): s for s in series}
         ours = {d: s for d, s in by_description.items() if d.startswith("covidct RESEARCH")}
         assert sorted(ours) == ["covidct RESEARCH SEG SYNTHETIC", "covidct RESEARCH SR SYNTHETIC",
-                                "covidct RESEARCH key images SYNTHETIC"]
+                                "covidct RESEARCH key images SYNTHETIC",
+                                "covidct RESEARCH key objects SYNTHETIC"]
 
         def fetch(description):
             return [pydicom.dcmread(io.BytesIO(orthanc.request("GET", f"/instances/{i}/file")))

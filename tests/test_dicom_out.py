@@ -67,9 +67,9 @@ def test_outputs_join_the_source_study_with_new_uids_and_research_labels(predict
     source = pydicom.dcmread(root / "series" / "slice-0001.dcm")
     objects = _read(root / "dicom")
     kinds = sorted({name.split("-")[0] for name in objects})
-    assert kinds == ["key", "seg", "sr"]
+    assert kinds == ["key", "ko", "seg", "sr"]
     series_uids = {ds.SeriesInstanceUID for ds in objects.values()}
-    assert len(series_uids) == 3 and source.SeriesInstanceUID not in series_uids
+    assert len(series_uids) == 4 and source.SeriesInstanceUID not in series_uids
     assert len({ds.SOPInstanceUID for ds in objects.values()}) == len(objects)
     for ds in objects.values():
         assert ds.StudyInstanceUID == source.StudyInstanceUID
@@ -126,6 +126,12 @@ def test_seg_is_on_the_source_frame_of_reference_and_key_images_are_marked(predi
         band = ds.pixel_array[:20].reshape(-1, 3).astype(int)
         yellow = (band[:, 0] > 200) & (band[:, 1] > 200) & (band[:, 2] < 60)
         assert yellow.sum() > 100  # the burnt-in text, drawn in yellow in the top band
+    # A Key Object Selection flags them for viewers that list key images.
+    (ko,) = [pydicom.dcmread(p) for p in (root / "dicom").glob("ko-*.dcm")]
+    flagged = {i.ReferencedSOPInstanceUID for s in ko.CurrentRequestedProcedureEvidenceSequence
+               for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
+    assert flagged == {ds.SOPInstanceUID for ds in keys}
+    assert ko.ConceptNameCodeSequence[0].CodeMeaning == "For Research"
 
 
 @pytest.mark.skipif(not shutil.which("dciodvfy"), reason="dicom3tools' dciodvfy not installed "

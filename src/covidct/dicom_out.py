@@ -11,7 +11,8 @@ For a CT series read from DICOM, :func:`build_outputs` makes
   and left lungs when a lung mask is given (labels 1 right, 2 left on the scan grid), and
   CovidCTNet's infection map above :data:`INFECTION_THRESHOLD`, mapped back onto the scan grid;
 * **secondary-capture key images**: the slices that drove each call with the Grad-CAM or
-  infection overlay, "RESEARCH USE ONLY - NOT FOR DIAGNOSIS" burnt into the pixels.
+  infection overlay, "RESEARCH USE ONLY - NOT FOR DIAGNOSIS" burnt into the pixels, and a
+  **Key Object Selection** document flagging them.
 
 Every object gets new Series/SOP Instance UIDs (pydicom's UID root, 1.2.826.0.1.3680043.8.498,
 unless ``COVIDCT_UID_ROOT`` names your organisation's), the source's StudyInstanceUID and
@@ -48,7 +49,7 @@ BURNT_IN_TEXT = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
 SERIES_PREFIX = "covidct RESEARCH"
 MANUFACTURER = "covidct"
 #: Series numbers of the outputs, high so that they sort after the scanner's series.
-SERIES_NUMBERS = {"sr": 9901, "seg": 9902, "key": 9903}
+SERIES_NUMBERS = {"sr": 9901, "seg": 9902, "key": 9903, "ko": 9904}
 KEY_IMAGES_PER_METHOD = 3
 #: Key images are drawn at least this wide, so that the burnt-in text stays readable.
 MIN_PICTURE_WIDTH = 512
@@ -511,6 +512,27 @@ def build_key_images(sources: Sequence[Any], pictures: Sequence[tuple[int, np.nd
     return images
 
 
+def build_key_object_selection(key_images: Sequence[Any], synthetic: bool = False):
+    """A Key Object Selection document ("For Research", CID 7010) flagging the key images,
+    so that viewers which list key images show them; None without key images."""
+    import highdicom as hd
+    from highdicom.sr import CodedConcept, DeviceObserverIdentifyingAttributes, ObserverContext
+
+    if not key_images:
+        return None
+    device = ObserverContext(observer_type=CodedConcept("121007", "DCM", "Device"),
+                             observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+                                 uid=new_uid(), name="covidct"))
+    content = hd.ko.KeyObjectSelection(
+        document_title=CodedConcept("113007", "DCM", "For Research"),
+        referenced_objects=list(key_images), observer_device_context=device,
+        description=f"covidct key images. {BURNT_IN_TEXT}")
+    return hd.ko.KeyObjectSelectionDocument(
+        evidence=list(key_images), content=content, series_instance_uid=new_uid(),
+        series_number=SERIES_NUMBERS["ko"], sop_instance_uid=new_uid(), instance_number=1,
+        manufacturer=MANUFACTURER, series_description=_series_description("key objects", synthetic))
+
+
 # Putting it together ---------------------------------------------------------------------
 
 def build_outputs(sources: Sequence[Any], scan: Scan, models: Sequence[Any],
@@ -525,13 +547,14 @@ def build_outputs(sources: Sequence[Any], scan: Scan, models: Sequence[Any],
         outputs.append(seg)
     else:
         log.info("no SEG: no lung mask given and no infection above %.3f", INFECTION_THRESHOLD)
-    outputs += build_key_images(sources, key_pictures(scan, models, predictions, infection), synthetic)
-    return outputs
+    key_images = build_key_images(sources, key_pictures(scan, models, predictions, infection), synthetic)
+    selection = build_key_object_selection(key_images, synthetic)
+    return outputs + key_images + ([selection] if selection is not None else [])
 
 
 def output_name(ds: Any) -> str:
     """A file name that says what the object is, without identifiers."""
-    kind = {"SR": "sr", "SEG": "seg"}.get(str(ds.Modality), "key")
+    kind = {"SR": "sr", "SEG": "seg", "KO": "ko"}.get(str(ds.Modality), "key")
     return f"{kind}-{int(ds.SeriesNumber)}-{int(ds.InstanceNumber):03d}.dcm"
 
 
