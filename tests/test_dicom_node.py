@@ -463,3 +463,29 @@ def test_predict_retrieves_a_study_from_the_pacs_by_accession_number(tmp_path, m
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
     assert "no study with that accession number" in missing.stderr
     assert "NOSUCH1" not in missing.stderr
+
+
+def test_an_internal_error_sends_an_sr_and_keeps_the_series_for_the_keep_time(tmp_path):
+    from covidct.dicom_node import DicomNode, NodeSettings
+
+    class Broken:  # a model with a bug
+        method = "bit"
+        class_names = ("Normal", "CP", "NCP")
+
+        def predict(self, scan):
+            raise RuntimeError("a bug")
+
+    node = DicomNode(NodeSettings(spool=tmp_path / "spool", quiet_s=0), models=[Broken()])
+    for k, f in enumerate(write_series(tmp_path / "ct", seed=10)):
+        node.spool.stage("a1", "study", "series", f"{k:04d}", f.read_bytes())
+    node.spool.commit("a1")
+    (work,) = node.spool.take_ready(0)
+    outbox = node.process(work)
+    (sr,) = [pydicom.dcmread(p) for p in outbox.glob("sr-*.dcm")]
+    assert "internal error (RuntimeError)" in json.dumps(sr.to_json_dict())
+    kept = node.spool.failed / work.name
+    assert len(list(kept.glob("*.dcm"))) == 12 and not work.exists()
+    node.spool.expire_failed(3600)
+    assert kept.exists()
+    node.spool.expire_failed(0)
+    assert not kept.exists()

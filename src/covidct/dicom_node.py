@@ -14,7 +14,9 @@ seconds; it is then taken from the spool and
 and the resulting SR / SEG / key images are sent by C-STORE to the destination AE (usually the
 PACS the study came from). Results that cannot be sent stay in ``spool/outbox`` and are
 retried every ``retry_s`` seconds for ``keep_failed_s`` (7 days by default), then deleted with
-an error in the log. Sent results and processed inputs are deleted. After a crash or restart,
+an error in the log. Received instances are deleted once their series is processed (the
+results hold what is to be sent), except after an internal error: then they stay in
+``spool/failed`` for ``keep_failed_s``. Sent results are deleted. After a crash or restart,
 series taken for processing go back to the queue, stale staged instances (of associations cut
 by the crash) are dropped, and the outbox is retried.
 
@@ -107,8 +109,8 @@ class Spool:
 
     def __init__(self, root: Path):
         self.root = _mkdir(Path(root))
-        self.staging, self.incoming, self.work, self.outbox = (
-            _mkdir(self.root / name) for name in ("staging", "incoming", "work", "outbox"))
+        self.staging, self.incoming, self.work, self.outbox, self.failed = (
+            _mkdir(self.root / name) for name in ("staging", "incoming", "work", "outbox", "failed"))
         self._lock = threading.Lock()
         #: Instances per study in incoming/, kept in memory: counting files at every C-STORE
         #: would cost a folder walk per instance.
@@ -171,6 +173,21 @@ class Spool:
     def _touch(series_dir: Path) -> None:
         (series_dir / ".last").touch()
         os.utime(series_dir / ".last")
+
+    def keep_failed(self, work: Path) -> Path:
+        """Keep the instances of a series that failed by an internal error, for inspection."""
+        target = self.failed / work.name
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(work, target)
+        os.utime(target)
+        return target
+
+    def expire_failed(self, keep_s: float) -> None:
+        now = time.time()
+        for folder in self.failed.iterdir():
+            if now - folder.stat().st_mtime > keep_s:
+                shutil.rmtree(folder, ignore_errors=True)
+                log.info("spool: failed series %s deleted after the keep time", folder.name)
 
     def take_ready(self, quiet_s: float) -> list[Path]:
         """Series untouched for ``quiet_s``, moved to ``work/`` (so a crash requeues them)."""
@@ -318,10 +335,11 @@ class DicomNode:
                 break  # left in work/: requeued at the next start
             try:
                 self.process(work)
-            except Exception:  # e.g. a full disk: say so, drop the series, keep serving
-                log.exception("series %s: dropped after an internal error", work.name)
-                shutil.rmtree(work, ignore_errors=True)
+            except Exception:  # e.g. a full disk: say so, keep the series aside, keep serving
+                log.exception("series %s: kept in spool/failed after an internal error", work.name)
+                self.spool.keep_failed(work)
         self.send_pending()
+        self.spool.expire_failed(self.settings.keep_failed_s)
 
     # -- processing ---------------------------------------------------------------------
 
@@ -335,7 +353,7 @@ class DicomNode:
         headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
         modality = str(headers[0].get("Modality", "") or "?").upper() if headers else "?"
         description = str(headers[0].get("SeriesDescription", "")) if headers else ""
-        outbox = None
+        outbox, failed = None, False
         if not headers:
             log.warning("%s: skipped: no instances", where)
         elif modality != "CT":
@@ -347,30 +365,38 @@ class DicomNode:
         else:
             log.info("%s: %d CT instance(s) complete; predicting", where, len(files))
             outbox = self.spool.outbox / work.name
-            self._predict_or_explain(work, outbox, headers, where)
-        shutil.rmtree(work, ignore_errors=True)
+            failed = self._predict_or_explain(work, outbox, headers, where)
+        if failed:
+            self.spool.keep_failed(work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
         return outbox
 
-    def _predict_or_explain(self, work: Path, out: Path, headers: list, where: str) -> None:
+    def _predict_or_explain(self, work: Path, out: Path, headers: list, where: str) -> bool:
+        """Predict into ``out``, or put an SR saying why there; True after an internal error
+        (the series' instances are then kept in spool/failed for the keep time)."""
         start = time.perf_counter()
+        failed = False
         try:
             predictions, paths = predict_to_dicom(work, self.models, out)
         except CovidctError as exc:
             reason = exc.message
         except Exception as exc:  # a bug must not stop the node; it is reported like a refusal
-            log.exception("%s: internal error", where)
+            log.exception("%s: internal error; instances kept in spool/failed", where)
             reason = f"internal error ({type(exc).__name__})"
+            failed = True
         else:
             calls = "; ".join(f"{p.method} {p.label} {p.confidence:.0%}" for p in predictions)
             log.info("%s: %s; %d DICOM object(s) in %.1f s", where, calls, len(paths),
                      time.perf_counter() - start)
-            return
+            return False
         # The reason names the spool folder (digests only); say it without the path.
         log.warning("%s: not processed: %s", where, reason)
         headers.sort(key=lambda ds: int(ds.get("InstanceNumber", 0) or 0))
         synthetic = any(SYNTHETIC_TAG in str(ds.get("SeriesDescription", "")) for ds in headers[:1])
         save_outputs([refusal_sr([ds for ds in headers if "SOPInstanceUID" in ds], reason,
                                  synthetic)], out)
+        return failed
 
     # -- sending ------------------------------------------------------------------------
 
