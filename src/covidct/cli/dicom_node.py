@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retry-every", type=float, default=60.0, metavar="S",
                    help="retry unsent results every S seconds (default 60)")
     p.add_argument("--keep-failed", type=float, default=168.0, metavar="HOURS",
-                   help="delete results still unsent after HOURS (default 168, a week)")
+                   help="delete results still unsent, and series kept after an internal "
+                        "error, after HOURS (default 168, a week)")
     p.add_argument("--max-associations", type=int, default=8, help="associations at once (default 8)")
     p.add_argument("--max-instances", type=int, default=5000, metavar="N",
                    help="instances accepted per association and per study (default 5000)")
