@@ -8,6 +8,7 @@ lesion voxels inside the mask; a juxta-pleural consolidation (30 HU) keeps >= 80
 from __future__ import annotations
 
 import functools
+import json
 
 import numpy as np
 import pytest
@@ -221,3 +222,19 @@ def test_lungmask_backend_reads_a_local_weights_file(tmp_path, monkeypatch):
         lung_mask(scan, backend="lungmask")
     with pytest.raises(ModelError, match="not found"):
         lung_mask(scan, backend="lungmask", weights=tmp_path / "missing.pth")
+
+
+def test_synth_variants_option(tmp_path, run_cli):
+    from covidct.synth.cohort import CohortSettings, patient_variants
+
+    assert patient_variants(CohortSettings(), 0) == ()
+    picked = [patient_variants(CohortSettings(variants=anatomy.VARIANTS), i) for i in range(20)]
+    assert 0 < sum(len(p) for p in picked) < 20 * len(anatomy.VARIANTS)
+    rc, _, stderr = run_cli("synth", "--out", tmp_path / "c", "--patients", "2", "--matrix", "64",
+                            "--slice-mm", "5", "5", "--max-slices", "12", "--formats", "nifti",
+                            "--variants", "thin-wall,stomach-gas", "--no-progress")
+    assert rc == 0, stderr
+    assert json.loads((tmp_path / "c" / "synth.json").read_text())["variants"] == [
+        "thin-wall", "stomach-gas"]
+    rc, _, stderr = run_cli("synth", "--out", tmp_path / "d", "--variants", "bogus")
+    assert rc == 2 and "--variants: unknown bogus" in stderr and "Traceback" not in stderr
