@@ -241,14 +241,12 @@ def test_one_lung_mask_serves_both_methods_and_the_dicom_outputs(tmp_path, model
 
 
 def test_seg_marks_the_infection_map_above_the_lung_map_threshold_inside_the_lungs(predicted):
-    from covidct.dicom_out import build_seg, lung_findings
+    from covidct.dicom_out import build_seg, lung_findings, source_datasets
     from covidct.lungs import MAP_THRESHOLD
     from covidct.scanio import load_scan
 
     root, _, _ = predicted
     scan = load_scan(root / "series")
-    from covidct.dicom_out import source_datasets
-
     sources = source_datasets(root / "series", scan)
     found = lung_findings(scan, [])
     right = found.mask == 1
