@@ -11,9 +11,9 @@ Prediction on a scan (:meth:`SliceClassifier.predict`):
 2. Lung slices are chosen: on a 4x-subsampled copy of each slice the body is found
    (:func:`covidct.windowing.body_mask`), and a slice counts as a lung slice when at least
    ``LUNG_FRACTION`` (10%) of its body pixels are in the lung range (below -400 HU, gray
-   value 162 in the lung window) and the body covers at least 2% of the picture. When no
-   slice qualifies (a picture of the abdomen, a very tight crop) every slice is used and
-   the aggregation text says so. Of long series at most ``MAX_SLICES`` (32) evenly spaced
+   value 162 in the lung window) and the body covers at least 2% of the picture
+   (:mod:`covidct.checks`). A scan without a lung slice, or one that fails the plausibility
+   checks there, is refused. Of long series at most ``MAX_SLICES`` (32) evenly spaced
    lung slices are scored: ResNet-v2 50x1 at 480 px scores about 1.2 slices/s on 2 CPU
    cores, so a 300-slice series stays under a minute (set ``max_slices`` for more).
 3. Each chosen slice is cropped to its automatic body box (:func:`covidct.windowing.body_box`,
@@ -35,12 +35,13 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..checks import LUNG_FRACTION, LUNG_HU, require_coverage
 from ..constants import METHOD_BIT, SLICE_CLASSES
 from ..errors import ModelError
 from ..metrics import aggregate_by_patient
 from ..prediction import Prediction, Scores
 from ..scan import SAFE_METADATA_KEYS, Scan
-from ..windowing import COVIDX_LUNG, body_box, body_mask, get_window
+from ..windowing import COVIDX_LUNG, body_box, get_window
 from .data import (COVIDxDataset, EvalTransform, collate, crop_box, find_synthetic_marker,
                    normalize)
 from .weights import WeightsSource, load_weights, resolve, zero_head
@@ -51,9 +52,6 @@ DEFAULT_ARCH = "resnetv2_50x1_bit"
 TINY_ARCH = "resnetv2_tiny_bit"
 
 #: Slice selection and aggregation rules for scans (see the module docstring).
-LUNG_FRACTION = 0.10
-LUNG_HU = -400.0
-MIN_BODY_FRACTION = 0.02
 MAX_SLICES = 32
 
 
@@ -125,15 +123,12 @@ def infer_logits(net: torch.nn.Module, batches, device: torch.device, amp: bool 
 
 
 def lung_slices(scan: Scan, max_slices: int = MAX_SLICES) -> tuple[np.ndarray, bool]:
-    """Indices of the slices to score, and whether the lung rule found any (see module doc)."""
-    fractions = np.array([_lung_fraction(_slice_uint8(scan, k)) for k in range(scan.n_slices)])
-    chosen = np.flatnonzero(fractions >= LUNG_FRACTION)
-    found = chosen.size > 0
-    if not found:
-        chosen = np.arange(scan.n_slices)
+    """Indices of the lung slices to score (see module doc); the scan must pass
+    :func:`covidct.checks.require_coverage`, which refuses a scan without lung slices."""
+    chosen = require_coverage(scan, METHOD_BIT).lung_indices
     if chosen.size > max_slices:
         chosen = chosen[np.round(np.linspace(0, chosen.size - 1, max_slices)).astype(int)]
-    return chosen, found
+    return chosen, True
 
 
 def _slice_uint8(scan: Scan, k: int) -> np.ndarray:
@@ -153,17 +148,6 @@ def scan_body_box(pixels: np.ndarray) -> tuple[int, int, int, int]:
     h, w = pixels.shape
     return (x0 * stride, y0 * stride, min(w - 1, x1 * stride + stride - 1),
             min(h - 1, y1 * stride + stride - 1))
-
-
-def _lung_fraction(pixels: np.ndarray) -> float:
-    stride = max(1, min(pixels.shape) // 128)
-    small = pixels[::stride, ::stride]
-    body = body_mask(small, "windowed", COVIDX_LUNG)
-    n_body = int(body.sum())
-    if n_body < MIN_BODY_FRACTION * small.size:
-        return 0.0
-    lung_gray = (LUNG_HU - COVIDX_LUNG.low) / COVIDX_LUNG.width * 255.0
-    return float(((small < lung_gray) & body).sum()) / n_body
 
 
 # The trained model --------------------------------------------------------------------
@@ -270,7 +254,7 @@ class SliceClassifier:
                              f"with {COVIDX_LUNG.name!r}", self.file.get("name"))
         scan.require_axial("the BiT slice classifier")
         start = time.perf_counter()
-        indices, found = lung_slices(scan, self.max_slices)
+        indices, found = lung_slices(scan, self.max_slices)  # refuses implausible scans
         selected = time.perf_counter()
         pixels = [_slice_uint8(scan, int(k)) for k in indices]
         boxes = [scan_body_box(p) for p in pixels]

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import require_coverage
 from ..constants import METHOD_COVIDCTNET, VOLUME_CLASSES
 from ..errors import ModelError
 from ..models import save_model_file
@@ -157,6 +158,7 @@ class CovidCTNet:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         own = check_scan(scan)
+        require_coverage(scan, self.method)  # plausible, with enough lung (covidct.checks)
         for warning in own:  # the reader has logged its own warnings already
             log.warning("%s", warning)
         warnings = own + list(scan.metadata.get("warnings", []) or [])
