@@ -83,7 +83,10 @@ class CovidCTNet:
                              (record.get("file") or {}).get("name")) from None
         info = {"file": record.get("file"), "covidct_version": record.get("covidct_version"),
                 "name": record.get("name", "covidctnet")}
-        return cls(classifier, denoiser, settings, class_names, record.get("training"), info)
+        # A model loaded from its file predicts: no persistent cache of patient images unless
+        # $COVIDCT_CACHE asks for one (training builds its own with the cache on).
+        return cls(classifier, denoiser, settings, class_names, record.get("training"), info,
+                   cache=ArrayCache.for_prediction())
 
     def payload(self) -> dict[str, Any]:
         return {
