@@ -287,7 +287,7 @@ def test_no_phi_in_results_or_logs_unless_asked(tmp_path, serve_models, caplog):
 
 def test_twenty_concurrent_uploads_all_finish_with_their_own_results(tmp_path, serve_models):
     # Ten distinct small scans, each uploaded twice, all twenty at once.
-    paths = [nifti_file(tmp_path / f"s{k}.nii.gz", seed=100 + k, shape=(6, 48, 48)) for k in range(10)]
+    paths = [nifti_file(tmp_path / f"s{k}.nii.gz", seed=100 + k, shape=(12, 48, 48)) for k in range(10)]
     uploads = paths + paths[::-1]
     with TestClient(make_app(tmp_path / "d", serve_models, workers=2)) as c:
         with ThreadPoolExecutor(20) as pool:

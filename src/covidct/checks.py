@@ -15,7 +15,8 @@ A model gives a confident-looking label for anything it is fed, garbage included
 
 :func:`require_coverage` then states what each method needs: the slice classifier at least
 one lung slice; CovidCTNet at least ``MIN_LUNG_MM`` (30 mm) of lung along z, with a warning
-below ``PARTIAL_LUNG_MM`` (150 mm; whole adult lungs span about 200-300 mm).
+below ``PARTIAL_LUNG_MM`` (150 mm; whole adult lungs span about 200-300 mm), or, when the
+slice spacing is unknown, ``MIN_LUNG_SLICES`` (3) lung slices and a warning.
 
 What is doubtful but usable (unknown spacing, filled voxels, partial coverage) becomes a
 warning in ``scan.metadata["warnings"]``, which every output carries.
@@ -43,9 +44,12 @@ MIN_TISSUE = 0.01
 LUNG_FRACTION = 0.10
 LUNG_HU = -400.0
 MIN_BODY_FRACTION = 0.02
-#: CovidCTNet's patient-level call needs this much lung along z (mm).
+#: CovidCTNet's patient-level call needs this much lung along z (mm); without a known slice
+#: spacing (pictures, NIfTI without voxel size) the extent cannot be measured, and at least
+#: MIN_LUNG_SLICES lung slices are required instead, with a warning.
 MIN_LUNG_MM = 30.0
 PARTIAL_LUNG_MM = 150.0
+MIN_LUNG_SLICES = 3
 #: Slices are checked at about this many pixels a side (the checks need shapes, not detail).
 _CHECK_PX = 128
 
@@ -176,12 +180,20 @@ def require_coverage(scan: Scan, method: str) -> Plausibility:
         return checked  # at least one lung slice: check_scan found one
     if method == METHOD_COVIDCTNET:
         extent = checked.lung_extent_mm
-        if extent < MIN_LUNG_MM:
+        n_lung = int(checked.lung_slices.sum())
+        if not scan.geometry_known:
+            if n_lung < MIN_LUNG_SLICES:
+                raise ScanError(f"CovidCTNet needs a volume: at least {MIN_LUNG_SLICES} lung "
+                                f"slices when the slice spacing is unknown; this scan has "
+                                f"{n_lung}", scan.source or None)
+            _add_warnings(scan, ["slice spacing unknown: how much of the lungs the scan covers "
+                                 "cannot be measured"])
+        elif extent < MIN_LUNG_MM:
             raise ScanError(
                 f"CovidCTNet needs at least {MIN_LUNG_MM:.0f} mm of lung along z for a "
                 f"patient-level call; this scan shows {extent:.0f} mm "
-                f"({checked.lung_slices.sum()} lung slice(s))", scan.source or None)
-        if extent < PARTIAL_LUNG_MM:
+                f"({n_lung} lung slice(s))", scan.source or None)
+        elif extent < PARTIAL_LUNG_MM:
             _add_warnings(scan, [f"only {extent:.0f} mm of lung along z (whole lungs span about "
                                  "200-300 mm): disease outside the scanned part is not seen"])
     return checked
