@@ -94,6 +94,7 @@ def models(tmp_path_factory):
             save_tiny_covidctnet_model(folder / "covidctnet.pt"))
 
 
+@pytest.mark.slow
 def test_no_identifier_in_anything_written_or_printed(tmp_path, models, run_cli):
     bit, covidctnet = models
     data = tmp_path / "in"

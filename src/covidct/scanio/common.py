@@ -148,15 +148,17 @@ def library_messages(notes: Notes):
     propagate = logger.propagate
     logger.addHandler(handler)
     logger.propagate = False
+    failed = True
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             yield
+        failed = False
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate
         messages = handler.messages + [str(w.message) for w in caught]
-        if messages:
+        if messages and not failed:  # on failure the one-line error says what matters
             kinds = sorted({scrub(m) for m in messages})
             notes.warn(f"the DICOM reader reported {len(messages)} problem(s) in the files "
                        f"({len(kinds)} kind(s), e.g. {kinds[0]!r}; values not shown)")

@@ -24,7 +24,7 @@ from ..errors import ScanError
 from ..scan import Scan
 from ..privacy import member_label
 from .common import (Notes, check_pixel_count, is_synthetic_text, library_messages, log,
-                     orientation_of, quiet_stderr, uid_hash)
+                     orientation_of, quiet_stderr, scrub, uid_hash)
 
 #: Slices closer than this along the normal are the same position (mm).
 _SAME_POSITION_MM = 1e-3
@@ -589,4 +589,6 @@ def _vector(value, n: int) -> np.ndarray | None:
 
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
+    if text.endswith(":"):  # "...raised by all available plugins:" and the list below
+        text = text.rstrip(":") + "; the data are damaged or in an unsupported encoding"
+    return scrub(text)[:200]

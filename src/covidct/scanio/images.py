@@ -9,6 +9,7 @@ one it was trained with.
 from __future__ import annotations
 
 import os
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -72,7 +73,10 @@ def _header_size(path: Path, label: str, source: Path) -> tuple[int, int]:
     multi-page TIFF count as slices of that size."""
     prefix = f"{label}: " if label else ""
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():  # covidct's own limits apply, checked just below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             w, h = image.size
             pages = getattr(image, "n_frames", 1) or 1
     except Image.DecompressionBombError:
@@ -87,7 +91,10 @@ def _header_size(path: Path, label: str, source: Path) -> tuple[int, int]:
 def _read_picture(path: Path, label: str, source: Path) -> tuple[list[np.ndarray], bool]:
     prefix = f"{label}: " if label else ""
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             tagged = is_synthetic_text(*image.info.values())
             pages = [_gray(page, prefix, source) for page in ImageSequence.Iterator(image)]
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
