@@ -230,3 +230,17 @@ def test_duplicated_split_lines_count_once(tmp_path, caplog):
     split.write_text("a_1.png 0 1 1 9 9\na_1.png 2 1 1 9 9\n")
     with pytest.raises(DatasetError, match="line 2: a file listed on line 1 appears again"):
         read_split(split)
+
+
+def test_the_lung_finder_can_be_swapped():
+    from covidct import checks
+
+    scan = build_hu_volume((8, 64, 64))
+    mask = np.zeros(scan.shape, np.uint8)
+    mask[2:5, 20:40, 20:40] = 1  # a stand-in lung mask on slices 2-4
+    result = checks.check_scan(scan, lung_finder=checks.from_lung_mask(lambda s: mask))
+    assert result.lung_indices.tolist() == [2, 3, 4]
+    assert result.lung_extent_mm == pytest.approx(3 * 2.5)
+    with pytest.raises(ScanError, match="no lungs found"):
+        checks.check_scan(build_hu_volume((8, 64, 64)),
+                          lung_finder=checks.from_lung_mask(lambda s: np.zeros(s.shape)))

@@ -97,7 +97,18 @@ def air_lung_slices(scan: Scan) -> np.ndarray:
                      for k in range(scan.n_slices)], dtype=bool)
 
 
-#: The lung finder check_scan uses when none is given.
+def from_lung_mask(lung_mask: Callable[[Scan], np.ndarray],
+                   min_fraction: float = 0.005) -> LungFinder:
+    """A lung finder from a function giving a (z, y, x) lung mask or label image (such as
+    ``covidct.lungs.lung_mask``): a lung slice has lung on at least ``min_fraction`` of it."""
+    def finder(scan: Scan) -> np.ndarray:
+        mask = np.asarray(lung_mask(scan)) > 0
+        return mask.reshape(mask.shape[0], -1).mean(axis=1) >= min_fraction
+    return finder
+
+
+#: The lung finder check_scan uses when none is given; a real lung segmentation plugs in as
+#: ``DEFAULT_LUNG_FINDER = from_lung_mask(covidct.lungs.lung_mask)``.
 DEFAULT_LUNG_FINDER: LungFinder = air_lung_slices
 
 
@@ -117,8 +128,6 @@ def check_scan(scan: Scan, lung_finder: LungFinder | None = None) -> Plausibilit
     if lungs.shape != (scan.n_slices,) or not lungs.any():
         raise ScanError("no lungs found: no slice has air-density regions enclosed by the body "
                         "(a chest CT is needed)", scan.source or None)
-    if not scan.geometry_known:
-        warnings.append("voxel spacing unknown: 1 mm assumed, sizes in mm are approximate")
     indices = np.flatnonzero(lungs)
     extent = float((indices[-1] - indices[0] + 1) * scan.spacing[0])
     result = Plausibility(lungs, extent, warnings)
