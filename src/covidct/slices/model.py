@@ -314,6 +314,7 @@ class SliceClassifier:
 def scan_summary(scan: Scan) -> dict[str, Any]:
     """De-identified facts about a scan for prediction outputs."""
     out = {k: scan.metadata[k] for k in SAFE_METADATA_KEYS if k in scan.metadata}
+    out["warnings"] = list(out.get("warnings") or [])  # as of this prediction
     out.update(shape=list(scan.shape), spacing_mm=list(scan.spacing), units=scan.units,
                geometry_known=scan.geometry_known, synthetic=scan.synthetic)
     if not scan.is_hu:
