@@ -7,7 +7,9 @@ axial DICOM series gives, whatever tool wrote the file.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
+import logging
 import os
 from pathlib import Path
 
@@ -31,14 +33,16 @@ _INT16 = np.iinfo(np.int16)
 def read_nifti(path: Path) -> Scan:
     notes = Notes(path)
     try:
-        image = nib.load(str(path))
+        with _quiet_nibabel():  # its header fixes; covidct says what matters itself
+            image = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for damaged files
         raise ScanError(f"not a readable NIfTI file ({_first_line(exc)})", path) from None
     shape = tuple(int(n) for n in image.shape) + (1, 1, 1)
     check_pixel_count(shape[1], shape[0], int(np.prod(shape[2:])), path)
     spacing_known = _spacing_known(path, notes)
     try:
-        data = np.asarray(image.dataobj)  # applies scl_slope/scl_inter when set
+        with _quiet_nibabel():
+            data = np.asarray(image.dataobj)  # applies scl_slope/scl_inter when set
     except Exception as exc:
         raise ScanError(f"not a readable NIfTI file ({_first_line(exc)})", path) from None
     data = _as_3d(data, path)
@@ -74,6 +78,17 @@ def read_nifti(path: Path) -> Scan:
                 units="windowed" if windowed else "HU", origin=tuple(origin), direction=direction,
                 orientation=orientation, geometry_known=spacing_known, source=str(path),
                 metadata=metadata)
+
+
+@contextlib.contextmanager
+def _quiet_nibabel():
+    logger = nib.imageglobals.logger
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _spacing_known(path: Path, notes: Notes) -> bool:
