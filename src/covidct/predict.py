@@ -78,7 +78,7 @@ def predict(scan: Scan | str | os.PathLike, models: Sequence[Model]) -> Predicti
                 raise
             first = first or exc
             results.refused[model.method] = exc.message
-            log.warning("%s: not run: %s", model.method, exc.message)
+            log.debug("%s: not run: %s", model.method, exc.message)
             continue
         prediction.timings.setdefault("total", time.perf_counter() - start)
         results.append(prediction)
