@@ -185,3 +185,17 @@ def test_loaded_covidctnet_has_no_persistent_cache_unless_asked(models, monkeypa
     assert not load_model(models[1]).cache.enabled
     monkeypatch.setenv("COVIDCT_CACHE", os.fspath(Path("/tmp/somewhere")))
     assert load_model(models[1]).cache.enabled
+
+
+def test_evaluate_outputs_are_private(tmp_path, models, run_cli):
+    """Per-patient scores are derived patient data: 0700 folder, 0600 files."""
+    data = tmp_path / "in"
+    for k, label in enumerate(("Covid", "Control", "CAP")):
+        _phi_series(data / label / f"p{k}", seed=k)
+    out = tmp_path / "eval"
+    rc, _, err = run_cli("evaluate", data, "--model", models[1], "--split", "all",
+                         "--n-boot", "10", "--out", out, timeout=300)
+    assert rc == 0, err
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    for path in out.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .atomic import write_bytes
+from .atomic import private_files, write_bytes
 from .constants import METHOD_BIT
 from .errors import DatasetError
 from .privacy import folder_salt, pseudonym, show_paths
@@ -80,8 +80,9 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike, split: s
         provenance["images"] = _hidden_path(provenance["images"])
     if out_dir is not None:
         out_dir = Path(out_dir)
-        save_results(out_dir / "results.json", out_dir / "results.csv", metrics, provenance)
-        write_bytes(out_dir / "scores.npz", _npz(scores))
+        with private_files():  # per-patient scores: 0600 files in a 0700 folder
+            save_results(out_dir / "results.json", out_dir / "results.csv", metrics, provenance)
+            write_bytes(out_dir / "scores.npz", _npz(scores))
     return {"metrics": metrics, "provenance": provenance, "scores": scores}
 
 

@@ -56,8 +56,11 @@ def folder_salt(folder: str | os.PathLike) -> bytes:
         return bytes.fromhex(path.read_text().strip())
     except (OSError, ValueError):
         pass
+    from .atomic import make_dir, private_files
+
     salt = secrets.token_bytes(16)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with private_files():  # the folder holds derived patient data: 0700 when new
+        make_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(salt.hex() + "\n")
