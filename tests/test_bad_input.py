@@ -244,3 +244,19 @@ def test_the_lung_finder_can_be_swapped():
     with pytest.raises(ScanError, match="no lungs found"):
         checks.check_scan(build_hu_volume((8, 64, 64)),
                           lung_finder=checks.from_lung_mask(lambda s: np.zeros(s.shape)))
+
+
+def test_batch_records_refusals_as_errors_and_partial_runs(tmp_path, models):
+    from covidct.batch import predict_batch, read_manifest
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    badinput._nifti(archive / "a-one-slice.nii.gz", build_hu_volume((1, 64, 64)).voxels)
+    badinput._nifti(archive / "b-air.nii.gz", np.full((8, 32, 32), -1000.0))
+    summary = predict_batch(archive, tmp_path / "out", list(models), workers=0, threads=1)
+    assert (summary.done, summary.failed) == (1, 1)
+    rows = {r["index"]: r for r in read_manifest(tmp_path / "out" / "manifest.csv").values()}
+    assert rows["1"]["status"] == "ok" and rows["1"]["labels"].startswith("bit=")
+    assert "covidctnet not run: CovidCTNet needs" in rows["1"]["error"]
+    assert rows["2"]["status"] == "error" and "not CT-like" in rows["2"]["error"]
+    assert "air" not in rows["2"]["scan"]  # named by digest, not by file name
