@@ -154,6 +154,8 @@ def _check_finite(scan: Scan, warnings: list[str]) -> None:
         raise ScanError(f"{share:.1%} of the voxels are not finite numbers (NaN or infinite; "
                         f"at most {MAX_NONFINITE:.0%} are filled): damaged or not a CT",
                         scan.source or None)
+    if not voxels.flags.writeable:  # e.g. a memory-mapped file
+        scan.voxels = voxels = voxels.copy()
     voxels[bad] = FILL_HU
     warnings.append(f"{n_bad} voxels ({share:.3%}) were not finite (NaN/Inf) and were set to "
                     f"{FILL_HU:.0f} HU (air)")
