@@ -18,7 +18,7 @@ from ..privacy import set_show_paths
 
 #: Command modules, in the order `covidct --help` lists them.
 COMMANDS = ("demo", "info", "synth", "train2d", "train3d", "predict", "evaluate", "report", "serve", "experiment",
-            "export", "predict_batch", "cache")
+            "export", "predict_batch", "dicom_node", "cache")
 
 EPILOG = f"""\
 Run `covidct COMMAND --help` for the options of a command.

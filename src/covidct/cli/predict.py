@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "refused (exit 2). With several methods, those the scan suits run and the "
                     "others say why not (exit 3). No persistent cache is used (see covidct "
                     "cache). " + DISCLAIMER)
-    p.add_argument("scan", help="a DICOM folder/file/zip, a NIfTI file, a PNG/JPG slice or a folder of slices")
+    p.add_argument("scan", help="a DICOM folder/file/zip, a NIfTI file, a PNG/JPG slice or a folder of "
+                                "slices, or a PACS study: pacs://AE@HOST:PORT/ACCESSION")
     p.add_argument("--method", choices=(*METHODS, "all"), default="bit",
                    help="which method to run when --model is not given (default: bit)")
     p.add_argument("--model", action="append", default=[], metavar="FILE",
@@ -24,19 +25,40 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "$COVIDCT_MODELS or demo-output/models")
     p.add_argument("--out", default=None, help="folder for the outputs (default: print only)")
     p.add_argument("--no-pictures", action="store_true", help="skip writing pictures")
+    p.add_argument("--dicom-out", default=None, metavar="DIR",
+                   help="also write DICOM objects for the PACS into DIR (DICOM input only): a "
+                        "Structured Report, a Segmentation and key images in the source's study "
+                        "(they carry its patient module; DIR is made 0700)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="run the networks on PyTorch (default) or ONNX Runtime (CPU; faster "
                         "there, the model is exported once and cached, see covidct export)")
+    p.add_argument("--calling-ae", default="COVIDCT",
+                   help="covidct's AE title when retrieving a pacs:// study (default COVIDCT)")
     p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from ..pacs import is_pacs_url, retrieved_study
+
+    with contextlib.ExitStack() as stack:
+        if is_pacs_url(args.scan):  # C-FIND + C-GET into a temporary folder, removed after
+            args.scan = str(stack.enter_context(retrieved_study(args.scan, args.calling_ae)))
+        return _predict(args)
 
 
 #: Exit code when some methods ran and wrote their results and others refused the scan.
 EXIT_PARTIAL = 3
 
 
-def run(args: argparse.Namespace) -> int:
+def _predict(args: argparse.Namespace) -> int:
     from ..predict import check_writable, load_models, predict, predict_to_folder, read_checked
 
+    if args.dicom_out:
+        from ..dicom_out import check_dicom_input
+
+        check_dicom_input(args.scan)  # before the models load: a wrong input fails at once
     # The scan and the output folder first: a refusal should not wait for the models.
     scan = read_checked(args.scan)
     if args.out:
@@ -47,16 +69,24 @@ def run(args: argparse.Namespace) -> int:
         from ..export import to_runtime
 
         models = [to_runtime(m, args.runtime) for m in models]
-    if args.out:
+    if args.dicom_out:
+        from ..dicom_out import predict_to_dicom
+
+        predictions, _ = predict_to_dicom(args.scan, models, args.dicom_out, out_dir=args.out,
+                                          pictures=not args.no_pictures)
+    elif args.out:
         predictions = predict_to_folder(scan, models, args.out, pictures=not args.no_pictures)
     else:
         predictions = predict(scan, models)
+    refused = getattr(predictions, "refused", {})
     for prediction in predictions:
         print(prediction.summary_line())
-    for method, reason in predictions.refused.items():
+    for method, reason in refused.items():
         print(f"{method}: not run: {reason}")
     for warning in scan.metadata.get("warnings", []) or []:
         print(f"warning: {warning}")
     if args.out:
         print("results written to the --out folder")
-    return EXIT_PARTIAL if predictions.refused else 0
+    if args.dicom_out:
+        print("DICOM outputs written to the --dicom-out folder")
+    return EXIT_PARTIAL if refused else 0
