@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .atomic import private_files, write_bytes
+from .atomic import private_files, write_bytes, write_json
 from .constants import METHOD_BIT
 from .errors import DatasetError
+from .lungs_eval import LUNGS_JSON, evaluate_lungs, find_truth
 from .privacy import folder_salt, pseudonym, show_paths
 from .models import Model, load_model
 from .prediction import Scores
@@ -78,12 +79,18 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike, split: s
     }
     if "images" in provenance:
         provenance["images"] = _hidden_path(provenance["images"])
+    # Where the data has true lungs (a covidct synth cohort), the lung mask and the involvement
+    # figures are scored too, on the same split.
+    truth = find_truth(data)
+    lungs = evaluate_lungs(truth, split=split) if truth is not None else None
     if out_dir is not None:
         out_dir = Path(out_dir)
         with private_files():  # per-patient scores: 0600 files in a 0700 folder
             save_results(out_dir / "results.json", out_dir / "results.csv", metrics, provenance)
             write_bytes(out_dir / "scores.npz", _npz(scores))
-    return {"metrics": metrics, "provenance": provenance, "scores": scores}
+            if lungs is not None:
+                write_json(out_dir / LUNGS_JSON, lungs)
+    return {"metrics": metrics, "provenance": provenance, "scores": scores, "lungs": lungs}
 
 
 def item_namer(out_dir: str | os.PathLike | None):

@@ -12,6 +12,7 @@ from .atomic import make_dir, private_files, write_json
 from .checks import check_scan
 from .constants import DISCLAIMER, METHODS
 from .errors import CovidctError, ModelError, ScanError
+from .lungs import lung_report
 from .models import Model, load_model
 from .prediction import Prediction
 from .scan import Scan
@@ -118,16 +119,21 @@ def predict_to_folder(scan_path: Scan | str | os.PathLike, models: Sequence[Mode
             if pictures and hasattr(model, "save_pictures"):
                 files["pictures"] = model.save_pictures(prediction, scan, out_dir)
             outputs[prediction.method] = files
+        lungs = lung_report(scan) if scan.orientation in ("axial", "unknown") else None
+        if pictures and lungs is not None:
+            outputs["lungs_picture"] = write_lung_picture(scan, out_dir)
         # Written last, so its presence means the folder is complete.
         write_json(out_dir / "summary.json", {
             "disclaimer": DISCLAIMER,
             "scan": scan.summary(),
+            "lungs": lungs,
             "warnings": list(scan.metadata.get("warnings", []) or []),
             "results": {p.method: {"label": p.label,
                                    "probabilities": p.to_dict()["probabilities"]}
                         for p in predictions},
             "not_run": predictions.refused,
-            "files": {m: {k: _relative(v, out_dir) for k, v in f.items()}
+            "files": {m: (_relative(f, out_dir) if not isinstance(f, dict) else
+                          {k: _relative(v, out_dir) for k, v in f.items()})
                       for m, f in outputs.items()},
         })
     return predictions
@@ -146,6 +152,19 @@ def _relative(value, out_dir: Path):
         return str(Path(value).relative_to(out_dir))
     except ValueError:
         return Path(value).name
+
+
+def write_lung_picture(scan: Scan, out_dir: Path) -> Path:
+    """``lungs.png``: a few lung slices with the lung mask outlined (right cyan, left yellow)."""
+    from PIL import Image
+
+    from .atomic import atomic_path
+    from .lungs import lung_picture, scan_lungs
+
+    path = Path(out_dir) / "lungs.png"
+    with atomic_path(path) as tmp:
+        Image.fromarray(lung_picture(scan, scan_lungs(scan))).save(tmp, format="PNG")
+    return path
 
 
 def load_models(methods: Sequence[str], paths: Sequence[str | os.PathLike] = (),

@@ -8,12 +8,12 @@ Prediction on a scan (:meth:`SliceClassifier.predict`):
 
 1. The scan must be axial. HU scans are mapped to 8 bits with the COVIDx lung window
    ([-1350, 150] HU); 8-bit pictures are taken as they are (assumed lung-windowed).
-2. Lung slices are chosen: on a 4x-subsampled copy of each slice the body is found
-   (:func:`covidct.windowing.body_mask`), and a slice counts as a lung slice when at least
-   ``LUNG_FRACTION`` (10%) of its body pixels are in the lung range (below -400 HU, gray
-   value 162 in the lung window) and the body covers at least 2% of the picture
-   (:mod:`covidct.checks`). A scan without a lung slice, or one that fails the plausibility
-   checks there, is refused. Of long series at most ``MAX_SLICES`` (32) evenly spaced
+2. Lung slices are chosen from the scan's lung mask (:func:`covidct.lungs.scan_lungs`,
+   shared with CovidCTNet): a slice is a lung slice when it holds at least
+   ``covidct.lungs.LUNG_SLICE_MM2`` (2 cm^2) of lung. A scan that fails the plausibility
+   checks of :mod:`covidct.checks` (no lungs among them) is refused first; when the mask
+   finds no lungs in a scan the checks passed, every slice is used and the aggregation
+   text says so. Of long series at most ``MAX_SLICES`` (32) evenly spaced
    lung slices are scored: ResNet-v2 50x1 at 480 px scores about 1.2 slices/s on 2 CPU
    cores, so a 300-slice series stays under a minute (set ``max_slices`` for more).
 3. Each chosen slice is cropped to its automatic body box (:func:`covidct.windowing.body_box`,
@@ -35,12 +35,13 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..checks import LUNG_FRACTION, LUNG_HU, require_coverage
+from ..checks import require_coverage
 from ..constants import METHOD_BIT, SLICE_CLASSES
 from ..errors import ModelError
 from ..metrics import aggregate_by_patient
 from ..prediction import Prediction, Scores
 from ..scan import SAFE_METADATA_KEYS, Scan
+from ..lungs import LUNG_SLICE_MM2, lung_report, scan_lungs
 from ..windowing import COVIDX_LUNG, body_box, get_window
 from .data import (COVIDxDataset, EvalTransform, collate, crop_box, find_synthetic_marker,
                    normalize)
@@ -51,14 +52,14 @@ DEFAULT_ARCH = "resnetv2_50x1_bit"
 #: named as in BiT) of 0.5 M parameters: not in the paper; for tests and quick CPU demos.
 TINY_ARCH = "resnetv2_tiny_bit"
 
-#: Slice selection and aggregation rules for scans (see the module docstring).
+#: At most this many lung slices are scored per scan (see the module docstring).
 MAX_SLICES = 32
 
 
 def aggregation_rule(max_slices: int = MAX_SLICES) -> str:
     """The patient-level rule, in words, for prediction outputs."""
-    return (f"mean of per-slice class probabilities over the scored lung slices (slices with "
-            f">= {LUNG_FRACTION:.0%} of the body below {LUNG_HU:.0f} HU; at most {max_slices}, "
+    return (f"mean of per-slice class probabilities over the scored lung slices (slices whose "
+            f"lung-mask area is >= {LUNG_SLICE_MM2:.0f} mm^2; at most {max_slices}, "
             "evenly spaced)")
 
 
@@ -123,12 +124,16 @@ def infer_logits(net: torch.nn.Module, batches, device: torch.device, amp: bool 
 
 
 def lung_slices(scan: Scan, max_slices: int = MAX_SLICES) -> tuple[np.ndarray, bool]:
-    """Indices of the lung slices to score (see module doc); the scan must pass
-    :func:`covidct.checks.require_coverage`, which refuses a scan without lung slices."""
-    chosen = require_coverage(scan, METHOD_BIT).lung_indices
+    """Indices of the slices to score, and whether the lung mask found any (see module doc).
+    The scan must first pass :func:`covidct.checks.require_coverage` (plausible, lungs found)."""
+    require_coverage(scan, METHOD_BIT)
+    chosen = scan_lungs(scan).lung_slices()
+    found = chosen.size > 0
+    if not found:
+        chosen = np.arange(scan.n_slices)
     if chosen.size > max_slices:
         chosen = chosen[np.round(np.linspace(0, chosen.size - 1, max_slices)).astype(int)]
-    return chosen, True
+    return chosen, found
 
 
 def _slice_uint8(scan: Scan, k: int) -> np.ndarray:
@@ -268,7 +273,7 @@ class SliceClassifier:
         return Prediction(
             method=METHOD_BIT, class_names=self.class_names, probabilities=patient,
             aggregation=aggregation, slice_probabilities=probs, slice_indices=indices,
-            model=self.info(), scan=scan_summary(scan),
+            model=self.info(), scan=scan_summary(scan), lungs=lung_report(scan),
             timings={"select_slices": selected - start, "crop": cropped - selected,
                      "inference": done - cropped})
 
@@ -293,15 +298,20 @@ class SliceClassifier:
         """(slice index, RGB picture) of Grad-CAM for the called class on the ``n_slices``
         slices that drove the call most (highest probability of that class)."""
         from ..explain import gradcam_picture, slice_gradcam
+        from .data import crop_box
 
         called = self.class_names.index(prediction.label)
         order = np.argsort(-np.asarray(prediction.slice_probabilities)[:, called], kind="stable")
+        lungs = scan_lungs(scan)
         pictures = []
         for row in order[:n_slices]:
             k = int(prediction.slice_indices[row])
             pixels = _slice_uint8(scan, k)
-            cam = slice_gradcam(self, pixels, scan_body_box(pixels), class_index=called)
-            pictures.append((k, gradcam_picture(cam["pixels"], cam["cam"])))
+            box = scan_body_box(pixels)
+            cam = slice_gradcam(self, pixels, box, class_index=called)
+            # The lung outline, so a reader sees whether the heat is in the lung.
+            outline = crop_box(lungs.labels[k], box) > 0
+            pictures.append((k, gradcam_picture(cam["pixels"], cam["cam"], lungs=outline)))
         return pictures
 
     def save_pictures(self, prediction: Prediction, scan: Scan, out_dir: str | Path,
