@@ -78,15 +78,30 @@ def save_tiny_bit_model(path: Path, seed: int, resize: int, crop: int) -> Path:
     return path
 
 
+def save_tiny_covidctnet_model(path: Path, seed: int = 7) -> Path:
+    """An untrained CovidCTNet (40 px slices, 34-slice volumes, width-8 BCDU-Net) saved as a
+    model file at ``path``: seconds to run, for tests of what prediction writes."""
+    import torch
+
+    from covidct.volumes.bcdunet import BCDUNet
+    from covidct.volumes.pipeline import CovidCTNet
+    from covidct.volumes.settings import VolumeSettings
+
+    torch.manual_seed(seed)
+    CovidCTNet.build(VolumeSettings(slice_size=40, volume_slices=34, denoiser_width=8),
+                     denoiser=BCDUNet(8), training={"synthetic": True}).save(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def run_cli():
     """``run_cli(*args)`` runs ``python -m covidct ARGS`` and returns (rc, stdout, stderr)."""
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), HF_HUB_OFFLINE="1")
 
-    def run(*args, timeout: float = 120, cwd=None) -> tuple[int, str, str]:
+    def run(*args, timeout: float = 120, cwd=None, extra_env=None) -> tuple[int, str, str]:
         proc = subprocess.run([sys.executable, "-m", "covidct", *map(str, args)],
-                              capture_output=True, text=True, env=env, timeout=timeout,
-                              cwd=cwd or REPO)
+                              capture_output=True, text=True, env={**env, **(extra_env or {})},
+                              timeout=timeout, cwd=cwd or REPO)
         return proc.returncode, proc.stdout, proc.stderr
 
     return run

@@ -44,12 +44,14 @@ def test_batch_records_failures_and_resumes(archive, bit_file, tmp_path):
     first = predict_batch(archive, out, [bit_file], workers=0, threads=1)
     assert (first.total, first.done, first.skipped, first.failed) == (4, 3, 0, 1)
     rows = _rows(out)
-    assert [r["scan"] for r in rows] == ["case1.nii.gz", "case2.nii.gz", "case3.nii.gz",
-                                        "case10.nii.gz"]  # natural order
-    by_scan = {r["scan"]: r for r in rows}
-    bad = by_scan["case10.nii.gz"]
-    assert bad["status"] == "error" and "case10.nii.gz" in bad["error"]
-    good = by_scan["case1.nii.gz"]
+    # Scans are named by a salted digest and their position, never by their file names.
+    assert [r["index"] for r in rows] == ["1", "2", "3", "4"]  # natural order
+    assert all(r["scan"].startswith("scan-") for r in rows)
+    assert "case" not in (out / MANIFEST).read_text()
+    by_index = {r["index"]: r for r in rows}
+    bad = by_index["4"]
+    assert bad["status"] == "error" and "not a readable NIfTI" in bad["error"]
+    good = by_index["1"]
     assert good["status"] == "ok" and good["labels"].startswith("bit=")
     probs = json.loads(good["probabilities"])["bit"]
     assert abs(sum(probs.values()) - 1) < 1e-4 and good["synthetic"] == "true"
@@ -76,6 +78,17 @@ def test_batch_cli_two_workers(archive, bit_file, tmp_path, run_cli):
     assert "3 predicted" in stdout and "1 failed" in stdout
     manifest = read_manifest(out / MANIFEST)
     assert sorted(r["status"] for r in manifest.values()) == ["error", "ok", "ok", "ok"]
+
+
+def test_batch_names_scans_by_their_names_only_when_asked(archive, bit_file, tmp_path,
+                                                          monkeypatch):
+    monkeypatch.setenv("COVIDCT_SHOW_PATHS", "1")
+    out = tmp_path / "named"
+    predict_batch(archive, out, [bit_file], workers=0, threads=1)
+    rows = _rows(out)
+    assert [r["scan"] for r in rows] == ["case1.nii.gz", "case2.nii.gz", "case3.nii.gz",
+                                        "case10.nii.gz"]
+    assert "case10.nii.gz" in rows[-1]["error"]
 
 
 def test_discover_errors(tmp_path):

@@ -7,6 +7,10 @@ hidden entries skipped) as one scan. Each scan's outputs go to ``out_dir/scans/<
 status ``ok`` or ``error`` (with the one-line reason), labels, probabilities, seconds, and
 the model files' digests.
 
+* Scans are named in the manifest, the output folders and on the terminal by a digest of
+  their name keyed by a salt kept in ``out_dir`` (``scan-3f2a...``) and by their position
+  (``index``, natural order), since archive names often carry identifiers; ``--show-paths``
+  uses the names.
 * The manifest is rewritten atomically after every finished scan, so an interrupted run
   leaves a manifest of exactly the scans that finished.
 * A rerun skips scans whose row is ``ok`` for the same model files and whose outputs are
@@ -32,13 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .atomic import write_text
+from .atomic import private_files, write_text
 from .errors import CovidctError, DatasetError
+from .privacy import folder_salt, pseudonym, show_paths
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.csv"
-FIELDS = ("scan", "status", "labels", "probabilities", "synthetic", "seconds", "models",
+FIELDS = ("scan", "index", "status", "labels", "probabilities", "synthetic", "seconds", "models",
           "outputs", "error")
 STATUS_OK, STATUS_ERROR = "ok", "error"
 _SCAN_SUFFIXES = (".dcm", ".zip", ".nii", ".nii.gz", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -101,9 +106,17 @@ def write_manifest(path: str | os.PathLike, rows: dict[str, dict[str, Any]]) -> 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    for name in sorted(rows, key=_natural_key):
+    for name in sorted(rows, key=lambda n: (_index(rows[n]), _natural_key(n))):
         writer.writerow({k: rows[name].get(k, "") for k in FIELDS})
-    return write_text(path, buffer.getvalue())
+    with private_files():  # labels of patients: 0600
+        return write_text(path, buffer.getvalue())
+
+
+def _index(row: dict[str, Any]) -> int:
+    try:
+        return int(row.get("index") or 0)
+    except ValueError:
+        return 0
 
 
 def _is_finished(row: dict[str, str] | None, models_key: str, out_dir: Path) -> bool:
@@ -128,28 +141,42 @@ def _init_worker(model_paths: Sequence[str], runtime: str, threads: int, picture
                    pictures=pictures)
 
 
-def _predict_one(scan_path: str, out_dir: str) -> dict[str, Any]:
-    """One scan -> its manifest row; a scan's own failure becomes an error row."""
+def _predict_one(scan_path: str, out_dir: str, name: str = "", index: int = 0) -> dict[str, Any]:
+    """One scan -> its manifest row; a scan's own failure becomes an error row. The row names
+    the scan by ``name`` (a salted digest unless --show-paths) and its position."""
     from .predict import predict_to_folder
 
     start = time.perf_counter()
-    row: dict[str, Any] = {"scan": Path(scan_path).name, "outputs": os.path.relpath(out_dir, Path(out_dir).parents[1])}
+    row: dict[str, Any] = {"scan": name or Path(scan_path).name, "index": index or "",
+                           "outputs": os.path.relpath(out_dir, Path(out_dir).parents[1])}
     try:
         predictions = predict_to_folder(scan_path, _WORKER["models"], out_dir,
                                         pictures=_WORKER["pictures"])
-    except CovidctError as exc:
-        return {**row, "status": STATUS_ERROR, "error": str(exc).splitlines()[0][:300],
+    except CovidctError as exc:  # the message without the path: it may carry identifiers
+        text = exc.message if not show_paths() else str(exc)
+        return {**row, "status": STATUS_ERROR, "error": _hide(text, scan_path, row["scan"]),
                 "seconds": f"{time.perf_counter() - start:.2f}"}
     except Exception as exc:  # one bad scan must not stop the archive
-        return {**row, "status": STATUS_ERROR,
-                "error": f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0][:250] if str(exc) else ''}",
+        text = f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return {**row, "status": STATUS_ERROR, "error": _hide(text, scan_path, row["scan"]),
                 "seconds": f"{time.perf_counter() - start:.2f}"}
-    return {**row, "status": STATUS_OK, "error": "",
+    if predictions.refused:
+        row["error"] = _hide("; ".join(f"{m} not run: {r}" for m, r in predictions.refused.items()),
+                             scan_path, row["scan"])
+    return {**row, "status": STATUS_OK, "error": row.get("error", ""),
             "labels": ";".join(f"{p.method}={p.label}" for p in predictions),
             "probabilities": json.dumps({p.method: dict(zip(p.class_names, (round(float(v), 6) for v in p.probabilities)))
                                          for p in predictions}, sort_keys=True),
             "synthetic": str(any(p.synthetic for p in predictions)).lower(),
             "seconds": f"{time.perf_counter() - start:.2f}"}
+
+
+def _hide(text: str, scan_path: str, name: str) -> str:
+    """One line, without the scan's path (unless --show-paths)."""
+    text = (text.splitlines() or [""])[0]
+    if not show_paths():
+        text = text.replace(scan_path, name).replace(Path(scan_path).name, name)
+    return text[:300]
 
 
 # The driver --------------------------------------------------------------------------------
@@ -177,13 +204,17 @@ def predict_batch(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
         raise CovidctError("no model files given")
     scans = discover_scans(input_dir)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from .predict import check_writable
+
+    check_writable(out_dir)  # made 0700 when new; a read-only folder fails before any work
     manifest_path = out_dir / MANIFEST
     rows: dict[str, dict[str, Any]] = dict(read_manifest(manifest_path))
     key = model_key(model_paths)
-    todo = [s for s in scans if not _is_finished(rows.get(s.name), key, out_dir)]
+    ids = _scan_ids(scans, out_dir)
+    todo = [s for s in scans if not _is_finished(rows.get(ids[s]), key, out_dir)]
     skipped = len(scans) - len(todo)
-    names = _unique_output_names(scans)
+    names = _unique_output_names(scans) if show_paths() else ids
+    position = {s: k + 1 for k, s in enumerate(scans)}
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
     init_args = ([str(p) for p in model_paths], runtime, threads, pictures)
     done = failed = 0
@@ -198,7 +229,7 @@ def predict_batch(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
         if on_row:
             on_row(row)
 
-    jobs = [(str(s), str(out_dir / "scans" / names[s])) for s in todo]
+    jobs = [(str(s), str(out_dir / "scans" / names[s]), ids[s], position[s]) for s in todo]
     if workers <= 0:
         _init_worker(*init_args)
         for job in jobs:
@@ -214,13 +245,22 @@ def predict_batch(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
                 try:
                     record(future.result())
                 except BrokenProcessPool as exc:  # a worker died (memory, a crash in a library)
-                    scan, out = futures[future]
-                    record({"scan": Path(scan).name, "status": STATUS_ERROR,
+                    scan, out, name, index = futures[future]
+                    record({"scan": name, "index": index, "status": STATUS_ERROR,
                             "outputs": os.path.relpath(out, out_dir),
                             "error": f"worker process died ({exc})"[:300]})
     if not manifest_path.is_file():
         write_manifest(manifest_path, rows)
     return BatchSummary(len(scans), done, skipped, failed, manifest_path)
+
+
+def _scan_ids(scans: Sequence[Path], out_dir: Path) -> dict[Path, str]:
+    """Each scan's name in the manifest and output folders: a digest of its name keyed by the
+    output folder's salt (stable across reruns there), or the name with --show-paths."""
+    if show_paths():
+        return {s: s.name for s in scans}
+    salt = folder_salt(out_dir)
+    return {s: pseudonym(s.name, salt, prefix="scan") for s in scans}
 
 
 def _unique_output_names(scans: Sequence[Path]) -> dict[Path, str]:

@@ -6,6 +6,7 @@ coordinates of the 512x512 slice. Files name their patient in several source-spe
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import Counter
@@ -15,6 +16,8 @@ from typing import Iterable, Sequence
 
 from .constants import SLICE_CLASSES
 from .errors import DatasetError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,10 +83,32 @@ def read_split(path: str | os.PathLike) -> list[SliceRecord]:
         raise DatasetError("split file not found", path) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"cannot read split file ({exc})", path) from None
-    records = [parse_line(line, path, i) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    records = [(i, parse_line(line, path, i)) for i, line in enumerate(text.splitlines(), 1)
+               if line.strip()]
     if not records:
         raise DatasetError("split file lists no slices", path)
-    return records
+    return _unique(records, path)
+
+
+def _unique(numbered: list[tuple[int, SliceRecord]], path: Path) -> list[SliceRecord]:
+    """A slice listed twice would count twice in every figure: repeated lines are dropped with
+    a warning; one file listed with two classes or boxes is an error."""
+    first: dict[str, tuple[int, SliceRecord]] = {}
+    kept, repeats = [], []
+    for lineno, record in numbered:
+        seen = first.get(record.filename)
+        if seen is None:
+            first[record.filename] = (lineno, record)
+            kept.append(record)
+        elif seen[1] == record:
+            repeats.append(lineno)
+        else:
+            raise DatasetError(f"line {lineno}: a file listed on line {seen[0]} appears again "
+                               "with another class or box", path)
+    if repeats:
+        log.warning("%s: %d duplicated line(s) ignored (e.g. line %d): each slice counts once",
+                    path.name, len(repeats), repeats[0])
+    return kept
 
 
 def write_split(path: str | os.PathLike, records: Iterable[SliceRecord]) -> Path:

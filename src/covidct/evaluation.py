@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .atomic import write_bytes, write_json
+from .atomic import private_files, write_bytes, write_json
 from .constants import METHOD_BIT
 from .errors import DatasetError
 from .lungs_eval import LUNGS_JSON, evaluate_lungs, find_truth
+from .privacy import folder_salt, pseudonym, show_paths
 from .models import Model, load_model
 from .prediction import Scores
 
@@ -61,28 +62,56 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike, split: s
     if not hasattr(model, "predict"):
         model = load_model(model)
     scores = score(model, data, split)
+    namer = item_namer(out_dir)
+    scores.groups = np.array([namer(str(g), "patient") for g in scores.groups])
+    scores.items = [namer(str(i), "item") for i in scores.items]
     metrics = metrics_for(scores, n_boot=n_boot, seed=seed, rule=rule)
     provenance = {
         **scores.provenance,
         "method": model.method,
-        "data": str(data), "split": split, "level": scores.level,
+        "data": _hidden_path(data), "split": split, "level": scores.level,
         "n_items": int(len(scores.y_true)), "n_patients": int(len(set(scores.groups.tolist()))),
         "settings": {"n_boot": n_boot, "seed": seed, "patient_rule": rule},
         "synthetic": bool(scores.provenance.get("synthetic", False)),
-        "command": " ".join(sys.argv), "covidct_version": __version__,
+        "command": _command(), "covidct_version": __version__,
+        "names": "as given" if show_paths() else "patients and files by salted digest",
         "python": platform.python_version(),
     }
+    if "images" in provenance:
+        provenance["images"] = _hidden_path(provenance["images"])
     # Where the data has true lungs (a covidct synth cohort), the lung mask and the involvement
     # figures are scored too, on the same split.
     truth = find_truth(data)
     lungs = evaluate_lungs(truth, split=split) if truth is not None else None
     if out_dir is not None:
         out_dir = Path(out_dir)
-        save_results(out_dir / "results.json", out_dir / "results.csv", metrics, provenance)
-        write_bytes(out_dir / "scores.npz", _npz(scores))
-        if lungs is not None:
-            write_json(out_dir / LUNGS_JSON, lungs)
+        with private_files():  # per-patient scores: 0600 files in a 0700 folder
+            save_results(out_dir / "results.json", out_dir / "results.csv", metrics, provenance)
+            write_bytes(out_dir / "scores.npz", _npz(scores))
+            if lungs is not None:
+                write_json(out_dir / LUNGS_JSON, lungs)
     return {"metrics": metrics, "provenance": provenance, "scores": scores, "lungs": lungs}
+
+
+def item_namer(out_dir: str | os.PathLike | None):
+    """How evaluation outputs name patients and files: by a digest keyed with the output
+    folder's salt (patient ids and file names often are identifiers), or as they are with
+    --show-paths. ``covidct explain`` uses the same namer to find the scored files again."""
+    if show_paths():
+        return lambda name, prefix="id": name
+    salt = folder_salt(out_dir) if out_dir is not None else None
+    return lambda name, prefix="id": pseudonym(name, salt, prefix)
+
+
+def _hidden_path(value: Any) -> str:
+    return str(value) if show_paths() else "(path hidden; --show-paths shows it)"
+
+
+def _command() -> str:
+    """The command line, with paths left out unless --show-paths (they may identify)."""
+    if show_paths():
+        return " ".join(sys.argv)
+    return " ".join("<path>" if os.path.exists(a) or os.sep in a else a for a in sys.argv)
 
 
 def _npz(scores: Scores) -> bytes:

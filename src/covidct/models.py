@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import __version__
-from .atomic import atomic_path
+from .atomic import atomic_path, remove_stale_parts
 from .constants import METHODS
 from .errors import ModelError
 
@@ -42,7 +42,8 @@ def save_model_file(path: str | os.PathLike, method: str, payload: dict[str, Any
         raise ModelError(f"unknown method {method!r}; known: {', '.join(METHODS)}", path)
     record = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
               "method": method, "covidct_version": __version__, **payload}
-    with atomic_path(path) as tmp:
+    remove_stale_parts(path)
+    with atomic_path(path, durable=True) as tmp:
         torch.save(record, tmp)
     return Path(path)
 

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
 
-from .atomic import write_json
+from .atomic import make_dir, private_files, write_json
+from .checks import check_scan
 from .constants import DISCLAIMER, METHODS
-from .errors import ModelError
+from .errors import CovidctError, ModelError, ScanError
 from .lungs import lung_report
 from .models import Model, load_model
 from .prediction import Prediction
@@ -39,48 +41,117 @@ def find_model(method: str, search: Sequence[str | os.PathLike] | None = None) -
                      "(train one with covidct train2d/train3d, or run make demo)")
 
 
-def predict(scan: Scan | str | os.PathLike, models: Sequence[Model]) -> list[Prediction]:
-    """Run every model on one scan (a Scan or a path load_scan understands)."""
+class Predictions(list):
+    """The predictions of the models that could run, and why the others could not."""
+
+    def __init__(self, items=(), refused: dict[str, str] | None = None):
+        super().__init__(items)
+        self.refused: dict[str, str] = dict(refused or {})
+
+
+def read_checked(scan: Scan | str | os.PathLike) -> Scan:
+    """A scan (read from a path if needed) that passed :func:`covidct.checks.check_scan`."""
     if not isinstance(scan, Scan):
         from .scanio import load_scan
 
         scan = load_scan(scan)
-    results = []
+    check_scan(scan)
+    return scan
+
+
+def predict(scan: Scan | str | os.PathLike, models: Sequence[Model]) -> Predictions:
+    """Run every model on one scan (a Scan or a path load_scan understands).
+
+    The scan is checked for plausibility before any model sees it (``ScanError`` if it
+    fails). A model that refuses the scan (too little lung for CovidCTNet, ...) is listed in
+    ``.refused`` with its reason while the others run; when none can run, the first
+    refusal is raised.
+    """
+    scan = read_checked(scan)
+    results = Predictions()
+    first: ScanError | None = None
     for model in models:
         start = time.perf_counter()
-        prediction = model.predict(scan)
+        try:
+            prediction = model.predict(scan)
+        except ScanError as exc:
+            if len(models) == 1:
+                raise
+            first = first or exc
+            results.refused[model.method] = exc.message
+            log.debug("%s: not run: %s", model.method, exc.message)
+            continue
         prediction.timings.setdefault("total", time.perf_counter() - start)
         results.append(prediction)
+    if not results and first is not None:
+        raise ScanError("no method could run: " + "; ".join(
+            f"{m}: {r}" for m, r in results.refused.items()), first.path)
     return results
 
 
-def predict_to_folder(scan_path: Scan | str | os.PathLike, models: Sequence[Model],
-                      out_dir: str | os.PathLike, pictures: bool = True) -> list[Prediction]:
-    """Predict and write ``<method>.json``/CSV (+ pictures) per model, then ``summary.json``."""
-    from .scanio import load_scan
-
-    scan = scan_path if isinstance(scan_path, Scan) else load_scan(scan_path)
+def check_writable(out_dir: str | os.PathLike) -> Path:
+    """Make ``out_dir`` (0700 when new) and prove it writable, before any work is done."""
     out_dir = Path(out_dir)
+    try:
+        with private_files():
+            make_dir(out_dir)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise CovidctError(f"output folder is not writable ({exc.strerror or exc})",
+                           out_dir) from None
+    return out_dir
+
+
+def predict_to_folder(scan_path: Scan | str | os.PathLike, models: Sequence[Model],
+                      out_dir: str | os.PathLike, pictures: bool = True) -> Predictions:
+    """Predict and write ``<method>.json``/CSV (+ pictures) per model, then ``summary.json``.
+
+    Everything written is derived patient data: files 0600, new folders 0700.
+    """
+    scan = read_checked(scan_path)
+    out_dir = check_writable(out_dir)
     predictions = predict(scan, models)
     outputs = {}
-    for model, prediction in zip(models, predictions):
-        files = prediction.save(out_dir, stem=prediction.method)
-        if pictures and hasattr(model, "save_pictures"):
-            files["pictures"] = model.save_pictures(prediction, scan, out_dir)
-        outputs[prediction.method] = files
-    lungs = lung_report(scan) if scan.orientation in ("axial", "unknown") else None
-    if pictures and lungs is not None:
-        outputs["lungs_picture"] = write_lung_picture(scan, out_dir)
-    # Written last, so its presence means the folder is complete.
-    write_json(out_dir / "summary.json", {
-        "disclaimer": DISCLAIMER,
-        "scan": scan.summary(),
-        "lungs": lungs,
-        "results": {p.method: {"label": p.label, "probabilities": p.to_dict()["probabilities"]}
-                    for p in predictions},
-        "files": outputs,
-    })
+    with private_files():
+        for model, prediction in _pairs(models, predictions):
+            files = prediction.save(out_dir, stem=prediction.method)
+            if pictures and hasattr(model, "save_pictures"):
+                files["pictures"] = model.save_pictures(prediction, scan, out_dir)
+            outputs[prediction.method] = files
+        lungs = lung_report(scan) if scan.orientation in ("axial", "unknown") else None
+        if pictures and lungs is not None:
+            outputs["lungs_picture"] = write_lung_picture(scan, out_dir)
+        # Written last, so its presence means the folder is complete.
+        write_json(out_dir / "summary.json", {
+            "disclaimer": DISCLAIMER,
+            "scan": scan.summary(),
+            "lungs": lungs,
+            "warnings": list(scan.metadata.get("warnings", []) or []),
+            "results": {p.method: {"label": p.label,
+                                   "probabilities": p.to_dict()["probabilities"]}
+                        for p in predictions},
+            "not_run": predictions.refused,
+            "files": {m: (_relative(f, out_dir) if not isinstance(f, dict) else
+                          {k: _relative(v, out_dir) for k, v in f.items()})
+                      for m, f in outputs.items()},
+        })
     return predictions
+
+
+def _pairs(models: Sequence[Model], predictions: Sequence[Prediction]):
+    by_method = {p.method: p for p in predictions}
+    return [(m, by_method[m.method]) for m in models if m.method in by_method]
+
+
+def _relative(value, out_dir: Path):
+    """Output files by their names inside --out (the folder's own path may identify)."""
+    if isinstance(value, (list, tuple)):
+        return [_relative(v, out_dir) for v in value]
+    try:
+        return str(Path(value).relative_to(out_dir))
+    except ValueError:
+        return Path(value).name
 
 
 def write_lung_picture(scan: Scan, out_dir: Path) -> Path:

@@ -14,10 +14,11 @@ import sys
 from .. import __version__
 from ..constants import DISCLAIMER
 from ..errors import CovidctError
+from ..privacy import set_show_paths
 
 #: Command modules, in the order `covidct --help` lists them.
 COMMANDS = ("demo", "info", "synth", "train2d", "train3d", "predict", "evaluate", "report", "serve", "experiment",
-            "export", "predict_batch", "dicom_node")
+            "export", "predict_batch", "dicom_node", "cache")
 
 EPILOG = f"""\
 Run `covidct COMMAND --help` for the options of a command.
@@ -34,10 +35,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"covidct {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show full tracebacks and debug logs")
+    parser.add_argument("--show-paths", action="store_true",
+                        help="name the user's files by their paths in outputs and messages "
+                             "(default: by position or a salted digest, as file and folder "
+                             "names often carry patient identifiers)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f".{name}", __name__).register(sub)
     return parser
+
+
+class Terminated(BaseException):
+    """SIGTERM (timeout, systemd, Slurm), raised like KeyboardInterrupt so that every
+    ``with``/``finally`` (temporary zip folders, .part files) cleans up as on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def install_sigterm_handler() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
+    if args.show_paths:
+        set_show_paths(True)
+    install_sigterm_handler()
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -58,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("covidct: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("covidct: terminated", file=sys.stderr)
+        return 143
     except Exception as exc:  # an internal bug: one line, the traceback behind --debug
         if args.debug:
             raise

@@ -26,15 +26,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def describe(scan) -> dict:
     """The facts `covidct info` prints, as plain JSON-ready values."""
+    import numpy as np
+
+    from ..privacy import source_label
     from ..windowing import body_box
 
     middle = scan.n_slices // 2
     box = None
+    voxels = scan.voxels
+    value_range = [float(np.nanmin(voxels)), float(np.nanmax(voxels))] \
+        if np.isfinite(voxels).any() else [float("nan"), float("nan")]
+    checks = _checks(scan)
     if scan.orientation in ("axial", "unknown"):
         box = list(body_box(scan.voxels[middle], units=scan.units))
-    voxels = scan.voxels
     return {
-        "source": scan.source,
+        "source": source_label(scan.source),
         "summary": scan.summary(),
         "shape": list(scan.shape),
         "units": scan.units,
@@ -43,10 +49,26 @@ def describe(scan) -> dict:
         "direction": [[round(float(v), 6) for v in row] for row in scan.direction],
         "orientation": scan.orientation,
         "geometry_known": scan.geometry_known,
-        "value_range": [float(voxels.min()), float(voxels.max())],
+        "value_range": value_range,
+        "checks": checks,
         "metadata": scan.metadata,
         "body_box_middle_slice": {"slice": middle, "xmin_ymin_xmax_ymax": box},
     }
+
+
+def _checks(scan) -> str:
+    """What covidct.checks says of the scan (prediction refuses what fails)."""
+    from ..checks import MIN_LUNG_MM, check_scan
+    from ..errors import ScanError
+
+    try:
+        result = check_scan(scan)
+    except ScanError as exc:
+        return f"refused for prediction: {exc.message}"
+    lungs = result.lung_indices
+    enough = "enough" if result.lung_extent_mm >= MIN_LUNG_MM else "too little"
+    return (f"passed: {lungs.size} lung slice(s) ({lungs[0]}-{lungs[-1]}), "
+            f"{result.lung_extent_mm:.0f} mm of lung along z ({enough} for CovidCTNet)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,6 +91,7 @@ def _as_text(facts: dict) -> str:
         ("origin (mm)", _numbers(facts["origin_mm"])),
         ("direction", "; ".join(_numbers(row) for row in facts["direction"])),
         ("values", _numbers(facts["value_range"])),
+        ("checks", facts["checks"]),
         ("body box", f"slice {box['slice']}: x {corners[0]}-{corners[2]}, "
                      f"y {corners[1]}-{corners[3]}"
          if corners else f"n/a ({facts['orientation']} slices)"),

@@ -11,7 +11,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predict", help="predict Normal/CP/COVID-19 for a scan (slice, folder, DICOM, NIfTI)",
         description="Run trained models on one scan and write per-method JSON (class probabilities, "
                     "per-slice scores, the aggregation rule, model provenance), per-slice CSV and "
-                    "pictures (CovidCTNet infection maps) into --out. " + DISCLAIMER)
+                    "pictures (CovidCTNet infection maps) into --out (files 0600, folders 0700). "
+                    "The scan is read and checked before the models load; implausible scans are "
+                    "refused (exit 2). With several methods, those the scan suits run and the "
+                    "others say why not (exit 3). No persistent cache is used (see covidct "
+                    "cache). " + DISCLAIMER)
     p.add_argument("scan", help="a DICOM folder/file/zip, a NIfTI file, a PNG/JPG slice or a folder of "
                                 "slices, or a PACS study: pacs://AE@HOST:PORT/ACCESSION")
     p.add_argument("--method", choices=(*METHODS, "all"), default="bit",
@@ -49,9 +53,13 @@ def run(args: argparse.Namespace) -> int:
         return _predict(args)
 
 
+#: Exit code when some methods ran and wrote their results and others refused the scan.
+EXIT_PARTIAL = 3
+
+
 def _predict(args: argparse.Namespace) -> int:
     from ..lungs import check_lungmask_weights, use_backend
-    from ..predict import load_models, predict, predict_to_folder
+    from ..predict import check_writable, load_models, predict, predict_to_folder, read_checked
 
     if args.lungs == "lungmask":
         check_lungmask_weights(args.lung_weights)  # before the models load
@@ -60,6 +68,10 @@ def _predict(args: argparse.Namespace) -> int:
         from ..dicom_out import check_dicom_input
 
         check_dicom_input(args.scan)  # before the models load: a wrong input fails at once
+    # The scan and the output folder first: a refusal should not wait for the models.
+    scan = read_checked(args.scan)
+    if args.out:
+        check_writable(args.out)
     methods = METHODS if args.method == "all" else (args.method,)
     models = load_models(methods, args.model)
     if args.runtime != "torch":
@@ -72,13 +84,18 @@ def _predict(args: argparse.Namespace) -> int:
         predictions, _ = predict_to_dicom(args.scan, models, args.dicom_out, out_dir=args.out,
                                           pictures=not args.no_pictures)
     elif args.out:
-        predictions = predict_to_folder(args.scan, models, args.out, pictures=not args.no_pictures)
+        predictions = predict_to_folder(scan, models, args.out, pictures=not args.no_pictures)
     else:
-        predictions = predict(args.scan, models)
+        predictions = predict(scan, models)
+    refused = getattr(predictions, "refused", {})
     for prediction in predictions:
         print(prediction.summary_line())
+    for method, reason in refused.items():
+        print(f"{method}: not run: {reason}")
+    for warning in scan.metadata.get("warnings", []) or []:
+        print(f"warning: {warning}")
     if args.out:
-        print(f"results written to {args.out}")
+        print("results written to the --out folder")
     if args.dicom_out:
-        print(f"DICOM outputs written to {args.dicom_out}")
-    return 0
+        print("DICOM outputs written to the --dicom-out folder")
+    return EXIT_PARTIAL if refused else 0

@@ -75,6 +75,9 @@ def explain_evaluation(model: Any, data: str | os.PathLike, split: str, eval_dir
         summary["infection"] = write_infection_gallery(model, data, split, scores, cases,
                                                        eval_dir / INFECTION_DIR)
         features = scan_features(model, data, split)
+    stored = _stored_names(eval_dir)  # features.npz names patients as scores.npz does
+    features = {**features, "groups": np.array([stored(str(g), "patient") for g in features["groups"]]),
+                "items": np.array([stored(str(i), "item") for i in features["items"]])}
     summary["tsne"] = write_tsne(features, model.class_names, eval_dir, seed, synthetic)
     if synthetic:
         summary["synthetic_notice"] = SYNTHETIC_NOTICE
@@ -124,7 +127,8 @@ def write_gradcam_gallery(classifier: Any, split_file: Path, image_dir: Path, sc
     from .gradcam import gradcam_picture, slice_gradcam
     from .plotting import png_bytes
 
-    records = {r.filename: r for r in read_split(split_file)}
+    stored = _stored_names(out_dir.parent)
+    records = {stored(r.filename, "item"): r for r in read_split(split_file)}
     names = tuple(scores.class_names)
     entries = []
     with atomic_dir(out_dir) as tmp:
@@ -160,6 +164,13 @@ def _cohort_paths(data: str | os.PathLike, split: str) -> dict[str, Path]:
     return {item.patient_id: item.path for item in load_cohort(data).split(split)}
 
 
+def _stored_names(eval_dir: Path):
+    """Names as the evaluation in ``eval_dir`` stored them (see evaluation.item_namer)."""
+    from ..evaluation import item_namer
+
+    return item_namer(eval_dir)
+
+
 def scan_arrays(model: Any, path: Path) -> tuple[np.ndarray, np.ndarray, float | None]:
     """(pre-processed volume, 3D CNN input inside the lungs, in-plane field of view in mm)
     of one scan file.
@@ -191,7 +202,8 @@ def write_infection_gallery(model: Any, data, split: str, scores, cases: list[Ca
     if getattr(model.settings, "input", "infection") != "infection":
         return {"folder": None, "n": 0,
                 "note": "this CovidCTNet reads plain volumes (no BCDU-Net), so it has no infection maps"}
-    paths = _cohort_paths(data, split)
+    stored = _stored_names(out_dir.parent)
+    paths = {stored(pid, "item"): path for pid, path in _cohort_paths(data, split).items()}
     names = tuple(scores.class_names)
     entries = []
     with atomic_dir(out_dir) as tmp:

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ScanError
+from ..privacy import member_label, show_paths
 from ..scan import Scan
 from .common import NIFTI_SUFFIXES, PICTURE_SUFFIXES, log, looks_like_dicom, natural_key, suffix_of
 
@@ -56,6 +57,8 @@ def load_scan(path: str | os.PathLike, *, series_uid: str | None = None,
     path = Path(path)
     if not path.exists():
         raise ScanError("no such file or folder", path)
+    if not path.is_dir() and not path.is_file():
+        raise ScanError("not a regular file or folder (a pipe, socket or device?)", path)
     if path.is_dir():
         return _load_folder(path, path, series_uid, keep_phi)
     suffix = suffix_of(path)
@@ -77,6 +80,7 @@ def _load_folder(folder: Path, source: Path, series_uid: str | None, keep_phi: b
     files = _files_under(folder)
     if not files:
         raise ScanError("empty folder: no files to read", source)
+    _check_readable(files, folder, source)
     dicom = [f for f in files if looks_like_dicom(f)]
     if dicom:
         _note_ignored(files, dicom, source)
@@ -97,18 +101,37 @@ def _load_folder(folder: Path, source: Path, series_uid: str | None, keep_phi: b
 
 
 def _files_under(folder: Path) -> list[Path]:
-    """Files in the folder tree, skipping hidden ones and macOS archive litter."""
+    """Regular files in the folder tree, skipping hidden ones and macOS archive litter
+    (pipes, sockets and devices are skipped: reading a FIFO would wait forever)."""
     found = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
         found += [Path(root) / n for n in sorted(names) if not n.startswith(".")]
-    return found
+    regular = [f for f in found if f.is_file()]
+    if len(regular) < len(found):
+        log.info("%s: skipping %d entries that are not regular files",
+                 folder if show_paths() else "scan", len(found) - len(regular))
+    return regular
+
+
+def _check_readable(files: list[Path], folder: Path, source: Path) -> None:
+    """A file we cannot open may be a slice of the series: an error naming it, not a file
+    quietly ignored (which would read the series with a slice missing)."""
+    for index, file in enumerate(files):
+        try:
+            with open(file, "rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise ScanError(f"{member_label(file, index, len(files), folder)} cannot be read "
+                            f"({reason.lower()})", source) from None
 
 
 def _note_ignored(files: list[Path], used: list[Path], source: Path) -> None:
     ignored = len(files) - len(used)
     if ignored:
-        log.info("%s: ignoring %d file(s) of other types", source, ignored)
+        log.info("%s: ignoring %d file(s) of other types", source if show_paths() else "scan",
+                 ignored)
 
 
 def _load_zip(path: Path, series_uid: str | None, keep_phi: bool) -> Scan:
@@ -121,7 +144,8 @@ def _load_zip(path: Path, series_uid: str | None, keep_phi: bool) -> Scan:
             # Name the entry inside the archive, not the temporary copy.
             where = exc.path or str(path)
             if where.startswith(tmp):
-                where = f"{path}/{Path(where).relative_to(root)}".rstrip("/.")
+                inner = f"/{Path(where).relative_to(root)}" if show_paths() else ""
+                where = f"{path}{inner}".rstrip("/.")
             raise ScanError(exc.message, where) from None
     scan.source = str(path)
     return scan

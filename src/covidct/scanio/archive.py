@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import stat
+import threading
 import zipfile
 from pathlib import Path, PurePosixPath
 
 from ..errors import ScanError
+from ..privacy import show_paths
 
 #: Largest total uncompressed size accepted (a 1000-slice 512x512 series is about 0.5 GiB).
 MAX_UNPACKED_BYTES = 4 * 1024**3
@@ -15,13 +17,18 @@ MAX_RATIO = 200
 _RATIO_FLOOR = 64 * 1024**2
 MAX_MEMBERS = 100_000
 _CHUNK = 1024 * 1024
+#: Entries' positions in the archive this thread unpacks, for messages (ZipInfo takes no
+#: attributes; the web app unpacks uploads in several threads).
+_LOCAL = threading.local()
 
 
 def extract_zip(path: Path, target: Path, *, max_bytes: int = MAX_UNPACKED_BYTES) -> Path:
     """Extract ``path`` into the existing folder ``target`` after checking every entry."""
     try:
         with zipfile.ZipFile(path) as archive:
-            members = [m for m in archive.infolist() if not m.is_dir()]
+            entries = archive.infolist()
+            _LOCAL.positions = {id(m): f"{k + 1} of {len(entries)}" for k, m in enumerate(entries)}
+            members = [m for m in entries if not m.is_dir()]
             _check_members(members, path, max_bytes)
             for member in members:
                 _extract_member(archive, member, target, path)
@@ -29,6 +36,8 @@ def extract_zip(path: Path, target: Path, *, max_bytes: int = MAX_UNPACKED_BYTES
         raise ScanError(f"not a readable zip archive ({exc})", path) from None
     except (zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError) as exc:
         raise ScanError(f"cannot unpack the zip archive ({exc})", path) from None
+    finally:
+        _LOCAL.positions = {}
     return target
 
 
@@ -39,7 +48,7 @@ def _check_members(members: list[zipfile.ZipInfo], path: Path, max_bytes: int) -
     for member in members:
         _safe_name(member, path)
         if stat.S_ISLNK(member.external_attr >> 16):
-            raise ScanError(f"zip entry {member.filename!r} is a symbolic link; refused", path)
+            raise ScanError(f"{_entry(member)} is a symbolic link; refused", path)
     unpacked = sum(m.file_size for m in members)
     packed = sum(m.compress_size for m in members)
     if unpacked > max_bytes:
@@ -54,8 +63,7 @@ def _safe_name(member: zipfile.ZipInfo, path: Path) -> PurePosixPath:
     name = member.filename.replace("\\", "/")
     parts = PurePosixPath(name).parts
     if name.startswith("/") or (parts and ":" in parts[0]) or ".." in parts:
-        raise ScanError(f"zip entry {member.filename!r} would be written outside the folder; "
-                        "refused", path)
+        raise ScanError(f"{_entry(member)} would be written outside the folder; refused", path)
     return PurePosixPath(*[p for p in parts if p not in ("", ".")])
 
 
@@ -69,8 +77,16 @@ def _extract_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: P
         while chunk := src.read(_CHUNK):
             written += len(chunk)
             if written > member.file_size:
-                raise ScanError(f"zip entry {member.filename!r} is larger than declared", path)
+                raise ScanError(f"{_entry(member)} is larger than declared", path)
             dst.write(chunk)
+
+
+def _entry(member: zipfile.ZipInfo) -> str:
+    """An entry by its position in the archive (names may identify), or by name with
+    --show-paths."""
+    if show_paths():
+        return f"zip entry {member.filename!r}"
+    return f"zip entry {getattr(_LOCAL, 'positions', {}).get(id(member), '?')}"
 
 
 def _size(n: int) -> str:

@@ -1,14 +1,20 @@
 """Pieces every reader shares: warnings that travel with the scan, UID hashing, orientation."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import re
+import tempfile
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..constants import SYNTHETIC_TAG
+from ..privacy import show_paths
 
 log = logging.getLogger("covidct.scanio")
 
@@ -36,7 +42,7 @@ class Notes:
     def warn(self, message: str) -> None:
         if message not in self.items:
             self.items.append(message)
-            log.warning("%s: %s", self.source, message)
+            log.warning("%s: %s", self.source if show_paths() else "warning", message)
 
 
 def uid_hash(uid: str | None) -> str | None:
@@ -71,10 +77,109 @@ def suffix_of(path: Path) -> str:
 
 
 def looks_like_dicom(path: Path) -> bool:
-    """DICOM Part 10 preamble, or a DICOM suffix (for old files written without preamble)."""
+    """DICOM Part 10 preamble, or a DICOM suffix (for old files written without preamble).
+
+    Only regular files are opened (a FIFO named x.dcm would block the read forever)."""
+    if not path.is_file():
+        return False
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
     except OSError:
         return False
     return head[128:132] == b"DICM" or path.suffix.lower() in DICOM_SUFFIXES
+
+
+#: Pixel limits, checked from headers before any pixel is decoded: a 140 KB PNG can claim
+#: 12000 x 12000 pixels and a DICOM header any size. 8192 x 8192 per slice is twice the
+#: largest CT matrix in use; 2^30 voxels per scan is 4 GiB as float32 (a 2000-slice
+#: 512 x 512 series has about half of that).
+MAX_SLICE_PIXELS = 8192 * 8192
+MAX_SCAN_VOXELS = 2 ** 30
+
+
+def check_pixel_count(rows: int, cols: int, slices: int, where: str | Path | None,
+                      what: str = "") -> None:
+    """Refuse slices or scans above the documented pixel limits, before decoding them."""
+    from ..errors import ScanError
+
+    prefix = f"{what}: " if what else ""
+    if rows * cols > MAX_SLICE_PIXELS:
+        raise ScanError(f"{prefix}slice of {cols}x{rows} pixels is larger than the "
+                        f"{MAX_SLICE_PIXELS:,} pixels accepted per slice", where)
+    if rows * cols * slices > MAX_SCAN_VOXELS:
+        raise ScanError(f"{prefix}scan of {slices} slices of {cols}x{rows} pixels is larger than "
+                        f"the {MAX_SCAN_VOXELS:,} voxels accepted per scan", where)
+
+
+# Library messages ----------------------------------------------------------------------
+
+_STDERR_LOCK = threading.Lock()
+#: Quoted values, UIDs, long digit runs and links: what a library message may carry of a
+#: patient's header, removed before the message is summarised.
+_VALUE_PATTERNS = (re.compile(r"'[^']*'|\"[^\"]*\""), re.compile(r"<[^>]*>|https?://\S+"),
+                   re.compile(r"\b\d[\d.\-^]{5,}\b"))
+
+
+def scrub(message: str) -> str:
+    """A library message without the values it quotes (UIDs, names, dates)."""
+    text = str(message).strip().splitlines()[0] if str(message).strip() else ""
+    for pattern in _VALUE_PATTERNS:
+        text = pattern.sub("...", text)
+    return text[:120]
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def library_messages(notes: Notes):
+    """Collect pydicom's warnings and log lines (one per file, with raw UIDs) and report them
+    once, as a count and one scrubbed example, in the scan's warnings."""
+    logger = logging.getLogger("pydicom")
+    handler = _Collect()
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    failed = True
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        failed = False
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        messages = handler.messages + [str(w.message) for w in caught]
+        if messages and not failed:  # on failure the one-line error says what matters
+            kinds = sorted({scrub(m) for m in messages})
+            notes.warn(f"the DICOM reader reported {len(messages)} problem(s) in the files "
+                       f"({len(kinds)} kind(s), e.g. {kinds[0]!r}; values not shown)")
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence what C libraries (GDCM, image codecs) print to file descriptor 2 while the
+    block runs: covidct reports a failure itself, in one line. Shown with --debug."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all
+            yield
+            return
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

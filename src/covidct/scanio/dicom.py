@@ -22,12 +22,19 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ..errors import ScanError
 from ..scan import Scan
-from .common import Notes, is_synthetic_text, log, orientation_of, uid_hash
+from ..privacy import member_label
+from .common import (Notes, check_pixel_count, is_synthetic_text, library_messages, log,
+                     orientation_of, quiet_stderr, scrub, uid_hash)
 
 #: Slices closer than this along the normal are the same position (mm).
 _SAME_POSITION_MM = 1e-3
-#: Relative spread of slice gaps above which the series probably misses slices.
+#: Relative spread of slice gaps above which the slices are resampled on their true positions.
 _GAP_TOLERANCE = 0.1
+#: A gap between neighbouring slices above both MAX_GAP_FACTOR x the median spacing and
+#: MAX_GAP_MM is refused (too much missing to interpolate); smaller irregular gaps are
+#: resampled onto an even grid at the median spacing from the slices' true positions.
+MAX_GAP_FACTOR = 2.5
+MAX_GAP_MM = 5.0
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 _PHI_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "StudyDate")
@@ -39,6 +46,7 @@ class _Header:
 
     path: Path
     ds: Dataset
+    label: str = ""  # how messages name this file (covidct.privacy.member_label)
 
     @cached_property
     def series_uid(self) -> str:
@@ -69,6 +77,19 @@ class _Header:
     def frames(self) -> int:
         return int(self.ds.get("NumberOfFrames", 1) or 1)
 
+    @cached_property
+    def image_type(self) -> tuple[str, ...]:
+        value = self.ds.get("ImageType") or ()
+        values = [value] if isinstance(value, str) else list(value)
+        return tuple(str(v).strip().upper() for v in values)
+
+    @cached_property
+    def plane(self) -> str:
+        row_col = self.row_col
+        if row_col is None:
+            return "unknown"
+        return orientation_of(np.cross(row_col[:3], row_col[3:]))
+
 
 def is_directory_file(path: Path) -> bool:
     """A DICOMDIR index, which lists images but holds none."""
@@ -79,44 +100,51 @@ def read_dicom(paths: list[Path], source: Path, *, series_uid: str | None = None
                keep_phi: bool = False) -> Scan:
     """A Scan from the given DICOM files: one series is chosen, checked, sorted and read."""
     notes = Notes(source)
-    headers = _image_headers(paths, source)
-    series = _choose_series(headers, series_uid, source, notes)
-    series = _check_series(series, notes)
-    if len(series) == 1 and series[0].frames > 1:
-        return _read_multiframe(series[0], source, notes, keep_phi)
-    ordered, geometry = _order_and_measure(series, source, notes)
-    voxels = _read_pixels(ordered, source)
-    return _make_scan(voxels, geometry, ordered[0], source, notes, keep_phi)
+    with library_messages(notes):
+        headers = _image_headers(paths, source)
+        series = _choose_series(headers, series_uid, source, notes)
+        series = _check_series(series, source, notes)
+        if len(series) == 1 and series[0].frames > 1:
+            return _read_multiframe(series[0], source, notes, keep_phi)
+        ordered, geometry = _order_and_measure(series, source, notes)
+        voxels = _read_pixels(ordered, source)
+        voxels, geometry = _resample_gaps(voxels, ordered, geometry, notes)
+        return _make_scan(voxels, geometry, ordered[0], source, notes, keep_phi)
 
 
 # Headers -------------------------------------------------------------------------------
 
 def _image_headers(paths: list[Path], source: Path) -> list[_Header]:
     """Headers of the image files; reports, indexes and other non-image objects are set aside."""
-    headers = [_read_header(p) for p in paths]
+    root = source if source.is_dir() else None
+    headers = [_read_header(p, member_label(p, k, len(paths), root), source)
+               for k, p in enumerate(paths)]
     images = [h for h in headers if not _is_non_image(h)]
     if not images:
         raise ScanError(f"no DICOM images here, only {len(headers)} non-image DICOM object(s) "
-                        f"such as {headers[0].path.name} (reports, indexes)", source)
+                        "(reports, indexes)", source)
     if len(images) < len(headers):
-        log.info("%s: ignoring %d non-image DICOM object(s)", source, len(headers) - len(images))
+        log.info("ignoring %d non-image DICOM object(s)", len(headers) - len(images))
     for h in images:
         if not h.has_pixels:  # an image object without its image: cut short or damaged
-            raise ScanError("DICOM file has no pixel data (not an image, or cut short)", h.path)
+            raise ScanError(f"{h.label}: DICOM file has no pixel data (not an image, or cut "
+                            "short)", source)
     return images
 
 
-def _read_header(path: Path) -> _Header:
+def _read_header(path: Path, label: str, source: Path) -> _Header:
+    """The header of one file; errors name it by ``label`` and are raised for ``source``."""
+    name = f"{label}: " if label != path.name or path != source else ""
     force = not _has_preamble(path)
     try:
         # Deferring large values skips the pixels while still recording where they lie.
         ds = pydicom.dcmread(path, defer_size=1024, force=force)
     except Exception as exc:  # pydicom raises many types for damaged files
-        raise ScanError(f"not a readable DICOM file ({_short(exc)})", path) from None
+        raise ScanError(f"{name}not a readable DICOM file ({_short(exc)})", source) from None
     if force and "SOPClassUID" not in ds and not any(k in ds for k in _PIXEL_KEYWORDS):
-        raise ScanError("not a readable DICOM file (no DICOM header found)", path)
-    _check_complete(path, ds)
-    return _Header(path, ds)
+        raise ScanError(f"{name}not a readable DICOM file (no DICOM header found)", source)
+    _check_complete(path, ds, name, source)
+    return _Header(path, ds, label)
 
 
 def _has_preamble(path: Path) -> bool:
@@ -124,20 +152,20 @@ def _has_preamble(path: Path) -> bool:
         return fh.read(132)[128:132] == b"DICM"
 
 
-def _check_complete(path: Path, ds: Dataset) -> None:
+def _check_complete(path: Path, ds: Dataset, name: str, source: Path) -> None:
     """pydicom quietly drops an element cut short by the end of the file (and defers the pixels
     without reading them), so a truncated file is told by where its last element ends."""
     if not len(ds):
-        raise ScanError("truncated or empty DICOM file: no data elements after the file header",
-                        path)
+        raise ScanError(f"{name}truncated or empty DICOM file: no data elements after the file "
+                        "header", source)
     last = ds.get_item(max(ds.keys()), keep_deferred=True)
     tell, length = getattr(last, "value_tell", None), getattr(last, "length", None)
     if tell is None or length is None or length == 0xFFFFFFFF:
         return  # already decoded, or of undefined length: decoding will catch damage
     actual = os.path.getsize(path)
     if tell + length != actual:
-        raise ScanError(f"truncated or damaged DICOM file (its elements end at byte "
-                        f"{tell + length}, the file has {actual} bytes)", path)
+        raise ScanError(f"{name}truncated or damaged DICOM file (its elements end at byte "
+                        f"{tell + length}, the file has {actual} bytes)", source)
 
 
 def _is_non_image(header: _Header) -> bool:
@@ -165,13 +193,33 @@ def _choose_series(headers: list[_Header], wanted: str | None, source: Path,
         raise ScanError(f"no series {wanted!r} here; available: {_describe(groups)}", source)
     if len(groups) == 1:
         return next(iter(groups.values()))
-    ct = {uid: m for uid, m in groups.items() if m[0].modality in ("CT", None)} or groups
-    uid, chosen = max(ct.items(), key=lambda item: len(item[1]))
+    uid, chosen = max(groups.items(), key=lambda item: _preference(item[1]))
     others = {u: m for u, m in groups.items() if u != uid}
     notes.warn(f"{len(groups)} series found; using series {uid_hash(uid)} "
-               f"({_describe({uid: chosen})}); others: {_describe(others)}; "
-               "choose one with --series")
+               f"({_describe({uid: chosen})}) because it is {_why(chosen)}; "
+               f"others: {_describe(others)}; choose one with --series")
     return chosen
+
+
+def _preference(members: list[_Header]) -> tuple:
+    """Rank series for reading: a CT, acquired (ORIGINAL/PRIMARY, not a localizer or a
+    DERIVED/REFORMATTED reconstruction), axial; then the one with most slices."""
+    first = members[0]
+    kinds = set(first.image_type)
+    return (first.modality in ("CT", None),
+            "LOCALIZER" not in kinds,
+            "ORIGINAL" in kinds or not kinds,
+            "PRIMARY" in kinds or not kinds,
+            not kinds & {"DERIVED", "SECONDARY", "REFORMATTED", "MPR"},
+            first.plane == "axial",
+            len(members))
+
+
+def _why(members: list[_Header]) -> str:
+    first = members[0]
+    kind = "/".join(first.image_type[:2]) or "no ImageType"
+    return f"the {first.plane} {first.modality or 'CT?'} series ({kind}) preferred (original " \
+           "axial CT first, then most slices)"
 
 
 def _describe(groups: dict[str, list[_Header]]) -> str:
@@ -179,33 +227,51 @@ def _describe(groups: dict[str, list[_Header]]) -> str:
     for uid, members in groups.items():
         first = members[0]
         desc = str(first.ds.get("SeriesDescription", "")).strip()
-        label = f"{uid_hash(uid) or 'no-uid'} {first.modality or '?'} {len(members)} files"
+        label = (f"{uid_hash(uid) or 'no-uid'} {first.modality or '?'} {first.plane} "
+                 f"{'/'.join(first.image_type[:2]) or '-'} {len(members)} files")
         parts.append(f"{label} {desc!r}" if desc else label)
     return "; ".join(parts)
 
 
-def _check_series(series: list[_Header], notes: Notes) -> list[_Header]:
+def _check_series(series: list[_Header], source: Path, notes: Notes) -> list[_Header]:
     """Refuse what cannot be a CT volume; warn about what is merely untidy."""
     modality = series[0].modality
     if modality is None:
         notes.warn("Modality tag missing; assuming CT")
     for h in series:
         if h.modality not in (None, "CT"):
-            raise ScanError(f"modality is {h.modality}, not CT: covidct reads CT scans only",
-                            h.path)
+            raise ScanError(f"{h.label}: modality is {h.modality}, not CT: covidct reads CT "
+                            "scans only", source)
         if int(h.ds.get("SamplesPerPixel", 1) or 1) != 1:
-            raise ScanError("colour DICOM image; CT slices are grayscale", h.path)
+            raise ScanError(f"{h.label}: colour DICOM image; CT slices are grayscale", source)
+        _check_rescale_values(h, source)
     series = _drop_copies(series, notes)
     if len(series) > 1 and any(h.frames > 1 for h in series):
         odd = next(h for h in series if h.frames > 1)
-        raise ScanError("a multi-frame file inside a series of files is not supported; "
-                        "load it on its own", odd.path)
+        raise ScanError(f"{odd.label}: a multi-frame file inside a series of files is not "
+                        "supported; load it on its own", source)
     rows, cols = Counter(h.size for h in series).most_common(1)[0][0]
     for h in series:
         if h.size != (rows, cols):
-            raise ScanError(f"slice size {h.size[0]}x{h.size[1]} differs from the {rows}x{cols} "
-                            "of the other slices; inconsistent series", h.path)
+            raise ScanError(f"{h.label}: slice size {h.size[0]}x{h.size[1]} differs from the "
+                            f"{rows}x{cols} of the other slices; inconsistent series", source)
+    check_pixel_count(rows, cols, sum(h.frames for h in series), source)
     return series
+
+
+def _check_rescale_values(h: _Header, source: Path) -> None:
+    """A NaN or infinite RescaleSlope/Intercept makes every voxel NaN: refuse it here."""
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        value = h.ds.get(keyword)
+        if value in (None, ""):
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ScanError(f"{h.label}: {keyword} is not a number", source) from None
+        if not np.isfinite(number) or (keyword == "RescaleSlope" and number == 0):
+            raise ScanError(f"{h.label}: {keyword} is {number}; the pixel values cannot be "
+                            "turned into HU", source)
 
 
 def _drop_copies(series: list[_Header], notes: Notes) -> list[_Header]:
@@ -215,7 +281,7 @@ def _drop_copies(series: list[_Header], notes: Notes) -> list[_Header]:
     for h in series:
         sop = str(h.ds.get("SOPInstanceUID", ""))
         if sop and sop in seen:
-            notes.warn(f"{h.path.name} is a copy of {seen[sop].path.name}; ignored")
+            notes.warn(f"{h.label} is a copy of {seen[sop].label}; ignored")
             continue
         seen[sop] = h
         kept.append(h)
@@ -230,7 +296,32 @@ class _Geometry:
     origin: tuple[float, float, float]
     direction: np.ndarray
     known: bool
+    depths: np.ndarray | None = None  # slice positions along the normal (mm), sorted
 
+
+def _resample_gaps(voxels: np.ndarray, ordered: list[_Header], geometry: _Geometry,
+                   notes: Notes) -> tuple[np.ndarray, _Geometry]:
+    """Uneven slice positions (a missing slice): linear interpolation onto an even grid at the
+    median spacing, so that the geometry past a gap stays right."""
+    depths = geometry.depths
+    if depths is None or len(depths) < 3:
+        return voxels, geometry
+    gaps = np.diff(depths)
+    dz = geometry.spacing[0]
+    if gaps.max() - gaps.min() <= _GAP_TOLERANCE * dz:
+        return voxels, geometry
+    n = int(np.floor((depths[-1] - depths[0]) / dz + 1e-6)) + 1
+    targets = depths[0] + dz * np.arange(n)
+    upper = np.clip(np.searchsorted(depths, targets, side="right"), 1, len(depths) - 1)
+    lower = upper - 1
+    weight = ((targets - depths[lower]) / (depths[upper] - depths[lower])).astype(np.float32)
+    weight = np.clip(weight, 0.0, 1.0)[:, None, None]
+    out = voxels[lower] * (1 - weight) + voxels[upper] * weight
+    k = int(np.argmax(gaps))
+    notes.warn(f"uneven slice positions (gaps {gaps.min():.2f}-{gaps.max():.2f} mm, the largest "
+               f"between slices {k + 1} and {k + 2} of {len(depths)}; slices missing?): resampled "
+               f"on the true positions to {n} slices {dz:.2f} mm apart")
+    return out.astype(np.float32), geometry
 
 def _order_and_measure(series: list[_Header], source: Path,
                        notes: Notes) -> tuple[list[_Header], _Geometry]:
@@ -248,10 +339,14 @@ def _order_and_measure(series: list[_Header], source: Path,
         order = np.argsort(depth, kind="stable")
         ordered = [series[i] for i in order]
         dz = _slice_gap(depth[order], ordered, source, notes)
+        depths = depth[order]
         origin = ordered[0].position
         _check_alignment(ordered, normal, notes)
     direction = np.column_stack([row, col, normal])
-    return ordered, _Geometry((dz, dy, dx), tuple(origin), direction, known)
+    geometry = _Geometry((dz, dy, dx), tuple(origin), direction, known)
+    if positions and all(p is not None for p in positions):
+        geometry.depths = depths
+    return ordered, geometry
 
 
 def _orientation_vectors(series: list[_Header], notes: Notes) -> np.ndarray:
@@ -282,12 +377,15 @@ def _slice_gap(depth: np.ndarray, ordered: list[_Header], source: Path, notes: N
     same = np.flatnonzero(gaps < _SAME_POSITION_MM)
     if same.size:
         a, b = ordered[same[0]], ordered[same[0] + 1]
-        raise ScanError(f"duplicated slice position {depth[same[0]]:.3f} mm: {a.path.name} and "
-                        f"{b.path.name} (two acquisitions in one series?)", source)
+        raise ScanError(f"duplicated slice position {depth[same[0]]:.3f} mm: {a.label} and "
+                        f"{b.label} (two acquisitions in one series?)", source)
     gap = float(np.median(gaps))
-    if gaps.max() - gaps.min() > _GAP_TOLERANCE * gap:
-        notes.warn(f"uneven slice spacing ({gaps.min():.3f}-{gaps.max():.3f} mm; slices missing?); "
-                   f"using the median {gap:.3f} mm")
+    limit = max(MAX_GAP_FACTOR * gap, MAX_GAP_MM)
+    if gaps.max() > limit:
+        k = int(np.argmax(gaps))
+        raise ScanError(f"a gap of {gaps.max():.1f} mm between slices {k + 1} and {k + 2} of "
+                        f"{len(depth)} (the median spacing is {gap:.2f} mm; gaps above "
+                        f"{limit:.1f} mm are refused): slices missing", source)
     return gap
 
 
@@ -328,7 +426,7 @@ def _check_alignment(ordered: list[_Header], normal: np.ndarray, notes: Notes) -
 def _read_pixels(ordered: list[_Header], source: Path) -> np.ndarray:
     """Uncompressed slices are read straight from their byte offsets (the fastest way); anything
     else (JPEG, RLE, ...) goes through SimpleITK, and pydicom names the file if that fails."""
-    native = _read_native(ordered)
+    native = _read_native(ordered, source)
     if native is not None:
         return native
     import SimpleITK as sitk  # imported here: most series never need it (0.3 s to import)
@@ -340,19 +438,20 @@ def _read_pixels(ordered: list[_Header], source: Path) -> np.ndarray:
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # covidct reports geometry issues itself
     try:
-        voxels = sitk.GetArrayFromImage(reader.Execute())
+        with quiet_stderr():  # decoders print to the C stderr; covidct says what failed
+            voxels = sitk.GetArrayFromImage(reader.Execute())
     except RuntimeError as exc:
-        log.debug("SimpleITK could not read %s (%s); decoding with pydicom", source, _short(exc))
-        return _read_pixels_pydicom(ordered)
+        log.debug("SimpleITK could not read the series (%s); decoding with pydicom", _short(exc))
+        return _read_pixels_pydicom(ordered, source)
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     rows, cols = ordered[0].size
     if voxels.shape != (len(ordered), rows, cols):
-        return _read_pixels_pydicom(ordered)
+        return _read_pixels_pydicom(ordered, source)
     return voxels
 
 
-def _read_native(ordered: list[_Header]) -> np.ndarray | None:
+def _read_native(ordered: list[_Header], source: Path) -> np.ndarray | None:
     """Little-endian 16-bit uncompressed pixels, with each slice's rescale; None if any slice
     is stored otherwise."""
     layouts = [_native_layout(h) for h in ordered]
@@ -364,7 +463,7 @@ def _read_native(ordered: list[_Header]) -> np.ndarray | None:
         dtype = "<i2" if signed else "<u2"
         raw = np.fromfile(h.path, dtype=dtype, count=rows * cols, offset=offset)
         if raw.size != rows * cols:
-            raise ScanError("truncated DICOM file: pixel data ends early", h.path)
+            raise ScanError(f"{h.label}: truncated DICOM file: pixel data ends early", source)
         if bits < 16:  # bits above HighBit are not part of the value
             shift = 16 - bits
             raw = (raw << shift) >> shift if signed else raw & ((1 << bits) - 1)
@@ -400,16 +499,18 @@ def _rescale(ds: Dataset) -> tuple[float, float]:
         return 1.0, 0.0
 
 
-def _read_pixels_pydicom(ordered: list[_Header]) -> np.ndarray:
+def _read_pixels_pydicom(ordered: list[_Header], source: Path) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut
 
     slices = []
     for h in ordered:
         try:
-            ds = pydicom.dcmread(h.path)
-            slices.append(apply_modality_lut(ds.pixel_array, ds).astype(np.float32))
+            with quiet_stderr():
+                ds = pydicom.dcmread(h.path)
+                slices.append(apply_modality_lut(ds.pixel_array, ds).astype(np.float32))
         except Exception as exc:  # decoding errors come in many types
-            raise ScanError(f"cannot decode the pixel data ({_short(exc)})", h.path) from None
+            raise ScanError(f"{h.label}: cannot decode the pixel data ({_short(exc)})",
+                            source) from None
     return np.stack(slices)
 
 
@@ -418,9 +519,10 @@ def _read_multiframe(header: _Header, source: Path, notes: Notes, keep_phi: bool
     import SimpleITK as sitk
 
     try:
-        image = sitk.ReadImage(str(header.path), sitk.sitkFloat32)
+        with quiet_stderr():
+            image = sitk.ReadImage(str(header.path), sitk.sitkFloat32)
     except RuntimeError as exc:
-        raise ScanError(f"cannot read multi-frame DICOM ({_short(exc)})", header.path) from None
+        raise ScanError(f"cannot read multi-frame DICOM ({_short(exc)})", source) from None
     direction = np.array(image.GetDirection()).reshape(3, 3)
     sx, sy, sz = image.GetSpacing()
     geometry = _Geometry((sz, sy, sx), image.GetOrigin(), direction, True)
@@ -487,4 +589,6 @@ def _vector(value, n: int) -> np.ndarray | None:
 
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
+    if text.endswith(":"):  # "...raised by all available plugins:" and the list below
+        text = text.rstrip(":") + "; the data are damaged or in an unsupported encoding"
+    return scrub(text)[:200]

@@ -9,6 +9,7 @@ one it was trained with.
 from __future__ import annotations
 
 import os
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from ..constants import SYNTHETIC_TAG
 from ..errors import ScanError
 from ..scan import Scan
 from ..windowing import COVIDX_LUNG, Window
-from .common import Notes, is_synthetic_text
+from ..privacy import member_label
+from .common import MAX_SLICE_PIXELS, Notes, check_pixel_count, is_synthetic_text
 
 #: Pillow modes holding 8-bit samples we can reduce to one grayscale channel.
 _GRAY_MODES = {"L", "LA", "RGB", "RGBA", "RGBX", "P", "PA"}
@@ -30,13 +32,17 @@ _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F", "I;32"}
 def read_pictures(paths: list[Path], source: Path) -> Scan:
     """Stack the pictures (in the order given) into a windowed Scan."""
     notes = Notes(source)
-    slices: list[tuple[Path, np.ndarray]] = []
+    slices: list[tuple[str, np.ndarray]] = []
     synthetic = False
-    for path in paths:
-        pages, tagged = _read_picture(path)
+    root = source if source.is_dir() else None
+    labels = [member_label(p, k, len(paths), root) if root else "" for k, p in enumerate(paths)]
+    sizes = [_header_size(path, label, source) for path, label in zip(paths, labels)]
+    check_pixel_count(max(h for h, _ in sizes), max(w for _, w in sizes), len(paths), source)
+    for path, label in zip(paths, labels):
+        pages, tagged = _read_picture(path, label, source)
         synthetic |= tagged
-        slices += [(path, page) for page in pages]
-    _check_one_size(slices)
+        slices += [(label, page) for page in pages]
+    _check_one_size(slices, source)
     fmt = paths[0].suffix.lower().lstrip(".").replace("jpeg", "jpg").replace("tiff", "tif")
     metadata = {
         "modality": "CT",
@@ -52,33 +58,65 @@ def read_pictures(paths: list[Path], source: Path) -> Scan:
                 source=str(source), metadata=metadata)
 
 
-def _check_one_size(slices: list[tuple[Path, np.ndarray]]) -> None:
+def _check_one_size(slices: list[tuple[str, np.ndarray]], source: Path) -> None:
     """Name the first picture whose size differs from most others'."""
     h, w = Counter(page.shape for _, page in slices).most_common(1)[0][0]
-    for path, page in slices:
+    for label, page in slices:
         if page.shape != (h, w):
-            raise ScanError(f"picture size {page.shape[1]}x{page.shape[0]} differs from the "
-                            f"{w}x{h} of the other slices; all slices must have one size", path)
+            raise ScanError(f"{label}: picture size {page.shape[1]}x{page.shape[0]} differs "
+                            f"from the {w}x{h} of the other slices; all slices must have one "
+                            "size", source)
 
 
-def _read_picture(path: Path) -> tuple[list[np.ndarray], bool]:
+def _header_size(path: Path, label: str, source: Path) -> tuple[int, int]:
+    """(height, width) from the picture's header, before any pixel is decoded; pages of a
+    multi-page TIFF count as slices of that size."""
+    prefix = f"{label}: " if label else ""
     try:
-        with Image.open(path) as image:
-            tagged = is_synthetic_text(*image.info.values())
-            pages = [_gray(page, path) for page in ImageSequence.Iterator(image)]
+        with warnings.catch_warnings():  # covidct's own limits apply, checked just below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            w, h = image.size
+            pages = getattr(image, "n_frames", 1) or 1
+    except Image.DecompressionBombError:
+        raise ScanError(f"{prefix}picture is larger than the {MAX_SLICE_PIXELS:,} pixels "
+                        "accepted per slice", source) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ScanError(f"not a readable picture ({exc})", path) from None
+        raise ScanError(f"{prefix}not a readable picture ({_first_line(exc)})", source) from None
+    check_pixel_count(h, w, pages, source, label)
+    return h, w
+
+
+def _read_picture(path: Path, label: str, source: Path) -> tuple[list[np.ndarray], bool]:
+    prefix = f"{label}: " if label else ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            tagged = is_synthetic_text(*image.info.values())
+            pages = [_gray(page, prefix, source) for page in ImageSequence.Iterator(image)]
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as exc:
+        raise ScanError(f"{prefix}not a readable picture ({_first_line(exc)})", source) from None
     return pages, tagged
 
 
-def _gray(image: Image.Image, path: Path) -> np.ndarray:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def _gray(image: Image.Image, prefix: str, source: Path) -> np.ndarray:
     mode = image.mode
     if mode in _WIDE_MODES:
-        raise ScanError(f"{mode} picture with more than 8 bits per sample: covidct expects 8-bit "
-                        "windowed slices (e.g. the COVIDx lung window); give the DICOM or NIfTI "
-                        "scan to use Hounsfield units", path)
+        raise ScanError(f"{prefix}{mode} picture with more than 8 bits per sample: covidct "
+                        "expects 8-bit windowed slices (e.g. the COVIDx lung window); give the "
+                        "DICOM or NIfTI scan to use Hounsfield units", source)
     if mode not in _GRAY_MODES:
-        raise ScanError(f"unsupported picture mode {mode}; expected 8-bit grayscale", path)
+        raise ScanError(f"{prefix}unsupported picture mode {mode}; expected 8-bit grayscale",
+                        source)
     if mode in ("P", "PA"):
         image = image.convert("RGBA" if "transparency" in image.info or mode == "PA" else "RGB")
         mode = image.mode
@@ -87,8 +125,8 @@ def _gray(image: Image.Image, path: Path) -> np.ndarray:
         return np.ascontiguousarray(pixels if mode == "L" else pixels[..., 0], dtype=np.uint8)
     rgb = pixels[..., :3]
     if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-        raise ScanError("colour picture (red, green and blue differ); CT slices are grayscale",
-                        path)
+        raise ScanError(f"{prefix}colour picture (red, green and blue differ); CT slices are "
+                        "grayscale", source)
     return np.ascontiguousarray(rgb[..., 0], dtype=np.uint8)
 
 

@@ -7,7 +7,9 @@ axial DICOM series gives, whatever tool wrote the file.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
+import logging
 import os
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from ..atomic import write_bytes
 from ..constants import SYNTHETIC_TAG
 from ..errors import ScanError
 from ..scan import Scan
-from .common import Notes, is_synthetic_text, orientation_of
+from .common import Notes, check_pixel_count, is_synthetic_text, orientation_of
 
 #: Flips between RAS (NIfTI) and LPS (DICOM, covidct) world coordinates.
 _RAS_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -31,9 +33,17 @@ _INT16 = np.iinfo(np.int16)
 def read_nifti(path: Path) -> Scan:
     notes = Notes(path)
     try:
-        image = nib.load(str(path))
-        data = np.asarray(image.dataobj)  # applies scl_slope/scl_inter when set
+        with _quiet_nibabel():  # its header fixes; covidct says what matters itself
+            image = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for damaged files
+        raise ScanError(f"not a readable NIfTI file ({_first_line(exc)})", path) from None
+    shape = tuple(int(n) for n in image.shape) + (1, 1, 1)
+    check_pixel_count(shape[1], shape[0], int(np.prod(shape[2:])), path)
+    spacing_known = _spacing_known(path, notes)
+    try:
+        with _quiet_nibabel():
+            data = np.asarray(image.dataobj)  # applies scl_slope/scl_inter when set
+    except Exception as exc:
         raise ScanError(f"not a readable NIfTI file ({_first_line(exc)})", path) from None
     data = _as_3d(data, path)
     description = _description(image)
@@ -66,7 +76,36 @@ def read_nifti(path: Path) -> Scan:
     }
     return Scan(voxels=voxels, spacing=tuple(spacing_xyz[::-1]),
                 units="windowed" if windowed else "HU", origin=tuple(origin), direction=direction,
-                orientation=orientation, source=str(path), metadata=metadata)
+                orientation=orientation, geometry_known=spacing_known, source=str(path),
+                metadata=metadata)
+
+
+@contextlib.contextmanager
+def _quiet_nibabel():
+    logger = nib.imageglobals.logger
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _spacing_known(path: Path, notes: Notes) -> bool:
+    """nibabel quietly turns a zero pixdim into 1 mm; without a qform or sform there is then
+    no voxel size at all. Read the raw header to tell, and say so."""
+    try:
+        with nib.openers.ImageOpener(str(path)) as fh:
+            header = nib.Nifti1Header.from_fileobj(fh, check=False)
+        pixdim = np.asarray(header["pixdim"][1:4], dtype=float)
+        forms = int(header["qform_code"]), int(header["sform_code"])
+    except Exception:  # NIfTI-2 or an odd header: nibabel's geometry is all we have
+        return True
+    if forms == (0, 0) and (np.any(~np.isfinite(pixdim)) or np.any(pixdim <= 0)):
+        notes.warn("the NIfTI header gives no voxel size (pixdim 0, no qform/sform): "
+                   "1 mm assumed, sizes in mm are unknown")
+        return False
+    return True
 
 
 def _as_3d(data: np.ndarray, path: Path) -> np.ndarray:

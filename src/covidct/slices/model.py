@@ -10,8 +10,9 @@ Prediction on a scan (:meth:`SliceClassifier.predict`):
    ([-1350, 150] HU); 8-bit pictures are taken as they are (assumed lung-windowed).
 2. Lung slices are chosen from the scan's lung mask (:func:`covidct.lungs.scan_lungs`,
    shared with CovidCTNet): a slice is a lung slice when it holds at least
-   ``covidct.lungs.LUNG_SLICE_MM2`` (2 cm^2) of lung. When the mask finds no lungs
-   (a picture of the abdomen, a very tight crop) every slice is used and the aggregation
+   ``covidct.lungs.LUNG_SLICE_MM2`` (2 cm^2) of lung. A scan that fails the plausibility
+   checks of :mod:`covidct.checks` (no lungs among them) is refused first; when the mask
+   finds no lungs in a scan the checks passed, every slice is used and the aggregation
    text says so. Of long series at most ``MAX_SLICES`` (32) evenly spaced
    lung slices are scored: ResNet-v2 50x1 at 480 px scores about 1.2 slices/s on 2 CPU
    cores, so a 300-slice series stays under a minute (set ``max_slices`` for more).
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..checks import require_coverage
 from ..constants import METHOD_BIT, SLICE_CLASSES
 from ..errors import ModelError
 from ..metrics import aggregate_by_patient
@@ -122,7 +124,9 @@ def infer_logits(net: torch.nn.Module, batches, device: torch.device, amp: bool 
 
 
 def lung_slices(scan: Scan, max_slices: int = MAX_SLICES) -> tuple[np.ndarray, bool]:
-    """Indices of the slices to score, and whether the lung mask found any (see module doc)."""
+    """Indices of the slices to score, and whether the lung mask found any (see module doc).
+    The scan must first pass :func:`covidct.checks.require_coverage` (plausible, lungs found)."""
+    require_coverage(scan, METHOD_BIT)
     chosen = scan_lungs(scan).lung_slices()
     found = chosen.size > 0
     if not found:
@@ -255,7 +259,7 @@ class SliceClassifier:
                              f"with {COVIDX_LUNG.name!r}", self.file.get("name"))
         scan.require_axial("the BiT slice classifier")
         start = time.perf_counter()
-        indices, found = lung_slices(scan, self.max_slices)
+        indices, found = lung_slices(scan, self.max_slices)  # refuses implausible scans
         selected = time.perf_counter()
         pixels = [_slice_uint8(scan, int(k)) for k in indices]
         boxes = [scan_body_box(p) for p in pixels]
@@ -329,6 +333,7 @@ class SliceClassifier:
 def scan_summary(scan: Scan) -> dict[str, Any]:
     """De-identified facts about a scan for prediction outputs."""
     out = {k: scan.metadata[k] for k in SAFE_METADATA_KEYS if k in scan.metadata}
+    out["warnings"] = list(out.get("warnings") or [])  # as of this prediction
     out.update(shape=list(scan.shape), spacing_mm=list(scan.spacing), units=scan.units,
                geometry_known=scan.geometry_known, synthetic=scan.synthetic)
     if not scan.is_hu:

@@ -7,6 +7,10 @@ a few de-identified facts only; names are hashes. Each entry is one ``.npz`` wri
 atomically, so an interrupted run leaves no half entry behind.
 
 Location: ``$COVIDCT_CACHE`` if set (``off`` disables caching), else ``~/.cache/covidct/volumes``.
+The entries are derived patient images, so files are 0600 and folders 0700. Training uses
+the cache by default (it pays on every epoch); a model loaded from its file for prediction
+(``covidct predict``, ``predict-batch``, ``evaluate``, the web app) does not, unless
+``$COVIDCT_CACHE`` names a folder. ``covidct cache clear`` empties it.
 """
 from __future__ import annotations
 
@@ -14,13 +18,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, make_dir, private_files
 from ..scan import Scan
 
 log = logging.getLogger(__name__)
@@ -74,6 +79,12 @@ class ArrayCache:
             return cls(None)
         return cls(env or DEFAULT_ROOT)
 
+    @classmethod
+    def for_prediction(cls) -> "ArrayCache":
+        """No persistent cache unless ``$COVIDCT_CACHE`` names a folder."""
+        env = (os.environ.get("COVIDCT_CACHE") or "").strip()
+        return cls(None if not env or env.lower() in _OFF else env)
+
     @property
     def enabled(self) -> bool:
         return self.root is not None
@@ -104,8 +115,36 @@ class ArrayCache:
         if self.root is None:
             return
         try:
-            with atomic_path(self._path(key)) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, array=array, meta=np.array(json.dumps(meta or {})))
+            with private_files():
+                make_dir(self.root)
+                with atomic_path(self._path(key)) as tmp:
+                    with open(tmp, "wb") as fh:
+                        np.savez(fh, array=array, meta=np.array(json.dumps(meta or {})))
         except OSError as exc:  # a full or read-only disk must not fail the prediction
             log.warning("could not write the cache entry (%s)", exc)
+
+
+#: Entry names: ``<kind>-<40 hex>.npz`` (and their ``.part`` files) in two-character folders.
+_ENTRY = re.compile(r"^\.?[a-z0-9_]+-[0-9a-f]{40}\.npz(\..*\.part)?$")
+
+
+def clear(root: str | os.PathLike) -> tuple[int, int]:
+    """Remove covidct's cache entries under ``root`` (nothing else); (files, bytes) removed."""
+    root = Path(root).expanduser()
+    files = size = 0
+    if not root.is_dir():
+        return 0, 0
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and len(p.name) == 2):
+        for entry in folder.iterdir():
+            if entry.is_file() and _ENTRY.match(entry.name):
+                size += entry.stat().st_size
+                entry.unlink()
+                files += 1
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    return files, size
+
+
+def location() -> Path | None:
+    """The folder ``ArrayCache.default()`` uses (None when caching is off)."""
+    return ArrayCache.default().root

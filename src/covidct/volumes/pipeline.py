@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import require_coverage
 from ..constants import METHOD_COVIDCTNET, VOLUME_CLASSES
 from ..errors import ModelError
 from ..models import save_model_file
@@ -83,7 +84,10 @@ class CovidCTNet:
                              (record.get("file") or {}).get("name")) from None
         info = {"file": record.get("file"), "covidct_version": record.get("covidct_version"),
                 "name": record.get("name", "covidctnet")}
-        return cls(classifier, denoiser, settings, class_names, record.get("training"), info)
+        # A model loaded from its file predicts: no persistent cache of patient images unless
+        # $COVIDCT_CACHE asks for one (training builds its own with the cache on).
+        return cls(classifier, denoiser, settings, class_names, record.get("training"), info,
+                   cache=ArrayCache.for_prediction())
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -170,6 +174,7 @@ class CovidCTNet:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         own = check_scan(scan)
+        require_coverage(scan, self.method)  # plausible, with enough lung (covidct.checks)
         for warning in own:  # the reader has logged its own warnings already
             log.warning("%s", warning)
         warnings = own + list(scan.metadata.get("warnings", []) or [])
