@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .atomic import write_bytes
+from .atomic import write_bytes, write_json
 from .constants import METHOD_BIT
 from .errors import DatasetError
 from .models import Model, load_model
 from .prediction import Scores
 
 SPLIT_FILE = "{split}_COVIDx_CT-2A.txt"
+LOCALISATION_JSON = "localisation.json"
 
 
 def score(model: Model, data: str | os.PathLike, split: str = "test") -> Scores:
@@ -71,11 +72,27 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike, split: s
         "command": " ".join(sys.argv), "covidct_version": __version__,
         "python": platform.python_version(),
     }
+    localisation = localise(model, data, split, scores, out_dir)
     if out_dir is not None:
         out_dir = Path(out_dir)
+        if localisation is not None:
+            write_json(out_dir / LOCALISATION_JSON, {**localisation, "synthetic": True})
         save_results(out_dir / "results.json", out_dir / "results.csv", metrics, provenance)
         write_bytes(out_dir / "scores.npz", _npz(scores))
-    return {"metrics": metrics, "provenance": provenance, "scores": scores}
+    return {"metrics": metrics, "provenance": provenance, "scores": scores,
+            "localisation": localisation}
+
+
+def localise(model: Model, data: str | os.PathLike, split: str, scores: Scores,
+             out_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """Explanations scored against a synthetic cohort's lesion masks (None without them)."""
+    from .explain.localisation import gradcam_localisation, infection_localisation
+
+    if model.method == METHOD_BIT:
+        data = Path(data)
+        split_file = data / SPLIT_FILE.format(split=split) if data.is_dir() else data
+        return gradcam_localisation(model, split_file, split_file.parent / "images", scores)
+    return infection_localisation(model, data, split, out_dir)
 
 
 def _npz(scores: Scores) -> bytes:

@@ -132,8 +132,8 @@ class CovidCTNet:
         """The (volume_slices, S, S) array the 3D CNN reads (infection map or plain volume)."""
         if self.settings.input != INPUT_INFECTION:
             return cnn_input(volume, None, self.settings), "n/a"
-        key = ArrayCache.key("infection", content,
-                             {**self.settings.to_dict(), "denoiser": self._weights_key()})
+        params = {k: v for k, v in self.settings.to_dict().items() if k != "input_scale"}
+        key = ArrayCache.key("infection", content, {**params, "denoiser": self._weights_key()})
         cached = self.cache.load(key)
         if cached is not None:
             return cached[0], "hit"
@@ -149,7 +149,7 @@ class CovidCTNet:
         self.classifier.eval()
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))[:, None].to(device)
-            return torch.softmax(self.classifier(x), dim=1).double().cpu().numpy()
+            return torch.softmax(self.classifier(x * self.settings.input_scale), dim=1).double().cpu().numpy()
 
     # -- prediction ---------------------------------------------------------------------
 
