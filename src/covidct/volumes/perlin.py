@@ -20,6 +20,12 @@ _GRAD_X = np.array([1, -1, 1, -1, 1, -1, 0, 0], dtype=np.float32)
 _GRAD_Y = np.array([1, 1, -1, -1, 0, 0, 1, -1], dtype=np.float32)
 #: The slice size the method's noise scales refer to.
 REFERENCE_SIZE = 128
+#: Where pseudo-infection goes: the whole slice (the method's code) or the lungs only.
+NOISE_SLICE, NOISE_LUNGS = "slice", "lungs"
+NOISE_REGIONS = (NOISE_SLICE, NOISE_LUNGS)
+#: Below this value of the CovidCTNet window ([-1000, 400] HU -> [0, 1]), about -580 HU, a
+#: voxel is air or aerated lung.
+AIR_LEVEL = 0.3
 
 
 def _fade(t: np.ndarray) -> np.ndarray:
@@ -110,13 +116,6 @@ class PseudoInfection:
             inputs[k] += noise if region == NOISE_SLICE else noise * air_in_body(slices[k])
         return inputs, noisy
 
-
-#: Where pseudo-infection goes: the whole slice (the method's code) or the lungs only.
-NOISE_SLICE, NOISE_LUNGS = "slice", "lungs"
-NOISE_REGIONS = (NOISE_SLICE, NOISE_LUNGS)
-#: Below this value of the CovidCTNet window ([-1000, 400] HU -> [0, 1]), about -580 HU, a
-#: voxel is air or aerated lung.
-AIR_LEVEL = 0.3
 
 
 def air_in_body(unit_slice: np.ndarray) -> np.ndarray:
