@@ -91,15 +91,18 @@ def _infection_figure(volume, infection, truth, settings, path: Path, auc) -> st
     ct = resize_depth(volume[denoise_indices(len(volume), settings.max_denoised_slices)],
                       settings.volume_slices)
     z = int(np.argmax(truth.lesion.sum(axis=(1, 2))))
-    limit = float(np.abs(infection[z][truth.lung[z]]).max()) if truth.lung[z].any() else 1.0
+    inside = infection[z][truth.lung[z]]
+    limit = float(np.percentile(inside, 99)) if inside.size else 1.0
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
     panels = ((ct[z], "CT (pre-processed)", "gray", 0, 1),
               (np.where(truth.lung[z], infection[z], np.nan), "infection map (inside lungs)",
-               "magma", 0, limit or 1.0),
+               "magma", 0, limit if limit > 0 else 1.0),
               (truth.lesion[z].astype(float) + 0.3 * truth.lung[z], "truth: lesion (white), lung",
                "gray", 0, 1.3))
     for ax, (image, title, cmap, lo, hi) in zip(axes, panels):
-        ax.imshow(image, cmap=cmap, vmin=lo, vmax=hi)
+        colours = plt.get_cmap(cmap).copy()
+        colours.set_bad("black")  # outside the lungs
+        ax.imshow(image, cmap=colours, vmin=lo, vmax=hi)
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     fig.suptitle(f"SYNTHETIC phantom: infection map vs true lesions (voxel AUC "
