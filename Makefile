@@ -13,6 +13,7 @@ demo:
 
 test:
 	@./scripts/browser.sh
+	@./scripts/dicom-tools.sh
 	@$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 bench:

@@ -8,7 +8,8 @@
 Rows: 0 float32 matmul peak; 1 slice classifier inference paths; 2 a patient end to end and
 the capped-vs-every-slice accuracy; 3 CovidCTNet pre-processing (covidct.volumes.bench);
 4 CovidCTNet end to end, latency and peak memory; 5 training data pipeline vs training
-throughput; 6 training throughput and model FLOP utilisation (CUDA: bf16 + channels-last).
+throughput; 6 training throughput and model FLOP utilisation (CUDA: bf16 + channels-last);
+7 the lung mask (benchmarks.lungs).
 Every scan is a SYNTHETIC phantom; timings are the best of a few calls.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import slices
+from . import lungs, slices
 from .common import FULL, TINY, Sizes, best_time, forward_flops, machine, matmul_peak_gflops
 
 SYNTHETIC_NOTE = ("SYNTHETIC DATA: computer-generated phantoms, not patients; accuracy figures "
@@ -104,7 +105,7 @@ def _predict_only(spec: str) -> int:
 # The run -----------------------------------------------------------------------------------------
 
 def run(sizes: Sizes, threads: int, device: str = "cpu", workdir: Path | None = None,
-        rows: tuple[str, ...] = ("1", "2", "3", "4", "5", "6")) -> dict[str, Any]:
+        rows: tuple[str, ...] = ("1", "2", "3", "4", "5", "6", "7")) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
@@ -133,6 +134,8 @@ def run(sizes: Sizes, threads: int, device: str = "cpu", workdir: Path | None = 
             timed("capped_vs_every_slice", slices.capped_vs_every_slice, sizes, threads, work)
         if "3" in rows or "4" in rows:
             timed("covidctnet", covidctnet, sizes, threads, peak)
+        if "7" in rows:
+            timed("lung_mask", lungs.lung_mask_row, sizes)
         if row1 and ("5" in rows or "6" in rows):
             gflops = row1["gflops_per_slice"]
             timed("loader", slices.loader, sizes, work)
@@ -165,9 +168,9 @@ def table(result: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|",
              f"| 0 | float32 matmul {result['sizes']['matmul_n']}^2, {result['machine']['threads']} "
              f"threads | | {peak:.0f} GFLOP/s | | 100% | (reference) |"]
-    inf = result["inference"]
-    base = inf["variants"][0]
-    for v in inf["variants"][1:]:
+    inf = result.get("inference")
+    for v in (inf["variants"][1:] if inf else []):
+        base = inf["variants"][0]
         lines.append(f"| 1 | {inf['arch']} @ {inf['crop']} ({inf['gflops_per_slice']:.3g} GFLOP/slice): "
                      f"{v['variant']} | {base['slices_per_s']:.2f} slices/s (eager, batch 1; "
                      f"{_peak_cell(base)}) | {v['slices_per_s']:.2f} slices/s | "
@@ -207,6 +210,8 @@ def table(result: dict[str, Any]) -> str:
                      f"{_pct(v['cnn3d_peak_fraction'])} (PyTorch) | |")
         lines.append(f"| 4 | BCDU-Net ({v['bcdunet_gflops_per_slice']:.2f} GFLOP/slice), PyTorch | | "
                      f"{v['bcdunet_s_per_slice']:.3f} s/slice | | {_pct(v['bcdunet_peak_fraction'])} | |")
+    if "lung_mask" in result:
+        lines.append(lungs.table_line(result["lung_mask"]))
     if "loader" in result:
         ld, tr = result["loader"], result["training_cpu"]
         workers = tr["images_per_s"] / ld["images_per_s_per_worker"]
@@ -255,7 +260,7 @@ NOTES = """Notes
   `covidct export` writes (weight standardisation folded, `Pad_Fusion` disabled, threads not
   spinning).
 - Row 2: the project path reads the DICOM series with SimpleITK, picks at most 32 evenly spaced
-  lung slices (>= 10% of the body below -400 HU, see covidct.slices.model), crops each to its
+  lung slices (>= 2 cm^2 of lung in the lung mask, see covidct.lungs), crops each to its
   body box, scores them in batches on ONNX Runtime and averages the probabilities. The
   every-slice baseline is estimated from row 1's eager rate (formula in the row), not run.
   The accuracy line trains a tiny BiT on the synthetic cohort in the same run: it compares the
@@ -271,6 +276,11 @@ NOTES = """Notes
   fairer figure.
 - Row 5 is one process decoding, cropping and resizing PNGs, i.e. one DataLoader worker; row 6
   on CUDA (`--device cuda`) gives the GPU's images/s, so workers needed = row 6 / row 5.
+- Row 7 (benchmarks.lungs): the lung mask of the row-3/4 series at its working resolution
+  (about 2 mm pixels), against the former body-fraction slice rule (which chose slices only, no
+  mask) and, for the cost of resolution, the same rule at every pixel with the Dice between the
+  two. Row 7 was run alone (`--rows 7`) into benchmarks/results/lungs-cpu-2core.json; its load
+  average is in that file.
 """
 
 
@@ -280,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda adds row 6 on the GPU (bf16 autocast + channels-last)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--rows", default="1,2,3,4,5,6",
+    parser.add_argument("--rows", default="1,2,3,4,5,6,7",
                         help="rows to run (2, 5 and 6 need 1; 2p / 2a = only row 2's patient / "
                              "accuracy line)")
     parser.add_argument("--merge", default=None, metavar="FILE",

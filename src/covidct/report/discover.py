@@ -54,6 +54,7 @@ class Evaluation:
     tsne: Path | None = None
     localisation: dict[str, Any] | None = None   # localisation.json: explanations vs truth
     localisation_png: Path | None = None
+    lungs: dict[str, Any] | None = None   # lungs.json: the lung mask scored (synthetic cohorts)
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -211,4 +212,6 @@ def _evaluation(folder: Path, files: set[str]) -> Evaluation | None:
         evaluation.localisation = _read_json(folder / "localisation.json")
     if "localisation.png" in files:
         evaluation.localisation_png = folder / "localisation.png"
+    if "lungs.json" in files:
+        evaluation.lungs = _read_json(folder / "lungs.json")
     return evaluation

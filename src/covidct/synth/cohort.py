@@ -35,6 +35,7 @@ from ..constants import SLICE_CLASSES, SYNTHETIC_NOTICE, SYNTHETIC_TAG, VOLUME_C
 from ..errors import CovidctError
 from ..scan import Scan
 from ..windowing import COVIDX_LUNG, body_box
+from .anatomy import VARIANTS
 from .findings import LESION_NAMES
 from .patient import MIN_SLICES, VISIBLE_LESION_MM2, Patient, make_patient
 
@@ -62,6 +63,9 @@ class CohortSettings:
     max_slices: int | None = 120
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
     formats: tuple[str, ...] = FORMATS
+    #: Harder anatomy (covidct.synth.anatomy.VARIANTS); each patient gets each listed variant
+    #: with probability VARIANT_SHARE. Empty (the default) leaves every cohort as it was.
+    variants: tuple[str, ...] = ()
 
     def check(self) -> "CohortSettings":
         """Raise CovidctError on a setting that cannot work (the CLI makes it one line)."""
@@ -79,6 +83,9 @@ class CohortSettings:
         if len(self.split) != 3 or any(f < 0 for f in self.split) or sum(self.split) <= 0:
             raise CovidctError(f"--split needs three non-negative fractions (train val test) "
                                f"with a positive sum, got {' '.join(map(str, self.split))}")
+        odd = [v for v in self.variants if v not in VARIANTS]
+        if odd:
+            raise CovidctError(f"--variants: unknown {', '.join(odd)}; choose from {','.join(VARIANTS)}")
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown or not self.formats:
             raise CovidctError(f"--formats: unknown {', '.join(unknown) or '(none given)'}; "
@@ -142,6 +149,19 @@ class CohortSummary:
 def patient_seed(seed: int, index: int) -> np.random.SeedSequence:
     """Patient ``index``'s own random stream: its phantom does not depend on the cohort size."""
     return np.random.SeedSequence(int(seed), spawn_key=(1, int(index)))
+
+
+#: Share of patients that get each variant listed in CohortSettings.variants.
+VARIANT_SHARE = 0.5
+
+
+def patient_variants(settings: CohortSettings, index: int) -> tuple[str, ...]:
+    """The harder-anatomy variants of patient ``index``, from their own random stream (so the
+    rest of the patient is the same with or without variants)."""
+    if not settings.variants:
+        return ()
+    rng = np.random.default_rng([settings.seed, index, 1414])
+    return tuple(v for v in settings.variants if rng.random() < VARIANT_SHARE)
 
 
 def assign_classes(n: int, rng: np.random.Generator) -> list[str]:
@@ -210,7 +230,8 @@ def generate_cohort(out: str | os.PathLike, settings: CohortSettings = CohortSet
             patient = make_patient(label, seed=patient_seed(settings.seed, i),
                                    difficulty=settings.difficulty,
                                    matrix=settings.matrix, slice_mm=settings.slice_mm,
-                                   max_slices=settings.max_slices)
+                                   max_slices=settings.max_slices,
+                                   variants=patient_variants(settings, i))
             record, lines = _write_patient(tmp, patient, pid, number, split, settings)
             covidx_lines[split] += lines
             summary.records.append(record)
@@ -239,6 +260,8 @@ def _refuse_foreign(out: Path) -> None:
 
 def _settings_json(settings: CohortSettings) -> dict:
     data = asdict(settings)
+    if not data["variants"]:
+        del data["variants"]  # so that cohorts made before variants existed still match
     data["synthetic"] = True
     data["notice"] = SYNTHETIC_NOTICE
     return data

@@ -33,6 +33,9 @@ class VolumeSettings:
     #: an SD near 0.05, and the CNN's output (ReLU layers, no normalisation) scales with its
     #: input, so unscaled maps make every Adam step move the prediction ~20x less.
     input_scale: float = 1.0
+    #: Multiply the 3D CNN's input by the lung mask (covidct.lungs) on its grid. The method
+    #: has no lung mask (False); True is this project's variant, with an ablation row.
+    mask_input: bool = False
 
     def __post_init__(self) -> None:
         # BCDU-Net pools three times (multiples of 8); the 3D CNN's unpadded first conv and
