@@ -33,7 +33,9 @@ def test_every_stage_writes_its_output(demo):
     for name in ("cohort/labels.csv", "runs/bit/summary.json", "runs/covidctnet/summary.json",
                  "models/bit.pt", "models/covidctnet.pt", "evaluation/bit/results.json",
                  "evaluation/bit/explain.json", "evaluation/covidctnet/results.json",
-                 "evaluation/covidctnet/explain.json", "report.html", "demo.json"):
+                 "evaluation/covidctnet/explain.json", "evaluation/bit/localisation.json",
+                 "evaluation/covidctnet/localisation.json", "evaluation/covidctnet/localisation.png",
+                 "report.html", "demo.json"):
         assert (out / name).is_file(), name
     assert len(said) == 14 and said[-1].startswith("[7/7] write the report: done")
     assert result.report == out / "report.html"

@@ -100,8 +100,7 @@ def _infection_figure(volume, infection, truth, settings, path: Path, auc) -> st
               (truth.lesion[z].astype(float) + 0.3 * truth.lung[z], "truth: lesion (white), lung",
                "gray", 0, 1.3))
     for ax, (image, title, cmap, lo, hi) in zip(axes, panels):
-        colours = plt.get_cmap(cmap).copy()
-        colours.set_bad("black")  # outside the lungs
+        colours = plt.get_cmap(cmap).with_extremes(bad="black")  # NaN: outside the lungs
         ax.imshow(image, cmap=colours, vmin=lo, vmax=hi)
         ax.set_title(title, fontsize=9)
         ax.axis("off")
