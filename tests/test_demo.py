@@ -76,3 +76,12 @@ def test_foreign_folder_is_refused_untouched(tmp_path, capsys):
     assert (tmp_path / "notes.txt").read_text() == "mine"
     assert cli_main(["demo", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "not a covidct demo folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, words", [(["--difficulty", "1.5"], "--difficulty must be between 0 and 1"),
+                                         (["--patients", "6"], "--patients must be at least 9")])
+def test_bad_demo_options_exit_2_before_any_work(tmp_path, capsys, args, words):
+    out = tmp_path / "out"
+    assert cli_main(["demo", "--out", str(out), "--no-progress", *args]) == 2
+    assert words in capsys.readouterr().err
+    assert not out.exists()
