@@ -33,7 +33,9 @@ def test_every_stage_writes_its_output(demo):
     for name in ("cohort/labels.csv", "runs/bit/summary.json", "runs/covidctnet/summary.json",
                  "models/bit.pt", "models/covidctnet.pt", "evaluation/bit/results.json",
                  "evaluation/bit/explain.json", "evaluation/covidctnet/results.json",
-                 "evaluation/covidctnet/explain.json", "report.html", "demo.json"):
+                 "evaluation/covidctnet/explain.json", "evaluation/bit/localisation.json",
+                 "evaluation/covidctnet/localisation.json", "evaluation/covidctnet/localisation.png",
+                 "report.html", "demo.json"):
         assert (out / name).is_file(), name
     assert len(said) == 14 and said[-1].startswith("[7/7] write the report: done")
     assert result.report == out / "report.html"
@@ -74,3 +76,12 @@ def test_foreign_folder_is_refused_untouched(tmp_path, capsys):
     assert (tmp_path / "notes.txt").read_text() == "mine"
     assert cli_main(["demo", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "not a covidct demo folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, words", [(["--difficulty", "1.5"], "--difficulty must be between 0 and 1"),
+                                         (["--patients", "6"], "--patients must be at least 9")])
+def test_bad_demo_options_exit_2_before_any_work(tmp_path, capsys, args, words):
+    out = tmp_path / "out"
+    assert cli_main(["demo", "--out", str(out), "--no-progress", *args]) == 2
+    assert words in capsys.readouterr().err
+    assert not out.exists()

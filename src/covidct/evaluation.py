@@ -24,6 +24,7 @@ from .models import Model, load_model
 from .prediction import Scores
 
 SPLIT_FILE = "{split}_COVIDx_CT-2A.txt"
+LOCALISATION_JSON = "localisation.json"
 
 
 def score(model: Model, data: str | os.PathLike, split: str = "test") -> Scores:
@@ -62,6 +63,10 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike, split: s
     if not hasattr(model, "predict"):
         model = load_model(model)
     scores = score(model, data, split)
+    # Explanations are scored against the truth masks before names are hidden: the masks are
+    # found by patient and file name.
+    with private_files():
+        localisation = localise(model, data, split, scores, out_dir)
     namer = item_namer(out_dir)
     scores.groups = np.array([namer(str(g), "patient") for g in scores.groups])
     scores.items = [namer(str(i), "item") for i in scores.items]
@@ -86,11 +91,26 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike, split: s
     if out_dir is not None:
         out_dir = Path(out_dir)
         with private_files():  # per-patient scores: 0600 files in a 0700 folder
+            if localisation is not None:
+                write_json(out_dir / LOCALISATION_JSON, {**localisation, "synthetic": True})
             save_results(out_dir / "results.json", out_dir / "results.csv", metrics, provenance)
             write_bytes(out_dir / "scores.npz", _npz(scores))
             if lungs is not None:
                 write_json(out_dir / LUNGS_JSON, lungs)
-    return {"metrics": metrics, "provenance": provenance, "scores": scores, "lungs": lungs}
+    return {"metrics": metrics, "provenance": provenance, "scores": scores, "lungs": lungs,
+            "localisation": localisation}
+
+
+def localise(model: Model, data: str | os.PathLike, split: str, scores: Scores,
+             out_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """Explanations scored against a synthetic cohort's lesion masks (None without them)."""
+    from .explain.localisation import gradcam_localisation, infection_localisation
+
+    if model.method == METHOD_BIT:
+        data = Path(data)
+        split_file = data / SPLIT_FILE.format(split=split) if data.is_dir() else data
+        return gradcam_localisation(model, split_file, split_file.parent / "images", scores)
+    return infection_localisation(model, data, split, out_dir)
 
 
 def item_namer(out_dir: str | os.PathLike | None):

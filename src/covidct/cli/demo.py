@@ -18,8 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo-output", metavar="DIR",
                    help="demo folder (default: %(default)s); the trained models land in DIR/models, "
                         "where covidct predict looks by default")
-    p.add_argument("--patients", type=int, default=30, metavar="N",
-                   help="synthetic patients, balanced over the classes (default: %(default)s)")
+    p.add_argument("--patients", type=int, default=None, metavar="N",
+                   help="synthetic patients, balanced over the classes (default: 60)")
+    p.add_argument("--difficulty", type=float, default=None, metavar="D",
+                   help="how hard the phantoms' findings are to see, 0-1 (default: 0, large "
+                        "typical lesions; see covidct synth --help)")
     p.add_argument("--seed", type=int, default=0, help="seed of everything (default: %(default)s)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars (logs and CI)")
@@ -27,14 +30,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from ..demo import DemoSettings, run_demo
     from ..errors import CovidctError
 
-    if args.patients < 9:
+    overrides = {k: v for k, v in (("patients", args.patients), ("difficulty", args.difficulty))
+                 if v is not None}
+    settings = replace(DemoSettings(), seed=args.seed, **overrides)
+    if settings.patients < 9:
         raise CovidctError(f"--patients must be at least 9 (three per class for train/val/test), "
-                           f"got {args.patients}")
-    result = run_demo(args.out, DemoSettings(patients=args.patients, seed=args.seed),
-                      progress=args.progress)
+                           f"got {settings.patients}")
+    if not 0.0 <= settings.difficulty <= 1.0:
+        raise CovidctError(f"--difficulty must be between 0 and 1, got {settings.difficulty}")
+    result = run_demo(args.out, settings, progress=args.progress)
     print()
     for line in result.lines:
         print(line)

@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate
+    from ..explain.localisation import localisation_lines
     from ..metrics import format_table2, format_table3
     from ..predict import load_models
 
@@ -43,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table2(result["metrics"]))
     if result["scores"].level == "scan":
         print(format_table3(result["metrics"]))
+    for line in localisation_lines(result.get("localisation")):
+        print(line)
     if result.get("lungs"):
         from ..lungs_eval import summary_lines
 

@@ -52,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
     g.add_argument("--patience", type=int, default=10,
                    help="stop after this many epochs without a lower validation loss (default 10)")
+    g.add_argument("--standardise-inputs", action="store_true",
+                   help="scale the 3D CNN's input to SD 1 on the training scans (the factor is "
+                        "saved in the model; default: as the method, unscaled infection maps, "
+                        "SD about 0.05, which small runs barely move from the uniform prediction)")
     g.add_argument("--no-ablation", dest="ablation", action="store_false",
                    help="skip the ablation (3D CNN on plain volumes)")
     g.add_argument("--lung-ablation", action="store_true",
@@ -70,6 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train on this many evenly spaced slices per control scan (default 0: all)")
     g.add_argument("--noisy-fraction", type=float, default=0.5,
                    help="share of training slices given Perlin pseudo-infection (default 0.5)")
+    g.add_argument("--noise-region", choices=("slice", "lungs"), default="slice",
+                   help="where the Perlin pseudo-infection goes: the whole slice (default, the "
+                        "method's code) or only the air inside the body (the lungs)")
     g.add_argument("--denoiser-width", type=int, default=32,
                    help="BCDU-Net base channels (default 32: 32-64-128-256 as the method)")
     g = p.add_argument_group("volumes")

@@ -232,7 +232,9 @@ def scan_features(model: Any, data, split: str) -> dict[str, np.ndarray]:
     from .features import compute_features
 
     items = load_cohort(data).split(split)
-    inputs = (torch.from_numpy(np.ascontiguousarray(model.input_for_file(i.path)[0], np.float32))[None, None]
+    scale = np.float32(getattr(model.settings, "input_scale", 1.0))
+    inputs = (torch.from_numpy(np.ascontiguousarray(model.input_for_file(i.path)[0] * scale,
+                                                    np.float32))[None, None]
               for i in _progress(items, "features"))
     features = compute_features(model.classifier, inputs)
     return {"features": features, "labels": np.array([model.target_index(i.label) for i in items]),

@@ -52,6 +52,8 @@ class Evaluation:
     galleries: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> index.json
     has_scores: bool = False
     tsne: Path | None = None
+    localisation: dict[str, Any] | None = None   # localisation.json: explanations vs truth
+    localisation_png: Path | None = None
     lungs: dict[str, Any] | None = None   # lungs.json: the lung mask scored (synthetic cohorts)
 
     @property
@@ -206,6 +208,10 @@ def _evaluation(folder: Path, files: set[str]) -> Evaluation | None:
             evaluation.galleries[kind] = index
     if "tsne.png" in files:
         evaluation.tsne = folder / "tsne.png"
+    if "localisation.json" in files:
+        evaluation.localisation = _read_json(folder / "localisation.json")
+    if "localisation.png" in files:
+        evaluation.localisation_png = folder / "localisation.png"
     if "lungs.json" in files:
         evaluation.lungs = _read_json(folder / "lungs.json")
     return evaluation

@@ -327,9 +327,29 @@ def evaluation_html(ev: Evaluation, found: Findings) -> str:
              covid_table(levels), operating_table(levels), ci_footnote(levels)]
     parts.append(_figures_html(ev, levels))
     parts.append(gallery_html(ev))
+    parts.append(localisation_html(ev))
     parts.append(tsne_html(ev))
     parts.append(lungs_html(ev))
     return "".join(parts)
+
+
+def localisation_html(ev: Evaluation) -> str:
+    """Explanations scored against the synthetic cohort's true lesion masks, when it has them."""
+    from ..explain.localisation import localisation_lines
+
+    result = ev.localisation
+    if not result:
+        return ""
+    title = "Explanations against the true lesions (SYNTHETIC truth)"
+    text = note(" ".join(localisation_lines(result)) + (f" ({result['what']}.)" if result.get("what") else ""))
+    if ev.localisation_png is None or not ev.localisation_png.is_file():
+        return subsection(title, text)
+    caption = ("left, the pre-processed CT slice with most lesion; middle, CovidCTNet's infection "
+               "map inside the lungs; right, the phantom's true lesion mask")
+    return subsection(title, text + figure(img(ev.localisation_png.read_bytes(), "image/png",
+                                                "infection map and true lesion mask"),
+                                            caption, "what the denoiser removed, next to where the "
+                                                     "generator painted lesions"))
 
 
 def lungs_html(ev: Evaluation) -> str:

@@ -9,6 +9,7 @@ One run writes, into a temporary folder beside ``out`` that replaces it only whe
     patients/<pid>/ct.nii.gz, lesions.nii.gz   the CT and its lesion labels (same grid)
     patients/<pid>/lungs.nii.gz   the true lung mask: 1 right lung, 2 left lung (same grid)
     covidx/images/*.png    COVIDx CT-style slices: lung window, 512x512, 8-bit
+    covidx/lesion_masks/*.png   each slice's infection mask (255 lesion), same name and grid
     covidx/{train,val,test}_COVIDx_CT-2A.txt   split files: filename class xmin ymin xmax ymax
     covidctnet/{Control,CAP,Covid}/<pid>.nii.gz   CovidCTNet folder-per-class layout
     montage.png            one representative slice per patient (first 12)
@@ -36,12 +37,14 @@ from ..scan import Scan
 from ..windowing import COVIDX_LUNG, body_box
 from .anatomy import VARIANTS
 from .findings import LESION_NAMES
-from .patient import MIN_SLICES, Patient, make_patient
+from .patient import MIN_SLICES, VISIBLE_LESION_MM2, Patient, make_patient
 
 FORMATS = ("dicom", "nifti", "covidx", "covidctnet")
 SPLITS = ("train", "val", "test")
 #: COVIDx CT images are 512x512.
 COVIDX_SIZE = 512
+#: Folder beside covidx/images/ with each slice's lesion mask under the same file name.
+LESION_MASKS = "lesion_masks"
 MONTAGE_PATIENTS = 12
 SETTINGS_FILE = "synth.json"
 #: DICOM PatientName of every phantom (the PatientID is the synthetic patient id).
@@ -348,8 +351,12 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def covidx_slice_indices(patient: Patient) -> np.ndarray:
-    """COVIDx's selection: CP/NCP slices showing infection; Normal slices showing lung."""
-    return patient.lung_slices() if patient.label == "Normal" else patient.lesion_slices()
+    """COVIDx's selection: CP/NCP slices showing visible infection (any infection when no
+    slice reaches that, so every diseased phantom contributes); Normal slices showing lung."""
+    if patient.label == "Normal":
+        return patient.lung_slices()
+    visible = patient.lesion_slices(VISIBLE_LESION_MM2)
+    return visible if visible.size else patient.lesion_slices()
 
 
 def _to_covidx_size(hu_slice: np.ndarray) -> np.ndarray:
@@ -384,8 +391,21 @@ def _write_covidx(folder: Path, patient: Patient, prefix: str) -> list[str]:
         os.replace(path, images / name)
         xmin, ymin, xmax, ymax = body_box(COVIDX_LUNG.to_uint8(hu[j]))
         lines.append(f"{name} {class_id} {xmin} {ymin} {xmax} {ymax}")
+        _write_lesion_png(folder / LESION_MASKS / name, patient.infection[k])
     shutil.rmtree(staging, ignore_errors=True)
     return lines
+
+
+def _write_lesion_png(path: Path, infection: np.ndarray) -> None:
+    """The slice's infection mask on the PNG's 512 x 512 grid (255 lesion, 0 not), beside the
+    images, so a slice explanation can be scored on the same body crop the classifier read."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mask = Image.fromarray(np.where(infection, 255, 0).astype(np.uint8))
+    if mask.size != (COVIDX_SIZE, COVIDX_SIZE):
+        mask = mask.resize((COVIDX_SIZE, COVIDX_SIZE), Image.NEAREST)
+    mask.save(path, format="PNG", optimize=False)
 
 
 def _representative(patient: Patient) -> np.ndarray:
@@ -474,6 +494,9 @@ def _readme(summary: CohortSummary) -> str:
                                           "(1-4 are infection; 5 is a normal variant)"),
         ("covidx/images/", "COVIDx CT-style PNG slices (lung window center -600 width 1500, "
                            "512x512, 8-bit), named class_patient_scan_slice.png"),
+        ("covidx/lesion_masks/", "each COVIDx slice's infection mask (labels 1-4; 255 "
+                                 "lesion, 0 not) under the image's file name, same 512x512 "
+                                 "grid, for scoring explanations"),
         ("covidx/*_COVIDx_CT-2A.txt", "split files as COVIDx: filename class xmin ymin xmax "
                                       "ymax (0 Normal, 1 CP, 2 NCP; box = body crop); CP/NCP "
                                       "patients contribute slices showing infection, Normal "
@@ -524,5 +547,5 @@ def _readme(summary: CohortSummary) -> str:
 def _present(name: str, formats: tuple[str, ...]) -> bool:
     needs = {"patients/<pid>/dicom/": "dicom", "patients/<pid>/ct.nii.gz": "nifti",
              "patients/<pid>/lesions.nii.gz": "nifti", "covidx/images/": "covidx",
-             "covidx/*_COVIDx_CT-2A.txt": "covidx", "covidctnet/{Control,CAP,Covid}/": "covidctnet"}
+             "covidx/*_COVIDx_CT-2A.txt": "covidx", "covidx/lesion_masks/": "covidx", "covidctnet/{Control,CAP,Covid}/": "covidctnet"}
     return needs.get(name, "") in ("", *formats)

@@ -18,6 +18,10 @@ COMMON_SLICE_MM = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0)
 MIN_SLICES = 8
 #: A slice "shows a lesion" when infection covers at least this area (a 5 mm spot).
 LESION_SLICE_MM2 = 20.0
+#: COVIDx keeps slices whose infection a reader sees: at least 2 cm2 (a 16 mm patch; at the
+#: 20 mm2 spot rule a quarter of the CP/NCP slices showed a pixel or two of lesion and looked
+#: like Normal slices, labels a classifier can only memorise, see covidct.synth.cohort).
+VISIBLE_LESION_MM2 = 200.0
 #: A slice "contains lung" when its lung area is at least this share of the largest one.
 LUNG_SLICE_SHARE = 0.05
 

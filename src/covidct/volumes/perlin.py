@@ -20,6 +20,12 @@ _GRAD_X = np.array([1, -1, 1, -1, 1, -1, 0, 0], dtype=np.float32)
 _GRAD_Y = np.array([1, 1, -1, -1, 0, 0, 1, -1], dtype=np.float32)
 #: The slice size the method's noise scales refer to.
 REFERENCE_SIZE = 128
+#: Where pseudo-infection goes: the whole slice (the method's code) or the lungs only.
+NOISE_SLICE, NOISE_LUNGS = "slice", "lungs"
+NOISE_REGIONS = (NOISE_SLICE, NOISE_LUNGS)
+#: Below this value of the CovidCTNet window ([-1000, 400] HU -> [0, 1]), about -580 HU, a
+#: voxel is air or aerated lung.
+AIR_LEVEL = 0.3
 
 
 def _fade(t: np.ndarray) -> np.ndarray:
@@ -91,16 +97,32 @@ class PseudoInfection:
         return perlin_noise(shape, scale, self.octaves, persistence, self.lacunarity, seed)
 
     def apply(self, slices: np.ndarray, rng: np.random.Generator,
-              fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-        """Noisy copies of (N, H, W) ``slices``: a random ``fraction`` of them get noise added.
+              fraction: float = 0.5, region: str = NOISE_SLICE) -> tuple[np.ndarray, np.ndarray]:
+        """Noisy copies of (N, H, W) ``slices``: a random ``fraction`` of them get noise added,
+        over the whole slice (``region="slice"``, the method's code) or only where the slice
+        shows air inside the body (``"lungs"``, see :func:`air_in_body`).
 
         Returns (inputs, noisy_flags); the training target stays the clean slices.
         """
+        if region not in NOISE_REGIONS:
+            raise ValueError(f"unknown noise region {region!r}; choose from {', '.join(NOISE_REGIONS)}")
         slices = np.asarray(slices, dtype=np.float32)
         n = len(slices)
         noisy = np.zeros(n, dtype=bool)
         noisy[rng.permutation(n)[:int(round(fraction * n))]] = True
         inputs = slices.copy()
         for k in np.flatnonzero(noisy):
-            inputs[k] += self.draw(slices.shape[1:], rng)
+            noise = self.draw(slices.shape[1:], rng)
+            inputs[k] += noise if region == NOISE_SLICE else noise * air_in_body(slices[k])
         return inputs, noisy
+
+
+
+def air_in_body(unit_slice: np.ndarray) -> np.ndarray:
+    """Aerated lung, roughly: the air that denser tissue encloses on a pre-processed slice
+    (a threshold and hole filling; no segmentation model). The noise is confined to it so
+    that the pseudo-infection sits where infection does."""
+    from scipy import ndimage
+
+    dense = np.asarray(unit_slice) > AIR_LEVEL
+    return (ndimage.binary_fill_holes(dense) & ~dense).astype(np.float32)

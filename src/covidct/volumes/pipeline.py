@@ -137,8 +137,9 @@ class CovidCTNet:
         """The (volume_slices, S, S) infection map or plain volume, before any lung mask."""
         if self.settings.input != INPUT_INFECTION:
             return cnn_input(volume, None, self.settings), "n/a"
-        # mask_input does not change the map itself: leave it out of the key.
-        settings = {k: v for k, v in self.settings.to_dict().items() if k != "mask_input"}
+        # input_scale and mask_input do not change the map itself: leave them out of the key.
+        settings = {k: v for k, v in self.settings.to_dict().items()
+                    if k not in ("input_scale", "mask_input")}
         key = ArrayCache.key("infection", content, {**settings, "denoiser": self._weights_key()})
         cached = self.cache.load(key)
         if cached is not None:
@@ -166,7 +167,7 @@ class CovidCTNet:
         self.classifier.eval()
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))[:, None].to(device)
-            return torch.softmax(self.classifier(x), dim=1).double().cpu().numpy()
+            return torch.softmax(self.classifier(x * self.settings.input_scale), dim=1).double().cpu().numpy()
 
     # -- prediction ---------------------------------------------------------------------
 

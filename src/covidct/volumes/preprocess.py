@@ -86,17 +86,26 @@ def _plane_grids(shape: tuple[int, int], spacing: tuple[float, float],
 
 def preprocess_volume(scan: Scan, settings: VolumeSettings = VolumeSettings()) -> np.ndarray:
     """The fast path: (round(z * sz / 1 mm), S, S) float32 in [0, 1], S = settings.slice_size."""
+    check_scan(scan)
+    return resample_to_grid(scan, settings, lambda chunk: _to_unit(chunk, scan.units, settings.window))
+
+
+def resample_to_grid(scan: Scan, settings: VolumeSettings, values=None) -> np.ndarray:
+    """``scan``'s voxels on the pre-processed grid (canonical orientation, S x S in-plane,
+    ``spacing_mm`` along z), after ``values`` (a function of a float32 chunk of slices;
+    default: the voxels as they are), clipped to [0, 1]. The one geometry the network sees,
+    also used to bring truth masks onto it (see :mod:`covidct.volumes.truth`)."""
     import torch
     import torch.nn.functional as F
 
-    check_scan(scan)
     voxels = hu_view(scan)
     size = settings.slice_size
     resized = np.empty((voxels.shape[0], size, size), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, voxels.shape[0], _CHUNK):
-            unit = _to_unit(voxels[start:start + _CHUNK], scan.units, settings.window)
-            planes = torch.from_numpy(np.ascontiguousarray(unit))[None]
+            chunk = voxels[start:start + _CHUNK]
+            unit = values(chunk) if values else np.asarray(chunk, dtype=np.float32)
+            planes = torch.from_numpy(np.ascontiguousarray(unit, dtype=np.float32))[None]
             for grid in _plane_grids(voxels.shape[1:], scan.spacing[1:], settings):
                 planes = F.interpolate(planes, size=grid, mode="bilinear", antialias=True,
                                        align_corners=False)

@@ -28,6 +28,11 @@ class VolumeSettings:
     max_denoised_slices: int = 100
     denoiser_width: int = 32       # BCDU-Net base channels (32-64-128-256 in the method)
     input: str = INPUT_INFECTION
+    #: The 3D CNN reads its input times this factor (1: as the method). Training with
+    #: ``standardise_inputs`` sets it to 1 / SD of the training inputs: infection maps have
+    #: an SD near 0.05, and the CNN's output (ReLU layers, no normalisation) scales with its
+    #: input, so unscaled maps make every Adam step move the prediction ~20x less.
+    input_scale: float = 1.0
     #: Multiply the 3D CNN's input by the lung mask (covidct.lungs) on its grid. The method
     #: has no lung mask (False); True is this project's variant, with an ablation row.
     mask_input: bool = False
@@ -41,6 +46,8 @@ class VolumeSettings:
             raise ModelError(f"volume_slices must be >= 34, got {self.volume_slices}")
         if self.input not in (INPUT_INFECTION, INPUT_VOLUME):
             raise ModelError(f"unknown 3D CNN input {self.input!r}")
+        if not self.input_scale > 0:
+            raise ModelError(f"input_scale must be positive, got {self.input_scale}")
         if self.spacing_mm <= 0 or self.max_denoised_slices < 0:
             raise ModelError("spacing_mm must be positive and max_denoised_slices >= 0")
 
