@@ -2,8 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from ..constants import DISCLAIMER, METHODS
+
+# Spelled out here (not imported from covidct.export, which imports torch) so that
+# `covidct --help` stays fast; tests/test_int8.py checks they match export.RUNTIME_CHOICES.
+RUNTIME_CHOICES = ("auto", "torch", "onnx", "onnx-int8")
+RUNTIME_HELP = ("auto (default): ONNX Runtime where installed (same answers as PyTorch, "
+                "faster on a CPU; each model is exported once and cached), with the slice "
+                "classifier on int8 when `covidct export --int8` made a graph for this model "
+                "file that passed its parity check; torch: PyTorch; onnx: ONNX Runtime float32; "
+                "onnx-int8: the slice classifier on int8 (needs covidct export --int8). "
+                "Pictures (Grad-CAM) always use PyTorch")
+
+
+log = logging.getLogger("covidct")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,9 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "$COVIDCT_MODELS or demo-output/models")
     p.add_argument("--out", default=None, help="folder for the outputs (default: print only)")
     p.add_argument("--no-pictures", action="store_true", help="skip writing pictures")
-    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
-                   help="run the networks on PyTorch (default) or ONNX Runtime (CPU; faster "
-                        "there, the model is exported once and cached, see covidct export)")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                   help=RUNTIME_HELP)
     p.set_defaults(func=run)
 
 
@@ -35,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         from ..export import to_runtime
 
         models = [to_runtime(m, args.runtime) for m in models]
+    for model in models:
+        log.info("%s: runtime %s", model.method, getattr(model, "runtime", "torch"))
     if args.out:
         predictions = predict_to_folder(args.scan, models, args.out, pictures=not args.no_pictures)
     else:

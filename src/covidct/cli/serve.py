@@ -5,6 +5,7 @@ import argparse
 import logging
 
 from ..constants import DISCLAIMER, METHODS
+from .predict import RUNTIME_CHOICES, RUNTIME_HELP
 
 log = logging.getLogger("covidct.web")
 
@@ -35,16 +36,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="largest upload in MiB, answered 413 above it (default 1024)")
     p.add_argument("--max-slices", type=int, default=1000,
                    help="most slices per scan, answered 422 above it (default 1000)")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto", help=RUNTIME_HELP)
     p.add_argument("--show-phi", action="store_true",
                    help="read patient name, ID and dates from DICOM and show them on the page "
                         "(never shown otherwise)")
     p.set_defaults(func=run)
 
 
-def load_served_models(folder: str | None) -> list:
-    """Every method with a model file in ``folder`` (or the default folders); none is an error."""
+def load_served_models(folder: str | None, runtime: str = "torch") -> list:
+    """Every method with a model file in ``folder`` (or the default folders), on ``runtime``;
+    none is an error."""
     from ..errors import ModelError
-    from ..models import load_model
+    from ..export import load_model
     from ..predict import find_model, model_dirs
 
     search = [folder] if folder else None
@@ -58,7 +61,7 @@ def load_served_models(folder: str | None) -> list:
         where = folder or ", ".join(str(d) for d in model_dirs())
         raise ModelError(f"no trained model (bit.pt or covidctnet.pt) in {where}; pass --models DIR "
                          "(train one with covidct train2d/train3d, or run make demo)")
-    return [load_model(path) for path in found]
+    return [load_model(path, runtime) for path in found]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from ..web.app import create_app
     from ..web.config import MIB, ServeConfig
 
-    models = load_served_models(args.models)
+    models = load_served_models(args.models, args.runtime)
     config = ServeConfig.from_env(
         data_dir=args.data, token=args.token or None, workers=args.workers,
         max_pending=args.max_pending, max_upload_bytes=args.max_upload_mb * MIB,
