@@ -13,6 +13,7 @@ demo:
 
 test:
 	@./scripts/browser.sh
+	@./scripts/dicom-tools.sh
 	@$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 # The full run on this machine (about 20 min on 2 quiet cores), written to BENCHMARKS.md and

@@ -98,3 +98,100 @@ def zip_bytes(entries: dict[str, bytes]) -> bytes:
         for name, data in entries.items():
             zf.writestr(name, data)
     return buffer.getvalue()
+
+
+# -- `covidct serve` as a user starts it: a subprocess on a free loopback port -------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ServeProcess:
+    """A running `python -m covidct serve ...`; ``output()`` is what it printed so far."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+        import os
+        import subprocess
+        import sys
+        import threading
+
+        import covidct
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("COVIDCT_")}
+        src = str(Path(covidct.__file__).resolve().parents[1])
+        environ["PYTHONPATH"] = src + os.pathsep + environ.get("PYTHONPATH", "")
+        environ.update(env or {})
+        self.proc = subprocess.Popen([sys.executable, "-m", "covidct", "serve",
+                                      "--port", str(self.port), *args],
+                                     env=environ, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self._lines.append(line)
+
+    def output(self) -> str:
+        return "".join(self._lines)
+
+    def wait_ready(self, timeout: float = 180) -> "ServeProcess":
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._reader.join(5)
+                raise AssertionError(f"covidct serve exited {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"covidct serve did not answer in {timeout} s:\n{self.output()}")
+
+    def finished(self, timeout: float = 60) -> tuple[int, str]:
+        """Wait for the process to exit on its own; its exit code and output."""
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code, self.output()
+
+    def stop(self, kill: bool = False) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.kill() if kill else self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._reader.join(5)
+
+
+def serve_process(models_dir: Path, data_dir: Path, *args: str, env=None,
+                  ready: bool = True) -> ServeProcess:
+    server = ServeProcess(["--models", str(models_dir), "--data", str(data_dir), *args], env)
+    return server.wait_ready() if ready else server
+
+
+@pytest.fixture
+def started():
+    """Call it like serve_process; every server it started is stopped after the test."""
+    servers = []
+
+    def start(*args, **kwargs):
+        servers.append(serve_process(*args, **kwargs))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()

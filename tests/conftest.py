@@ -102,3 +102,19 @@ def synthetic_cohort(tmp_path_factory) -> Path:
     settings = CohortSettings(patients=9, seed=3, matrix=64, slice_mm=(5.0, 5.0), max_slices=12)
     generate_cohort(root, settings, progress=False)
     return root
+
+
+def save_tiny_covidctnet_model(path: Path) -> Path:
+    """A small CovidCTNet (40 px slices, 34-slice 3D CNN input, BCDU-Net width 8) with random
+    weights, saved as a model file at ``path``: fast enough for end-to-end tests."""
+    import torch
+
+    from covidct.volumes.bcdunet import BCDUNet
+    from covidct.volumes.cache import ArrayCache
+    from covidct.volumes.pipeline import CovidCTNet
+    from covidct.volumes.settings import VolumeSettings
+
+    torch.manual_seed(0)
+    settings = VolumeSettings(slice_size=40, volume_slices=34, denoiser_width=8)
+    CovidCTNet.build(settings, denoiser=BCDUNet(8), cache=ArrayCache(None)).save(path)
+    return path

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from conftest import save_tiny_bit_model  # noqa: E402
+from conftest import save_tiny_bit_model, save_tiny_covidctnet_model  # noqa: E402
 from covidct import export  # noqa: E402
 from covidct.cli import main as cli_main  # noqa: E402
 from covidct.errors import ModelError  # noqa: E402
@@ -36,17 +36,7 @@ def bit_file(tmp_path_factory, onnx_cache):
 @pytest.fixture(scope="module")
 def covidctnet_file(tmp_path_factory, onnx_cache):
     """A small CovidCTNet (as tests/test_volumes_pipeline.py sizes it), random weights."""
-    from covidct.volumes.bcdunet import BCDUNet
-    from covidct.volumes.cache import ArrayCache
-    from covidct.volumes.pipeline import CovidCTNet
-    from covidct.volumes.settings import VolumeSettings
-
-    torch.manual_seed(0)
-    settings = VolumeSettings(slice_size=40, volume_slices=34, denoiser_width=8)
-    model = CovidCTNet.build(settings, denoiser=BCDUNet(8), cache=ArrayCache(None))
-    path = tmp_path_factory.mktemp("covidctnet") / "covidctnet.pt"
-    model.save(path)
-    return path
+    return save_tiny_covidctnet_model(tmp_path_factory.mktemp("covidctnet") / "covidctnet.pt")
 
 
 def _onnx_probs(path, x):

@@ -1,20 +1,18 @@
 """`covidct serve` in a real browser: Debian's headless Chromium, driven by selenium, uploads a
-synthetic DICOM zip through the page (with the server's token) and checks the probabilities
-and the heat map appear.
+synthetic DICOM zip through the page of a `covidct serve` process (token from COVIDCT_TOKEN)
+and checks the probabilities and the heat map appear, under the server's
+Content-Security-Policy, with no policy violation reported in the console.
 
 Skips when chromium or chromedriver is not installed.
 """
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from _serve_fixtures import dicom_zip, make_app, serve_models, serve_models_dir  # noqa: F401
+from _serve_fixtures import dicom_zip, serve_models_dir, serve_process  # noqa: F401
 from covidct.constants import DISCLAIMER
 
 pytestmark = pytest.mark.xdist_group("serve")
@@ -28,24 +26,18 @@ CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
 
 
 @pytest.fixture
-def server(tmp_path, serve_models):
-    """The app under uvicorn on a free loopback port, in a thread; yields its base URL."""
-    import uvicorn
+def server(tmp_path, serve_models_dir, browser):
+    """`covidct serve` with its token in COVIDCT_TOKEN, on a free loopback port; its base URL."""
+    process = serve_process(serve_models_dir, tmp_path / "data", env={"COVIDCT_TOKEN": TOKEN})
+    try:
+        yield process.url
+    finally:
+        process.stop()
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    app = make_app(tmp_path / "data", serve_models, token=TOKEN)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=15)
+
+def _policy_violations(browser) -> list[str]:
+    return [entry["message"] for entry in browser.get_log("browser")
+            if "Content Security Policy" in entry["message"]]
 
 
 @pytest.fixture
@@ -61,6 +53,7 @@ def browser(tmp_path):
     for flag in CHROME_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     try:
         yield driver
@@ -122,3 +115,19 @@ def test_upload_in_the_browser_shows_probabilities_and_overlay(server, browser, 
     assert "Slice picture" not in browser.find_element(By.ID, "status").text
     shot = tmp_path / "covidct-serve-page.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    assert _policy_violations(browser) == []
+    # The API documentation is styled under the same policy.
+    browser.get(server + "/docs")
+    assert "HTTP API" in browser.find_element(By.TAG_NAME, "h1").text
+    assert browser.execute_script(
+        "return getComputedStyle(document.querySelector('.verb')).color") == "rgb(255, 255, 255)"
+    assert _policy_violations(browser) == []
+
+
+def test_the_policy_blocks_what_the_page_does_not_declare(server, browser):
+    """The check above could pass with a policy that allows everything: show it does not."""
+    browser.get(server + "/")
+    browser.execute_script("const s = document.createElement('script');"
+                           "s.textContent = 'window.injected = 1'; document.body.appendChild(s);")
+    assert browser.execute_script("return window.injected === undefined")
+    assert any("script-src" in v for v in _policy_violations(browser))

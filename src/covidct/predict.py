@@ -53,12 +53,12 @@ def predict(scan: Scan | str | os.PathLike, models: Sequence[Model]) -> list[Pre
     return results
 
 
-def predict_to_folder(scan_path: str | os.PathLike, models: Sequence[Model], out_dir: str | os.PathLike,
-                      pictures: bool = True) -> list[Prediction]:
+def predict_to_folder(scan_path: Scan | str | os.PathLike, models: Sequence[Model],
+                      out_dir: str | os.PathLike, pictures: bool = True) -> list[Prediction]:
     """Predict and write ``<method>.json``/CSV (+ pictures) per model, then ``summary.json``."""
     from .scanio import load_scan
 
-    scan = load_scan(scan_path)
+    scan = scan_path if isinstance(scan_path, Scan) else load_scan(scan_path)
     out_dir = Path(out_dir)
     predictions = predict(scan, models)
     outputs = {}

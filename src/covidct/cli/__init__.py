@@ -17,7 +17,7 @@ from ..errors import CovidctError
 
 #: Command modules, in the order `covidct --help` lists them.
 COMMANDS = ("demo", "info", "synth", "train2d", "train3d", "predict", "evaluate", "report", "serve", "experiment",
-            "export", "predict_batch")
+            "export", "predict_batch", "dicom_node")
 
 EPILOG = f"""\
 Run `covidct COMMAND --help` for the options of a command.

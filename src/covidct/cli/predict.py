@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run trained models on one scan and write per-method JSON (class probabilities, "
                     "per-slice scores, the aggregation rule, model provenance), per-slice CSV and "
                     "pictures (CovidCTNet infection maps) into --out. " + DISCLAIMER)
-    p.add_argument("scan", help="a DICOM folder/file/zip, a NIfTI file, a PNG/JPG slice or a folder of slices")
+    p.add_argument("scan", help="a DICOM folder/file/zip, a NIfTI file, a PNG/JPG slice or a folder of "
+                                "slices, or a PACS study: pacs://AE@HOST:PORT/ACCESSION")
     p.add_argument("--method", choices=(*METHODS, "all"), default="bit",
                    help="which method to run when --model is not given (default: bit)")
     p.add_argument("--model", action="append", default=[], metavar="FILE",
@@ -34,14 +35,35 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "$COVIDCT_MODELS or demo-output/models")
     p.add_argument("--out", default=None, help="folder for the outputs (default: print only)")
     p.add_argument("--no-pictures", action="store_true", help="skip writing pictures")
+    p.add_argument("--dicom-out", default=None, metavar="DIR",
+                   help="also write DICOM objects for the PACS into DIR (DICOM input only): a "
+                        "Structured Report, a Segmentation and key images in the source's study "
+                        "(they carry its patient module; DIR is made 0700)")
     p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
                    help=RUNTIME_HELP)
+    p.add_argument("--calling-ae", default="COVIDCT",
+                   help="covidct's AE title when retrieving a pacs:// study (default COVIDCT)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from ..pacs import is_pacs_url, retrieved_study
+
+    with contextlib.ExitStack() as stack:
+        if is_pacs_url(args.scan):  # C-FIND + C-GET into a temporary folder, removed after
+            args.scan = str(stack.enter_context(retrieved_study(args.scan, args.calling_ae)))
+        return _predict(args)
+
+
+def _predict(args: argparse.Namespace) -> int:
     from ..predict import load_models, predict, predict_to_folder
 
+    if args.dicom_out:
+        from ..dicom_out import check_dicom_input
+
+        check_dicom_input(args.scan)  # before the models load: a wrong input fails at once
     methods = METHODS if args.method == "all" else (args.method,)
     models = load_models(methods, args.model)
     if args.runtime != "torch":
@@ -50,7 +72,12 @@ def run(args: argparse.Namespace) -> int:
         models = [to_runtime(m, args.runtime) for m in models]
     for model in models:
         log.info("%s: runtime %s", model.method, getattr(model, "runtime", "torch"))
-    if args.out:
+    if args.dicom_out:
+        from ..dicom_out import predict_to_dicom
+
+        predictions, _ = predict_to_dicom(args.scan, models, args.dicom_out, out_dir=args.out,
+                                          pictures=not args.no_pictures)
+    elif args.out:
         predictions = predict_to_folder(args.scan, models, args.out, pictures=not args.no_pictures)
     else:
         predictions = predict(args.scan, models)
@@ -58,4 +85,6 @@ def run(args: argparse.Namespace) -> int:
         print(prediction.summary_line())
     if args.out:
         print(f"results written to {args.out}")
+    if args.dicom_out:
+        print(f"DICOM outputs written to {args.dicom_out}")
     return 0

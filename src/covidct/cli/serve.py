@@ -5,6 +5,7 @@ import argparse
 import logging
 
 from ..constants import DISCLAIMER, METHODS
+from ..web.config import DEFAULT_KEEP_DAYS, MAX_SLICE_SIDE
 from .predict import RUNTIME_CHOICES, RUNTIME_HELP
 
 log = logging.getLogger("covidct.web")
@@ -27,15 +28,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="folder for the job database and results (default: $COVIDCT_SERVE_DATA, "
                         "else ~/.local/share/covidct/serve)")
     p.add_argument("--token", default=None,
-                   help="bearer token every API request must carry (default: $COVIDCT_TOKEN; "
-                        "none: no token needed)")
+                   help="bearer token every API request must carry (default: $COVIDCT_TOKEN, "
+                        "which is better: a command-line token shows in ps)")
+    p.add_argument("--insecure-no-token", action="store_true",
+                   help="listen on an address other than loopback without a token (anyone who "
+                        "can reach the server can then upload scans and read every result)")
     p.add_argument("--workers", type=int, default=2, help="scans analysed at once (default 2)")
     p.add_argument("--max-pending", type=int, default=64,
                    help="scans queued or running before uploads are answered 503 (default 64)")
     p.add_argument("--max-upload-mb", type=int, default=1024,
                    help="largest upload in MiB, answered 413 above it (default 1024)")
     p.add_argument("--max-slices", type=int, default=1000,
-                   help="most slices per scan, answered 422 above it (default 1000)")
+                   help="most slices per scan, answered 422 above it (default 1000); each slice "
+                        f"may have at most {MAX_SLICE_SIDE}x{MAX_SLICE_SIDE} pixels (413 above)")
+    p.add_argument("--keep-days", type=float, default=DEFAULT_KEEP_DAYS, metavar="DAYS",
+                   help="delete finished jobs (result, stored slices) this many days after they "
+                        f"finished, checked at start-up and hourly (default {DEFAULT_KEEP_DAYS:g}; "
+                        "0 keeps them forever)")
     p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto", help=RUNTIME_HELP)
     p.add_argument("--show-phi", action="store_true",
                    help="read patient name, ID and dates from DICOM and show them on the page "
@@ -64,22 +73,56 @@ def load_served_models(folder: str | None, runtime: str = "torch") -> list:
     return [load_model(path, runtime) for path in found]
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from ..errors import CovidctError
+    from ..web.config import MIB, ServeConfig
+
+    if args.keep_days < 0:
+        raise CovidctError(f"--keep-days {args.keep_days:g}: give 0 (keep forever) or more days")
+    config = ServeConfig.from_env(
+        data_dir=args.data, token=args.token, workers=args.workers,
+        max_pending=args.max_pending, max_upload_bytes=args.max_upload_mb * MIB,
+        max_slices=args.max_slices, show_phi=args.show_phi, keep_days=args.keep_days)
+    if config.token is None and not is_loopback(args.host):
+        if not args.insecure_no_token:
+            raise CovidctError(f"refusing to listen on {args.host} without a token: anyone who "
+                               "can reach it could upload scans and read every result; set "
+                               "COVIDCT_TOKEN (or --token), or pass --insecure-no-token")
+        log.warning("INSECURE: listening on %s without a token (--insecure-no-token): anyone who "
+                    "can reach it can upload scans and read every result", args.host)
+    os.umask(0o077)  # whatever the server writes (database, results) is its user's only
+    from ..web.storage import lock_data_folder
+
+    lock = lock_data_folder(config.data_dir)  # held until the process ends
+    try:
+        return _serve(args, config)
+    finally:
+        lock.close()
+
+
+def _serve(args: argparse.Namespace, config) -> int:
     import uvicorn
 
     from ..web.app import create_app
-    from ..web.config import MIB, ServeConfig
 
     models = load_served_models(args.models, args.runtime)
-    config = ServeConfig.from_env(
-        data_dir=args.data, token=args.token or None, workers=args.workers,
-        max_pending=args.max_pending, max_upload_bytes=args.max_upload_mb * MIB,
-        max_slices=args.max_slices, show_phi=args.show_phi)
-    if config.token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s without a token: anyone who can reach it can upload scans "
-                    "(set --token or COVIDCT_TOKEN)", args.host)
     app = create_app(config, models)
-    log.info("serving %s on http://%s:%d (data in %s). %s", ", ".join(m.method for m in models),
-             args.host, args.port, config.data_dir, DISCLAIMER)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    log.info("serving %s on http://%s:%d (data in %s; API token %s; finished jobs kept %s). %s",
+             ", ".join(m.method for m in models), args.host, args.port, config.data_dir,
+             "required" if config.token else "not required",
+             f"{config.keep_days:g} days" if config.keep_days else "forever", DISCLAIMER)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", server_header=False)
     return 0

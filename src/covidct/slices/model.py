@@ -304,25 +304,34 @@ class SliceClassifier:
                         "synthetic": bool(self.trained_on.get("synthetic", False))
                         or find_synthetic_marker(Path(split_file).parent, image_dir)})
 
-    def save_pictures(self, prediction: Prediction, scan: Scan, out_dir: str | Path,
-                      n_slices: int = 3) -> list[Path]:
-        """Grad-CAM of the called class on the ``n_slices`` slices that drove the call most
-        (highest probability of that class), as ``bit-gradcam-<slice>.png`` beside the JSON."""
-        from PIL import Image
-
-        from ..atomic import atomic_path
+    def gradcam_pictures(self, prediction: Prediction, scan: Scan,
+                         n_slices: int = 3) -> list[tuple[int, np.ndarray]]:
+        """(slice index, RGB picture) of Grad-CAM for the called class on the ``n_slices``
+        slices that drove the call most (highest probability of that class)."""
         from ..explain import gradcam_picture, slice_gradcam
 
         called = self.class_names.index(prediction.label)
         order = np.argsort(-np.asarray(prediction.slice_probabilities)[:, called], kind="stable")
-        paths = []
+        pictures = []
         for row in order[:n_slices]:
             k = int(prediction.slice_indices[row])
             pixels = _slice_uint8(scan, k)
             cam = slice_gradcam(self, pixels, scan_body_box(pixels), class_index=called)
+            pictures.append((k, gradcam_picture(cam["pixels"], cam["cam"])))
+        return pictures
+
+    def save_pictures(self, prediction: Prediction, scan: Scan, out_dir: str | Path,
+                      n_slices: int = 3) -> list[Path]:
+        """:meth:`gradcam_pictures` as ``bit-gradcam-<slice>.png`` beside the JSON."""
+        from PIL import Image
+
+        from ..atomic import atomic_path
+
+        paths = []
+        for k, picture in self.gradcam_pictures(prediction, scan, n_slices):
             path = Path(out_dir) / f"{METHOD_BIT}-gradcam-{k:04d}.png"
             with atomic_path(path) as tmp:
-                Image.fromarray(gradcam_picture(cam["pixels"], cam["cam"])).save(tmp, format="PNG")
+                Image.fromarray(picture).save(tmp, format="PNG")
             paths.append(path)
         return paths
 

@@ -55,3 +55,35 @@ def cnn_input(volume: np.ndarray, denoiser, settings: VolumeSettings) -> np.ndar
     if settings.input == INPUT_VOLUME:
         return resize_depth(volume, settings.volume_slices)
     return infection_map(volume, denoiser, settings)
+
+
+def map_to_scan_grid(infection: np.ndarray, volume_depth: int, scan_shape: tuple[int, int, int],
+                     direction: np.ndarray) -> np.ndarray:
+    """The (D, S, S) infection map resampled onto the scan's own (z, y, x) voxel grid, float32.
+
+    Undoes pre-processing in reverse: the z resampling to 1-mm slices (``volume_depth`` of
+    them, corners aligned) and the resize to D map slices (pixel centres), the in-plane resize
+    of the whole field to S x S, and the canonical flips. Linear throughout, so a map value on
+    the scan grid is within a voxel or two of where the network saw it (DICOM SEG, key images).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .preprocess import canonical_flips
+
+    infection = np.asarray(infection, dtype=np.float32)
+    n, rows, cols = scan_shape
+    depth = len(infection)
+    volume_pos = np.arange(n) * (volume_depth - 1) / max(n - 1, 1)
+    map_pos = np.clip((volume_pos + 0.5) * depth / volume_depth - 0.5, 0, depth - 1)
+    low = np.floor(map_pos).astype(int)
+    high = np.minimum(low + 1, depth - 1)
+    weight = (map_pos - low).astype(np.float32)[:, None, None]
+    planes = infection[low] * (1 - weight) + infection[high] * weight
+    with torch.inference_mode():
+        grid = F.interpolate(torch.from_numpy(np.ascontiguousarray(planes))[None], size=(rows, cols),
+                             mode="bilinear", align_corners=False)[0].numpy()
+    for axis, flip in enumerate(canonical_flips(direction)):
+        if flip:
+            grid = np.flip(grid, axis=axis)
+    return np.ascontiguousarray(grid, dtype=np.float32)

@@ -5,6 +5,8 @@
   safety) and stores it under neutral names in a private work folder.
 - :mod:`.jobs`: the SQLite job/result store and the bounded worker pool that runs predictions.
 - :mod:`.render`: slice pictures with display windows and Grad-CAM / infection-map overlays.
+- :mod:`.storage`: the data folder at rest (one server per folder, 0600/0700, retention).
+- :mod:`.headers`: the security headers and Content-Security-Policy of every answer.
 - :mod:`.app`: the FastAPI routes (thin: each calls the modules above); :mod:`.page` the page.
 
 FastAPI and uvicorn are imported only here, so the rest of covidct does not need them.

@@ -11,6 +11,13 @@ TOKEN_ENV = "COVIDCT_TOKEN"
 DATA_ENV = "COVIDCT_SERVE_DATA"
 
 MIB = 1024 * 1024
+#: Largest slice a picture upload or a scan may have, in pixels (rows x columns): 4096x4096.
+#: CT slices are 512x512 (rarely 1024x1024); a bigger picture is refused from its header
+#: (413) before it is decoded, so a tiny, highly compressed PNG cannot claim gigabytes.
+MAX_SLICE_SIDE = 4096
+MAX_SLICE_PIXELS = MAX_SLICE_SIDE * MAX_SLICE_SIDE
+#: Finished jobs are deleted this many days after they finished (0: kept forever).
+DEFAULT_KEEP_DAYS = 30.0
 
 
 @dataclass
@@ -30,16 +37,23 @@ class ServeConfig:
     token: str | None = None
     #: Read patient name, ID and dates from DICOM and show them on the page.
     show_phi: bool = False
+    #: Largest slice (rows x columns) accepted; pictures over it are refused from the header.
+    max_slice_pixels: int = MAX_SLICE_PIXELS
+    #: Days a finished job (row, result, stored slices) is kept; 0 keeps jobs forever.
+    keep_days: float = DEFAULT_KEEP_DAYS
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
         if self.workers < 1 or self.max_pending < 1 or self.max_slices < 1:
             raise ValueError("workers, max_pending and max_slices must be at least 1")
+        if self.keep_days < 0:
+            raise ValueError("keep_days must be 0 (keep forever) or more")
 
     @classmethod
     def from_env(cls, **overrides) -> "ServeConfig":
         """Settings with the token and data folder taken from the environment when not given."""
-        overrides.setdefault("token", os.environ.get(TOKEN_ENV) or None)
+        # An explicit token wins; None or "" (flag not given) falls back to the variable.
+        overrides["token"] = overrides.get("token") or os.environ.get(TOKEN_ENV) or None
         if overrides.get("data_dir") is None:
             overrides["data_dir"] = Path(os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR)
         return cls(**{k: v for k, v in overrides.items() if v is not None or k == "token"})

@@ -1,8 +1,8 @@
 """API documentation that works offline: the OpenAPI schema rendered as one HTML page.
 
 FastAPI's Swagger UI loads its JavaScript from a CDN, which a hospital network without
-internet access cannot reach; this page is drawn on the server from the same schema
-(``/openapi.json``). The Swagger UI stays available at ``/docs/swagger`` for connected machines.
+internet access cannot reach (and a CDN's script would run with the page's rights); this
+page is drawn on the server from the same schema (``/openapi.json``), with no script at all.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from ..constants import DISCLAIMER
 
-_CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:960px;margin:1.5em auto;color:#1d2430}
+CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:960px;margin:1.5em auto;color:#1d2430}
 .op{border:1px solid #d7dde5;border-radius:6px;padding:.6em 1em;margin:.8em 0}
 .verb{display:inline-block;min-width:4.5em;font-weight:700;color:#fff;border-radius:4px;padding:0 .4em;margin-right:.5em;text-align:center}
 .get{background:#2a6fdb}.post{background:#1e8e3e}.delete{background:#c0392b}
@@ -26,14 +26,13 @@ def _e(value: Any) -> str:
 def render_docs(schema: dict[str, Any]) -> str:
     info = schema.get("info", {})
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(info.get('title'))} API"
-             f"</title><style>{_CSS}</style></head><body>",
+             f"</title><style>{CSS}</style></head><body>",
              f"<p class='disclaimer'>{_e(DISCLAIMER)}</p>",
              f"<h1>{_e(info.get('title'))} {_e(info.get('version'))} HTTP API</h1>",
              f"<p>{_e(info.get('description', ''))}</p>",
-             "<p>Machine-readable schema: <a href='/openapi.json'>/openapi.json</a>; interactive "
-             "Swagger UI (needs internet access for its scripts): <a href='/docs/swagger'>"
-             "/docs/swagger</a>. With a server token, send <code>Authorization: Bearer TOKEN</code> "
-             "on every /api request.</p>"]
+             "<p>Machine-readable schema: <a href='/openapi.json'>/openapi.json</a>. With a "
+             "server token, send <code>Authorization: Bearer TOKEN</code> on every /api "
+             "request.</p>"]
     for path, operations in schema.get("paths", {}).items():
         for verb, op in operations.items():
             parts.append(_operation(path, verb, op))

@@ -1,8 +1,10 @@
 """Jobs: an embedded SQLite store and a bounded worker pool that runs the models on uploads.
 
 A job is one uploaded scan. Its row moves ``queued -> running -> done | failed``; the result
-(JSON) is written into the row, and the arrays the slice viewer needs (the scan's voxels and
-CovidCTNet's infection map) into ``results/<id>/viewer.npz``, before the job counts as done.
+(JSON) is written into the row, and the arrays the slice viewer needs (the scan's voxels at
+display resolution and CovidCTNet's infection map) into ``results/<id>/viewer/`` as plain
+``.npy`` files (written and memory-mapped in a fraction of a second; a compressed archive of
+the full volume took half the upload-to-result time), before the job counts as done.
 A restart therefore loses nothing that finished; jobs that were still queued or running
 when the server stopped are marked failed (their uploads lived in the work folder, which is
 private to one server process and emptied at start-up).
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
 import sqlite3
 import threading
@@ -25,11 +29,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_path, jsonable, write_json
+from ..atomic import jsonable
 from ..constants import DISCLAIMER, SYNTHETIC_NOTICE
 from ..errors import CovidctError
 from .config import ServeConfig
-from .uploads import Upload
+from .storage import FILE_MODE, write_private
+from .uploads import KIND_ZIP, MEMBER_PREFIX, Upload, unpack_zip
+
+#: Longest side of the slices kept for the viewer (the page shows them at most ~560 px wide).
+DISPLAY_SIZE = 512
 
 log = logging.getLogger("covidct.web")
 
@@ -61,9 +69,14 @@ class JobStore:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with self._connect() as db:
+        db = self._connect()
+        try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
+        finally:
+            db.close()
+        # SQLite gives its -wal and -shm files the database's mode.
+        os.chmod(self.path, FILE_MODE)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -104,6 +117,12 @@ class JobStore:
     def count(self, *statuses: str) -> int:
         marks = ", ".join("?" * len(statuses))
         return int(self._run(f"SELECT COUNT(*) FROM jobs WHERE status IN ({marks})", statuses)[0][0])
+
+    def finished_before(self, cutoff: float) -> list[str]:
+        """Ids of the done or failed jobs that finished before ``cutoff`` (a Unix time)."""
+        rows = self._run("SELECT id FROM jobs WHERE status IN (?, ?) AND finished < ?",
+                         (DONE, FAILED, cutoff))
+        return [row[0] for row in rows]
 
     def fail_unfinished(self) -> int:
         """Mark jobs a previous process left queued or running as failed (at start-up)."""
@@ -195,11 +214,18 @@ class JobRunner:
 
         timings: dict[str, float] = {}
         mark = time.perf_counter()
+        if upload.kind == KIND_ZIP:  # its members under neutral names: messages cannot name them
+            upload.scan_path = unpack_zip(upload.scan_path, upload.folder / "unpacked",
+                                          self.config.max_slice_pixels)
         scan = load_scan(upload.scan_path, keep_phi=self.config.show_phi)
         timings["read_scan"] = time.perf_counter() - mark
         if scan.n_slices > self.config.max_slices:
             raise CovidctError(f"scan has {scan.n_slices} slices, more than the "
                                f"{self.config.max_slices} accepted")
+        rows, cols = scan.shape[1:]
+        if rows * cols > self.config.max_slice_pixels:
+            raise CovidctError(f"slices of {cols}x{rows} pixels are larger than the "
+                               f"{self.config.max_slice_pixels:,} pixels accepted")
         predictions, errors = {}, {}
         for method, model in self.models:
             self.store.update(job_id, stage=f"running {method}")
@@ -215,17 +241,32 @@ class JobRunner:
         self.store.update(job_id, stage="saving the result")
         result = build_result(job_id, scan, predictions, errors, timings, upload,
                               self.config.show_phi)
+        mark = time.perf_counter()
         save_viewer_arrays(self.config.results_dir / job_id, scan, predictions)
-        write_json(self.config.results_dir / job_id / "result.json", result)
+        result["timings_s"]["save_viewer"] = time.perf_counter() - mark
+        write_private(self.config.results_dir / job_id / "result.json",
+                      (json.dumps(result, indent=2, default=jsonable) + "\n").encode())
         return result
 
 
+_MEMBER = re.compile(re.escape(MEMBER_PREFIX) + r"0*(\d+)[\w.]*")
+
+
 def _public_message(exc: CovidctError, upload: Upload) -> str:
-    """The error without the private work folder's path (names inside the upload stay)."""
-    text = str(exc)
-    for prefix in (str(upload.scan_path) + "/", str(upload.scan_path), str(upload.folder)):
-        text = text.replace(prefix, "upload/" if prefix.endswith("/") else "upload")
-    return text
+    """The error in neutral terms: no work folder path, zip members by their position."""
+    where = ""
+    if exc.path:
+        path = Path(exc.path)
+        inside = path.is_relative_to(upload.folder)
+        where = ("the upload" if inside and path in (upload.folder, upload.scan_path,
+                                                      upload.scan_path.parent) else path.name)
+    return neutral_text(f"{where}: {exc.message}" if where else exc.message, upload)
+
+
+def neutral_text(text: str, upload: Upload) -> str:
+    """``text`` with the upload's private folder gone and zip members named by position."""
+    text = text.replace(str(upload.folder) + "/", "").replace(str(upload.folder), "the upload")
+    return _MEMBER.sub(lambda m: f"file {int(m.group(1))} of the zip (in name order)", text)
 
 
 # -- the result ------------------------------------------------------------------------
@@ -294,7 +335,9 @@ def build_result(job_id: str, scan, predictions: dict[str, Any], errors: dict[st
         "scan": {"summary": scan.summary(), "shape": list(scan.shape), "units": scan.units,
                  "spacing_mm": list(scan.spacing), "orientation": scan.orientation,
                  "synthetic": scan.synthetic, "upload_kind": upload.kind,
-                 "n_files": upload.n_files, "warnings": list(scan.metadata.get("warnings") or [])},
+                 "n_files": upload.n_files,
+                 "warnings": [neutral_text(str(w), upload)
+                              for w in scan.metadata.get("warnings") or []]},
         "call": patient_call(predictions),
         "methods": methods,
         "errors": errors,
@@ -310,20 +353,51 @@ def build_result(job_id: str, scan, predictions: dict[str, Any], errors: dict[st
 
 
 def save_viewer_arrays(folder: Path, scan, predictions: dict[str, Any]) -> Path:
-    """What the slice viewer needs once the upload is gone: voxels, geometry, infection map."""
-    voxels = (np.clip(np.rint(scan.voxels), -32768, 32767).astype(np.int16) if scan.is_hu
-              else np.asarray(scan.voxels, dtype=np.uint8))
-    arrays = {"voxels": voxels, "units": np.array(scan.units),
-              "direction": np.asarray(scan.direction, dtype=np.float64),
-              "spacing": np.asarray(scan.spacing, dtype=np.float64)}
+    """What the slice viewer needs once the upload is gone, as ``.npy`` files and a JSON note.
+
+    The voxels are kept at display resolution (longer side at most DISPLAY_SIZE): int16 HU,
+    or the pictures' uint8 gray. Uncompressed, so writing them costs a file copy and reading
+    one slice later is a memory-mapped page or two, not the whole volume's decompression.
+    """
+    voxels = display_voxels(scan.voxels, scan.is_hu)
+    arrays = {"voxels": voxels}
+    note = {"units": scan.units, "direction": np.asarray(scan.direction).tolist(),
+            "spacing": list(scan.spacing), "scan_shape": list(scan.shape), "volume_depth": 0}
     net = predictions.get("covidctnet")
     infection = None if net is None else net.maps.get("infection")
     if infection is not None:
         arrays["infection"] = np.asarray(infection, dtype=np.float16)
-        arrays["volume_depth"] = np.array(int(net.scan.get("preprocessed_shape", [0])[0]))
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = folder / "viewer.npz"
+        note["volume_depth"] = int(net.scan.get("preprocessed_shape", [0])[0])
+    target = folder / "viewer"
+    for name, array in arrays.items():
+        _save_npy(target / f"{name}.npy", array)
+    # Written last: a viewer folder without it is incomplete.
+    write_private(target / "viewer.json", json.dumps(note).encode())
+    return target
+
+
+def display_voxels(voxels: np.ndarray, is_hu: bool) -> np.ndarray:
+    """The volume with each slice shrunk to a longer side of at most DISPLAY_SIZE."""
+    from ..explain.plotting import resize_to
+
+    n, rows, cols = voxels.shape
+    scale = DISPLAY_SIZE / max(rows, cols)
+    dtype = np.int16 if is_hu else np.uint8
+    low, high = (-32768, 32767) if is_hu else (0, 255)
+    if scale >= 1:
+        return np.clip(np.rint(voxels), low, high).astype(dtype)
+    shape = (max(1, round(rows * scale)), max(1, round(cols * scale)))
+    out = np.empty((n, *shape), dtype=dtype)
+    for k in range(n):
+        out[k] = np.clip(np.rint(resize_to(voxels[k], shape)), low, high)
+    return out
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    from ..atomic import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with atomic_path(path) as tmp:
+        os.chmod(tmp, FILE_MODE)
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-    return path
+            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)

@@ -49,10 +49,27 @@ def map_slice_of(k: int, n_slices: int, direction: np.ndarray, volume_depth: int
 
 
 class ViewerData:
-    """One finished job's arrays (see jobs.save_viewer_arrays)."""
+    """One finished job's arrays (see jobs.save_viewer_arrays), the voxels memory-mapped."""
 
     def __init__(self, folder: Path):
-        path = folder / "viewer.npz"
+        import json
+
+        stored = folder / "viewer"
+        self.folder = folder
+        if not (stored / "viewer.json").is_file():
+            self._load_archive(folder / "viewer.npz")
+            return
+        note = json.loads((stored / "viewer.json").read_text())
+        self.voxels = np.load(stored / "voxels.npy", mmap_mode="r", allow_pickle=False)
+        self.units = note["units"]
+        self.direction = np.asarray(note["direction"], dtype=np.float64)
+        infection = stored / "infection.npy"
+        self.infection = (np.load(infection, allow_pickle=False).astype(np.float32)
+                          if infection.is_file() else None)
+        self.volume_depth = int(note["volume_depth"])
+
+    def _load_archive(self, path: Path) -> None:
+        """Jobs finished by covidct versions that kept one compressed viewer.npz."""
         if not path.is_file():
             raise RenderError("no slices stored for this scan")
         with np.load(path, allow_pickle=False) as data:
@@ -61,7 +78,6 @@ class ViewerData:
             self.direction = data["direction"]
             self.infection = data["infection"].astype(np.float32) if "infection" in data else None
             self.volume_depth = int(data["volume_depth"]) if "volume_depth" in data else 0
-        self.folder = folder
 
     @property
     def n_slices(self) -> int:
@@ -70,14 +86,14 @@ class ViewerData:
     def display(self, k: int, window: str) -> np.ndarray:
         """Slice ``k`` as 8-bit gray in the display window (pictures are shown as they are)."""
         if self.units != "HU":
-            return self.voxels[k].astype(np.uint8)
-        return get_window(window).to_uint8(self.voxels[k])
+            return np.asarray(self.voxels[k], dtype=np.uint8)
+        return get_window(window).to_uint8(np.asarray(self.voxels[k]))
 
     def model_pixels(self, k: int) -> np.ndarray:
         """Slice ``k`` as the slice classifier reads it (COVIDx lung window)."""
         if self.units != "HU":
-            return self.voxels[k].astype(np.uint8)
-        return COVIDX_LUNG.to_uint8(self.voxels[k])
+            return np.asarray(self.voxels[k], dtype=np.uint8)
+        return COVIDX_LUNG.to_uint8(np.asarray(self.voxels[k]))
 
     def infection_heat(self, k: int) -> np.ndarray:
         """The infection map over slice ``k`` in [0, 1], in the scan's own orientation and size."""
@@ -131,9 +147,9 @@ class Renderer:
         if cached.is_file():
             return cached.read_bytes()
         png = _png(self._draw(data, k, result, overlay, window))
-        from ..atomic import write_bytes
+        from .storage import write_private
 
-        write_bytes(cached, png)
+        write_private(cached, png)
         return png
 
     def _draw(self, data: ViewerData, k: int, result: dict[str, Any], overlay: str,

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..constants import DISCLAIMER, SYNTHETIC_NOTICE
 
-_CSS = """body{font:14px/1.4 system-ui,sans-serif;max-width:900px;margin:2em auto;color:#222}
+CSS = """body{font:14px/1.4 system-ui,sans-serif;max-width:900px;margin:2em auto;color:#222}
 .disclaimer{background:#fff4d6;border:1px solid #e0b84a;padding:.6em}
 .synthetic{background:#6b2fa0;color:#fff;padding:.6em;font-weight:bold}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
@@ -29,7 +29,7 @@ def _top_slices(scores: list[float | None], n: int = 3) -> list[int]:
 def scan_report(result: dict[str, Any], renderer, show_phi: bool = False) -> str:
     call = result["call"]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>covidct report</title>"
-             f"<style>{_CSS}</style></head><body>",
+             f"<style>{CSS}</style></head><body>",
              f"<p class='disclaimer'>{_e(DISCLAIMER)}</p>"]
     if result.get("synthetic"):
         parts.append(f"<p class='synthetic'>{_e(SYNTHETIC_NOTICE)}</p>")
