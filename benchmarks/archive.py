@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import EXTRA_ROWS, Sizes
-from .startup import model_files
+from .startup import clear_array_cache, model_files
 
 SCANS = 4
 
@@ -31,6 +31,7 @@ def measure(sizes: Sizes, threads: int, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"scans": SCANS, "slices": sizes.cold_series[0],
                            "matrix": sizes.cold_series[1]}
     for workers in (1, 2):
+        clear_array_cache(Path(os.environ["COVIDCT_CACHE"]))
         start = time.perf_counter()
         summary = predict_batch(archive, work / f"archive-out-{workers}", list(models.values()),
                                 workers=workers, runtime="auto", scheduler="local")
