@@ -10,8 +10,8 @@ cluster: Slurm through dask-jobqueue, Kubernetes, hand-started ``dask worker``s)
   atomically after every scan, so a run is resumable and per-scan errors are recorded.
 * A worker lost mid-scan (killed, out of memory, its node gone) costs that scan's retry:
   the scheduler moves the task to another worker; other scans' finished results were
-  already collected. A scan whose task kills :data:`ALLOWED_FAILURES` workers gets an
-  error row instead.
+  already collected. A scan whose task takes down as many workers as the scheduler's
+  ``distributed.scheduler.allowed-failures`` (3 by default) gets an error row instead.
 * Paths are sent as they are: workers must see the archive and the output folder at the
   same paths (a shared file system, as on a Slurm cluster).
 """
@@ -24,9 +24,6 @@ from typing import Any, Iterator, Sequence
 log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "covidct-models"
-#: Workers a single scan may take down before it is recorded as an error: the scheduler's
-#: ``distributed.scheduler.allowed-failures`` (3 by default).
-ALLOWED_FAILURES = "distributed.scheduler.allowed-failures"
 
 
 def _plugin(model_paths: Sequence[str], runtime: str, threads: int | None, pictures: bool):
