@@ -1,6 +1,6 @@
-"""Row 10: an archive through `predict-batch` on a Dask LocalCluster (loopback) with 1 and
+"""Row 11: an archive through `predict-batch` on a Dask LocalCluster (loopback) with 1 and
 2 workers, both methods, default runtime: scans per second, cluster start-up included.
-Models as in row 8 (random weights); the scans are SYNTHETIC phantoms (NIfTI). Registers
+Models as in row 9 (random weights); the scans are SYNTHETIC phantoms (NIfTI). Registers
 itself in common.EXTRA_ROWS, as any added row does."""
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def measure(sizes: Sizes, threads: int, work: Path) -> dict[str, Any]:
 
 def lines(v: dict[str, Any], result: dict[str, Any]) -> list[str]:
     one, two = v["workers_1"], v["workers_2"]
-    return [f"| 10 | archive: {v['scans']} scans ({v['slices']}x{v['matrix']}^2, synthetic) through "
+    return [f"| 11 | archive: {v['scans']} scans ({v['slices']}x{v['matrix']}^2, synthetic) through "
             f"`predict-batch --cluster local`, both methods, cluster start-up included | "
             f"{one['scans_per_s']:.3f} scans/s (1 worker, {one['seconds']:.0f} s) | "
             f"{two['scans_per_s']:.3f} scans/s (2 workers, {two['seconds']:.0f} s) | "
@@ -52,4 +52,4 @@ def lines(v: dict[str, Any], result: dict[str, Any]) -> list[str]:
             f"with workers on one machine's {result['machine']['cores']} cores) |"]
 
 
-EXTRA_ROWS["10"] = ("archive", measure, lines)
+EXTRA_ROWS["11"] = ("archive", measure, lines)

@@ -12,9 +12,8 @@ from typing import Any, Callable
 #: ``lines(section_result, result) -> list[str]`` gives its table lines, each
 #: "| id | benchmark | baseline (same run) | project path | ratio | % of peak | goal |"
 #: (run.py adds the load column). A module benchmarks/NAME.py that registers itself here is
-#: imported by run.py and runs by default. benchmarks/archive.py (row 10) is one; the lung
-#: mask (issue 14) adds its row the same way, e.g. benchmarks/lungs.py with
-#: ``EXTRA_ROWS["11"] = ("lung_mask", measure, lines)``.
+#: imported by run.py and runs by default: benchmarks/archive.py (row 11) is one, e.g.
+#: ``EXTRA_ROWS["11"] = ("archive", measure, lines)``.
 EXTRA_ROWS: dict[str, tuple[str, Callable[..., dict[str, Any]],
                             Callable[[dict[str, Any], dict[str, Any]], list[str]]]] = {}
 

@@ -10,9 +10,10 @@ Rows: 0 float32 matmul peak; 1 slice classifier inference paths (float32 and int
 patient end to end against every slice eager, and the capped-vs-every-slice accuracy;
 3 CovidCTNet pre-processing (covidct.volumes.bench); 4 CovidCTNet end to end, latency and
 peak memory; 5 training data pipeline vs training throughput; 6 training throughput and
-model FLOP utilisation (CUDA: bf16 + channels-last); 7 command start-up; 8 model loading and
-a cold `covidct predict` with both methods; 9 the web server's upload-to-result time; then
-any row registered in EXTRA_ROWS (the lung mask's, for one).
+model FLOP utilisation (CUDA: bf16 + channels-last); 7 the lung mask (benchmarks.lungs);
+8 command start-up; 9 model loading and a cold `covidct predict` with both methods; 10 the
+web server's upload-to-result time; then any row registered in EXTRA_ROWS (11: an archive on
+a local Dask cluster).
 Every scan is a SYNTHETIC phantom; timings are the best of a few calls.
 
 Load: a run refuses to start (exit 3) when the 1-minute load average is above half the
@@ -39,7 +40,7 @@ from . import slices, startup, web
 from .common import (EXTRA_ROWS, FULL, TINY, Sizes, best_time, forward_flops, load_average,
                      load_limit, machine, matmul_peak_gflops, wait_for_quiet)
 
-DEFAULT_ROWS = "1,2,3,4,5,6,7,8,9"
+DEFAULT_ROWS = "1,2,3,4,5,6,7,8,9,10"
 
 
 def _register_extra_rows() -> None:
@@ -181,12 +182,12 @@ def run(sizes: Sizes, threads: int, device: str = "cpu", workdir: Path | None = 
                 cuda_peak = timed("cuda_bf16_peak_gflops", matmul_peak_gflops, 8192, "cuda",
                                   "bfloat16")
                 timed("training_cuda", slices.training, sizes, "cuda", cuda_peak, gflops)
-        if "7" in rows:
-            timed("startup", startup.cli_startup, sizes)
         if "8" in rows:
+            timed("startup", startup.cli_startup, sizes)
+        if "9" in rows:
             timed("model_loading", startup.model_loading, sizes, threads, work)
             timed("cold_predict", startup.cold_predict, sizes, threads, work)
-        if "9" in rows:
+        if "10" in rows:
             timed("web", web.upload_to_result, sizes, threads, work)
         for row, (name, measure, _) in EXTRA_ROWS.items():
             if row in rows:
@@ -319,22 +320,22 @@ def table(result: dict[str, Any]) -> str:
                 "(no GPU): `python -m benchmarks.run --device cuda` | | | |")
     if "startup" in result:
         st = result["startup"]
-        add("startup", f"| 7 | `covidct --help`, fresh process | {st['python_s']:.2f} s (bare `python -c pass`) | "
+        add("startup", f"| 8 | `covidct --help`, fresh process | {st['python_s']:.2f} s (bare `python -c pass`) | "
             f"{st['help_s']:.2f} s | | | {_goal(st['help_s'] < 0.5, '< 0.5 s')} |")
-        add("startup", f"| 7 | `import covidct`, fresh process | {st['python_s']:.2f} s (bare `python -c pass`) | "
+        add("startup", f"| 8 | `import covidct`, fresh process | {st['python_s']:.2f} s (bare `python -c pass`) | "
             f"{st['import_covidct_s']:.2f} s | | | {_goal(st['import_covidct_s'] < 0.3, '< 0.3 s')} |")
     if "model_loading" in result:
         ml = result["model_loading"]
         t, a = ml["torch"], ml["auto"]
         for method in ("bit", "covidctnet"):
-            add("model_loading", f"| 8 | load the {method} model file (fresh process; torch import "
+            add("model_loading", f"| 9 | load the {method} model file (fresh process; torch import "
                 f"{t['import_s']:.1f} s before it) | {t[f'{method}_s']:.2f} s (PyTorch) | "
                 f"{a[f'{method}_s']:.2f} s (default: {a[f'{method}_runtime']}, exported graph cached; "
                 f"first time, exporting: {ml['first_auto_load'][f'{method}_s']:.1f} s) | | | |")
     if "cold_predict" in result:
         cp = result["cold_predict"]
         t, a = cp["torch"], cp["auto"]
-        add("cold_predict", f"| 8 | cold `covidct predict` of a {cp['slices']}-slice {cp['matrix']}^2 DICOM "
+        add("cold_predict", f"| 9 | cold `covidct predict` of a {cp['slices']}-slice {cp['matrix']}^2 DICOM "
             f"series [synthetic], both methods, fresh process | {t['seconds']:.1f} s "
             f"(--runtime torch, peak RSS {t['peak_rss_gb']:.2f} GB) | {a['seconds']:.1f} s (default: "
             f"{', '.join(a['runtimes'])}; peak RSS {a['peak_rss_gb']:.2f} GB) | "
@@ -342,7 +343,7 @@ def table(result: dict[str, Any]) -> str:
     if "web" in result:
         w = result["web"]
         timings = ", ".join(f"{k} {v:.1f} s" for k, v in w.get("server_timings_s", {}).items())
-        add("web", f"| 9 | web: upload a zip ({w['zip_mb']:.0f} MB) of a {w['slices']}-slice "
+        add("web", f"| 10 | web: upload a zip ({w['zip_mb']:.0f} MB) of a {w['slices']}-slice "
             f"{w['matrix']}^2 DICOM series [synthetic] to a finished result, `covidct serve` "
             f"(both methods) | {w['first_upload_s']:.1f} s (first upload after start) | "
             f"{w['seconds']:.1f} s{' (' + timings + ')' if timings else ''} | | | "

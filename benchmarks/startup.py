@@ -1,5 +1,5 @@
-"""What a user waits for before any network runs: command start-up (row 7), model loading
-(row 8) and a cold `covidct predict` of a DICOM series with both methods (row 8), each in a
+"""What a user waits for before any network runs: command start-up (row 8), model loading
+(row 9) and a cold `covidct predict` of a DICOM series with both methods (row 9), each in a
 fresh process, as a user starts them. Model files have random weights (full-size networks
 in the full run): time does not depend on the weights. Every scan is a SYNTHETIC phantom.
 
@@ -70,7 +70,7 @@ def best_process(args: list[str], reps: int) -> float:
     return min(timed_process(args)["seconds"] for _ in range(max(1, reps)))
 
 
-# Row 7: start-up ---------------------------------------------------------------------------
+# Row 8: start-up ---------------------------------------------------------------------------
 
 def cli_startup(sizes: Sizes) -> dict[str, Any]:
     """`covidct --help`, `import covidct` and a bare interpreter (the floor), best of a few."""
@@ -80,7 +80,7 @@ def cli_startup(sizes: Sizes) -> dict[str, Any]:
             "help_s": best_process([py, "-m", "covidct", "--help"], sizes.reps + 2)}
 
 
-# Row 8: model loading and a cold predict ------------------------------------------------------
+# Row 9: model loading and a cold predict ------------------------------------------------------
 
 def model_files(sizes: Sizes, work: Path) -> dict[str, Path]:
     """bit.pt (the benchmark's architecture and crop) and covidctnet.pt, random weights."""
@@ -160,7 +160,7 @@ def _load_child(spec: str) -> int:
 
 def cold_predict(sizes: Sizes, threads: int, work: Path) -> dict[str, Any]:
     """`covidct predict SERIES --model bit.pt --model covidctnet.pt`, a fresh process each,
-    default runtime against --runtime torch (ONNX exports already cached by row 8; no cached
+    default runtime against --runtime torch (ONNX exports already cached by model loading; no cached
     infection maps)."""
     paths = model_files(sizes, work)
     series = dicom_series(sizes, work)

@@ -1,6 +1,6 @@
-"""Row 9: the web server's upload-to-result time, as a user gets it: `covidct serve` started
+"""Row 10: the web server's upload-to-result time, as a user gets it: `covidct serve` started
 as a command, a zip of a DICOM series posted to /api/scans, the job polled until done.
-Models as in row 8 (random weights); the series is a SYNTHETIC phantom."""
+Models as in row 9 (random weights); the series is a SYNTHETIC phantom."""
 from __future__ import annotations
 
 import socket
@@ -30,7 +30,7 @@ def _zip(series: Path, out: Path) -> Path:
 
 
 def upload_to_result(sizes: Sizes, threads: int, work: Path) -> dict[str, Any]:
-    """Seconds from the start of the upload to the finished job, for the row-8 series
+    """Seconds from the start of the upload to the finished job, for the row-9 series
     (best of ``reps`` uploads after one warm-up), with the server's own stage timings."""
     import httpx
 

@@ -52,7 +52,7 @@ def test_tiny_benchmarks_produce_every_row(tmp_path, monkeypatch):
     assert result["archive"]["workers_2"]["scans_per_s"] > 0
     text = md.read_text()
     table = [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| #")]
-    for row in range(11):
+    for row in range(12):
         assert any(ln.startswith(f"| {row} |") for ln in table), row
     assert all("LOADED" in ln for ln in table)
     assert "not measured here" in text and "SYNTHETIC" in text
