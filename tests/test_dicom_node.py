@@ -58,7 +58,8 @@ def wait_for(predicate, timeout: float, what: str, log: Path | None = None):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
 
 
-def write_series(folder: Path, seed: int = 0, modality: str = "CT", coronal: bool = False) -> list[Path]:
+def write_series(folder: Path, seed: int = 0, modality: str = "CT", coronal: bool = False,
+                 spacing=(2.5, 0.7, 0.7)) -> list[Path]:
     from dataclasses import replace
 
     from covidct.scanio import write_dicom_series
@@ -68,7 +69,7 @@ def write_series(folder: Path, seed: int = 0, modality: str = "CT", coronal: boo
         from pydicom.uid import MRImageStorage
 
         extra = {"Modality": modality, "SOPClassUID": MRImageStorage}
-    scan = build_hu_volume(shape=(12, 64, 64), seed=seed)
+    scan = build_hu_volume(shape=(12, 64, 64), seed=seed, spacing=spacing)
     if coronal:  # rows left-right, columns head-feet, slices front to back
         scan = replace(scan, direction=np.column_stack([(1, 0, 0), (0, 0, -1), (0, 1, 0)]))
     return write_dicom_series(scan, folder, patient_id=PATIENT_ID, patient_name=PATIENT_NAME,
@@ -320,7 +321,7 @@ def orthanc(tmp_path):
 def test_orthanc_sends_a_study_and_gets_sr_seg_and_key_images_back_in_it(tmp_path, models, orthanc):
     from covidct.cli import main as cli_main
 
-    files = write_series(tmp_path / "series", seed=5)
+    files = write_series(tmp_path / "series", seed=5, spacing=(2.5, 3.0, 3.0))  # lungs found
     node = Node(tmp_path, models, f"ORTHANC@127.0.0.1:{orthanc.dicom}", quiet=1.0)
     try:
         orthanc.request("PUT", "/modalities/covidct",
@@ -351,6 +352,16 @@ def test_orthanc_sends_a_study_and_gets_sr_seg_and_key_images_back_in_it(tmp_pat
             assert ds.PatientID == PATIENT_ID
         seg = hd.seg.Segmentation.from_dataset(seg_ds)
         assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+        # The lungs go back too: the SEG's lung segments are lung_mask(scan) voxel for voxel.
+        from covidct.lungs import lung_mask
+        from covidct.scanio import load_scan
+
+        mask = lung_mask(load_scan(tmp_path / "series"))
+        volume = np.asarray(seg.get_volume(combine_segments=False).array)
+        names = [seg.get_segment_description(n).segment_label for n in seg.segment_numbers]
+        assert names[:2] == ["Right lung", "Left lung"]
+        assert [int((volume[..., k] > 0).sum()) for k in (0, 1)] == \
+            [int((mask.labels == label).sum()) for label in (1, 2)]
         # The probabilities equal `covidct predict` on the same series.
         out = tmp_path / "predict"
         assert cli_main(["predict", str(tmp_path / "series"), "--model", str(models[0]),
@@ -363,6 +374,10 @@ def test_orthanc_sends_a_study_and_gets_sr_seg_and_key_images_back_in_it(tmp_pat
                    for m in groups[f"covidct {method}"].get_measurements()}
             assert got.keys() == expected.keys()
             assert np.allclose([got[k] for k in expected], list(expected.values()), atol=1e-6)
+        volumes = {m.finding_sites[0].value.meaning: m.value
+                   for m in groups["covidct lungs"].get_measurements() if m.name.meaning == "Volume"}
+        assert volumes == {"Right lung": mask.volumes_ml()["right"],
+                           "Left lung": mask.volumes_ml()["left"], "Lung": mask.volumes_ml()["total"]}
         log = node.text()
         assert PATIENT_NAME not in log and PATIENT_ID not in log
         assert source.StudyInstanceUID not in log and source.SeriesInstanceUID not in log

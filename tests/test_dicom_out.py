@@ -32,11 +32,21 @@ def covidct(*args, env=None, timeout=120):
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def write_series(folder, seed=0, shape=(12, 64, 64), **kw):
+#: 3 mm pixels make the 64 x 64 phantom a 19 cm chest whose lungs the lung mask finds.
+LUNG_SPACING = (2.5, 3.0, 3.0)
+
+
+def write_series(folder, seed=0, shape=(12, 64, 64), spacing=(2.5, 0.7, 0.7), lesion=False, **kw):
+    """A synthetic series; ``lesion`` puts a ground-glass block (-500 HU) into the image-left
+    lung (the patient's right)."""
     from covidct.scanio import write_dicom_series
 
-    return write_dicom_series(build_hu_volume(shape=shape, seed=seed), folder,
-                              patient_id=PATIENT_ID, patient_name=PATIENT_NAME, **kw)
+    scan = build_hu_volume(shape=shape, seed=seed, spacing=spacing)
+    if lesion:
+        voxels = scan.voxels.copy()
+        voxels[3:9, 24:32, 16:22] = -500.0
+        scan = scan.with_voxels(voxels)
+    return write_dicom_series(scan, folder, patient_id=PATIENT_ID, patient_name=PATIENT_NAME, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +60,7 @@ def models(tmp_path_factory):
 def predicted(tmp_path_factory, models):
     """`covidct predict SERIES --method all --dicom-out DIR --out DIR` on a written series."""
     root = tmp_path_factory.mktemp("predicted")
-    write_series(root / "series")
+    write_series(root / "series", spacing=LUNG_SPACING, lesion=True)
     rc, out, err = covidct("predict", root / "series", "--model", models[0], "--model", models[1],
                            "--out", root / "json", "--dicom-out", root / "dicom",
                            env={"COVIDCT_CACHE": str(root / "cache")})
@@ -86,7 +96,7 @@ def test_sr_holds_each_methods_call_and_probabilities_as_predict_wrote_them(pred
     root, _, _ = predicted
     sr = hd.sr.srread(next((root / "dicom").glob("sr-*.dcm")))
     groups = {str(g.tracking_identifier): g for g in sr.content.get_image_measurement_groups()}
-    assert set(groups) == {"covidct bit", "covidct covidctnet"}
+    assert set(groups) == {"covidct bit", "covidct covidctnet", "covidct lungs"}
     for method in ("bit", "covidctnet"):
         written = json.loads((root / "json" / f"{method}.json").read_text())
         got = {m.name.meaning.removeprefix("Probability of "): m.value
@@ -114,9 +124,8 @@ def test_seg_is_on_the_source_frame_of_reference_and_key_images_are_marked(predi
     source = pydicom.dcmread(root / "series" / "slice-0001.dcm")
     seg = hd.seg.segread(next((root / "dicom").glob("seg-*.dcm")))
     assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
-    labels = [seg.get_segment_description(n).segment_label for n in seg.segment_numbers]
-    assert labels and labels[0].startswith("CovidCTNet infection map")
-    assert seg.get_segment_description(1).segmented_property_type.value == "52988006"
+    types = [seg.get_segment_description(n).segmented_property_type.value for n in seg.segment_numbers]
+    assert types[:2] == ["3341006", "44029006"]  # right and left lung (SNOMED CT)
     keys = [pydicom.dcmread(p) for p in sorted((root / "dicom").glob("key-*.dcm"))]
     assert len(keys) == 6  # three slices per method
     source_uids = {pydicom.dcmread(p).SOPInstanceUID for p in (root / "series").glob("*.dcm")}
@@ -174,9 +183,85 @@ def test_seg_and_sr_carry_a_given_lung_mask_and_involvement(tmp_path, models):
     values = {(m.name.meaning, m.finding_sites[0].value.meaning): m.value
               for m in lung_group.get_measurements()}
     voxel_ml = np.prod(scan.spacing) / 1000
-    assert values[("Volume", "Right lung")] == pytest.approx((mask == 1).sum() * voxel_ml, abs=0.01)
+    assert values[("Volume", "Right lung")] == pytest.approx((mask == 1).sum() * voxel_ml, abs=0.05)
     assert values[("Fraction of lung volume involved", "Left lung")] == pytest.approx(25.0)
     assert values[("Fraction of lung volume involved", "Lung")] == pytest.approx(17.5)
+
+
+def test_seg_and_sr_carry_the_lung_mask_and_involvement_predict_computed(predicted):
+    """`predict --dicom-out`: the SEG's lungs are lung_mask(scan) voxel for voxel, the SR's
+    volumes are the mask's and its involvement figures are those predict wrote."""
+    from covidct.lungs import involvement, lung_mask
+    from covidct.scanio import load_scan
+
+    root, _, _ = predicted
+    scan = load_scan(root / "series")
+    mask = lung_mask(scan)
+    assert mask.found
+    seg = hd.seg.segread(next((root / "dicom").glob("seg-*.dcm")))
+    names = [seg.get_segment_description(n).segment_label for n in seg.segment_numbers]
+    assert names[:2] == ["Right lung", "Left lung"]
+    volume = np.asarray(seg.get_volume(combine_segments=False).array)
+    for k, label in enumerate((1, 2)):
+        assert int((volume[..., k] > 0).sum()) == int((mask.labels == label).sum()) > 0
+    sr = hd.sr.srread(next((root / "dicom").glob("sr-*.dcm")))
+    (group,) = [g for g in sr.content.get_image_measurement_groups()
+                if str(g.tracking_identifier) == "covidct lungs"]
+    values = {(m.name.meaning, m.finding_sites[0].value.meaning): m.value
+              for m in group.get_measurements()}
+    sites = {"right": "Right lung", "left": "Left lung", "total": "Lung"}
+    for side, ml in mask.volumes_ml().items():
+        assert values[("Volume", sites[side])] == pytest.approx(ml, abs=1e-6)
+    measured = involvement(scan, mask)
+    assert measured["by_lung"]["right"]["involved_percent"] > 1  # the lesion is seen
+    for side in ("right", "left"):
+        assert values[("Fraction of lung volume involved", sites[side])] == pytest.approx(
+            measured["by_lung"][side]["involved_percent"])
+    assert values[("Six-zone CT severity score (0-24)", "Lung")] == measured["severity_score"]
+    written = json.loads((root / "json" / "covidctnet.json").read_text())["lungs"]["involvement"]
+    assert values[("Fraction of lung in CovidCTNet infection map", "Lung")] == pytest.approx(
+        written["map_share_percent"])
+    text = next((root / "dicom").glob("sr-*.dcm")).read_bytes().decode("latin-1")
+    assert "research measurement" in text
+
+
+def test_one_lung_mask_serves_both_methods_and_the_dicom_outputs(tmp_path, models, monkeypatch):
+    import covidct.lungs as lungs
+    from covidct.dicom_out import predict_to_dicom
+    from covidct.models import load_model
+
+    calls = []
+    real = lungs.lung_mask
+    monkeypatch.setattr(lungs, "lung_mask", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    write_series(tmp_path / "series", seed=3, spacing=LUNG_SPACING)
+    predict_to_dicom(tmp_path / "series", [load_model(m) for m in models], tmp_path / "dicom")
+    assert len(calls) == 1
+    seg = hd.seg.segread(next((tmp_path / "dicom").glob("seg-*.dcm")))
+    assert len(seg.segment_numbers) >= 2
+
+
+def test_seg_marks_the_infection_map_above_the_lung_map_threshold_inside_the_lungs(predicted):
+    from covidct.dicom_out import build_seg, lung_findings, source_datasets
+    from covidct.lungs import MAP_THRESHOLD
+    from covidct.scanio import load_scan
+
+    root, _, _ = predicted
+    scan = load_scan(root / "series")
+    sources = source_datasets(root / "series", scan)
+    found = lung_findings(scan, [])
+    right = found.mask == 1
+    infection = np.zeros(scan.shape, np.float32)
+    z, y, x = np.nonzero(right)
+    infection[z[:40], y[:40], x[:40]] = MAP_THRESHOLD + 0.01  # counted
+    infection[z[40:80], y[40:80], x[40:80]] = MAP_THRESHOLD  # not above: not counted
+    infection[:, :3, :3] = 0.9  # outside the lungs: not counted
+    seg = build_seg(sources, scan, infection, found, synthetic=True)
+    (number,) = [n for n in seg.segment_numbers
+                 if seg.get_segment_description(n).segmented_property_type.value == "52988006"]
+    assert seg.get_segment_description(number).segment_label == \
+        f"CovidCTNet infection map > {MAP_THRESHOLD}"
+    volume = np.asarray(seg.get_volume(combine_segments=False).array)
+    assert int((volume[..., number - 1] > 0).sum()) == 40
 
 
 def test_infection_map_returns_to_the_scan_grid_where_the_network_saw_it():

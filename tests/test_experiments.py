@@ -189,6 +189,9 @@ def test_covidctnet_ablation_preset(env, synthetic_cohort):
     results = rows(env / "covidctnet-ablation" / "results.csv")
     models = [r["model"] for r in results if r["stage"] in ("classifier", "ablation")]
     assert models == ["with BCDU-Net + Perlin noise", "without BCDU-Net / Perlin noise"]
+    # covidct's own row: the infection maps inside the lung mask (not in the paper).
+    assert [r["model"] for r in results if r["stage"] == "lung_masked"] == [
+        "infection maps inside the lung mask (not in the paper)"]
     meta = json.loads((env / "covidctnet-ablation" / "experiment.json").read_text())
     assert any(r[-1] == "published" and r[2] == "93.3" for r in meta["table"]["rows"])
     assert (env / "covidctnet-ablation" / "figure.png").is_file()

@@ -5,11 +5,13 @@ For a CT series read from DICOM, :func:`build_outputs` makes
 * a **Comprehensive 3D SR** holding a TID 1500 Measurement Report: per method the call
   (a coded qualitative evaluation), every class probability (a measurement, unit "1"),
   the model's name, file and SHA-256 digest (TID 4019 algorithm identification), lung
-  volumes and involvement when a lung mask / involvement figures are given, and the
-  research-use statement;
+  volumes (mL), the share of each lung with infection-like density, ground glass and
+  consolidation, the six-zone severity score and CovidCTNet's map share (covidct.lungs; a
+  research measurement), and the research-use statement;
 * a **Segmentation** (binary DICOM SEG) on the source series' frame of reference: the right
-  and left lungs when a lung mask is given (labels 1 right, 2 left on the scan grid), and
-  CovidCTNet's infection map above :data:`INFECTION_THRESHOLD`, mapped back onto the scan grid;
+  and left lungs (the lung mask both methods used, labels 1 right, 2 left on the scan grid),
+  and CovidCTNet's infection map above :data:`covidct.lungs.MAP_THRESHOLD` (the threshold of
+  the involvement's map share), mapped back onto the scan grid and kept inside the lungs;
 * **secondary-capture key images**: the slices that drove each call with the Grad-CAM or
   infection overlay, "RESEARCH USE ONLY - NOT FOR DIAGNOSIS" burnt into the pixels, and a
   **Key Object Selection** document flagging them.
@@ -36,7 +38,7 @@ import numpy as np
 from . import __version__
 from .constants import DISCLAIMER, METHOD_BIT, METHOD_COVIDCTNET, SYNTHETIC_NOTICE
 from .errors import ScanError
-from .explain.infection import FLOOR, FULL_SCALE
+from .lungs import MAP_THRESHOLD, RESEARCH_NOTE, SEVERITY_SCALE, LungMask
 from .prediction import Prediction
 from .scan import Scan
 
@@ -53,9 +55,6 @@ SERIES_NUMBERS = {"sr": 9901, "seg": 9902, "key": 9903, "ko": 9904}
 KEY_IMAGES_PER_METHOD = 3
 #: Key images are drawn at least this wide, so that the burnt-in text stays readable.
 MIN_PICTURE_WIDTH = 512
-#: Infection-map value from which the SEG marks a voxel: where the pictures start drawing
-#: (FLOOR x FULL_SCALE, about 0.036 on the [-1000, 400] HU unit scale).
-INFECTION_THRESHOLD = FLOOR * FULL_SCALE
 
 
 def new_uid() -> str:
@@ -177,35 +176,61 @@ def source_datasets(path: str | os.PathLike, scan: Scan) -> list[Any]:
 
 # The objects ----------------------------------------------------------------------------
 
+#: Involvement figures (covidct.lungs.involvement keys) the SR carries for the whole lung.
+LUNG_FIGURES = ("ground_glass_percent", "consolidation_percent", "severity_score",
+                "map_share_percent")
+
+
 @dataclass
 class LungFindings:
-    """Optional lung results: a label mask on the scan grid (1 right, 2 left) and involvement
-    figures in percent of each lung's volume (keys "right", "left", "total")."""
+    """Lung results for the SR and SEG: a label mask on the scan grid (1 right, 2 left),
+    involvement in percent of each lung's volume (keys "right", "left", "total") and the
+    other figures of :data:`LUNG_FIGURES` (a research measurement, covidct.lungs)."""
 
     mask: np.ndarray | None = None
     involvement_percent: Mapping[str, float] = field(default_factory=dict)
+    figures: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_lungs(cls, labels: np.ndarray | None,
+    def from_lungs(cls, labels: LungMask | np.ndarray | None,
                    involvement: Mapping[str, Any] | None = None) -> "LungFindings":
-        """From a lung mask's labels and an involvement report shaped like covidct.lungs'
+        """From a lung mask (or its labels) and an involvement report of covidct.lungs
         (``involved_percent`` overall, ``by_lung: {"right": {"involved_percent": ..}, ..}``)."""
-        figures: dict[str, float] = {}
-        if involvement:
-            if "involved_percent" in involvement:
-                figures["total"] = float(involvement["involved_percent"])
-            for side, values in (involvement.get("by_lung") or {}).items():
-                if side in ("right", "left") and "involved_percent" in values:
-                    figures[side] = float(values["involved_percent"])
-        return cls(labels, figures)
+        if isinstance(labels, LungMask):
+            labels = labels.labels
+        percent: dict[str, float] = {}
+        involvement = involvement or {}
+        if "involved_percent" in involvement:
+            percent["total"] = float(involvement["involved_percent"])
+        for side, values in (involvement.get("by_lung") or {}).items():
+            if side in ("right", "left") and "involved_percent" in values:
+                percent[side] = float(values["involved_percent"])
+        figures = {k: float(involvement[k]) for k in LUNG_FIGURES if involvement.get(k) is not None}
+        return cls(labels, percent, figures)
 
     def volumes_ml(self, scan: Scan) -> dict[str, float]:
+        """Right, left and total lung volume, as covidct.lungs reports them."""
         if self.mask is None:
             return {}
-        voxel_ml = float(np.prod(scan.spacing)) / 1000.0
-        right = float((self.mask == 1).sum()) * voxel_ml
-        left = float((self.mask == 2).sum()) * voxel_ml
-        return {"right": right, "left": left, "total": right + left}
+        return LungMask(labels=self.mask, spacing=tuple(scan.spacing)).volumes_ml()
+
+
+def lung_findings(scan: Scan, predictions: Sequence[Prediction]) -> LungFindings | None:
+    """The lung mask both methods used for ``scan`` (covidct.lungs computes it once per scan)
+    and the involvement the predictions carry (CovidCTNet's adds its map share); None when
+    the scan is not axial or shows no lungs."""
+    from .lungs import lung_report, scan_lungs
+
+    if scan.orientation not in ("axial", "unknown"):
+        return None
+    mask = scan_lungs(scan)
+    if not mask.found:
+        log.info("no lungs found: the SR and SEG carry no lung figures")
+        return None
+    reports = [p.lungs["involvement"] for p in predictions if (p.lungs or {}).get("involvement")]
+    involvement = next((r for r in reports if "map_share_percent" in r),
+                       reports[0] if reports else lung_report(scan)["involvement"])
+    return LungFindings.from_lungs(mask, involvement)
 
 
 def _series_description(kind: str, synthetic: bool) -> str:
@@ -262,11 +287,21 @@ def _lung_group(lungs: LungFindings, scan: Scan):
         measurements.append(Measurement(name=volume, value=round(ml, 2),
                                         unit=CodedConcept("ml", "UCUM", "milliliter"),
                                         finding_sites=[FindingSite(sites[key])]))
-    for key, percent in lungs.involvement_percent.items():
+    percent = CodedConcept("%", "UCUM", "percent")
+    for key, value in lungs.involvement_percent.items():
         if key in sites:
-            measurements.append(Measurement(name=involved, value=round(float(percent), 2),
-                                            unit=CodedConcept("%", "UCUM", "percent"),
-                                            finding_sites=[FindingSite(sites[key])]))
+            measurements.append(Measurement(name=involved, value=round(float(value), 2),
+                                            unit=percent, finding_sites=[FindingSite(sites[key])]))
+    figures = {"ground_glass_percent": private("GGO", "Fraction of lung volume with ground glass"),
+               "consolidation_percent": private("CONSOLIDATION",
+                                                "Fraction of lung volume with consolidation"),
+               "map_share_percent": private("MAP-SHARE",
+                                            "Fraction of lung in CovidCTNet infection map"),
+               "severity_score": private("SEVERITY-6ZONE", "Six-zone CT severity score (0-24)")}
+    for key, value in lungs.figures.items():
+        unit = CodedConcept("{score}", "UCUM", "score") if key == "severity_score" else percent
+        measurements.append(Measurement(name=figures[key], value=round(float(value), 2), unit=unit,
+                                        finding_sites=[FindingSite(sites["total"])]))
     if not measurements:
         return None
     return MeasurementsAndQualitativeEvaluations(
@@ -330,6 +365,11 @@ def build_sr(sources: Sequence[Any], scan: Scan, predictions: Sequence[Predictio
         referenced_images=list(sources))
     synthetic = scan.synthetic or any(p.synthetic for p in predictions)
     lines = [DISCLAIMER] + [p.summary_line() for p in predictions]
+    if lungs is not None and (lungs.involvement_percent or lungs.figures):
+        lines += [f"Lung figures: {RESEARCH_NOTE}.", f"Severity score: {SEVERITY_SCALE}."]
+        if "map_share_percent" in lungs.figures:
+            lines.append(f"CovidCTNet map share: lung voxels where the infection map exceeds "
+                         f"{MAP_THRESHOLD}.")
     if synthetic:
         lines.append(SYNTHETIC_NOTICE)
     report[0].ContentSequence.append(_statement_container(lines))
@@ -371,8 +411,9 @@ def infection_on_scan(prediction: Prediction, scan: Scan) -> np.ndarray | None:
 
 def build_seg(sources: Sequence[Any], scan: Scan, infection: np.ndarray | None,
               lungs: LungFindings | None = None, synthetic: bool = False):
-    """A binary SEG of the lungs (when given) and the infection map above the threshold;
-    None when there is nothing to segment."""
+    """A binary SEG of the lungs (when given) and the infection map above
+    covidct.lungs.MAP_THRESHOLD (inside the lungs when given); None when there is nothing
+    to segment."""
     import highdicom as hd
     from highdicom.sr import CodedConcept
 
@@ -389,11 +430,14 @@ def build_seg(sources: Sequence[Any], scan: Scan, infection: np.ndarray | None,
                 algorithm_type="AUTOMATIC",
                 algorithm_identification=hd.AlgorithmIdentificationSequence(
                     name="covidct lungs", family=family, version=__version__)))
-    if infection is not None and (infection > INFECTION_THRESHOLD).any():
-        masks.append(infection > INFECTION_THRESHOLD)
+    infected = None if infection is None else infection > MAP_THRESHOLD
+    if infected is not None and lungs is not None and lungs.mask is not None:
+        infected &= lungs.mask > 0  # the map is reported inside the lungs (covidct.lungs)
+    if infected is not None and infected.any():
+        masks.append(infected)
         segments.append(hd.seg.SegmentDescription(
             segment_number=len(segments) + 1,
-            segment_label=f"CovidCTNet infection map > {INFECTION_THRESHOLD:.3f}",
+            segment_label=f"CovidCTNet infection map > {MAP_THRESHOLD}",
             segmented_property_category=CodedConcept("49755003", "SCT",
                                                      "Morphologically Abnormal Structure"),
             segmented_property_type=CodedConcept("52988006", "SCT", "Lesion"),
@@ -546,7 +590,7 @@ def build_outputs(sources: Sequence[Any], scan: Scan, models: Sequence[Any],
     if seg is not None:
         outputs.append(seg)
     else:
-        log.info("no SEG: no lung mask given and no infection above %.3f", INFECTION_THRESHOLD)
+        log.info("no SEG: no lungs found and no infection map above %s", MAP_THRESHOLD)
     key_images = build_key_images(sources, key_pictures(scan, models, predictions, infection), synthetic)
     selection = build_key_object_selection(key_images, synthetic)
     return outputs + key_images + ([selection] if selection is not None else [])
@@ -576,8 +620,9 @@ def save_outputs(datasets: Sequence[Any], out_dir: str | os.PathLike) -> list[Pa
 def predict_to_dicom(scan_path: str | os.PathLike, models: Sequence[Any], dicom_dir: str | os.PathLike,
                      out_dir: str | os.PathLike | None = None, pictures: bool = True,
                      lungs: LungFindings | None = None) -> tuple[list[Prediction], list[Path]]:
-    """``covidct predict SCAN --dicom-out DIR``: predict (the library's checks and refusals),
-    then write the DICOM outputs (and the usual files when ``out_dir`` is given)."""
+    """``covidct predict SCAN --dicom-out DIR`` and the DICOM node: predict (the library's
+    checks and refusals), then write the DICOM outputs with the lung findings of
+    :func:`lung_findings` unless ``lungs`` is given (and the usual files when ``out_dir`` is)."""
     from .predict import predict, predict_to_folder
     from .scanio import load_scan
 
@@ -590,5 +635,7 @@ def predict_to_dicom(scan_path: str | os.PathLike, models: Sequence[Any], dicom_
         predictions = predict_to_folder(scan, models, out_dir, pictures=pictures)
     else:
         predictions = predict(scan, models)
+    if lungs is None:  # the mask the predictions used, not a second one
+        lungs = lung_findings(scan, predictions)
     datasets = build_outputs(sources, scan, models, predictions, lungs)
     return predictions, save_outputs(datasets, dicom_dir)

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .atomic import write_bytes
+from .atomic import write_bytes, write_json
 from .constants import METHOD_BIT
 from .errors import DatasetError
+from .lungs_eval import LUNGS_JSON, evaluate_lungs, find_truth
 from .models import Model, load_model
 from .prediction import Scores
 
@@ -71,11 +72,17 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike, split: s
         "command": " ".join(sys.argv), "covidct_version": __version__,
         "python": platform.python_version(),
     }
+    # Where the data has true lungs (a covidct synth cohort), the lung mask and the involvement
+    # figures are scored too, on the same split.
+    truth = find_truth(data)
+    lungs = evaluate_lungs(truth, split=split) if truth is not None else None
     if out_dir is not None:
         out_dir = Path(out_dir)
         save_results(out_dir / "results.json", out_dir / "results.csv", metrics, provenance)
         write_bytes(out_dir / "scores.npz", _npz(scores))
-    return {"metrics": metrics, "provenance": provenance, "scores": scores}
+        if lungs is not None:
+            write_json(out_dir / LUNGS_JSON, lungs)
+    return {"metrics": metrics, "provenance": provenance, "scores": scores, "lungs": lungs}
 
 
 def _npz(scores: Scores) -> bytes:

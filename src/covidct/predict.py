@@ -10,6 +10,7 @@ from typing import Sequence
 from .atomic import write_json
 from .constants import DISCLAIMER, METHODS
 from .errors import ModelError
+from .lungs import lung_report
 from .models import Model, load_model
 from .prediction import Prediction
 from .scan import Scan
@@ -67,15 +68,32 @@ def predict_to_folder(scan_path: Scan | str | os.PathLike, models: Sequence[Mode
         if pictures and hasattr(model, "save_pictures"):
             files["pictures"] = model.save_pictures(prediction, scan, out_dir)
         outputs[prediction.method] = files
+    lungs = lung_report(scan) if scan.orientation in ("axial", "unknown") else None
+    if pictures and lungs is not None:
+        outputs["lungs_picture"] = write_lung_picture(scan, out_dir)
     # Written last, so its presence means the folder is complete.
     write_json(out_dir / "summary.json", {
         "disclaimer": DISCLAIMER,
         "scan": scan.summary(),
+        "lungs": lungs,
         "results": {p.method: {"label": p.label, "probabilities": p.to_dict()["probabilities"]}
                     for p in predictions},
         "files": outputs,
     })
     return predictions
+
+
+def write_lung_picture(scan: Scan, out_dir: Path) -> Path:
+    """``lungs.png``: a few lung slices with the lung mask outlined (right cyan, left yellow)."""
+    from PIL import Image
+
+    from .atomic import atomic_path
+    from .lungs import lung_picture, scan_lungs
+
+    path = Path(out_dir) / "lungs.png"
+    with atomic_path(path) as tmp:
+        Image.fromarray(lung_picture(scan, scan_lungs(scan))).save(tmp, format="PNG")
+    return path
 
 
 def load_models(methods: Sequence[str], paths: Sequence[str | os.PathLike] = (),

@@ -29,6 +29,8 @@ class Prediction:
     model: dict[str, Any] = field(default_factory=dict)    # name, version, trained_on, synthetic
     scan: dict[str, Any] = field(default_factory=dict)     # safe scan summary (no PHI)
     timings: dict[str, float] = field(default_factory=dict)
+    #: The lung mask's summary and the involvement (a research measurement, covidct.lungs).
+    lungs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.class_names = tuple(self.class_names)
@@ -65,6 +67,8 @@ class Prediction:
         }
         if self.synthetic:
             out["synthetic_notice"] = SYNTHETIC_NOTICE
+        if self.lungs:
+            out["lungs"] = self.lungs
         if self.slice_probabilities is not None:
             out["slices"] = [
                 {"index": int(k), **dict(zip(self.class_names, map(float, p)))}
@@ -86,7 +90,28 @@ class Prediction:
         paths = {"json": write_json(out_dir / f"{stem}.json", self.to_dict())}
         if self.slice_probabilities is not None:
             paths["csv"] = write_text(out_dir / f"{stem}-slices.csv", self.slices_csv())
+        if (self.lungs or {}).get("involvement"):
+            paths["lungs_csv"] = write_text(out_dir / f"{stem}-lungs.csv", self.lungs_csv())
         return paths
+
+    def lungs_csv(self) -> str:
+        """Lung volumes and involvement as ``measure,value`` rows (a research measurement)."""
+        found = self.lungs.get("involvement") or {}
+        rows = [("note", found.get("note", ""))]
+        rows += [(f"lung_volume_{k}_ml", v) for k, v in (found.get("lung_volume_ml") or {}).items()]
+        for key in ("involved_ml", "involved_percent", "ground_glass_percent",
+                    "consolidation_percent", "map_share_percent", "severity_score"):
+            if key in found:
+                rows.append((key, found[key]))
+        for zone in found.get("zones", []):
+            name = zone["zone"].replace(" ", "_")
+            rows += [(f"{name}_involved_percent", zone["involved_percent"]),
+                     (f"{name}_score", zone["score"])]
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["measure", "value"])
+        writer.writerows(rows)
+        return buf.getvalue()
 
 
 @dataclass

@@ -13,7 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "per class, sensitivity, specificity, PPV, NPV, F1 and ROC AUC, with 95%% confidence "
                     "intervals from bootstrap resampling of patients. The slice classifier reports "
                     "slice-level and patient-level results side by side. Writes results.json, "
-                    "results.csv and scores.npz into --out.")
+                    "results.csv and scores.npz into --out; on a covidct synth cohort (true lungs "
+                    "in labels.csv) also lungs.json: the lung mask's Dice and lesion coverage and "
+                    "the involvement figures against the true lesion share.")
     p.add_argument("data", help="bit: a COVIDx-layout folder (<split>_COVIDx_CT-2A.txt + images/) or a "
                                 "split file; covidctnet: a folder per class or a labels CSV")
     p.add_argument("--model", default=None, help="model file (default: <method>.pt in "
@@ -41,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
     print(format_table2(result["metrics"]))
     if result["scores"].level == "scan":
         print(format_table3(result["metrics"]))
+    if result.get("lungs"):
+        from ..lungs_eval import summary_lines
+
+        print("\n".join(summary_lines(result["lungs"])))
     if args.out:
         print(f"results written to {args.out}")
     return 0

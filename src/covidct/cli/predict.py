@@ -41,6 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(they carry its patient module; DIR is made 0700)")
     p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
                    help=RUNTIME_HELP)
+    p.add_argument("--lungs", choices=("hu", "lungmask"), default="hu",
+                   help="lung mask both methods use: the HU rule (default) or the lungmask "
+                        "package's U-Net from --lung-weights (never downloaded)")
+    p.add_argument("--lung-weights", default=None, metavar="FILE",
+                   help="lungmask weights file for --lungs lungmask (e.g. unet_r231-d5d2fc3d.pth)")
     p.add_argument("--calling-ae", default="COVIDCT",
                    help="covidct's AE title when retrieving a pacs:// study (default COVIDCT)")
     p.set_defaults(func=run)
@@ -58,8 +63,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from ..lungs import check_lungmask_weights, use_backend
     from ..predict import load_models, predict, predict_to_folder
 
+    if args.lungs == "lungmask":
+        check_lungmask_weights(args.lung_weights)  # before the models load
+    use_backend(args.lungs, args.lung_weights)
     if args.dicom_out:
         from ..dicom_out import check_dicom_input
 

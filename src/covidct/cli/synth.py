@@ -50,6 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--formats", default=",".join(d.formats),
                    help="comma-separated outputs to write, from: " + ",".join(_FORMATS)
                         + " (default: all)")
+    p.add_argument("--variants", default="", metavar="LIST",
+                   help="harder anatomy for testing lung masks, comma-separated from: "
+                        "thin-wall,off-centre,fov-edge,stomach-gas,table-close; each patient gets "
+                        "each listed variant with probability 0.5 (default: none)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -63,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         max_slices=args.max_slices if args.max_slices and args.max_slices > 0 else None,
         split=(args.split[0], args.split[1], args.split[2]),
         formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+        variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
     ).check()
     summary = generate_cohort(args.out, settings, progress=not args.no_progress)
     for line in summary.lines():

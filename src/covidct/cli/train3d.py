@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stop after this many epochs without a lower validation loss (default 10)")
     g.add_argument("--no-ablation", dest="ablation", action="store_false",
                    help="skip the ablation (3D CNN on plain volumes)")
+    g.add_argument("--lung-ablation", action="store_true",
+                   help="also train the 3D CNN on infection maps inside the lung mask "
+                        "(covidct.lungs; the paper has no lung mask), into RUN_DIR/lung-masked/")
     g.add_argument("--denoiser", dest="denoiser_file", metavar="FILE",
                    help="use this denoiser.pt (from another run) instead of RUN_DIR/denoiser.pt")
     g = p.add_argument_group("denoiser (BCDU-Net)")

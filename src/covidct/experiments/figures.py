@@ -211,7 +211,7 @@ def figure_covidctnet(outcome, scale: str):
     if not results:
         ax = fig.add_subplot(1, 1, 1)
         _empty(ax)
-    colours = {"classifier": "#D55E00", "ablation": "#0072B2"}
+    colours = {"classifier": "#D55E00", "ablation": "#0072B2", "lung_masked": "#009E73"}
     for row, result in enumerate(results):
         loss = fig.add_subplot(len(results), 2, 2 * row + 1)
         acc = fig.add_subplot(len(results), 2, 2 * row + 2)

@@ -274,7 +274,10 @@ def run_covidctnet_job(params: dict[str, Any], run_dir: Path, data: ExperimentDa
     history = _volume_history(out / "history.csv")
     models = []
     for key, label in (("classifier", "with BCDU-Net + Perlin noise"),
-                       ("ablation", "without BCDU-Net / Perlin noise")):
+                       ("ablation", "without BCDU-Net / Perlin noise"),
+                       ("lung_masked", "infection maps inside the lung mask (not in the paper)")):
+        if key not in summary:
+            continue
         result = summary.get(key) or {}
         row = {"model": label, "stage": key, "mode": summary.get("mode"),
                "binary": bool(params.get("binary")), "seed": params.get("seed"),

@@ -104,9 +104,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "CovidCTNet with and without BCDU-Net and Perlin noise, 3-class and 2-class",
            "Javaheri et al. Fig. 1",
            grid={"binary": [False, True]},
+           settings={"lung_ablation": True},
            description="One BCDU-Net denoiser (trained on control scans with Perlin "
-                       "pseudo-infection); per mode, the 3D CNN on its infection maps and the same "
-                       "3D CNN on plain volumes (same splits, same seed)."),
+                       "pseudo-infection); per mode, the 3D CNN on its infection maps, the same "
+                       "3D CNN on plain volumes, and (not in the paper) on the infection maps "
+                       "inside the lung mask (same splits, same seed)."),
 )}
 
 

@@ -124,13 +124,17 @@ def slice_gradcam(classifier: Any, pixels: np.ndarray, box: Sequence[int] | None
             "probabilities": probabilities, "class_index": target}
 
 
-def gradcam_picture(pixels: np.ndarray, cam: np.ndarray, side: int = 224) -> np.ndarray:
-    """The slice and its Grad-CAM overlay side by side (RGB uint8, longer side ``side``)."""
-    from .plotting import blend_heat, fit_within
+def gradcam_picture(pixels: np.ndarray, cam: np.ndarray, side: int = 224,
+                    lungs: np.ndarray | None = None) -> np.ndarray:
+    """The slice and its Grad-CAM overlay side by side (RGB uint8, longer side ``side``);
+    ``lungs`` (a mask of the slice) is outlined on both."""
+    from .plotting import blend_heat, draw_outline, fit_within
 
     gray = np.asarray(pixels)
     base = blend_heat(gray, np.zeros(gray.shape))  # the plain slice, as RGB
     overlay = blend_heat(gray, cam)
+    if lungs is not None:
+        base, overlay = draw_outline(base, lungs), draw_outline(overlay, lungs)
     left, right = fit_within(base, side, enlarge=True), fit_within(overlay, side, enlarge=True)
     gap = np.full((left.shape[0], 4, 3), 255, dtype=np.uint8)
     return np.concatenate([left, gap, right], axis=1)

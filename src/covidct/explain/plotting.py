@@ -119,3 +119,21 @@ def fit_within(rgb: np.ndarray, max_side: int, enlarge: bool = False) -> np.ndar
         return rgb
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return np.asarray(Image.fromarray(rgb).resize(size, Image.LANCZOS))
+
+
+#: Colour of lung outlines on pictures (cyan: apart from the heat maps' colours).
+OUTLINE_RGB = (0, 255, 255)
+
+
+def draw_outline(rgb: np.ndarray, mask: np.ndarray, colour=OUTLINE_RGB) -> np.ndarray:
+    """``rgb`` with the edge of ``mask`` drawn over it (about 1/200 of the picture thick)."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, bool)
+    if mask.shape != rgb.shape[:2]:
+        mask = resize_to(mask.astype(np.float32), rgb.shape[:2], order=0) > 0.5
+    width = max(1, round(max(mask.shape) / 200))
+    edge = mask & ~ndimage.binary_erosion(mask, iterations=width, border_value=1)
+    out = np.array(rgb, dtype=np.uint8, copy=True)
+    out[edge] = colour
+    return out

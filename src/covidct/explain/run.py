@@ -161,18 +161,23 @@ def _cohort_paths(data: str | os.PathLike, split: str) -> dict[str, Path]:
 
 
 def scan_arrays(model: Any, path: Path) -> tuple[np.ndarray, np.ndarray, float | None]:
-    """(pre-processed volume, 3D CNN input, in-plane field of view in mm) of one scan file.
+    """(pre-processed volume, 3D CNN input inside the lungs, in-plane field of view in mm)
+    of one scan file.
 
-    Goes through the model's own cached steps, so nothing is computed twice and the arrays
-    are exactly what the 3D CNN read during evaluation.
+    Goes through the model's own cached steps, so nothing is computed twice; the input is
+    what the 3D CNN read during evaluation, times the lung mask on its grid (as predictions
+    show it), so the pictures show the lungs, not the body outline or the table.
     """
+    from ..lungs import scan_lungs
     from ..scanio import load_scan
     from ..volumes.cache import file_digest
+    from ..volumes.pipeline import lung_grid
 
     scan = load_scan(path)
     content = "file:" + file_digest(path)
     volume, _ = model.volume(scan, content)
-    inputs, _ = model.network_input(volume, content)
+    raw, _ = model.raw_input(volume, content)
+    inputs = raw * lung_grid(scan_lungs(scan), scan, raw.shape)
     fov = float(scan.shape[2] * scan.spacing[2]) if scan.geometry_known else None
     return volume, inputs, fov
 

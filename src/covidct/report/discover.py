@@ -52,6 +52,7 @@ class Evaluation:
     galleries: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> index.json
     has_scores: bool = False
     tsne: Path | None = None
+    lungs: dict[str, Any] | None = None   # lungs.json: the lung mask scored (synthetic cohorts)
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -205,4 +206,6 @@ def _evaluation(folder: Path, files: set[str]) -> Evaluation | None:
             evaluation.galleries[kind] = index
     if "tsne.png" in files:
         evaluation.tsne = folder / "tsne.png"
+    if "lungs.json" in files:
+        evaluation.lungs = _read_json(folder / "lungs.json")
     return evaluation

@@ -328,7 +328,37 @@ def evaluation_html(ev: Evaluation, found: Findings) -> str:
     parts.append(_figures_html(ev, levels))
     parts.append(gallery_html(ev))
     parts.append(tsne_html(ev))
+    parts.append(lungs_html(ev))
     return "".join(parts)
+
+
+def lungs_html(ev: Evaluation) -> str:
+    """The lung mask against the true lungs and the involvement against the true lesion share
+    (lungs.json, written by covidct evaluate on covidct synth cohorts)."""
+    found = ev.lungs
+    if not found or not found.get("per_scan"):
+        return ""
+    versus = found.get("involvement_vs_truth") or {}
+    coverage = found.get("lesion_coverage") or {}
+    intro = key_values([
+        ("Scans", count(found.get("n_scans"))),
+        ("Lung mask Dice vs true lungs", f"mean {dec(found['dice']['mean'])}, min {dec(found['dice']['min'])}"),
+        ("True lesion voxels inside the mask", (f"mean {pct(coverage.get('mean'))}, min "
+                                                f"{pct(coverage.get('min'))}") if coverage else None),
+        ("Involvement vs true lesion % (research measurement)",
+         f"Pearson r {dec(versus.get('pearson_r'), 2)}, mean absolute error "
+         f"{dec(versus.get('mae_percent_points'), 2)} percentage points"),
+        ("Synthetic data", "yes" if found.get("synthetic") else "no"),
+    ])
+    rows = [[esc(e["patient_id"]), esc(e["label"]), dec(e["dice"]), dec(e.get("lesion_coverage"), 2),
+             dec(e["true_lesion_percent"], 1), dec(e["involved_percent"], 1), count(e["severity_score"])]
+            for e in found["per_scan"]]
+    body = intro + table(["Patient", "Class", "Dice", "Lesion coverage", "True lesion %",
+                          "Involved % (HU rule)", "Zone score (0-24)"], rows,
+                         caption="Lung mask (covidct.lungs, HU rule) and share of lung involved, per "
+                                 "scan. Involvement is a research measurement, not a clinical score.",
+                         raw=True)
+    return subsection("Lungs: mask and involvement", body)
 
 
 def _model_text(model: Mapping[str, Any]) -> str | None:
@@ -683,11 +713,39 @@ def predictions_section(found: Findings) -> str:
             ("Time", f"{sum(v for v in (content.get('timings_s') or {}).values() if isinstance(v, (int, float)) and not isinstance(v, bool)):.1f} s"
              if content.get("timings_s") else None),
         ]))
+        parts.append(_prediction_lungs(content.get("lungs") or {}))
         for picture in pred.pictures[:6]:
             parts.append(figure(img(picture.read_bytes(), "image/png", picture.stem, css="picture"),
                                 _picture_title(picture.stem, method),
                                 HOW["infection"] if "infection" in picture.stem else ""))
+    shown: set[Path] = set()
+    for pred in found.predictions:  # one lung picture per prediction folder
+        picture = pred.path.parent / "lungs.png"
+        if picture.is_file() and picture not in shown:
+            shown.add(picture)
+            parts.append(figure(img(picture.read_bytes(), "image/png", "lung mask", css="picture"),
+                                f"Lung mask used by both methods ({found.relative(pred.path.parent)})",
+                                "Right lung outlined in cyan, left in yellow (covidct.lungs, HU rule)."))
     return section("predictions", "Example predictions", "".join(parts))
+
+
+def _prediction_lungs(lungs: Mapping[str, Any]) -> str:
+    """The lung volumes and involvement of a prediction (a research measurement)."""
+    found = lungs.get("involvement")
+    if not isinstance(found, Mapping):
+        return ""
+    volumes = found.get("lung_volume_ml") or {}
+    zones = ", ".join(f"{z.get('zone')} {z.get('score')}" for z in found.get("zones") or [])
+    return key_values([
+        ("Lung volume (right / left)", f"{volumes.get('right')} / {volumes.get('left')} mL"),
+        ("Lung with infection-like density (research measurement)",
+         f"{found.get('involved_percent')}% ({found.get('involved_ml')} mL; ground glass "
+         f"{found.get('ground_glass_percent')}%, consolidation {found.get('consolidation_percent')}%)"),
+        ("Lung under the CovidCTNet infection map", (f"{found['map_share_percent']}% (map > "
+                                                     f"{found.get('map_threshold')})")
+         if "map_share_percent" in found else None),
+        ("Zone scores (0-4 each; total 0-24)", f"{zones}; total {found.get('severity_score')}"),
+    ])
 
 
 PICTURE_TITLES = {"infection-slices": "Infection map on the most affected slices",

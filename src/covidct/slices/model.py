@@ -8,12 +8,11 @@ Prediction on a scan (:meth:`SliceClassifier.predict`):
 
 1. The scan must be axial. HU scans are mapped to 8 bits with the COVIDx lung window
    ([-1350, 150] HU); 8-bit pictures are taken as they are (assumed lung-windowed).
-2. Lung slices are chosen: on a 4x-subsampled copy of each slice the body is found
-   (:func:`covidct.windowing.body_mask`), and a slice counts as a lung slice when at least
-   ``LUNG_FRACTION`` (10%) of its body pixels are in the lung range (below -400 HU, gray
-   value 162 in the lung window) and the body covers at least 2% of the picture. When no
-   slice qualifies (a picture of the abdomen, a very tight crop) every slice is used and
-   the aggregation text says so. Of long series at most ``MAX_SLICES`` (32) evenly spaced
+2. Lung slices are chosen from the scan's lung mask (:func:`covidct.lungs.scan_lungs`,
+   shared with CovidCTNet): a slice is a lung slice when it holds at least
+   ``covidct.lungs.LUNG_SLICE_MM2`` (2 cm^2) of lung. When the mask finds no lungs
+   (a picture of the abdomen, a very tight crop) every slice is used and the aggregation
+   text says so. Of long series at most ``MAX_SLICES`` (32) evenly spaced
    lung slices are scored: ResNet-v2 50x1 at 480 px scores about 1.2 slices/s on 2 CPU
    cores, so a 300-slice series stays under a minute (set ``max_slices`` for more).
 3. Each chosen slice is cropped to its automatic body box (:func:`covidct.windowing.body_box`,
@@ -40,7 +39,8 @@ from ..errors import ModelError
 from ..metrics import aggregate_by_patient
 from ..prediction import Prediction, Scores
 from ..scan import SAFE_METADATA_KEYS, Scan
-from ..windowing import COVIDX_LUNG, body_box, body_mask, get_window
+from ..lungs import LUNG_SLICE_MM2, lung_report, scan_lungs
+from ..windowing import COVIDX_LUNG, body_box, get_window
 from .data import (COVIDxDataset, EvalTransform, collate, crop_box, find_synthetic_marker,
                    normalize)
 from .weights import WeightsSource, load_weights, resolve, zero_head
@@ -50,17 +50,14 @@ DEFAULT_ARCH = "resnetv2_50x1_bit"
 #: named as in BiT) of 0.5 M parameters: not in the paper; for tests and quick CPU demos.
 TINY_ARCH = "resnetv2_tiny_bit"
 
-#: Slice selection and aggregation rules for scans (see the module docstring).
-LUNG_FRACTION = 0.10
-LUNG_HU = -400.0
-MIN_BODY_FRACTION = 0.02
+#: At most this many lung slices are scored per scan (see the module docstring).
 MAX_SLICES = 32
 
 
 def aggregation_rule(max_slices: int = MAX_SLICES) -> str:
     """The patient-level rule, in words, for prediction outputs."""
-    return (f"mean of per-slice class probabilities over the scored lung slices (slices with "
-            f">= {LUNG_FRACTION:.0%} of the body below {LUNG_HU:.0f} HU; at most {max_slices}, "
+    return (f"mean of per-slice class probabilities over the scored lung slices (slices whose "
+            f"lung-mask area is >= {LUNG_SLICE_MM2:.0f} mm^2; at most {max_slices}, "
             "evenly spaced)")
 
 
@@ -132,9 +129,8 @@ def _check_materialised(net: torch.nn.Module) -> None:
 
 
 def lung_slices(scan: Scan, max_slices: int = MAX_SLICES) -> tuple[np.ndarray, bool]:
-    """Indices of the slices to score, and whether the lung rule found any (see module doc)."""
-    fractions = np.array([_lung_fraction(_slice_uint8(scan, k)) for k in range(scan.n_slices)])
-    chosen = np.flatnonzero(fractions >= LUNG_FRACTION)
+    """Indices of the slices to score, and whether the lung mask found any (see module doc)."""
+    chosen = scan_lungs(scan).lung_slices()
     found = chosen.size > 0
     if not found:
         chosen = np.arange(scan.n_slices)
@@ -160,17 +156,6 @@ def scan_body_box(pixels: np.ndarray) -> tuple[int, int, int, int]:
     h, w = pixels.shape
     return (x0 * stride, y0 * stride, min(w - 1, x1 * stride + stride - 1),
             min(h - 1, y1 * stride + stride - 1))
-
-
-def _lung_fraction(pixels: np.ndarray) -> float:
-    stride = max(1, min(pixels.shape) // 128)
-    small = pixels[::stride, ::stride]
-    body = body_mask(small, "windowed", COVIDX_LUNG)
-    n_body = int(body.sum())
-    if n_body < MIN_BODY_FRACTION * small.size:
-        return 0.0
-    lung_gray = (LUNG_HU - COVIDX_LUNG.low) / COVIDX_LUNG.width * 255.0
-    return float(((small < lung_gray) & body).sum()) / n_body
 
 
 # The trained model --------------------------------------------------------------------
@@ -295,7 +280,7 @@ class SliceClassifier:
         return Prediction(
             method=METHOD_BIT, class_names=self.class_names, probabilities=patient,
             aggregation=aggregation, slice_probabilities=probs, slice_indices=indices,
-            model=self.info(), scan=scan_summary(scan),
+            model=self.info(), scan=scan_summary(scan), lungs=lung_report(scan),
             timings={"select_slices": selected - start, "crop": cropped - selected,
                      "inference": done - cropped})
 
@@ -320,15 +305,20 @@ class SliceClassifier:
         """(slice index, RGB picture) of Grad-CAM for the called class on the ``n_slices``
         slices that drove the call most (highest probability of that class)."""
         from ..explain import gradcam_picture, slice_gradcam
+        from .data import crop_box
 
         called = self.class_names.index(prediction.label)
         order = np.argsort(-np.asarray(prediction.slice_probabilities)[:, called], kind="stable")
+        lungs = scan_lungs(scan)
         pictures = []
         for row in order[:n_slices]:
             k = int(prediction.slice_indices[row])
             pixels = _slice_uint8(scan, k)
-            cam = slice_gradcam(self, pixels, scan_body_box(pixels), class_index=called)
-            pictures.append((k, gradcam_picture(cam["pixels"], cam["cam"])))
+            box = scan_body_box(pixels)
+            cam = slice_gradcam(self, pixels, box, class_index=called)
+            # The lung outline, so a reader sees whether the heat is in the lung.
+            outline = crop_box(lungs.labels[k], box) > 0
+            pictures.append((k, gradcam_picture(cam["pixels"], cam["cam"], lungs=outline)))
         return pictures
 
     def save_pictures(self, prediction: Prediction, scan: Scan, out_dir: str | Path,

@@ -13,7 +13,7 @@ Vessels and airways are branching trees rasterised as tapered tubes (:func:`rast
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -59,6 +59,7 @@ class Body:
     rib_drop: float            # how much lower a rib is at the front than at the back
     heart: tuple[float, float, float]  # heart semi-axes (x, y, z)
     stomach_gas: bool
+    stomach_high: bool = False  # a large gas bubble right under the left dome (variant)
 
     @property
     def cavity(self) -> tuple[float, float]:
@@ -96,6 +97,33 @@ def sample_body(rng: np.random.Generator) -> Body:
         heart=(a * rng.uniform(0.28, 0.33), b * rng.uniform(0.26, 0.32), rng.uniform(45, 55)),
         stomach_gas=bool(rng.random() < 0.6),
     )
+
+
+#: Harder-than-default anatomy, for testing lung masks and slice selection (see :func:`vary`).
+VARIANTS = ("thin-wall", "off-centre", "fov-edge", "stomach-gas", "table-close")
+
+
+def vary(body: Body, variants: tuple[str, ...] | list[str]) -> Body:
+    """``body`` with the named harder variants (default phantoms are easier than real
+    anatomy here): a thin chest wall (1.5 mm fat, 2.5 mm muscle outside the ribs), the body
+    off-centre (half-way to the edge) or crossing the field of view's right edge by 4 mm, a
+    large stomach gas bubble right under the left diaphragm dome, the table touching the
+    back (1 mm gap at the midline, the curved table meets the body at the sides)."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown anatomy variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    changes: dict = {}
+    if "thin-wall" in variants:
+        changes.update(fat=1.5, muscle=2.5)
+    if "off-centre" in variants:
+        changes["cx"] = 0.5 * (body.fov / 2 - body.a)
+    if "fov-edge" in variants:
+        changes["cx"] = body.fov / 2 - body.a + 4.0
+    if "stomach-gas" in variants:
+        changes.update(stomach_gas=True, stomach_high=True)
+    if "table-close" in variants:
+        changes["cy"] = body.table_y - 1.0 - body.b
+    return replace(body, **changes)
 
 
 @dataclass
@@ -482,8 +510,24 @@ def _add_abdomen(tissue: np.ndarray, body: Body, grid: Grid, side: np.ndarray) -
         return
     ac, bc = body.cavity
     cav_cy = body.cy - 4.0
+    if body.stomach_high:
+        # The fundus under the dome: its top a few mm below the lowest lung above it.
+        centre = (body.z_base + body.dome_l - 18.0, cav_cy - 0.15 * bc, body.cx + 0.4 * ac)
+        _ellipsoid(tissue, grid, centre, (15.0, 0.3 * bc, 0.27 * ac), GAS, (SPLEEN,))
+        _keep_diaphragm(tissue, grid)
+        return
     centre = (body.z_base + body.dome_l - 22.0, cav_cy - 0.2 * bc, body.cx + 0.45 * ac)
     _ellipsoid(tissue, grid, centre, (14.0, 0.22 * bc, 0.2 * ac), GAS, (SPLEEN,))
+
+
+def _keep_diaphragm(tissue: np.ndarray, grid: Grid, thickness_mm: float = 4.0) -> None:
+    """Gas never touches the lung: a diaphragm (spleen tissue) of ``thickness_mm`` stays."""
+    gas = tissue == GAS
+    lung = np.isin(tissue, LUNGS)
+    box = tuple(slice(max(0, i.min() - 4), i.max() + 5) for i in np.nonzero(gas))
+    dist = ndimage.distance_transform_edt(~lung[box], sampling=grid.spacing)
+    view = tissue[box]
+    view[(view == GAS) & (dist < thickness_mm)] = SPLEEN
 
 
 def _lung_texture(hu: np.ndarray, tissue: np.ndarray, body: Body, grid: Grid, maps: dict,

@@ -105,6 +105,19 @@ def patient_seed(seed: int, index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(int(seed), spawn_key=(1, int(index)))
 
 
+#: Share of patients that get each variant listed in CohortSettings.variants.
+VARIANT_SHARE = 0.5
+
+
+def patient_variants(settings: CohortSettings, index: int) -> tuple[str, ...]:
+    """The harder-anatomy variants of patient ``index``, from their own random stream (so the
+    rest of the patient is the same with or without variants)."""
+    if not settings.variants:
+        return ()
+    rng = np.random.default_rng([settings.seed, index, 1414])
+    return tuple(v for v in settings.variants if rng.random() < VARIANT_SHARE)
+
+
 def assign_classes(n: int, rng: np.random.Generator) -> list[str]:
     """Balanced classes (counts differ by at most one), in a seeded random order."""
     labels = [SLICE_CLASSES[i % len(SLICE_CLASSES)] for i in range(n)]
@@ -171,7 +184,8 @@ def generate_cohort(out: str | os.PathLike, settings: CohortSettings = CohortSet
             patient = make_patient(label, seed=patient_seed(settings.seed, i),
                                    difficulty=settings.difficulty,
                                    matrix=settings.matrix, slice_mm=settings.slice_mm,
-                                   max_slices=settings.max_slices)
+                                   max_slices=settings.max_slices,
+                                   variants=patient_variants(settings, i))
             record, lines = _write_patient(tmp, patient, pid, number, split, settings)
             covidx_lines[split] += lines
             summary.records.append(record)
@@ -200,6 +214,8 @@ def _refuse_foreign(out: Path) -> None:
 
 def _settings_json(settings: CohortSettings) -> dict:
     data = asdict(settings)
+    if not data["variants"]:
+        del data["variants"]  # so that cohorts made before variants existed still match
     data["synthetic"] = True
     data["notice"] = SYNTHETIC_NOTICE
     return data

@@ -70,7 +70,7 @@ class Patient:
 
 def make_patient(label: str, *, seed: int | np.random.SeedSequence = 0, difficulty: float = 0.3,
                  matrix: int = 512, slice_mm: float | tuple[float, float] = (1.0, 5.0),
-                 max_slices: int | None = None) -> Patient:
+                 max_slices: int | None = None, variants: tuple[str, ...] = ()) -> Patient:
     """Generate one SYNTHETIC chest CT of class ``label`` ("Normal", "CP" or "NCP").
 
     The anatomy depends only on ``seed`` (not on the class or difficulty), so one seed gives
@@ -79,7 +79,9 @@ def make_patient(label: str, *, seed: int | np.random.SeedSequence = 0, difficul
     reconstruction spacings within ``slice_mm`` (or taken as given); when the scan, from the
     upper abdomen to the thoracic inlet, would exceed ``max_slices`` slices, the spacing is
     widened so that it still covers the same range. See :mod:`covidct.synth.findings` for
-    what ``difficulty`` does.
+    what ``difficulty`` does. ``variants`` (:data:`covidct.synth.anatomy.VARIANTS`) make
+    the anatomy harder for lung masks: thin chest wall, off-centre, at the field of view's
+    edge, stomach gas under the diaphragm, table touching the back.
     """
     _check(label, difficulty, matrix, slice_mm, max_slices)
     seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(int(seed))
@@ -88,6 +90,11 @@ def make_patient(label: str, *, seed: int | np.random.SeedSequence = 0, difficul
         np.random.default_rng(np.random.SeedSequence(seq.entropy, spawn_key=(*seq.spawn_key, k)))
         for k in range(3))
     body = anatomy.sample_body(body_rng)
+    if variants:
+        try:
+            body = anatomy.vary(body, tuple(variants))
+        except ValueError as exc:
+            raise CovidctError(str(exc)) from None
     grid = _grid(body, matrix, slice_mm, max_slices, body_rng)
     built = anatomy.build(body, grid, body_rng)
     hu = built.hu

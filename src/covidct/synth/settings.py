@@ -23,6 +23,9 @@ class CohortSettings:
     max_slices: int | None = 120
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
     formats: tuple[str, ...] = FORMATS
+    #: Harder anatomy (covidct.synth.anatomy.VARIANTS); each patient gets each listed variant
+    #: with probability covidct.synth.cohort.VARIANT_SHARE. Empty (the default) leaves every cohort as it was.
+    variants: tuple[str, ...] = ()
 
     def check(self) -> "CohortSettings":
         """Raise CovidctError on a setting that cannot work (the CLI makes it one line)."""
@@ -40,6 +43,12 @@ class CohortSettings:
         if len(self.split) != 3 or any(f < 0 for f in self.split) or sum(self.split) <= 0:
             raise CovidctError(f"--split needs three non-negative fractions (train val test) "
                                f"with a positive sum, got {' '.join(map(str, self.split))}")
+        if self.variants:
+            from .anatomy import VARIANTS  # numpy and scipy: only when variants are asked for
+
+            odd = [v for v in self.variants if v not in VARIANTS]
+            if odd:
+                raise CovidctError(f"--variants: unknown {', '.join(odd)}; choose from {','.join(VARIANTS)}")
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown or not self.formats:
             raise CovidctError(f"--formats: unknown {', '.join(unknown) or '(none given)'}; "

@@ -3,7 +3,8 @@
 The overlays and projections themselves come from :mod:`covidct.explain.infection` (one
 drawing of infection maps for the whole project); this module lays them out as two PNGs:
 
-* ``covidctnet-infection-slices.png``: the most affected slices, each pre-processed slice
+* ``covidctnet-infection-slices.png``: the most affected slices (by the map inside the lung
+  mask), each pre-processed slice with the lung outline
   above the same slice with the infection map over it;
 * ``covidctnet-infection-mip.png``: axial and coronal maximum-intensity projections.
 """
@@ -62,9 +63,10 @@ def _save(image: Image.Image, path: Path) -> Path:
 
 
 def write_pictures(prediction: Prediction, volume: np.ndarray, out_dir: Path,
-                   fov_mm: float | None = None) -> list[Path]:
-    """Write the slice sheet and the projections of ``prediction``'s infection map;
-    ``fov_mm`` (the scan's in-plane field of view) gives the coronal view its proportions."""
+                   fov_mm: float | None = None, lungs: np.ndarray | None = None) -> list[Path]:
+    """Write the slice sheet and the projections of ``prediction``'s infection map (inside
+    the lungs); ``fov_mm`` (the scan's in-plane field of view) gives the coronal view its
+    proportions; ``lungs`` (the lung mask on the volume's grid) is outlined on the slices."""
     from ..explain.infection import map_scale, projections, slice_overlay, top_slices, volume_index
 
     infection = prediction.maps.get(INPUT_INFECTION)
@@ -76,11 +78,18 @@ def write_pictures(prediction: Prediction, volume: np.ndarray, out_dir: Path,
     head = f"CovidCTNet: {prediction.label} {prediction.confidence:.0%}{tag}"
     out_dir = Path(out_dir)
 
+    from ..explain.plotting import draw_outline
+
     chosen = top_slices(infection, k=N_SLICES)
-    plain = [_tile(_gray(volume[volume_index(d, len(infection), len(volume))])) for d in chosen]
-    overlaid = [_tile(slice_overlay(volume, infection, d, scale)) for d in chosen]
+    under = [volume_index(d, len(infection), len(volume)) for d in chosen]
+    plain = [_gray(volume[k]) for k in under]
+    overlaid = [slice_overlay(volume, infection, d, scale) for d in chosen]
+    if lungs is not None:
+        plain = [draw_outline(rgb, lungs[k] > 0) for rgb, k in zip(plain, under)]
+        overlaid = [draw_outline(rgb, lungs[k] > 0) for rgb, k in zip(overlaid, under)]
+    plain, overlaid = [_tile(t) for t in plain], [_tile(t) for t in overlaid]
     title = (f"{head}. Slices {', '.join(str(d + 1) for d in chosen)} of {len(infection)}\n"
-             f"top: pre-processed; bottom: infection map (slice minus BCDU-Net output)")
+             f"top: pre-processed, lung outline; bottom: infection map inside the lungs")
     paths = [_save(_sheet([plain, overlaid], title), out_dir / f"{prediction.method}-infection-slices.png")]
 
     views = projections(volume, infection, scale, fov_mm=fov_mm)

@@ -19,9 +19,10 @@ from ..errors import ModelError
 from ..models import save_model_file
 from ..prediction import Prediction, Scores
 from ..scan import Scan
+from ..lungs import MAP_THRESHOLD, _percent, lung_report, resample_nearest, scan_lungs
 from .cache import ArrayCache, file_digest, scan_digest, weights_digest
 from .infection import cnn_input
-from .preprocess import check_scan, preprocess_volume
+from .preprocess import canonical_flips, check_scan, preprocess_volume
 from .settings import INPUT_INFECTION, VolumeSettings
 
 log = logging.getLogger(__name__)
@@ -128,18 +129,30 @@ class CovidCTNet:
         self.cache.save(key, volume)
         return volume, "miss"
 
-    def network_input(self, volume: np.ndarray, content: str) -> tuple[np.ndarray, str]:
-        """The (volume_slices, S, S) array the 3D CNN reads (infection map or plain volume)."""
+    def raw_input(self, volume: np.ndarray, content: str) -> tuple[np.ndarray, str]:
+        """The (volume_slices, S, S) infection map or plain volume, before any lung mask."""
         if self.settings.input != INPUT_INFECTION:
             return cnn_input(volume, None, self.settings), "n/a"
-        key = ArrayCache.key("infection", content,
-                             {**self.settings.to_dict(), "denoiser": self._weights_key()})
+        # mask_input does not change the map itself: leave it out of the key.
+        settings = {k: v for k, v in self.settings.to_dict().items() if k != "mask_input"}
+        key = ArrayCache.key("infection", content, {**settings, "denoiser": self._weights_key()})
         cached = self.cache.load(key)
         if cached is not None:
             return cached[0], "hit"
         array = cnn_input(volume, self.denoiser, self.settings)
         self.cache.save(key, array)
         return array, "miss"
+
+    def network_input(self, volume: np.ndarray, content: str,
+                      lungs: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+        """The (volume_slices, S, S) array the 3D CNN reads (infection map or plain volume),
+        times the lung mask on its grid (``lungs``) when ``settings.mask_input``."""
+        array, state = self.raw_input(volume, content)
+        if self.settings.mask_input:
+            if lungs is None:
+                raise ModelError("this CovidCTNet reads lung-masked inputs: a lung mask is needed")
+            array = array * lungs
+        return array, state
 
     def classify(self, inputs: np.ndarray) -> np.ndarray:
         """Class probabilities (N, C) for (N, D, S, S) network inputs."""
@@ -164,19 +177,33 @@ class CovidCTNet:
         volume, volume_cache = self.volume(scan, content)
         timings["preprocess"] = time.perf_counter() - start
         mark = time.perf_counter()
-        inputs, input_cache = self.network_input(volume, content)
+        raw, input_cache = self.raw_input(volume, content)
         timings["infection_map" if self.settings.input == INPUT_INFECTION else "resize"] = \
             time.perf_counter() - mark
         mark = time.perf_counter()
+        lungs = lung_grid(scan_lungs(scan), scan, raw.shape)
+        timings["lung_mask"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        inputs = raw * lungs if self.settings.mask_input else raw
         probabilities = self.classify(inputs[None])[0]
         timings["classify"] = time.perf_counter() - mark
         timings["total"] = time.perf_counter() - start
         kind = "infection map" if self.settings.input == INPUT_INFECTION else "volume"
+        maps = {self.settings.input: inputs}
+        report = lung_report(scan)
+        if self.settings.input == INPUT_INFECTION:
+            # Reported inside the lungs (pictures, projections, most affected slices); the
+            # map as the network computed it stays available.
+            maps = {INPUT_INFECTION: raw * lungs, INPUT_INFECTION + "_raw": raw}
+            if report.get("involvement"):
+                report = {**report, "involvement": {
+                    **report["involvement"], "map_threshold": MAP_THRESHOLD,
+                    "map_share_percent": _percent(((lungs > 0) & (raw > MAP_THRESHOLD)).sum(), lungs.sum())}}
         return Prediction(
             method=self.method, class_names=self.class_names, probabilities=probabilities,
             aggregation=(f"one 3D CNN call on the whole scan's {kind} "
                          f"({'x'.join(map(str, self.settings.volume_shape))}), softmax over classes"),
-            maps={self.settings.input: inputs},
+            maps=maps, lungs=report,
             model=self.describe(),
             scan=_scan_info(scan, volume, warnings, {"volume": volume_cache, "input": input_cache}),
             timings=timings)
@@ -201,8 +228,24 @@ class CovidCTNet:
     def input_for_file(self, path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
         """The network input for a scan file/folder (cached like volume_for_file)."""
         volume, meta = self.volume_for_file(path)
-        inputs, _ = self.network_input(volume, self._file_content(path))
+        content = self._file_content(path)
+        lungs = self._lungs_for_file(path, content) if self.settings.mask_input else None
+        inputs, _ = self.network_input(volume, content, lungs)
         return inputs, meta
+
+    def _lungs_for_file(self, path: str | os.PathLike, content: str) -> np.ndarray:
+        """The lung mask on the network's grid for a scan file (cached by the file's bytes)."""
+        from ..scanio import load_scan
+
+        shape = self.settings.volume_shape
+        key = ArrayCache.key("lungs", content, {"shape": list(shape), "rule": "hu-v1"})
+        cached = self.cache.load(key)
+        if cached is not None:
+            return cached[0]
+        scan = load_scan(path)
+        grid = lung_grid(scan_lungs(scan), scan, shape)
+        self.cache.save(key, grid)
+        return grid
 
     def _file_content(self, path: str | os.PathLike) -> str:
         # Hashing a DICOM folder reads every file: remember it for this object's lifetime.
@@ -263,7 +306,18 @@ class CovidCTNet:
 
         volume, _ = self.volume(scan)
         fov = scan.shape[2] * scan.spacing[2] if scan.geometry_known else None
-        return write_pictures(prediction, volume, Path(out_dir), fov_mm=fov)
+        lungs = lung_grid(scan_lungs(scan), scan, volume.shape)
+        return write_pictures(prediction, volume, Path(out_dir), fov_mm=fov, lungs=lungs)
+
+
+def lung_grid(mask, scan: Scan, shape: tuple[int, ...]) -> np.ndarray:
+    """The lung mask (0/1 float32) on the network's grid: canonical orientation, then
+    nearest-neighbour resampling to ``shape`` (both span the whole scan)."""
+    labels = mask.labels
+    for axis, flip in enumerate(canonical_flips(scan.direction)):
+        if flip:
+            labels = np.flip(labels, axis=axis)
+    return resample_nearest(labels > 0, tuple(shape)).astype(np.float32)
 
 
 def _cpu_state(module) -> dict[str, Any]:

@@ -28,6 +28,9 @@ class VolumeSettings:
     max_denoised_slices: int = 100
     denoiser_width: int = 32       # BCDU-Net base channels (32-64-128-256 in the method)
     input: str = INPUT_INFECTION
+    #: Multiply the 3D CNN's input by the lung mask (covidct.lungs) on its grid. The method
+    #: has no lung mask (False); True is this project's variant, with an ablation row.
+    mask_input: bool = False
 
     def __post_init__(self) -> None:
         # BCDU-Net pools three times (multiples of 8); the 3D CNN's unpadded first conv and

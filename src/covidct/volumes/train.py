@@ -63,6 +63,8 @@ class TrainConfig:
     lr: float = 1e-4
     patience: int = 10
     ablation: bool = True
+    #: Also train the 3D CNN on lung-masked infection maps (covidct.lungs; not in the paper).
+    lung_ablation: bool = False
     # data and machinery
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -126,9 +128,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
             plain = _new_model(config, INPUT_VOLUME, None, cache)
             summary["ablation"] = train_classifier(config, run, cohort, plain, "ablation", device,
                                                    run.ablation_model)
+        if config.lung_ablation:
+            masked = _new_model(config, INPUT_INFECTION, denoiser, cache, mask_input=True)
+            summary["lung_masked"] = train_classifier(config, run, cohort, masked, "lung_masked",
+                                                      device, run.root / "lung-masked" / "model.pt")
         summary["comparison"] = _comparison(summary)
     summary["synthetic"] = bool(summary.get("synthetic") or cohort.synthetic or any(
-        (summary.get(k) or {}).get("synthetic") for k in ("denoiser", "classifier", "ablation")))
+        (summary.get(k) or {}).get("synthetic")
+        for k in ("denoiser", "classifier", "ablation", "lung_masked")))
     if summary["synthetic"]:
         summary["synthetic_notice"] = SYNTHETIC_NOTICE
     summary["disclaimer"] = DISCLAIMER
@@ -294,7 +301,8 @@ def train_classifier(config: TrainConfig, run: RunFolder, cohort: Cohort, net: C
                                       or any(a[2] for a in arrays.values())),
                     "stage": stage, "epochs_run": loop.epochs_run, "best_epoch": loop.best_epoch,
                     "seed": config.seed}
-    net.info["name"] = "covidctnet" if stage == "classifier" else "covidctnet-ablation"
+    net.info["name"] = {"classifier": "covidctnet", "lung_masked": "covidctnet-lung-masked"}.get(
+        stage, "covidctnet-ablation")
     net.save(model_path)
     results["synthetic"] = net.training["synthetic"]
     return results
@@ -314,12 +322,14 @@ def _network_inputs(net: CovidCTNet, items: list[CohortItem], desc: str,
     return x, y, synthetic
 
 
-def _new_model(config: TrainConfig, input_kind: str, denoiser, cache) -> CovidCTNet:
+def _new_model(config: TrainConfig, input_kind: str, denoiser, cache,
+               mask_input: bool = False) -> CovidCTNet:
     import torch
 
-    torch.manual_seed(config.seed)  # the main model and the ablation start from the same draw
+    torch.manual_seed(config.seed)  # the main model and the ablations start from the same draw
     classes = BINARY_CLASSES if config.binary else VOLUME_CLASSES
-    return CovidCTNet.build(config.settings(input_kind), classes, denoiser, cache=cache)
+    settings = replace(config.settings(input_kind), mask_input=mask_input)
+    return CovidCTNet.build(settings, classes, denoiser, cache=cache)
 
 
 def _metrics(y_true: np.ndarray, y_prob: np.ndarray, class_names) -> dict[str, Any]:
@@ -339,7 +349,8 @@ def _comparison(summary: dict[str, Any]) -> dict[str, Any]:
     """CovidCTNet vs the ablation on the same split, side by side (the method's Fig. 1)."""
     rows = []
     for key, name in (("classifier", "3D CNN on infection maps (BCDU-Net + Perlin noise)"),
-                      ("ablation", "3D CNN on plain volumes (no BCDU-Net, no Perlin noise)")):
+                      ("ablation", "3D CNN on plain volumes (no BCDU-Net, no Perlin noise)"),
+                      ("lung_masked", "3D CNN on lung-masked infection maps (covidct; not in the paper)")):
         result = summary.get(key)
         if not result:
             continue

@@ -142,7 +142,18 @@ function show(res) {
     const file = (m.file && typeof m.file === 'object') ? m.file.name : m.file;
     meta.textContent = 'model ' + (file || m.name || method) + ', covidct ' + (m.version || m.covidct_version || '?') +
         (m.synthetic ? ', trained on SYNTHETIC data' : '') + '; ' + pred.aggregation;
-    box.appendChild(meta); probs.appendChild(box);
+    box.appendChild(meta);
+    const inv = (pred.lungs || {}).involvement;
+    if (inv) {  // textContent only: numbers from the result JSON, never markup
+      const lungs = document.createElement('div'); lungs.className = 'meta lungs';
+      const v = inv.lung_volume_ml || {};
+      lungs.textContent = 'Lungs (research measurement): right ' + v.right + ' mL, left ' + v.left +
+          ' mL; ' + inv.involved_percent + '% with infection-like density' +
+          (inv.map_share_percent !== undefined ? ', ' + inv.map_share_percent + '% under the infection map' : '') +
+          '; zone score ' + inv.severity_score + '/24';
+      box.appendChild(lungs);
+    }
+    probs.appendChild(box);
   }
   for (const [method, err] of Object.entries(res.errors || {})) {
     const p = document.createElement('p'); p.className = 'error'; p.textContent = method + ' not run: ' + err; probs.appendChild(p);

@@ -1,0 +1,153 @@
+"""Both methods look inside the lung mask: BiT's slice choice, CovidCTNet's maps, the
+involvement figures in `covidct predict` (SYNTHETIC phantoms, untrained tiny networks)."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from covidct.lungs import scan_lungs
+from covidct.synth.patient import make_patient
+
+
+@pytest.fixture(scope="module")
+def thin_wall():
+    return make_patient("NCP", seed=11, difficulty=0.5, matrix=160, slice_mm=2.5,
+                        variants=("thin-wall", "stomach-gas"))
+
+
+def test_slice_classifier_keeps_every_lesion_slice_of_a_thin_chest_wall(thin_wall):
+    from covidct.slices.model import lung_slices
+
+    chosen, found = lung_slices(thin_wall.scan, max_slices=10 ** 9)
+    lesion = set(thin_wall.lesion_slices().tolist())
+    assert found and lesion and lesion <= set(chosen.tolist())
+    # ... and no slice below the lungs (the stomach gas slices under the diaphragm).
+    truth = set(np.flatnonzero(thin_wall.lung.any(axis=(1, 2))).tolist())
+    assert set(chosen.tolist()) <= truth
+
+
+def test_covidctnet_reports_its_map_inside_the_lungs(thin_wall):
+    import torch
+
+    from covidct.volumes.bcdunet import BCDUNet
+    from covidct.volumes.pipeline import CovidCTNet, lung_grid
+    from covidct.volumes.settings import VolumeSettings
+
+    torch.manual_seed(0)
+    settings = VolumeSettings(slice_size=40, volume_slices=34, denoiser_width=4,
+                              max_denoised_slices=20)
+    net = CovidCTNet.build(settings, denoiser=BCDUNet(4))
+    prediction = net.predict(thin_wall.scan)
+    raw, masked = prediction.maps["infection_raw"], prediction.maps["infection"]
+    lungs = lung_grid(scan_lungs(thin_wall.scan), thin_wall.scan, raw.shape)
+    assert raw.shape == masked.shape == (34, 40, 40)
+    assert np.all(masked[lungs == 0] == 0) and np.abs(raw[lungs == 0]).sum() > 0
+    np.testing.assert_array_equal(masked[lungs > 0], raw[lungs > 0])
+    found = prediction.to_dict()["lungs"]["involvement"]
+    assert found["research_measurement"] and 0 <= found["map_share_percent"] <= 100
+    # The setting that masks the 3D CNN's input (the paper has none) changes what it reads.
+    masked_net = CovidCTNet(net.classifier, net.denoiser, VolumeSettings(
+        **{**settings.to_dict(), "mask_input": True}))
+    assert not np.allclose(masked_net.predict(thin_wall.scan).probabilities, prediction.probabilities)
+
+
+def test_predict_writes_lung_figures_and_outlined_gradcam(tmp_path, run_cli):
+    from conftest import save_tiny_bit_model
+    from covidct.synth.cohort import CohortSettings, generate_cohort
+
+    cohort = tmp_path / "cohort"
+    generate_cohort(cohort, CohortSettings(patients=1, seed=5, matrix=128, slice_mm=(5.0, 5.0),
+                                           max_slices=40, formats=("nifti",)), progress=False)
+    scan = next(cohort.glob("patients/*/ct.nii.gz"))
+    model = save_tiny_bit_model(tmp_path / "bit.pt", seed=0, resize=64, crop=64)
+    out = tmp_path / "out"
+    rc, stdout, stderr = run_cli("predict", scan, "--model", model, "--out", out, timeout=300)
+    assert rc == 0, stderr
+    result = json.loads((out / "bit.json").read_text())
+    lungs = result["lungs"]
+    assert lungs["mask"]["found"] and lungs["mask"]["volumes_ml"]["total"] > 500
+    found = lungs["involvement"]
+    assert found["research_measurement"] and "research measurement" in found["note"]
+    assert len(found["zones"]) == 6 and 0 <= found["severity_score"] <= 24
+    rows = dict(csv.reader((out / "bit-lungs.csv").read_text().splitlines()[1:]))
+    assert float(rows["involved_percent"]) == pytest.approx(found["involved_percent"])
+    assert len(result["slices"]) <= lungs["mask"]["n_lung_slices"]
+    # Grad-CAM pictures carry the lung outline (cyan) on the plain slice at the left.
+    from PIL import Image
+
+    from covidct.explain.plotting import OUTLINE_RGB
+
+    pictures = sorted(out.glob("bit-gradcam-*.png"))
+    assert pictures
+    with Image.open(pictures[0]) as image:
+        rgb = np.asarray(image.convert("RGB"))
+    left = rgb[:, : rgb.shape[1] // 2]
+    assert (left == OUTLINE_RGB).all(axis=-1).sum() > 50
+
+
+def test_evaluate_scores_the_lung_mask_and_involvement_on_a_synthetic_cohort(tmp_path, run_cli):
+    from conftest import save_tiny_bit_model
+    from covidct.synth.cohort import CohortSettings, generate_cohort
+
+    cohort = tmp_path / "cohort"
+    generate_cohort(cohort, CohortSettings(patients=5, seed=8, matrix=96, slice_mm=(5.0, 5.0),
+                                           max_slices=40, split=(1.0, 0.0, 0.0),
+                                           formats=("nifti", "covidx")), progress=False)
+    model = save_tiny_bit_model(tmp_path / "bit.pt", seed=0, resize=64, crop=64)
+    out = tmp_path / "eval"
+    rc, stdout, stderr = run_cli("evaluate", cohort / "covidx", "--model", model, "--split", "train",
+                                 "--n-boot", "20", "--out", out, timeout=300)
+    assert rc == 0, stderr
+    assert "Lung mask on 5 scans" in stdout and "MAE" in stdout
+    lungs = json.loads((out / "lungs.json").read_text())
+    assert lungs["synthetic"] and lungs["n_scans"] == 5 and len(lungs["per_scan"]) == 5
+    assert lungs["dice"]["mean"] >= 0.9
+    versus = lungs["involvement_vs_truth"]
+    assert versus["mae_percent_points"] >= 0 and "pearson_r" in versus
+    # The report shows it, with a prediction's lung figures and lung picture beside it.
+    scan = next(cohort.glob("patients/*/ct.nii.gz"))
+    rc, _, stderr = run_cli("predict", scan, "--model", model, "--out", tmp_path / "prediction",
+                            timeout=300)
+    assert rc == 0, stderr
+    rc, _, stderr = run_cli("report", tmp_path, "--out", tmp_path / "report.html", timeout=300)
+    assert rc == 0, stderr
+    page = (tmp_path / "report.html").read_text()
+    for text in ("Lungs: mask and involvement", "Lung mask Dice vs true lungs",
+                 "Lung with infection-like density (research measurement)",
+                 "Lung mask used by both methods"):
+        assert text in page, text
+
+
+def test_lung_masked_ablation_row_reads_masked_inputs_from_files(tmp_path):
+    import torch
+
+    from covidct.synth.cohort import CohortSettings, generate_cohort
+    from covidct.volumes.bcdunet import BCDUNet
+    from covidct.volumes.cache import ArrayCache
+    from covidct.volumes.settings import INPUT_INFECTION
+    from covidct.volumes.train import TrainConfig, _comparison, _new_model
+
+    cohort = tmp_path / "cohort"
+    generate_cohort(cohort, CohortSettings(patients=1, seed=9, matrix=96, slice_mm=(5.0, 5.0),
+                                           max_slices=40, formats=("nifti",)), progress=False)
+    scan_file = next(cohort.glob("patients/*/ct.nii.gz"))
+    config = TrainConfig(data=str(cohort), out=str(tmp_path / "run"), slice_size=40,
+                         volume_slices=34, max_denoised_slices=20, denoiser_width=4,
+                         lung_ablation=True)
+    torch.manual_seed(0)
+    cache = ArrayCache(tmp_path / "cache")
+    plain = _new_model(config, INPUT_INFECTION, BCDUNet(4), cache)
+    masked = _new_model(config, INPUT_INFECTION, plain.denoiser, cache, mask_input=True)
+    assert masked.settings.mask_input and not plain.settings.mask_input
+    raw, _ = plain.input_for_file(scan_file)
+    inside, _ = masked.input_for_file(scan_file)
+    outside_lung = inside == 0
+    assert outside_lung.mean() > 0.5 and np.abs(raw[outside_lung]).sum() > 0
+    np.testing.assert_array_equal(inside[~outside_lung], raw[~outside_lung])
+    rows = _comparison({"classifier": {"val": {"accuracy": 0.5}},
+                        "lung_masked": {"val": {"accuracy": 0.6}}})["rows"]
+    assert [r["model"].split(" (")[0] for r in rows] == [
+        "3D CNN on infection maps", "3D CNN on lung-masked infection maps"]
