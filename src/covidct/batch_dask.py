@@ -112,11 +112,17 @@ def run_on_dask(jobs: Sequence[tuple[str, str]], init_args: tuple, scheduler: st
             future = client.submit(_task, scan, out, key=f"covidct-scan-{i}", pure=False,
                                    resources=resources, priority=-i)
             futures[future] = (scan, out)
-        for future in as_completed(futures):
+        for future in as_completed(list(futures)):
+            job = futures.pop(future)
             try:
-                yield future.result()
+                row = future.result()
             except Exception as exc:  # KilledWorker, or a worker without models
-                yield worker_died_row(*futures[future], exc)
+                row = worker_died_row(*job, exc)
+            # Forget the result at once: a result the client still holds is recomputed
+            # when the worker keeping it dies, which would redo a finished scan.
+            future.release()
+            del future
+            yield row
     finally:
         client.close()
         if cluster is not None:
