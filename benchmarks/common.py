@@ -7,6 +7,16 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+#: Rows that other parts of the project add: row id -> (section name, measure, table lines).
+#: ``measure(sizes, threads, workdir) -> dict`` runs in the same run as every other row;
+#: ``lines(section_result, result) -> list[str]`` gives its table lines, each
+#: "| id | benchmark | baseline (same run) | project path | ratio | % of peak | goal |"
+#: (run.py adds the load column). A module benchmarks/NAME.py that registers itself here is
+#: imported by run.py and runs by default: benchmarks/archive.py (row 11) is one, e.g.
+#: ``EXTRA_ROWS["11"] = ("archive", measure, lines)``.
+EXTRA_ROWS: dict[str, tuple[str, Callable[..., dict[str, Any]],
+                            Callable[[dict[str, Any], dict[str, Any]], list[str]]]] = {}
+
 
 @dataclass(frozen=True)
 class Sizes:
@@ -33,6 +43,7 @@ class Sizes:
     train_batch_cpu: int
     train_batch_cuda: int
     train_steps: int
+    cold_series: tuple[int, int] = (150, 512)  # rows 8-9: a cold predict / a web upload
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,7 +60,7 @@ TINY = Sizes(name="tiny", arch="resnetv2_tiny_bit", crop=64, matmul_n=512, batch
              volume_settings={"slice_size": 40, "volume_slices": 34, "denoiser_width": 8,
                               "max_denoised_slices": 16},
              loader_images=8, loader_matrix=96, train_batch_cpu=2, train_batch_cuda=8,
-             train_steps=2)
+             train_steps=2, cold_series=(12, 64))
 
 
 def best_time(fn: Callable[[], Any], reps: int, warmup: int = 1) -> float:
@@ -96,6 +107,27 @@ def forward_flops(module, example) -> int:
     with torch.no_grad(), counter:
         module(example)
     return int(counter.get_total_flops())
+
+
+# Load: a benchmark taken on a busy machine measures the other jobs ---------------------------
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15-minute load averages, rounded."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def load_limit(cores: int | None = None) -> float:
+    """The highest 1-minute load average a trustworthy run may start or end at: half the cores
+    (above it, other jobs hold the cores the measured code waits for)."""
+    return (cores or os.cpu_count() or 1) / 2
+
+
+def wait_for_quiet(limit: float, timeout_s: float, poll_s: float = 15.0) -> list[float]:
+    """Wait up to ``timeout_s`` for the 1-minute load average to fall to ``limit``; the load then."""
+    deadline = time.monotonic() + timeout_s
+    while load_average()[0] > limit and time.monotonic() < deadline:
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+    return load_average()
 
 
 def machine(threads: int, device: str) -> dict[str, Any]:

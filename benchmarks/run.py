@@ -1,16 +1,25 @@
 """covidct benchmarks: each project path against its baseline, measured in the same run.
 
+    make bench                          # the full run, writes BENCHMARKS.md (quiet machine)
     python -m benchmarks.run            # full sizes (minutes on 2 cores)
-    python -m benchmarks.run --tiny     # tiny sizes, seconds (make bench; the test suite)
+    python -m benchmarks.run --tiny --allow-loaded   # tiny sizes, seconds (the test suite)
     python -m benchmarks.run --device cuda   # adds GPU training throughput (row 6)
     python -m benchmarks.run --md BENCHMARKS.md --json results.json
 
-Rows: 0 float32 matmul peak; 1 slice classifier inference paths; 2 a patient end to end and
-the capped-vs-every-slice accuracy; 3 CovidCTNet pre-processing (covidct.volumes.bench);
-4 CovidCTNet end to end, latency and peak memory; 5 training data pipeline vs training
-throughput; 6 training throughput and model FLOP utilisation (CUDA: bf16 + channels-last);
-7 the lung mask (benchmarks.lungs).
+Rows: 0 float32 matmul peak; 1 slice classifier inference paths (float32 and int8); 2 a
+patient end to end against every slice eager, and the capped-vs-every-slice accuracy;
+3 CovidCTNet pre-processing (covidct.volumes.bench); 4 CovidCTNet end to end, latency and
+peak memory; 5 training data pipeline vs training throughput; 6 training throughput and
+model FLOP utilisation (CUDA: bf16 + channels-last); 7 the lung mask (benchmarks.lungs);
+8 command start-up; 9 model loading and a cold `covidct predict` with both methods; 10 the
+web server's upload-to-result time; then any row registered in EXTRA_ROWS (11: an archive on
+a local Dask cluster).
 Every scan is a SYNTHETIC phantom; timings are the best of a few calls.
+
+Load: a run refuses to start (exit 3) when the 1-minute load average is above half the
+cores (--max-load), unless --allow-loaded, which marks every row LOADED; a run that ends
+above it is marked LOADED too (and exits 3 without --allow-loaded, after writing its
+JSON). Every row records the load average at its start and end.
 """
 from __future__ import annotations
 
@@ -25,8 +34,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import lungs, slices
-from .common import FULL, TINY, Sizes, best_time, forward_flops, machine, matmul_peak_gflops
+from typing import Callable
+
+from . import lungs, slices, startup, web
+from .common import (EXTRA_ROWS, FULL, TINY, Sizes, best_time, forward_flops, load_average,
+                     load_limit, machine, matmul_peak_gflops, wait_for_quiet)
+
+DEFAULT_ROWS = "1,2,3,4,5,6,7,8,9,10"
+
+
+def _register_extra_rows() -> None:
+    """Import the benchmarks/*.py modules that register rows in common.EXTRA_ROWS (the
+    archive row, ...); default rows are DEFAULT_ROWS plus theirs."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if info.name not in ("run", "common", "lungs", "slices", "startup", "web", "__main__"):
+            importlib.import_module(f"{__package__}.{info.name}")
 
 SYNTHETIC_NOTE = ("SYNTHETIC DATA: computer-generated phantoms, not patients; accuracy figures "
                   "say nothing about clinical performance.")
@@ -53,6 +78,13 @@ def covidctnet(sizes: Sizes, threads: int, peak: float) -> dict[str, Any]:
     n_slices, matrix = sizes.volume
     out = bench.run(n_slices, matrix, threads=threads, settings=settings)
     out["memory"] = _predict_memory_subprocess(n_slices, matrix, threads, sizes.volume_settings)
+    # The default runtime (ONNX Runtime), reading the DICOM series included, fresh process.
+    from covidct.scanio import save_scan
+
+    series = Path(tempfile.mkdtemp(prefix="covidct-bench-series-")) / "series"
+    save_scan(benchmark_series(n_slices, matrix), series)
+    out["default_runtime"] = _predict_memory_subprocess(
+        n_slices, matrix, threads, sizes.volume_settings, runtime="auto", path=str(series))
     cnn_flops = forward_flops(CNN3D(3, settings.volume_shape).eval(),
                               torch.zeros(1, 1, *settings.volume_shape))
     denoiser_flops = forward_flops(BCDUNet(settings.denoiser_width).eval(),
@@ -79,10 +111,12 @@ def covidctnet(sizes: Sizes, threads: int, peak: float) -> dict[str, Any]:
 
 
 def _predict_memory_subprocess(n_slices: int, matrix: int, threads: int,
-                               overrides: dict[str, Any]) -> dict[str, Any]:
-    """Peak memory of one prediction, measured in a fresh interpreter (nothing else loaded)."""
+                               overrides: dict[str, Any], runtime: str = "torch",
+                               path: str | None = None) -> dict[str, Any]:
+    """Peak memory of one prediction, measured in a fresh interpreter (nothing else loaded);
+    with ``path``, reading that series is part of the prediction."""
     spec = json.dumps({"slices": n_slices, "size": matrix, "threads": threads,
-                       "settings": overrides})
+                       "settings": overrides, "runtime": runtime, "path": path})
     proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--predict-only-json", spec],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
                           env=dict(os.environ, COVIDCT_CACHE="off"), timeout=1800)
@@ -97,7 +131,8 @@ def _predict_only(spec: str) -> int:
 
     args = json.loads(spec)
     result = bench.predict_only(args["slices"], args["size"], threads=args["threads"],
-                                settings=VolumeSettings(**args["settings"]))
+                                settings=VolumeSettings(**args["settings"]),
+                                runtime=args.get("runtime", "torch"), path=args.get("path"))
     print(json.dumps(result))
     return 0
 
@@ -105,7 +140,8 @@ def _predict_only(spec: str) -> int:
 # The run -----------------------------------------------------------------------------------------
 
 def run(sizes: Sizes, threads: int, device: str = "cpu", workdir: Path | None = None,
-        rows: tuple[str, ...] = ("1", "2", "3", "4", "5", "6", "7")) -> dict[str, Any]:
+        rows: tuple[str, ...] = tuple(DEFAULT_ROWS.split(",")),
+        max_load: float | None = None) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
@@ -116,12 +152,16 @@ def run(sizes: Sizes, threads: int, device: str = "cpu", workdir: Path | None = 
         result: dict[str, Any] = {"sizes": sizes.to_dict(), "machine": machine(threads, device),
                                   "command": "python -m benchmarks.run " + " ".join(sys.argv[1:])}
         seconds = result["section_s"] = {}
+        loads = result["section_load"] = {}
+        result["max_load"] = load_limit() if max_load is None else max_load
 
         def timed(name, fn, *args):
-            start = time.perf_counter()
+            start, before = time.perf_counter(), load_average()[0]
             result[name] = fn(*args)
             seconds[name] = round(time.perf_counter() - start, 1)
-            print(f"benchmarks: {name} done in {seconds[name]} s", file=sys.stderr, flush=True)
+            loads[name] = [before, load_average()[0]]
+            print(f"benchmarks: {name} done in {seconds[name]} s (load {loads[name][0]} -> "
+                  f"{loads[name][1]})", file=sys.stderr, flush=True)
             return result[name]
 
         peak = timed("peak_gflops", matmul_peak_gflops, sizes.matmul_n)
@@ -144,7 +184,19 @@ def run(sizes: Sizes, threads: int, device: str = "cpu", workdir: Path | None = 
                 cuda_peak = timed("cuda_bf16_peak_gflops", matmul_peak_gflops, 8192, "cuda",
                                   "bfloat16")
                 timed("training_cuda", slices.training, sizes, "cuda", cuda_peak, gflops)
-    result["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+        if "8" in rows:
+            timed("startup", startup.cli_startup, sizes)
+        if "9" in rows:
+            timed("model_loading", startup.model_loading, sizes, threads, work)
+            timed("cold_predict", startup.cold_predict, sizes, threads, work)
+        if "10" in rows:
+            timed("web", web.upload_to_result, sizes, threads, work)
+        for row, (name, measure, _) in EXTRA_ROWS.items():
+            if row in rows:
+                timed(name, measure, sizes, threads, work)
+    result["machine"]["load_average_end"] = load_average()
+    result["loaded"] = max(result["machine"]["load_average_start"][0],
+                           result["machine"]["load_average_end"][0]) > result["max_load"]
     result["wall_s"] = time.perf_counter() - started
     return result
 
@@ -161,29 +213,57 @@ def _peak_cell(v: dict[str, Any]) -> str:
     return f"{_pct(v['peak_fraction'])} of {v['local_peak_gflops']:.0f} GFLOP/s measured just before"
 
 
+def _load_cell(result: dict[str, Any], section: str) -> str:
+    """The 1-minute load average at the row's start and end; LOADED above the limit."""
+    load = result.get("section_load", {}).get(section)
+    limit = result.get("max_load", float("inf"))
+    if load is None:
+        return "LOADED (not recorded)" if result.get("loaded") else "not recorded"
+    flag = "LOADED " if result.get("loaded") or max(load) > limit else ""
+    return f"{flag}{load[0]:.1f} -> {load[1]:.1f}"
+
+
+def _goal(met: bool, text: str) -> str:
+    return f"{text}: {'met' if met else 'NOT met'}"
+
+
 def table(result: dict[str, Any]) -> str:
     """The results as a markdown table (one line per measured comparison)."""
     peak = result["peak_gflops"]
-    lines = ["| # | benchmark | baseline (same run) | project path | ratio | % of matmul peak | goal |",
-             "|---|---|---|---|---|---|---|",
-             f"| 0 | float32 matmul {result['sizes']['matmul_n']}^2, {result['machine']['threads']} "
-             f"threads | | {peak:.0f} GFLOP/s | | 100% | (reference) |"]
-    inf = result.get("inference")
-    for v in (inf["variants"][1:] if inf else []):
+    lines = ["| # | benchmark | baseline (same run) | project path | ratio | % of matmul peak | goal | load (1-min) |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def add(section: str, line: str) -> None:
+        lines.append(f"{line} {_load_cell(result, section)} |")
+
+    add("peak_gflops", f"| 0 | float32 matmul {result['sizes']['matmul_n']}^2, {result['machine']['threads']} "
+        f"threads | | {peak:.0f} GFLOP/s | | 100% | (reference) |")
+    if "inference" in result:
+        inf = result["inference"]
         base = inf["variants"][0]
-        lines.append(f"| 1 | {inf['arch']} @ {inf['crop']} ({inf['gflops_per_slice']:.3g} GFLOP/slice): "
-                     f"{v['variant']} | {base['slices_per_s']:.2f} slices/s (eager, batch 1; "
-                     f"{_peak_cell(base)}) | {v['slices_per_s']:.2f} slices/s | "
-                     f"{v['speedup']:.2f}x | {_peak_cell(v)} | >= 85% of peak |")
+        for v in inf["variants"][1:]:
+            add("inference", f"| 1 | {inf['arch']} @ {inf['crop']} ({inf['gflops_per_slice']:.3g} GFLOP/slice): "
+                f"{v['variant']} | {base['slices_per_s']:.2f} slices/s (eager, batch 1; "
+                f"{_peak_cell(base)}) | {v['slices_per_s']:.2f} slices/s | "
+                f"{v['speedup']:.2f}x | {_peak_cell(v)} | >= 85% of peak |")
+        if "int8_vs_float32_onnx" in inf:
+            ratio = inf["int8_vs_float32_onnx"]
+            add("inference", f"| 1 | int8 vs float32, ONNX Runtime, best batch of each | float32 | int8 | "
+                f"{ratio:.2f}x | | {_goal(ratio >= 2, '>= 2x')} (answers: tests/test_int8.py) |")
     if "patient" in result:
-        p, c = result["patient"], result["capped_vs_every_slice"]
-        lines.append(
+        p = result["patient"]
+        base_s = p.get("baseline_every_slice_eager_s")
+        base_cell = (f"{base_s:.1f} s (every one of {p['baseline_slices']} slices, eager, batch 1, run)"
+                     if base_s else f"{p['baseline_every_slice_eager_s_estimated']:.1f} s (estimated)")
+        base_s = base_s or p["baseline_every_slice_eager_s_estimated"]
+        add("patient",
             f"| 2 | patient: read {p['series']} DICOM, choose {p['scored_slices']} of "
-            f"{p['lung_slices']} lung slices, ONNX Runtime, aggregate | "
-            f"{p['baseline_every_slice_eager_s_estimated']:.1f} s (every slice, eager, batch 1; "
-            f"estimated: {p['baseline_formula']}) | {p['total_s']:.1f} s (read {p['read_s']:.2f} s) | "
-            f"{p['baseline_every_slice_eager_s_estimated'] / p['total_s']:.1f}x faster | | < 60 s |")
-        lines.append(
+            f"{p['lung_slices']} lung slices, ONNX Runtime, aggregate | {base_cell} | "
+            f"{p['total_s']:.1f} s (read {p['read_s']:.2f} s) | "
+            f"{base_s / p['total_s']:.1f}x faster | | {_goal(p['total_s'] < 60, '< 60 s')} |")
+    if "capped_vs_every_slice" in result:
+        c = result["capped_vs_every_slice"]
+        add("capped_vs_every_slice",
             f"| 2 | patient-level accuracy, SYNTHETIC cohort ({c['test_patients']} test patients, "
             f"tiny BiT trained {c['train_steps']} steps"
             f"{'; slice-level test accuracy %.2f' % c['test_slice_accuracy'] if 'test_slice_accuracy' in c else ''}), at most {c['max_slices']} slices "
@@ -194,44 +274,88 @@ def table(result: dict[str, Any]) -> str:
     if "covidctnet" in result:
         v = result["covidctnet"]
         series = v["series"]
-        lines.append(f"| 3 | CovidCTNet pre-processing of {series} | {v['preprocess_reference_s']:.2f} s "
-                     f"(reference route) | {v['preprocess_fast_s']:.2f} s (max abs diff "
-                     f"{v['fast_vs_reference']['max_abs']:.3f}, p99 {v['fast_vs_reference']['p99_abs']:.3f}) | "
-                     f"{v['preprocess_reference_s'] / v['preprocess_fast_s']:.1f}x | | faster, same result |")
+        add("covidctnet", f"| 3 | CovidCTNet pre-processing of {series} | {v['preprocess_reference_s']:.2f} s "
+            f"(reference route) | {v['preprocess_fast_s']:.2f} s (max abs diff "
+            f"{v['fast_vs_reference']['max_abs']:.3f}, p99 {v['fast_vs_reference']['p99_abs']:.3f}) | "
+            f"{v['preprocess_reference_s'] / v['preprocess_fast_s']:.1f}x | | faster, same result |")
         mem = v["memory"]
         peak_mem = mem.get("peak_rss_during_predict_gb", float("nan"))
-        lines.append(f"| 4 | CovidCTNet end to end per scan ({v['bcdunet_capped_slices']} slices through "
-                     f"BCDU-Net), PyTorch | | {v['predict_total_s']:.1f} s, peak RSS {peak_mem:.2f} GB "
-                     f"(fresh process) | | | < 20 s, < 3 GB |")
-        lines.append(f"| 4 | CovidCTNet end to end, ONNX Runtime | {v['predict_total_s']:.1f} s (PyTorch) | "
-                     f"{v['predict_onnx_s']:.1f} s | {v['predict_total_s'] / v['predict_onnx_s']:.2f}x | | < 20 s |")
-        lines.append(f"| 4 | 3D CNN ({v['cnn3d_gflops']:.1f} GFLOP/volume) | {v['cnn3d_s']:.3f} s (PyTorch) | "
-                     f"{v['cnn3d_onnx_s']:.3f} s (ONNX Runtime) | {v['cnn3d_s'] / v['cnn3d_onnx_s']:.2f}x | "
-                     f"{_pct(v['cnn3d_peak_fraction'])} (PyTorch) | |")
-        lines.append(f"| 4 | BCDU-Net ({v['bcdunet_gflops_per_slice']:.2f} GFLOP/slice), PyTorch | | "
-                     f"{v['bcdunet_s_per_slice']:.3f} s/slice | | {_pct(v['bcdunet_peak_fraction'])} | |")
+        add("covidctnet", f"| 4 | CovidCTNet end to end per scan ({v['bcdunet_capped_slices']} slices through "
+            f"BCDU-Net), PyTorch | | {v['predict_total_s']:.1f} s, peak RSS {peak_mem:.2f} GB "
+            f"(fresh process) | | | < 20 s, < 3 GB |")
+        add("covidctnet", f"| 4 | CovidCTNet end to end, ONNX Runtime | {v['predict_total_s']:.1f} s (PyTorch) | "
+            f"{v['predict_onnx_s']:.1f} s | {v['predict_total_s'] / v['predict_onnx_s']:.2f}x | | < 20 s |")
+        d = v.get("default_runtime", {})
+        if "predict_total_s" in d:
+            ok = d["predict_total_s"] <= 10 and d["peak_rss_during_predict_gb"] < 2
+            add("covidctnet", f"| 4 | CovidCTNet per scan, default runtime ({d.get('runtime')}), reading the "
+                f"DICOM series included (read {d['read_s']:.1f} s), fresh process | "
+                f"{v['predict_total_s']:.1f} s (PyTorch, scan in memory) | {d['predict_total_s']:.1f} s, "
+                f"peak RSS {d['peak_rss_during_predict_gb']:.2f} GB | "
+                f"{v['predict_total_s'] / d['predict_total_s']:.2f}x | | "
+                f"{_goal(ok, '<= 10 s, < 2 GB')} |")
+        add("covidctnet", f"| 4 | 3D CNN ({v['cnn3d_gflops']:.1f} GFLOP/volume) | {v['cnn3d_s']:.3f} s (PyTorch) | "
+            f"{v['cnn3d_onnx_s']:.3f} s (ONNX Runtime) | {v['cnn3d_s'] / v['cnn3d_onnx_s']:.2f}x | "
+            f"{_pct(v['cnn3d_peak_fraction'])} (PyTorch) | |")
+        add("covidctnet", f"| 4 | BCDU-Net ({v['bcdunet_gflops_per_slice']:.2f} GFLOP/slice), PyTorch | | "
+            f"{v['bcdunet_s_per_slice']:.3f} s/slice | | {_pct(v['bcdunet_peak_fraction'])} | |")
     if "lung_mask" in result:
-        lines.append(lungs.table_line(result["lung_mask"]))
+        add("lung_mask", lungs.table_line(result["lung_mask"]))
     if "loader" in result:
+        inf = result["inference"]
         ld, tr = result["loader"], result["training_cpu"]
         workers = tr["images_per_s"] / ld["images_per_s_per_worker"]
-        lines.append(f"| 5 | data pipeline: {ld['png_matrix']}^2 PNG -> box crop -> resize -> random "
-                     f"{ld['crop']} crop + flip, one worker | {tr['images_per_s']:.2f} img/s "
-                     f"(training, CPU, float32) | {ld['images_per_s_per_worker']:.1f} img/s per worker | "
-                     f"{ld['images_per_s_per_worker'] / tr['images_per_s']:.0f}x the training rate; "
-                     f"{max(1, math.ceil(workers))} worker(s) keep up | | loader never the bottleneck |")
-        lines.append(f"| 6 | training {inf['arch']} @ {inf['crop']}, CPU float32, batch {tr['batch']} | | "
-                     f"{tr['images_per_s']:.2f} img/s | | MFU {_pct(tr['mfu'])} | |")
+        add("loader", f"| 5 | data pipeline: {ld['png_matrix']}^2 PNG -> box crop -> resize -> random "
+            f"{ld['crop']} crop + flip, one worker | {tr['images_per_s']:.2f} img/s "
+            f"(training, CPU, float32) | {ld['images_per_s_per_worker']:.1f} img/s per worker | "
+            f"{ld['images_per_s_per_worker'] / tr['images_per_s']:.0f}x the training rate; "
+            f"{max(1, math.ceil(workers))} worker(s) keep up | | loader never the bottleneck |")
+        add("training_cpu", f"| 6 | training {inf['arch']} @ {inf['crop']}, CPU float32, batch {tr['batch']} | | "
+            f"{tr['images_per_s']:.2f} img/s | | MFU {_pct(tr['mfu'])} | |")
         if "training_cuda" in result:
             g = result["training_cuda"]
             need = g["images_per_s"] / ld["images_per_s_per_worker"]
-            lines.append(f"| 6 | training on CUDA ({result['machine'].get('gpu', 'GPU')}), {g['precision']}, "
-                         f"batch {g['batch']} | | {g['images_per_s']:.0f} img/s | | MFU {_pct(g['mfu'])} of "
-                         f"{result['cuda_bf16_peak_gflops'] / 1000:.0f} TFLOP/s bf16 matmul | "
-                         f"needs {math.ceil(need)} loader workers |")
+            add("training_cuda", f"| 6 | training on CUDA ({result['machine'].get('gpu', 'GPU')}), {g['precision']}, "
+                f"batch {g['batch']} | | {g['images_per_s']:.0f} img/s | | MFU {_pct(g['mfu'])} of "
+                f"{result['cuda_bf16_peak_gflops'] / 1000:.0f} TFLOP/s bf16 matmul | "
+                f"needs {math.ceil(need)} loader workers |")
         else:
-            lines.append(f"| 6 | training on CUDA, bf16 autocast + channels-last | | not measured here "
-                         f"(no GPU): `python -m benchmarks.run --device cuda` | | | |")
+            add("training_cpu", "| 6 | training on CUDA, bf16 autocast + channels-last | | not measured here "
+                "(no GPU): `python -m benchmarks.run --device cuda` | | | |")
+    if "startup" in result:
+        st = result["startup"]
+        add("startup", f"| 8 | `covidct --help`, fresh process | {st['python_s']:.2f} s (bare `python -c pass`) | "
+            f"{st['help_s']:.2f} s | | | {_goal(st['help_s'] < 0.5, '< 0.5 s')} |")
+        add("startup", f"| 8 | `import covidct`, fresh process | {st['python_s']:.2f} s (bare `python -c pass`) | "
+            f"{st['import_covidct_s']:.2f} s | | | {_goal(st['import_covidct_s'] < 0.3, '< 0.3 s')} |")
+    if "model_loading" in result:
+        ml = result["model_loading"]
+        t, a = ml["torch"], ml["auto"]
+        for method in ("bit", "covidctnet"):
+            add("model_loading", f"| 9 | load the {method} model file (fresh process; torch import "
+                f"{t['import_s']:.1f} s before it) | {t[f'{method}_s']:.2f} s (PyTorch) | "
+                f"{a[f'{method}_s']:.2f} s (default: {a[f'{method}_runtime']}, exported graph cached; "
+                f"first time, exporting: {ml['first_auto_load'][f'{method}_s']:.1f} s) | | | |")
+    if "cold_predict" in result:
+        cp = result["cold_predict"]
+        t, a = cp["torch"], cp["auto"]
+        add("cold_predict", f"| 9 | cold `covidct predict` of a {cp['slices']}-slice {cp['matrix']}^2 DICOM "
+            f"series [synthetic], both methods, fresh process | {t['seconds']:.1f} s "
+            f"(--runtime torch, peak RSS {t['peak_rss_gb']:.2f} GB) | {a['seconds']:.1f} s (default: "
+            f"{', '.join(a['runtimes'])}; peak RSS {a['peak_rss_gb']:.2f} GB) | "
+            f"{t['seconds'] / a['seconds']:.2f}x | | {_goal(a['seconds'] <= 10, '<= 10 s')} |")
+    if "web" in result:
+        w = result["web"]
+        timings = ", ".join(f"{k} {v:.1f} s" for k, v in w.get("server_timings_s", {}).items())
+        add("web", f"| 10 | web: upload a zip ({w['zip_mb']:.0f} MB) of a {w['slices']}-slice "
+            f"{w['matrix']}^2 DICOM series [synthetic] to a finished result, `covidct serve` "
+            f"(both methods) | {w['first_upload_s']:.1f} s (first upload after start) | "
+            f"{w['seconds']:.1f} s{' (' + timings + ')' if timings else ''} | | | "
+            f"{_goal(w['seconds'] <= 8, '<= 8 s')} |")
+    for row, (name, _, lines_of) in EXTRA_ROWS.items():
+        if name in result:
+            for line in lines_of(result[name], result):
+                add(name, line)
     return "\n".join(lines)
 
 
@@ -243,8 +367,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['wall_s'] / 60:.1f} min.", "",
         f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['isa'])}), {m['threads']} threads; "
         f"Python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}. Load average "
-        f"{m['load_average_start']} at the start and {m['load_average_end']} at the end "
-        "(other jobs shared the CPU: compare ratios, which are measured in the same run).", "",
+        f"{m['load_average_start']} at the start and {m['load_average_end']} at the end; limit "
+        f"{result.get('max_load', 'n/a')} (half the cores). "
+        + ("**LOADED: other jobs shared the CPU, so these figures are not what a user of a "
+           "quiet machine sees; only ratios measured in the same run compare.**"
+           if result.get("loaded") else "Quiet at the start and the end of the run.")
+        + " The last column is each row's 1-minute load average at its start and end.", "",
         *[f"Rerun later and merged (`--merge`): `{r['command'].strip()}` ({', '.join(r['rows'])}); "
           f"load average {r['machine']['load_average_start']} -> {r['machine'].get('load_average_end')}.\n"
           for r in result.get("reruns", [])],
@@ -262,7 +390,8 @@ NOTES = """Notes
 - Row 2: the project path reads the DICOM series with SimpleITK, picks at most 32 evenly spaced
   lung slices (>= 2 cm^2 of lung in the lung mask, see covidct.lungs), crops each to its
   body box, scores them in batches on ONNX Runtime and averages the probabilities. The
-  every-slice baseline is estimated from row 1's eager rate (formula in the row), not run.
+  every-slice baseline is run on the same series: every slice read, cropped and scored one
+  at a time by the eager PyTorch network.
   The accuracy line trains a tiny BiT on the synthetic cohort in the same run: it compares the
   slice-choice rule with scoring every slice, not the paper's network.
 - Rows 3-4 come from covidct.volumes.bench (fast pre-processing vs the method's route; BCDU-Net
@@ -290,9 +419,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda adds row 6 on the GPU (bf16 autocast + channels-last)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--rows", default="1,2,3,4,5,6,7",
+    _register_extra_rows()
+    parser.add_argument("--rows", default=",".join([*DEFAULT_ROWS.split(","), *EXTRA_ROWS]),
                         help="rows to run (2, 5 and 6 need 1; 2p / 2a = only row 2's patient / "
-                             "accuracy line)")
+                             "accuracy line; extra rows by their id)")
+    parser.add_argument("--max-load", type=float, default=None,
+                        help="highest 1-minute load average for a trustworthy run (default: "
+                             "half the cores)")
+    parser.add_argument("--allow-loaded", action="store_true",
+                        help="run even above --max-load, marking every row LOADED")
+    parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                        help="first wait up to this long for the load to fall to --max-load")
     parser.add_argument("--merge", default=None, metavar="FILE",
                         help="update an earlier --json file with the rows run now (then --md "
                              "rewrites the whole report)")
@@ -319,13 +456,24 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             print("benchmarks: --device cuda but no CUDA device is visible", file=sys.stderr)
             return 2
+    limit = load_limit() if args.max_load is None else args.max_load
+    load = wait_for_quiet(limit, args.wait_quiet) if args.wait_quiet else load_average()
+    if load[0] > limit and not args.allow_loaded:
+        print(f"benchmarks: load average {load[0]} is above {limit} (half of "
+              f"{os.cpu_count()} cores): other jobs would be measured too. Not running; wait "
+              "for a quiet machine (--wait-quiet SECONDS) or pass --allow-loaded to mark every "
+              "row LOADED.", file=sys.stderr)
+        return 3
     result = run(TINY if args.tiny else FULL, args.threads, args.device,
                  Path(args.workdir) if args.workdir else None,
-                 tuple(r.strip() for r in args.rows.split(",")))
+                 tuple(r.strip() for r in args.rows.split(",")), limit)
     if args.merge:
         earlier = json.loads(Path(args.merge).read_text())
-        merged = {k: v for k, v in result.items() if k not in ("machine", "command", "sizes",
-                                                                 "section_s", "wall_s")}
+        earlier.setdefault("section_load", {}).update(result["section_load"])
+        earlier["loaded"] = bool(earlier.get("loaded", True) or result["loaded"])
+        merged = {k: v for k, v in result.items() if k not in (
+            "machine", "command", "sizes", "section_s", "wall_s", "section_load", "loaded",
+            "max_load")}
         if "inference" not in merged:  # row 1's fractions were taken against the earlier peak
             merged.pop("peak_gflops", None)
         earlier.update(merged)
@@ -339,6 +487,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         write_json(args.json, result)
+    if result["loaded"] and not args.allow_loaded:
+        print(f"benchmarks: the load average rose above {limit} during the run "
+              f"({result['machine']['load_average_end']} at the end): every row is marked "
+              f"LOADED; {'measurements kept in ' + args.json if args.json else 'not'} written "
+              "as a report. Rerun on a quiet machine.", file=sys.stderr)
+        return 3
     if args.md:
         write_text(args.md, report)
     return 0

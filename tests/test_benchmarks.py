@@ -21,8 +21,11 @@ def test_tiny_benchmarks_produce_every_row(tmp_path, monkeypatch):
 
     monkeypatch.setenv("COVIDCT_CACHE", str(tmp_path / "cache"))
     md, js = tmp_path / "BENCHMARKS.md", tmp_path / "results.json"
-    assert main(["--tiny", "--threads", "1", "--md", str(md), "--json", str(js)]) == 0
+    # --max-load -1: every load is "too high", so every row must come out marked LOADED.
+    assert main(["--tiny", "--threads", "1", "--md", str(md), "--json", str(js),
+                 "--max-load", "-1", "--allow-loaded"]) == 0
     result = json.loads(js.read_text())
+    assert result["loaded"] and set(result["section_load"]) >= {"inference", "startup", "web"}
     variants = result["inference"]["variants"]
     assert variants[0]["variant"].endswith("(baseline)") and variants[0]["speedup"] == 1.0
     assert all(v["slices_per_s"] > 0 and v["peak_fraction"] > 0 for v in variants)
@@ -36,10 +39,31 @@ def test_tiny_benchmarks_produce_every_row(tmp_path, monkeypatch):
     assert volumes["predict_onnx_s"] > 0 and volumes["preprocess_fast_s"] > 0
     assert result["loader"]["images_per_s_per_worker"] > 0
     assert result["training_cpu"]["images_per_s"] > 0 and "training_cuda" not in result
+    assert patient["baseline_every_slice_eager_s"] > 0  # run, not estimated
+    assert result["inference"]["int8_vs_float32_onnx"] > 0
+    assert volumes["default_runtime"]["runtime"] == "onnx"
+    assert volumes["default_runtime"]["read_s"] > 0
+    assert 0 < result["startup"]["python_s"] < result["startup"]["help_s"]
+    loading = result["model_loading"]
+    assert loading["auto"]["bit_runtime"] == "onnx" and loading["auto"]["covidctnet_runtime"] == "onnx"
+    assert result["cold_predict"]["auto"]["runtimes"] == ["onnx", "onnx"]
+    assert result["cold_predict"]["torch"]["peak_rss_gb"] > 0
+    assert result["web"]["seconds"] > 0 and result["web"]["slices"] == result["sizes"]["cold_series"][0]
+    assert result["archive"]["workers_2"]["scans_per_s"] > 0
     text = md.read_text()
-    for row in ("| 0 |", "| 1 |", "| 2 |", "| 3 |", "| 4 |", "| 5 |", "| 6 |"):
-        assert row in text
+    table = [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| #")]
+    for row in range(12):
+        assert any(ln.startswith(f"| {row} |") for ln in table), row
+    assert all("LOADED" in ln for ln in table)
     assert "not measured here" in text and "SYNTHETIC" in text
+
+
+def test_a_loaded_machine_is_refused(tmp_path, capsys):
+    from benchmarks.run import main
+
+    md = tmp_path / "BENCHMARKS.md"
+    assert main(["--tiny", "--max-load", "-1", "--md", str(md)]) == 3
+    assert "--allow-loaded" in capsys.readouterr().err and not md.exists()
 
 
 def test_cuda_request_without_a_gpu_is_refused(capsys):

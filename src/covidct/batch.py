@@ -19,7 +19,9 @@ the model files' digests.
 
 Each worker loads the models once and uses ``cpu_count // workers`` torch (or ONNX
 Runtime) threads, so N workers share the machine rather than oversubscribe it. Workers are
-started with ``spawn`` (no fork of a process whose thread pools already run).
+started with ``spawn`` (no fork of a process whose thread pools already run). With
+``scheduler=`` the same per-scan function runs as Dask tasks on a cluster's workers
+(:mod:`covidct.batch_dask`); the manifest is still written here, by the driver.
 """
 from __future__ import annotations
 
@@ -191,15 +193,21 @@ def model_key(model_paths: Sequence[str | os.PathLike]) -> str:
 def predict_batch(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
                   model_paths: Sequence[str | os.PathLike], workers: int = 1,
                   runtime: str = "torch", pictures: bool = False, threads: int | None = None,
-                  on_row: Callable[[dict[str, Any]], None] | None = None) -> BatchSummary:
+                  on_row: Callable[[dict[str, Any]], None] | None = None,
+                  scheduler: str | None = None, resources: dict[str, float] | None = None
+                  ) -> BatchSummary:
     """Predict every scan under ``input_dir`` with the given model files (see module doc).
 
     ``workers=0`` runs in this process (no start-up cost; for small jobs and debugging).
+    ``scheduler``: run each scan as a task on a Dask cluster instead (a scheduler address,
+    or "local" for a LocalCluster of ``workers`` processes on this machine; see
+    :mod:`covidct.batch_dask`); ``resources``: what each task needs of a worker (e.g.
+    ``{"GPU": 1}``), Dask clusters only.
     """
-    from .export import RUNTIMES
+    from .export import RUNTIME_CHOICES
 
-    if runtime not in RUNTIMES:
-        raise CovidctError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    if runtime not in RUNTIME_CHOICES:
+        raise CovidctError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIME_CHOICES)}")
     if not model_paths:
         raise CovidctError("no model files given")
     scans = discover_scans(input_dir)
@@ -230,7 +238,13 @@ def predict_batch(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
             on_row(row)
 
     jobs = [(str(s), str(out_dir / "scans" / names[s]), ids[s], position[s]) for s in todo]
-    if workers <= 0:
+    if scheduler and jobs:
+        from .batch_dask import run_on_dask
+
+        for row in run_on_dask(jobs, init_args, scheduler, workers, resources,
+                               threads_given=threads is not None):
+            record(row)
+    elif workers <= 0:
         _init_worker(*init_args)
         for job in jobs:
             record(_predict_one(*job))
@@ -245,10 +259,7 @@ def predict_batch(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
                 try:
                     record(future.result())
                 except BrokenProcessPool as exc:  # a worker died (memory, a crash in a library)
-                    scan, out, name, index = futures[future]
-                    record({"scan": name, "index": index, "status": STATUS_ERROR,
-                            "outputs": os.path.relpath(out, out_dir),
-                            "error": f"worker process died ({exc})"[:300]})
+                    record(worker_died_row(*futures[future], exc))
     if not manifest_path.is_file():
         write_manifest(manifest_path, rows)
     return BatchSummary(len(scans), done, skipped, failed, manifest_path)
@@ -261,6 +272,15 @@ def _scan_ids(scans: Sequence[Path], out_dir: Path) -> dict[Path, str]:
         return {s: s.name for s in scans}
     salt = folder_salt(out_dir)
     return {s: pseudonym(s.name, salt, prefix="scan") for s in scans}
+
+
+def worker_died_row(scan: str, out: str, name: str, index: int,
+                    exc: BaseException) -> dict[str, Any]:
+    """The row of a scan whose worker process died under it (memory, a crash in a library),
+    named like every other row (``name`` is a salted digest unless --show-paths)."""
+    return {"scan": name, "index": index, "status": STATUS_ERROR,
+            "outputs": os.path.relpath(out, Path(out).parents[1]),
+            "error": f"worker process died ({type(exc).__name__})"}
 
 
 def _unique_output_names(scans: Sequence[Path]) -> dict[Path, str]:

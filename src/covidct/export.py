@@ -37,7 +37,9 @@ from .errors import ModelError
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+#: What the CLI offers: a runtime, or "auto" (its default), see :func:`choose_runtime`.
+RUNTIME_CHOICES = ("auto", *RUNTIMES)
 #: ONNX Runtime 1.31's "Pad_Fusion" folds BiT's zero Pad before the stem's MaxPool into the
 #: MaxPool's own padding, which pads with -inf: 5e-4 off on the logits of a tiny model
 #: (the stem convolution's output is not rectified, so the pad value matters). Disabled.
@@ -101,12 +103,20 @@ def networks(model) -> dict[str, tuple[Any, tuple[int, ...], dict[int, str]]]:
     raise ModelError(f"cannot export a model of method {model.method!r}")
 
 
+def roles(model) -> tuple[str, ...]:
+    """The networks a model has ("classifier", and "denoiser" for a CovidCTNet with one),
+    without building their export copies (folding BiT's weights is seconds)."""
+    if model.method == METHOD_COVIDCTNET and model.denoiser is not None:
+        return ("classifier", "denoiser")
+    return ("classifier",)
+
+
 def output_paths(model, out: str | os.PathLike) -> dict[str, Path]:
     """Where each network's graph goes: ``out`` for the classifier, ``<stem>.bcdunet.onnx``
     next to it for a CovidCTNet denoiser."""
     out = Path(out)
     paths = {"classifier": out}
-    if "denoiser" in networks(model):
+    if "denoiser" in roles(model):
         stem = out.name[:-5] if out.name.endswith(".onnx") else out.name
         paths["denoiser"] = out.with_name(stem + DENOISER_SUFFIX)
     return paths
@@ -143,8 +153,9 @@ def export_model(model, out: str | os.PathLike, fmt: str = "onnx") -> dict[str, 
         raise ModelError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     meta = model_metadata(model)
     written = {}
+    modules = networks(model)
     for role, path in output_paths(model, out).items():
-        module, shape, dynamic = networks(model)[role]
+        module, shape, dynamic = modules[role]
         written[role] = export_network(module, shape, dynamic, path, {**meta, "covidct_role": role})
     return written
 
@@ -223,30 +234,62 @@ def _model_sha(model) -> str | None:
     return (source or {}).get("sha256")
 
 
+def choose_runtime(model, runtime: str = "auto") -> str:
+    """The runtime ``runtime`` means for ``model``: "auto" is ONNX Runtime when it is installed
+    (the same answers as PyTorch: tests/test_export.py checks both methods' probabilities to
+    1e-4, and `covidct predict` to 1e-3), with the slice classifier on int8 when
+    ``covidct export --int8`` left a graph for this model file whose parity check passed;
+    else PyTorch. "onnx-int8" quantizes the slice classifier only (CovidCTNet runs float32)."""
+    if runtime not in RUNTIME_CHOICES:
+        raise ModelError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIME_CHOICES)}")
+    if runtime == "auto":
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "torch"
+        if model.method == METHOD_BIT and _cached_int8(model, require_pass=True):
+            return "onnx-int8"
+        return "onnx"
+    if runtime == "onnx-int8" and model.method != METHOD_BIT:
+        return "onnx"
+    return runtime
+
+
 def to_runtime(model, runtime: str = "onnx", threads: int | None = None,
                onnx_path: str | os.PathLike | None = None):
-    """The same model object with its networks running on ``runtime`` ("torch" is a no-op).
+    """The same model object with its networks running on ``runtime`` ("torch" is a no-op;
+    "auto": see :func:`choose_runtime`).
 
-    ``onnx_path``: an exported classifier graph to use (its denoiser graph next to it);
-    otherwise the model is exported into the ONNX cache (once per model file; a model not
-    loaded from a file is exported to a temporary folder).
+    ``onnx_path``: an exported classifier graph to use (its denoiser graph next to it, its
+    int8 graph too for "onnx-int8"); otherwise the model is exported into the ONNX cache
+    (once per model file; a model not loaded from a file is exported to a temporary folder).
     """
-    if runtime not in RUNTIMES:
-        raise ModelError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    runtime = choose_runtime(model, runtime)
     if runtime == "torch":
         return model
-    roles = networks(model)
     if onnx_path is not None:
         paths = output_paths(model, onnx_path)
+        if runtime == "onnx-int8":
+            from .quantize import int8_path
+
+            paths["classifier"] = int8_path(onnx_path)
         missing = [p for p in paths.values() if not p.is_file()]
         if missing:
             raise ModelError("exported ONNX graph not found (run covidct export first)", missing[0])
     else:
         paths = _cached_export(model)
-    if model.method == METHOD_COVIDCTNET and "denoiser" in roles:
+        if runtime == "onnx-int8":
+            paths["classifier"] = _cached_int8(model, require_pass=False) or _no_int8(model)
+    if runtime == "onnx-int8":
+        from .quantize import read_parity
+
+        if not (read_parity(paths["classifier"]) or {}).get("passed"):
+            log.warning("the int8 graph %s did not pass (or has no) parity check against "
+                        "float32; its calls may differ", paths["classifier"].name)
+    if model.method == METHOD_COVIDCTNET and "denoiser" in roles(model):
         # Infection-map cache keys name the denoiser's weights: keep the torch digest.
         model._weights_key()
-    swapped = {role: OnnxNetwork(paths[role], threads) for role in roles}
+    swapped = {role: OnnxNetwork(paths[role], threads) for role in roles(model)}
     if model.method == METHOD_BIT:
         _keep_torch_for_pictures(model)
         model.net = swapped["classifier"]
@@ -263,6 +306,7 @@ def _keep_torch_for_pictures(model) -> None:
     """Grad-CAM needs gradients, which ONNX Runtime does not give: the slice classifier's
     pictures are drawn with the PyTorch network it was exported from (the same weights)."""
     torch_net, draw = model.net, type(model).save_pictures
+    model.torch_net = torch_net  # for Grad-CAM elsewhere (the web viewer's overlay)
 
     def save_pictures(prediction, scan, out_dir, **options):
         onnx_net, model.net = model.net, torch_net
@@ -272,6 +316,27 @@ def _keep_torch_for_pictures(model) -> None:
             model.net = onnx_net
 
     model.save_pictures = save_pictures
+
+
+def _cached_int8(model, require_pass: bool) -> Path | None:
+    """The int8 graph `covidct export --int8` cached for this model file (None if there is
+    none, or, with ``require_pass``, if its parity check failed)."""
+    from .quantize import int8_path, read_parity
+
+    sha = _model_sha(model)
+    if sha is None:
+        return None
+    path = int8_path(cache_root() / f"{model.method}-{sha}.onnx")
+    if not path.is_file():
+        return None
+    if require_pass and not (read_parity(path) or {}).get("passed"):
+        return None
+    return path
+
+
+def _no_int8(model):
+    raise ModelError("no int8 graph for this model file: run `covidct export MODEL --int8 "
+                     "--calibration TRAIN_SPLIT --images DIR` first", (model.file or {}).get("name"))
 
 
 def _cached_export(model) -> dict[str, Path]:
@@ -289,10 +354,29 @@ def _cached_export(model) -> dict[str, Path]:
     return export_model(model, target)
 
 
+def cache_int8(model, int8_graph: str | os.PathLike) -> Path | None:
+    """Copy an int8 graph (and its parity record) into the ONNX cache under this model file's
+    digest, where `predict --runtime auto/onnx-int8` looks for it; also exports the float
+    graphs there. None for a model not loaded from a file."""
+    import shutil
+
+    from .quantize import int8_path, parity_path
+
+    sha = _model_sha(model)
+    if sha is None:
+        return None
+    paths = _cached_export(model)
+    target = int8_path(paths["classifier"])
+    for source, dest in ((parity_path(int8_graph), parity_path(target)), (Path(int8_graph), target)):
+        with atomic_path(dest) as tmp:  # the graph last: its presence means both are there
+            shutil.copyfile(source, tmp)
+    return target
+
+
 def load_model(path: str | os.PathLike, runtime: str = "torch", threads: int | None = None):
-    """:func:`covidct.models.load_model` on the chosen runtime ("torch" or "onnx")."""
+    """:func:`covidct.models.load_model` on the chosen runtime (see :data:`RUNTIME_CHOICES`)."""
     from .models import load_model as load_torch
 
-    if runtime not in RUNTIMES:
-        raise ModelError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    if runtime not in RUNTIME_CHOICES:
+        raise ModelError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIME_CHOICES)}")
     return to_runtime(load_torch(path), runtime, threads)

@@ -2,8 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from ..constants import DISCLAIMER, METHODS
+
+# Spelled out here (not imported from covidct.export, which imports torch) so that
+# `covidct --help` stays fast; tests/test_int8.py checks they match export.RUNTIME_CHOICES.
+RUNTIME_CHOICES = ("auto", "torch", "onnx", "onnx-int8")
+RUNTIME_HELP = ("auto (default): ONNX Runtime where installed (same answers as PyTorch, "
+                "faster on a CPU; each model is exported once and cached), with the slice "
+                "classifier on int8 when `covidct export --int8` made a graph for this model "
+                "file that passed its parity check; torch: PyTorch; onnx: ONNX Runtime float32; "
+                "onnx-int8: the slice classifier on int8 (needs covidct export --int8). "
+                "Pictures (Grad-CAM) always use PyTorch")
+
+
+log = logging.getLogger("covidct")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,9 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write DICOM objects for the PACS into DIR (DICOM input only): a "
                         "Structured Report, a Segmentation and key images in the source's study "
                         "(they carry its patient module; DIR is made 0700)")
-    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
-                   help="run the networks on PyTorch (default) or ONNX Runtime (CPU; faster "
-                        "there, the model is exported once and cached, see covidct export)")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                   help=RUNTIME_HELP)
     p.add_argument("--lungs", choices=("hu", "lungmask"), default="hu",
                    help="lung mask both methods use: the HU rule (default) or the lungmask "
                         "package's U-Net from --lung-weights (never downloaded)")
@@ -78,6 +91,8 @@ def _predict(args: argparse.Namespace) -> int:
         from ..export import to_runtime
 
         models = [to_runtime(m, args.runtime) for m in models]
+    for model in models:
+        log.info("%s: runtime %s", model.method, getattr(model, "runtime", "torch"))
     if args.dicom_out:
         from ..dicom_out import predict_to_dicom
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..constants import DISCLAIMER, METHODS
+from .predict import RUNTIME_CHOICES, RUNTIME_HELP
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,16 +26,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes (default 1; 0 = in this process). Each gets "
                         "cores/workers threads")
-    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
-                   help="PyTorch (default) or ONNX Runtime")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto", help=RUNTIME_HELP)
     p.add_argument("--pictures", action="store_true", help="also write each scan's pictures")
+    engine = p.add_mutually_exclusive_group()
+    engine.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="run each scan as a task on this Dask cluster (tcp://host:8786); "
+                             "workers load the models once and must see INPUT_DIR and --out "
+                             "at the same paths. The manifest is written here")
+    engine.add_argument("--cluster", choices=("local",), default=None,
+                        help="local: a Dask LocalCluster of --workers processes on this machine")
+    p.add_argument("--resources", default=None, metavar="NAME=N[,NAME=N]",
+                   help="with a Dask cluster: what each scan's task needs of a worker, e.g. "
+                        "GPU=1 for workers started with --resources GPU=1")
     p.set_defaults(func=run)
+
+
+def parse_resources(text: str | None) -> dict[str, float] | None:
+    """"GPU=1,MEM=4e9" -> {"GPU": 1.0, "MEM": 4e9}."""
+    from ..errors import CovidctError
+
+    if not text:
+        return None
+    out = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise CovidctError(f"--resources: expected NAME=NUMBER, got {item!r}") from None
+        if not name.strip():
+            raise CovidctError(f"--resources: expected NAME=NUMBER, got {item!r}")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     from ..batch import predict_batch
+    from ..errors import CovidctError
     from ..predict import find_model
 
+    if args.resources and not (args.scheduler or args.cluster):
+        raise CovidctError("--resources needs a Dask cluster (--scheduler or --cluster local)")
     methods = METHODS if args.method == "all" else (args.method,)
     paths = args.model or [str(find_model(m)) for m in methods]
 
@@ -43,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{row['scan']}: {row['status']} {detail}", flush=True)
 
     summary = predict_batch(args.input_dir, args.out, paths, workers=args.workers,
-                            runtime=args.runtime, pictures=args.pictures, on_row=show)
+                            runtime=args.runtime, pictures=args.pictures, on_row=show,
+                            scheduler=args.scheduler or args.cluster,
+                            resources=parse_resources(args.resources))
     print(summary.line())
     return 2 if summary.failed else 0  # like bad input: the manifest says which scans

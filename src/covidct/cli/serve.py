@@ -6,6 +6,7 @@ import logging
 
 from ..constants import DISCLAIMER, METHODS
 from ..web.config import DEFAULT_KEEP_DAYS, MAX_SLICE_SIDE
+from .predict import RUNTIME_CHOICES, RUNTIME_HELP
 
 log = logging.getLogger("covidct.web")
 
@@ -44,16 +45,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="delete finished jobs (result, stored slices) this many days after they "
                         f"finished, checked at start-up and hourly (default {DEFAULT_KEEP_DAYS:g}; "
                         "0 keeps them forever)")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto", help=RUNTIME_HELP)
     p.add_argument("--show-phi", action="store_true",
                    help="read patient name, ID and dates from DICOM and show them on the page "
                         "(never shown otherwise)")
     p.set_defaults(func=run)
 
 
-def load_served_models(folder: str | None) -> list:
-    """Every method with a model file in ``folder`` (or the default folders); none is an error."""
+def load_served_models(folder: str | None, runtime: str = "torch") -> list:
+    """Every method with a model file in ``folder`` (or the default folders), on ``runtime``;
+    none is an error."""
     from ..errors import ModelError
-    from ..models import load_model
+    from ..export import load_model
     from ..predict import find_model, model_dirs
 
     search = [folder] if folder else None
@@ -67,7 +70,7 @@ def load_served_models(folder: str | None) -> list:
         where = folder or ", ".join(str(d) for d in model_dirs())
         raise ModelError(f"no trained model (bit.pt or covidctnet.pt) in {where}; pass --models DIR "
                          "(train one with covidct train2d/train3d, or run make demo)")
-    return [load_model(path) for path in found]
+    return [load_model(path, runtime) for path in found]
 
 
 def is_loopback(host: str) -> bool:
@@ -115,7 +118,7 @@ def _serve(args: argparse.Namespace, config) -> int:
 
     from ..web.app import create_app
 
-    models = load_served_models(args.models)
+    models = load_served_models(args.models, args.runtime)
     app = create_app(config, models)
     log.info("serving %s on http://%s:%d (data in %s; API token %s; finished jobs kept %s). %s",
              ", ".join(m.method for m in models), args.host, args.port, config.data_dir,

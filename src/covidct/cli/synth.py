@@ -9,7 +9,7 @@ _FORMATS = ("dicom", "nifti", "covidx", "covidctnet")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..synth.cohort import CohortSettings
+    from ..synth.settings import CohortSettings
 
     d = CohortSettings()
     p = sub.add_parser(

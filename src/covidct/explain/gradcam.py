@@ -117,7 +117,9 @@ def slice_gradcam(classifier: Any, pixels: np.ndarray, box: Sequence[int] | None
     tensor = slice_tensor(classifier, cropped)
     probabilities = slice_probabilities(classifier, tensor)
     target = int(np.argmax(probabilities)) if class_index is None else int(class_index)
-    cam = gradcam(classifier.net, default_target_layer(classifier.net), tensor, target)
+    # A model on ONNX Runtime keeps the PyTorch network it came from for gradients.
+    net = getattr(classifier, "torch_net", classifier.net)
+    cam = gradcam(net, default_target_layer(net), tensor, target)
     return {"pixels": np.asarray(cropped, dtype=np.uint8), "cam": resize_to(cam, cropped.shape),
             "probabilities": probabilities, "class_index": target}
 

@@ -123,6 +123,13 @@ def infer_logits(net: torch.nn.Module, batches, device: torch.device, amp: bool 
     return torch.cat(logits), torch.cat(labels)
 
 
+def _check_materialised(net: torch.nn.Module) -> None:
+    """Every parameter and buffer came from the file (none left on the meta device)."""
+    missing = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
+    if missing:
+        raise RuntimeError(f"no weights for {', '.join(missing[:3])}")
+
+
 def lung_slices(scan: Scan, max_slices: int = MAX_SLICES) -> tuple[np.ndarray, bool]:
     """Indices of the slices to score, and whether the lung mask found any (see module doc).
     The scan must first pass :func:`covidct.checks.require_coverage` (plausible, lungs found)."""
@@ -216,9 +223,13 @@ class SliceClassifier:
         except (KeyError, TypeError) as exc:
             raise ModelError(f"bit model file lacks {exc}", where) from None
         get_window(window)
-        net = build_network(arch, len(class_names))
+        # Built without memory on the meta device, then given the file's tensors: a random
+        # initialisation that the weights would overwrite took 5 s of a BiT-R50x1's load.
+        with torch.device("meta"):
+            net = build_network(arch, len(class_names))
         try:
-            net.load_state_dict(state)
+            net.load_state_dict(state, assign=True)
+            _check_materialised(net)
         except RuntimeError as exc:
             raise ModelError(f"weights do not fit {arch}: {str(exc).splitlines()[0]}", where) from None
         net.eval()

@@ -7,14 +7,16 @@ here is a patient: every output says it is synthetic.
 """
 from __future__ import annotations
 
-from .findings import INFECTION, LESION_NAMES, Finding
-from .patient import Patient, make_patient
+import importlib
 
+# Imported on first use, so that covidct.synth.settings (the CLI's defaults) needs no scipy.
+_LAZY = {"make_patient": ".patient", "Patient": ".patient", "Finding": ".findings",
+         "LESION_NAMES": ".findings", "INFECTION": ".findings", "generate_cohort": ".cohort",
+         "CohortSettings": ".settings"}
 __all__ = ["make_patient", "Patient", "Finding", "LESION_NAMES", "INFECTION", "generate_cohort"]
 
 
 def __getattr__(name: str):
-    if name in ("generate_cohort", "CohortSettings"):
-        from . import cohort
-        return getattr(cohort, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'covidct.synth' has no attribute {name!r}")

@@ -35,11 +35,10 @@ from ..constants import SLICE_CLASSES, SYNTHETIC_NOTICE, SYNTHETIC_TAG, VOLUME_C
 from ..errors import CovidctError
 from ..scan import Scan
 from ..windowing import COVIDX_LUNG, body_box
-from .anatomy import VARIANTS
 from .findings import LESION_NAMES
-from .patient import MIN_SLICES, VISIBLE_LESION_MM2, Patient, make_patient
+from .patient import VISIBLE_LESION_MM2, Patient, make_patient
+from .settings import FORMATS, CohortSettings  # noqa: F401  (re-exported: covidct.synth.cohort.CohortSettings)
 
-FORMATS = ("dicom", "nifti", "covidx", "covidctnet")
 SPLITS = ("train", "val", "test")
 #: COVIDx CT images are 512x512.
 COVIDX_SIZE = 512
@@ -49,48 +48,6 @@ MONTAGE_PATIENTS = 12
 SETTINGS_FILE = "synth.json"
 #: DICOM PatientName of every phantom (the PatientID is the synthetic patient id).
 PATIENT_NAME = "SYNTHETIC^PHANTOM"
-
-
-@dataclass(frozen=True)
-class CohortSettings:
-    """What ``covidct synth`` makes; the defaults are the command's defaults."""
-
-    patients: int = 30
-    seed: int = 0
-    difficulty: float = 0.3
-    matrix: int = 512
-    slice_mm: tuple[float, float] = (2.5, 5.0)
-    max_slices: int | None = 120
-    split: tuple[float, float, float] = (0.6, 0.2, 0.2)
-    formats: tuple[str, ...] = FORMATS
-    #: Harder anatomy (covidct.synth.anatomy.VARIANTS); each patient gets each listed variant
-    #: with probability VARIANT_SHARE. Empty (the default) leaves every cohort as it was.
-    variants: tuple[str, ...] = ()
-
-    def check(self) -> "CohortSettings":
-        """Raise CovidctError on a setting that cannot work (the CLI makes it one line)."""
-        if self.patients < 1:
-            raise CovidctError(f"--patients must be at least 1, got {self.patients}")
-        if not 0.0 <= self.difficulty <= 1.0:
-            raise CovidctError(f"--difficulty must be between 0 and 1, got {self.difficulty}")
-        if not 32 <= self.matrix <= 1024:
-            raise CovidctError(f"--matrix must be between 32 and 1024, got {self.matrix}")
-        lo, hi = self.slice_mm
-        if not 0.3 <= lo <= hi <= 10.0:
-            raise CovidctError(f"--slice-mm needs 0.3 <= MIN <= MAX <= 10, got {lo} {hi}")
-        if self.max_slices is not None and self.max_slices < MIN_SLICES:
-            raise CovidctError(f"--max-slices must be at least {MIN_SLICES}, got {self.max_slices}")
-        if len(self.split) != 3 or any(f < 0 for f in self.split) or sum(self.split) <= 0:
-            raise CovidctError(f"--split needs three non-negative fractions (train val test) "
-                               f"with a positive sum, got {' '.join(map(str, self.split))}")
-        odd = [v for v in self.variants if v not in VARIANTS]
-        if odd:
-            raise CovidctError(f"--variants: unknown {', '.join(odd)}; choose from {','.join(VARIANTS)}")
-        unknown = [f for f in self.formats if f not in FORMATS]
-        if unknown or not self.formats:
-            raise CovidctError(f"--formats: unknown {', '.join(unknown) or '(none given)'}; "
-                               f"choose from {','.join(FORMATS)}")
-        return self
 
 
 @dataclass

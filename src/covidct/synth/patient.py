@@ -11,11 +11,10 @@ from ..errors import CovidctError
 from ..scan import Scan
 from . import anatomy, findings
 from .raster import Grid
+from .settings import MIN_SLICES
 
 #: Slice spacings scanners commonly reconstruct at (mm); drawn from those within the range.
 COMMON_SLICE_MM = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0)
-#: Fewest slices a phantom may have: the lungs need room to taper at both ends.
-MIN_SLICES = 8
 #: A slice "shows a lesion" when infection covers at least this area (a 5 mm spot).
 LESION_SLICE_MM2 = 20.0
 #: COVIDx keeps slices whose infection a reader sees: at least 2 cm2 (a 16 mm patch; at the
