@@ -127,8 +127,12 @@ def test_no_identifier_in_anything_written_or_printed(tmp_path, models, run_cli)
     leaks = [(cmd, _leaks(text)) for cmd, text in printed if _leaks(text)]
     leaks += [leak for root in (out, home, tmp_path / "tmp") for leak in _leaks_under(root, tmp_path)]
     assert leaks == []
-    # Nothing cached outside --out, no unpacked copy left in the temporary folder.
-    assert not (home / ".cache" / "covidct").exists()
+    # No patient-derived data cached outside --out (the default runtime keeps the models' own
+    # ONNX graphs, named by the model file's digest, under the cache's onnx/ folder), and no
+    # unpacked copy left in the temporary folder.
+    cache = home / ".cache" / "covidct"
+    cached = [p.relative_to(cache) for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
+    assert all(p.parts[0] == "onnx" and p.name.startswith(("bit-", "covidctnet-")) for p in cached), cached
     assert list((tmp_path / "tmp").glob("covidct*")) == []
     # Derived patient data are private: files 0600, new folders 0700.
     for path in (out / "predict").rglob("*"):
