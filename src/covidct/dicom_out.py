@@ -619,15 +619,18 @@ def save_outputs(datasets: Sequence[Any], out_dir: str | os.PathLike) -> list[Pa
 
 def predict_to_dicom(scan_path: str | os.PathLike, models: Sequence[Any], dicom_dir: str | os.PathLike,
                      out_dir: str | os.PathLike | None = None, pictures: bool = True,
-                     lungs: LungFindings | None = None) -> tuple[list[Prediction], list[Path]]:
+                     lungs: LungFindings | None = None,
+                     scan: Scan | None = None) -> tuple[list[Prediction], list[Path]]:
     """``covidct predict SCAN --dicom-out DIR`` and the DICOM node: predict (the library's
     checks and refusals), then write the DICOM outputs with the lung findings of
-    :func:`lung_findings` unless ``lungs`` is given (and the usual files when ``out_dir`` is)."""
+    :func:`lung_findings` unless ``lungs`` is given (and the usual files when ``out_dir`` is).
+    ``scan`` is the series already read from ``scan_path`` (the CLI has read and checked it),
+    so that only the headers are read again, for the references to the source images."""
     from .predict import predict, predict_to_folder
     from .scanio import load_scan
 
     with dicom_source(scan_path) as folder:
-        scan = load_scan(folder)
+        scan = scan if scan is not None else load_scan(folder)
         if scan.metadata.get("source_format") != "dicom":
             raise ScanError("DICOM outputs (--dicom-out) need a DICOM series as input", scan_path)
         sources = source_datasets(folder, scan)

@@ -97,7 +97,7 @@ def _predict(args: argparse.Namespace) -> int:
         from ..dicom_out import predict_to_dicom
 
         predictions, _ = predict_to_dicom(args.scan, models, args.dicom_out, out_dir=args.out,
-                                          pictures=not args.no_pictures)
+                                          pictures=not args.no_pictures, scan=scan)
     elif args.out:
         predictions = predict_to_folder(scan, models, args.out, pictures=not args.no_pictures)
     else:
