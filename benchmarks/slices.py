@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from covidct.covidx import IMAGES_DIR, covidx_paths, split_path
+
 from .common import Sizes, best_time, forward_flops, sync
 
 
@@ -171,8 +173,8 @@ def capped_vs_every_slice(sizes: Sizes, threads: int, workdir: Path) -> dict[str
                                          formats=("nifti", "covidx")), progress=False)
     steps = sizes.cohort_steps
     result = train(TrainConfig(
-        train_split=str(root / "covidx" / "train_COVIDx_CT-2A.txt"),
-        images=str(root / "covidx" / "images"), out=str(workdir / "run"), arch=TINY_ARCH,
+        train_split=str(split_path(root / "covidx", "train")),
+        images=str(root / "covidx" / IMAGES_DIR), out=str(workdir / "run"), arch=TINY_ARCH,
         init="random", resize=_resize_for(sizes.cohort_crop), crop=sizes.cohort_crop,
         schedule=(max(1, steps // 20), steps // 2, 3 * steps // 4, 9 * steps // 10, steps),
         batch_size=sizes.cohort_batch, lr=0.01, mixup_alpha=0.0, balanced=True, workers=0,
@@ -209,7 +211,7 @@ def capped_vs_every_slice(sizes: Sizes, threads: int, workdir: Path) -> dict[str
 
 def _slice_accuracy(model, root: Path) -> float:
     """Slice-level accuracy on the cohort's COVIDx test split (is the tiny model any good?)."""
-    scores = model.score_dataset(root / "covidx" / "test_COVIDx_CT-2A.txt", root / "covidx" / "images")
+    scores = model.score_dataset(*covidx_paths(root / "covidx", "test"))
     return float(np.mean(scores.y_prob.argmax(1) == scores.y_true))
 
 
@@ -225,7 +227,7 @@ def loader(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     from covidct.volumes.phantom import benchmark_series
     from covidct.windowing import COVIDX_LUNG
 
-    images = workdir / "covidx" / "images"
+    images = workdir / "covidx" / IMAGES_DIR
     images.mkdir(parents=True, exist_ok=True)
     scan = benchmark_series(sizes.loader_images, sizes.loader_matrix)
     lines = []
@@ -235,7 +237,7 @@ def loader(sizes: Sizes, workdir: Path) -> dict[str, Any]:
         Image.fromarray(pixels).save(images / name)
         x0, y0, x1, y1 = scan_body_box(pixels)
         lines.append(f"{name} 2 {x0} {y0} {x1} {y1}")
-    split = workdir / "covidx" / "train_COVIDx_CT-2A.txt"
+    split = split_path(workdir / "covidx", "train")
     split.write_text("\n".join(lines) + "\n")
     dataset = COVIDxDataset(split, images, TrainTransform(_resize_for(sizes.crop), sizes.crop))
     n = len(dataset)

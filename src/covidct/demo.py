@@ -31,6 +31,7 @@ from typing import Any, Callable
 from . import __version__
 from .atomic import atomic_path, write_json
 from .constants import DISCLAIMER, METHOD_BIT, METHOD_COVIDCTNET, SYNTHETIC_NOTICE
+from .covidx import IMAGES_DIR, split_path
 from .errors import CovidctError
 
 log = logging.getLogger(__name__)
@@ -214,8 +215,8 @@ def _train_bit(covidx: Path, run: Path, settings: DemoSettings, progress: bool) 
 
     resize, crop = settings.bit_resolution
     config = TrainConfig(
-        train_split=str(covidx / "train_COVIDx_CT-2A.txt"), images=str(covidx / "images"),
-        val_split=str(covidx / "val_COVIDx_CT-2A.txt"), out=str(run), arch=settings.bit_arch,
+        train_split=str(split_path(covidx, "train")), images=str(covidx / IMAGES_DIR),
+        val_split=str(split_path(covidx, "val")), out=str(run), arch=settings.bit_arch,
         init="random", resize=resize, crop=crop, schedule=settings.bit_schedule,
         batch_size=settings.bit_batch_size, lr=settings.bit_lr, mixup_alpha=settings.bit_mixup_alpha,
         balanced=settings.bit_balanced,

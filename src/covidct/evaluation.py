@@ -17,13 +17,13 @@ import numpy as np
 from . import __version__
 from .atomic import private_files, write_bytes, write_json
 from .constants import METHOD_BIT
+from .covidx import LAYOUT, covidx_paths
 from .errors import DatasetError
 from .lungs_eval import LUNGS_JSON, evaluate_lungs, find_truth
 from .privacy import folder_salt, pseudonym, show_paths
 from .models import Model, load_model
 from .prediction import Scores
 
-SPLIT_FILE = "{split}_COVIDx_CT-2A.txt"
 LOCALISATION_JSON = "localisation.json"
 
 
@@ -33,11 +33,9 @@ def score(model: Model, data: str | os.PathLike, split: str = "test") -> Scores:
     if not data.exists():
         raise DatasetError("dataset folder not found", data)
     if model.method == METHOD_BIT:
-        split_file = data / SPLIT_FILE.format(split=split) if data.is_dir() else data
-        image_dir = (data if data.is_dir() else data.parent) / "images"
+        split_file, image_dir = covidx_paths(data, split)
         if data.is_dir() and not split_file.is_file():
-            raise DatasetError(f"no {split_file.name} in the dataset folder (COVIDx layout: "
-                               "<split>_COVIDx_CT-2A.txt + images/)", data)
+            raise DatasetError(f"no {split_file.name} in the dataset folder (COVIDx layout: {LAYOUT})", data)
         return model.score_dataset(split_file, image_dir)
     return model.score_dataset(data, split=split)
 
@@ -107,9 +105,7 @@ def localise(model: Model, data: str | os.PathLike, split: str, scores: Scores,
     from .explain.localisation import gradcam_localisation, infection_localisation
 
     if model.method == METHOD_BIT:
-        data = Path(data)
-        split_file = data / SPLIT_FILE.format(split=split) if data.is_dir() else data
-        return gradcam_localisation(model, split_file, split_file.parent / "images", scores)
+        return gradcam_localisation(model, *covidx_paths(data, split), scores)
     return infection_localisation(model, data, split, out_dir)
 
 

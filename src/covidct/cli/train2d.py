@@ -6,9 +6,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..covidx import IMAGES_DIR, SPLIT_SUFFIX, split_path
 from ..errors import CovidctError
-
-SPLIT_NAME = "{}_COVIDx_CT-2A.txt"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     data = p.add_argument_group("data")
     data.add_argument("--data", metavar="COVIDX_DIR",
-                      help="folder with train/val_COVIDx_CT-2A.txt and images/")
+                      help=f"folder with train/val{SPLIT_SUFFIX} and {IMAGES_DIR}/")
     data.add_argument("--train-split", metavar="FILE", help="training split file (overrides --data)")
     data.add_argument("--val-split", metavar="FILE",
                       help="validation split file (overrides --data; 'none' for no validation)")
@@ -92,11 +91,11 @@ def config_from_args(args: argparse.Namespace):
     from ..slices.train import TrainConfig
 
     data = Path(args.data) if args.data else None
-    train_split = args.train_split or (data / SPLIT_NAME.format("train") if data else None)
-    images = args.images or (data / "images" if data else None)
+    train_split = args.train_split or (split_path(data, "train") if data else None)
+    images = args.images or (data / IMAGES_DIR if data else None)
     if not train_split or not images:
         raise CovidctError("give --data COVIDX_DIR, or --train-split and --images")
-    val_split = args.val_split or (data / SPLIT_NAME.format("val") if data else None)
+    val_split = args.val_split or (split_path(data, "val") if data else None)
     if str(val_split).lower() == "none":
         val_split = None
     resize, crop = parse_resolution(args.resolution)

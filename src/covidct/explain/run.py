@@ -24,6 +24,7 @@ import numpy as np
 
 from ..atomic import atomic_dir, write_bytes, write_json
 from ..constants import METHOD_BIT, SYNTHETIC_NOTICE
+from ..covidx import covidx_paths
 from ..errors import DatasetError, ModelError
 from .cases import Case, select_cases
 
@@ -85,14 +86,6 @@ def explain_evaluation(model: Any, data: str | os.PathLike, split: str, eval_dir
     return summary
 
 
-def covidx_paths(data: str | os.PathLike, split: str) -> tuple[Path, Path]:
-    """(split file, images folder) of a COVIDx-layout folder or a split file, as evaluate reads."""
-    from ..evaluation import SPLIT_FILE
-
-    data = Path(data)
-    if data.is_dir():
-        return data / SPLIT_FILE.format(split=split), data / "images"
-    return data, data.parent / "images"
 
 
 def _synthetic(eval_dir: Path) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..atomic import write_text
 from ..constants import DISCLAIMER, SYNTHETIC_NOTICE
+from ..covidx import SPLIT_FILES
 from ..errors import DatasetError
 from .datasets import data_section
 from .discover import Findings, discover
@@ -25,7 +26,7 @@ from .template import PAGE
 
 DEFAULT_NAME = "report.html"
 LOOKED_FOR = ("training runs (config.json + history.csv), evaluations (results.json), "
-              "dataset folders (labels.csv or <split>_COVIDx_CT-2A.txt), predictions (<method>.json) "
+              f"dataset folders (labels.csv or {SPLIT_FILES}), predictions (<method>.json) "
               "or experiments (experiment.json)")
 
 

@@ -9,7 +9,6 @@ from .discover import Evaluation, TrainingRun
 
 METHOD_TITLES = {METHOD_BIT: "Slice classifier (BiT ResNet-v2)",
                  METHOD_COVIDCTNET: "CovidCTNet (BCDU-Net infection maps + 3D CNN)"}
-SPLIT_ORDER = ("train", "val", "test")
 
 
 def levels_of(metrics: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:

@@ -7,11 +7,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..constants import SLICE_CLASSES, VOLUME_CLASSES
-from ..covidx import read_split
+from ..constants import SLICE_CLASSES, SPLITS, VOLUME_CLASSES
+from ..covidx import SPLIT_FILES, read_split, split_of
 from ..errors import CovidctError
-from .common import SPLIT_ORDER, evaluation_title
-from .discover import SPLIT_SUFFIX, Cohort, Findings, TrainingRun
+from .common import evaluation_title
+from .discover import Cohort, Findings, TrainingRun
 from .html import count, esc, missing, note, section, subsection, table
 
 
@@ -32,7 +32,7 @@ def data_section(found: Findings) -> str:
         parts.append(subsection("Data each training run used", table(
             ["Run", "Training data", "Validation data", "Synthetic"], trained)))
     body = "".join(parts) or missing("No dataset folders or data summaries found",
-                                     "labels.csv, <split>_COVIDx_CT-2A.txt, results.json, config.json")
+                                     f"labels.csv, {SPLIT_FILES}, results.json, config.json")
     return section("data", "Data: provenance and counts", body)
 
 
@@ -79,7 +79,7 @@ def _labels_table(path: Path) -> str:
 
 def _covidx_table(split_files: list[Path]) -> str:
     body = []
-    for path in sorted(split_files, key=lambda p: _split_rank(p.name[: -len(SPLIT_SUFFIX)])):
+    for path in sorted(split_files, key=lambda p: _split_rank(split_of(p))):
         try:
             records = read_split(path)
         except CovidctError as exc:
@@ -89,7 +89,7 @@ def _covidx_table(split_files: list[Path]) -> str:
         for label in range(len(SLICE_CLASSES)):
             members = [r for r in records if r.label == label]
             cells.append(f"{len(members):,} slices / {len({r.patient for r in members}):,} patients")
-        body.append([path.name[: -len(SPLIT_SUFFIX)], *cells,
+        body.append([split_of(path), *cells,
                      f"{len(records):,} slices / {len({r.patient for r in records}):,} patients"])
     return table(["Split", *SLICE_CLASSES, "All"], body,
                  caption="Slices and patients per split and class (COVIDx split files)")
@@ -118,7 +118,7 @@ def _ordered(splits: set[str]) -> list[str]:
 
 
 def _split_rank(name: str) -> tuple[int, str]:
-    return (SPLIT_ORDER.index(name) if name in SPLIT_ORDER else len(SPLIT_ORDER), name)
+    return (SPLITS.index(name) if name in SPLITS else len(SPLITS), name)
 
 
 def _run_data_row(run: TrainingRun, found: Findings) -> list[str] | None:

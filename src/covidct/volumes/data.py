@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..constants import VOLUME_CLASS_FOLDERS, VOLUME_CLASSES
+from ..constants import SPLITS, VOLUME_CLASS_FOLDERS, VOLUME_CLASSES
 from ..errors import DatasetError
 
-SPLITS = ("train", "val", "test")
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                 "validation": "val", "dev": "val", "test": "test", "holdout": "test"}
 _LABEL_NAMES = {
