@@ -48,6 +48,17 @@ def test_folder_per_class_layout_with_a_stratified_patient_split(tmp_path):
     assert "seed 1" in cohort.split_from
 
 
+def test_class_folders_list_only_files_load_scan_can_read_as_a_volume(tmp_path):
+    folder_cohort(tmp_path, per_class=3)
+    touch(tmp_path / "CAP" / "old.mha")      # load_scan cannot read MetaImage or NRRD
+    touch(tmp_path / "CAP" / "old.nrrd")
+    touch(tmp_path / "CAP" / "series.zip")
+    touch(tmp_path / "Covid" / "one.IMA")    # a DICOM suffix, any case
+    ids = {i.patient_id for i in load_cohort(tmp_path).items}
+    assert {"series", "one"} <= ids and not {"old", "old.mha", "old.nrrd"} & ids
+    assert len(ids) == 11
+
+
 def test_labels_csv_with_paths_labels_and_splits(tmp_path):
     touch(tmp_path / "scans" / "a.nii.gz")
     touch(tmp_path / "scans" / "b" / "1.dcm")

@@ -41,6 +41,7 @@ from typing import Any, Callable, Sequence
 from .atomic import private_files, write_text
 from .errors import CovidctError, DatasetError
 from .privacy import folder_salt, pseudonym, show_paths
+from .scanio.common import SCAN_SUFFIXES, natural_key, suffix_of, without_scan_suffix
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ MANIFEST = "manifest.csv"
 FIELDS = ("scan", "index", "status", "labels", "probabilities", "synthetic", "seconds", "models",
           "outputs", "error")
 STATUS_OK, STATUS_ERROR = "ok", "error"
-_SCAN_SUFFIXES = (".dcm", ".zip", ".nii", ".nii.gz", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -70,25 +70,16 @@ def discover_scans(input_dir: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         raise DatasetError("not a folder of scans", root)
     found = [p for p in root.iterdir() if not p.name.startswith(".") and
-             (p.is_dir() or p.name.lower().endswith(_SCAN_SUFFIXES))]
+             (p.is_dir() or suffix_of(p) in SCAN_SUFFIXES)]
     if not found:
         raise DatasetError("no scans in this folder (expected DICOM folders/zips, NIfTI files "
                            "or pictures)", root)
-    return sorted(found, key=lambda p: _natural_key(p.name))
-
-
-def _natural_key(name: str) -> list:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+    return sorted(found, key=lambda p: natural_key(p.name))
 
 
 def output_name(scan: Path) -> str:
     """A folder name for a scan's outputs: its name with suffixes and odd characters removed."""
-    name = scan.name
-    for suffix in sorted(_SCAN_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "scan"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", without_scan_suffix(scan.name)) or "scan"
 
 
 # The manifest ------------------------------------------------------------------------------
@@ -108,7 +99,7 @@ def write_manifest(path: str | os.PathLike, rows: dict[str, dict[str, Any]]) -> 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    for name in sorted(rows, key=lambda n: (_index(rows[n]), _natural_key(n))):
+    for name in sorted(rows, key=lambda n: (_index(rows[n]), natural_key(n))):
         writer.writerow({k: rows[name].get(k, "") for k in FIELDS})
     with private_files():  # labels of patients: 0600
         return write_text(path, buffer.getvalue())

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..constants import SPLITS, VOLUME_CLASS_FOLDERS, VOLUME_CLASSES
 from ..errors import DatasetError
+from ..scanio.common import VOLUME_SUFFIXES, suffix_of, without_scan_suffix
 
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                 "validation": "val", "dev": "val", "test": "test", "holdout": "test"}
@@ -33,7 +34,6 @@ _LABEL_NAMES = {
     "cap": "CAP", "cp": "CAP", "pneumonia": "CAP", "common pneumonia": "CAP",
     "covid": "COVID-19", "covid-19": "COVID-19", "covid19": "COVID-19", "ncp": "COVID-19",
 }
-_SCAN_SUFFIXES = (".nii", ".nii.gz", ".zip", ".dcm", ".mha", ".nrrd")
 _TRUE = ("1", "true", "yes", "y")
 
 
@@ -116,19 +116,14 @@ def _class_folders(root: Path) -> dict[str, Path]:
 
 
 def _patient_id(entry: Path) -> str:
-    name = entry.name
-    for suffix in _SCAN_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return without_scan_suffix(entry.name)
 
 
 def _from_folders(root: Path) -> Cohort:
     items = []
     for label, folder in _class_folders(root).items():
         for entry in sorted(folder.iterdir()):
-            if entry.name.startswith(".") or (entry.is_file() and
-                                              not entry.name.lower().endswith(_SCAN_SUFFIXES)):
+            if entry.name.startswith(".") or (entry.is_file() and suffix_of(entry) not in VOLUME_SUFFIXES):
                 continue
             items.append(CohortItem(_patient_id(entry), label, entry, ""))
     _check_unique(items, root)
