@@ -6,7 +6,6 @@ Every scan here is a SYNTHETIC phantom.
 """
 from __future__ import annotations
 
-import csv
 import math
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from covidct.covidx import IMAGES_DIR, covidx_paths, split_path
+from covidct.labels import LABELS_CSV, read_labels
 
 from .common import Sizes, best_time, forward_flops, sync
 
@@ -182,8 +182,7 @@ def capped_vs_every_slice(sizes: Sizes, threads: int, workdir: Path) -> dict[str
     prepared_s = time.perf_counter() - start
     model = load_model(result.model_path)
     model.max_slices = sizes.max_slices
-    with open(root / "labels.csv", newline="") as fh:
-        patients = list(csv.DictReader(fh))
+    patients = read_labels(root / LABELS_CSV)
     rows = []
     for patient in patients:
         scan = load_scan(root / patient["nifti"])

@@ -8,7 +8,8 @@ import pytest
 
 from covidct.errors import DatasetError
 from covidct.scan import Scan
-from covidct.volumes.cache import ArrayCache, file_digest, scan_digest
+from covidct.digest import file_digest
+from covidct.volumes.cache import ArrayCache, scan_digest
 from covidct.volumes.data import load_cohort
 
 

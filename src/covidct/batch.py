@@ -176,7 +176,7 @@ def _hide(text: str, scan_path: str, name: str) -> str:
 
 def model_key(model_paths: Sequence[str | os.PathLike]) -> str:
     """Which model files made a row: ``name:sha256[:16]`` of each, joined."""
-    from .volumes.cache import file_digest
+    from .digest import file_digest
 
     return ";".join(f"{Path(p).name}:{file_digest(p)[:16]}" for p in model_paths)
 

@@ -18,7 +18,6 @@ phantoms, not patients: every output says SYNTHETIC.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from .atomic import atomic_path, write_json
 from .constants import DISCLAIMER, METHOD_BIT, METHOD_COVIDCTNET, SYNTHETIC_NOTICE
 from .covidx import IMAGES_DIR, split_path
 from .errors import CovidctError
+from .labels import LABELS_CSV, read_labels
 
 log = logging.getLogger(__name__)
 
@@ -268,8 +268,7 @@ def _evaluate(model_path: Path, data: Path, folder: Path, out: Path, settings: D
 
 def held_out_patient(cohort: Path) -> dict[str, str]:
     """The first COVID-19 test patient of the cohort (else the first test patient)."""
-    with (cohort / "labels.csv").open(newline="", encoding="utf-8") as handle:
-        rows = [r for r in csv.DictReader(handle) if r.get("split") == "test"]
+    rows = [r for r in read_labels(cohort / LABELS_CSV) if r.get("split") == "test"]
     if not rows:
         raise CovidctError("the cohort has no test patients; use more --patients", cohort)
     covid = [r for r in rows if r.get("label") == "NCP"]

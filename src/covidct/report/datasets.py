@@ -2,14 +2,14 @@
 evaluation and training run used, as counts only."""
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..constants import SLICE_CLASSES, SPLITS, VOLUME_CLASSES
 from ..covidx import SPLIT_FILES, read_split, split_of
-from ..errors import CovidctError
+from ..errors import CovidctError, DatasetError
+from ..labels import read_labels
 from .common import evaluation_title
 from .discover import Cohort, Findings, TrainingRun
 from .html import count, esc, missing, note, section, subsection, table
@@ -50,10 +50,9 @@ def _cohort_html(cohort: Cohort, found: Findings) -> str:
 
 def _labels_table(path: Path) -> str:
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        return note(f"labels.csv could not be read ({exc}).")
+        rows = read_labels(path)
+    except DatasetError as exc:
+        return note(f"labels.csv could not be read ({exc.message}).")
     if not rows:
         return note("labels.csv is empty.")
     columns = set(rows[0])

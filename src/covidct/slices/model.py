@@ -37,6 +37,7 @@ import torch
 from .. import __version__
 from ..checks import require_coverage
 from ..constants import METHOD_BIT, SLICE_CLASSES
+from ..devices import cpu_state
 from ..errors import ModelError
 from ..metrics import aggregate_by_patient
 from ..prediction import Prediction, Scores
@@ -194,7 +195,7 @@ class SliceClassifier:
         """The model file content: tensors, dicts, lists, strings and numbers only."""
         return {
             "arch": self.arch,
-            "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "state_dict": cpu_state(self.net),
             "class_names": list(self.class_names),
             "window": self.window,
             "resolution": {"resize": self.resize, "crop": self.crop},

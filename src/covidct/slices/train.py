@@ -38,6 +38,7 @@ from .. import __version__
 from ..atomic import atomic_path, write_json, write_text
 from ..constants import SLICE_CLASSES
 from ..covidx import class_counts, read_split
+from ..devices import choose_device
 from ..errors import CovidctError, ModelError
 from .data import (COVIDxDataset, EvalTransform, StepBatchSampler, TrainTransform, collate,
                    find_synthetic_marker, mixup, mixup_lambda, normalize, subsample_per_class)
@@ -121,9 +122,7 @@ class _Proc:
 
 def _setup_process(device_pref: str) -> _Proc:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() and device_pref != "cpu"
-    if device_pref == "cuda" and not torch.cuda.is_available():
-        raise CovidctError("--device cuda requested but no CUDA device is available")
+    cuda = choose_device(device_pref).type == "cuda"
     if world == 1:
         return _Proc(device=torch.device("cuda" if cuda else "cpu"))
     import torch.distributed as dist

@@ -15,7 +15,6 @@ is ever on both sides of a split.
 """
 from __future__ import annotations
 
-import csv
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 
 from ..constants import SPLITS, VOLUME_CLASS_FOLDERS, VOLUME_CLASSES
 from ..errors import DatasetError
+from ..labels import LABELS_CSV, read_labels
 from ..scanio.common import VOLUME_SUFFIXES, suffix_of, without_scan_suffix
 
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -86,8 +86,8 @@ def load_cohort(source: str | os.PathLike, seed: int = 0, val_fraction: float = 
         raise DatasetError("no such data folder or labels file", source)
     if source.is_file():
         cohort = _from_csv(source)
-    elif (source / "labels.csv").is_file():
-        cohort = _from_csv(source / "labels.csv")
+    elif (source / LABELS_CSV).is_file():
+        cohort = _from_csv(source / LABELS_CSV)
         cohort.source = str(source)
     elif _class_folders(source):
         cohort = _from_folders(source)
@@ -131,11 +131,7 @@ def _from_folders(root: Path) -> Cohort:
 
 
 def _from_csv(path: Path) -> Cohort:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DatasetError(f"cannot read the labels CSV ({exc})", path) from None
+    rows = read_labels(path)
     columns = set(rows[0]) if rows else set()
     label_column = "volume_label" if "volume_label" in columns else "label"
     if "patient_id" not in columns or label_column not in columns:

@@ -16,12 +16,14 @@ import numpy as np
 
 from ..checks import require_coverage
 from ..constants import METHOD_COVIDCTNET, VOLUME_CLASSES
+from ..devices import cpu_state
+from ..digest import file_digest
 from ..errors import ModelError
 from ..models import save_model_file
 from ..prediction import Prediction, Scores
 from ..scan import Scan
 from ..lungs import MAP_THRESHOLD, _percent, lung_report, resample_nearest, scan_lungs
-from .cache import ArrayCache, file_digest, scan_digest, weights_digest
+from .cache import ArrayCache, scan_digest, weights_digest
 from .infection import cnn_input
 from .preprocess import canonical_flips, check_scan, preprocess_volume
 from .settings import INPUT_INFECTION, VolumeSettings
@@ -94,8 +96,8 @@ class CovidCTNet:
             "name": self.info.get("name", "covidctnet"),
             "settings": self.settings.to_dict(),
             "class_names": list(self.class_names),
-            "classifier": _cpu_state(self.classifier),
-            "denoiser": None if self.denoiser is None else _cpu_state(self.denoiser),
+            "classifier": cpu_state(self.classifier),
+            "denoiser": None if self.denoiser is None else cpu_state(self.denoiser),
             "training": self.training,
         }
 
@@ -324,10 +326,6 @@ def lung_grid(mask, scan: Scan, shape: tuple[int, ...]) -> np.ndarray:
         if flip:
             labels = np.flip(labels, axis=axis)
     return resample_nearest(labels > 0, tuple(shape)).astype(np.float32)
-
-
-def _cpu_state(module) -> dict[str, Any]:
-    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
 def _scan_info(scan: Scan, volume: np.ndarray, warnings: list[str],
