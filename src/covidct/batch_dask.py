@@ -30,18 +30,18 @@ def _plugin(model_paths: Sequence[str], runtime: str, threads: int | None, pictu
     from distributed import WorkerPlugin
 
     class LoadModels(WorkerPlugin):
-        """Loads the models into each worker process once (covidct.batch's worker state)."""
+        """Loads the models into each worker process once (covidct.batch_worker's state)."""
 
         def __init__(self) -> None:
             self.args = (list(model_paths), runtime, threads, pictures)
 
         def setup(self, worker) -> None:
-            from .batch import _init_worker
+            from .batch_worker import init_worker
 
             paths, rt, n, pics = self.args
             # Threads per task: the worker's cores shared by the tasks it runs at once.
             n = n or max(1, (os.cpu_count() or 1) // max(1, worker.state.nthreads))
-            _init_worker(paths, rt, n, pics)
+            init_worker(paths, rt, n, pics)
             if rt == "torch" and worker.state.total_resources.get("GPU"):
                 _to_gpu()
             log.info("covidct: worker %s loaded %d model(s)", worker.address, len(paths))
@@ -53,12 +53,12 @@ def _to_gpu() -> None:
     """Move the worker's PyTorch models to its GPU (a worker started with --resources GPU=1)."""
     import torch
 
-    from .batch import _WORKER
+    from .batch_worker import WORKER
 
     if not torch.cuda.is_available():
         log.warning("covidct: worker has a GPU resource but CUDA is not available; using the CPU")
         return
-    for model in _WORKER["models"]:
+    for model in WORKER["models"]:
         for name in ("net", "classifier", "denoiser"):  # the slice classifier; CovidCTNet
             module = getattr(model, name, None)
             if isinstance(module, torch.nn.Module):
@@ -68,11 +68,11 @@ def _to_gpu() -> None:
 
 
 def _task(scan_path: str, out_dir: str, name: str, index: int) -> dict[str, Any]:
-    from .batch import _WORKER, _predict_one
+    from .batch_worker import WORKER, predict_one
 
-    if "models" not in _WORKER:  # the plugin failed on this worker: say so per scan
+    if "models" not in WORKER:  # the plugin failed on this worker: say so per scan
         raise RuntimeError("covidct models are not loaded on this worker")
-    return _predict_one(scan_path, out_dir, name, index)
+    return predict_one(scan_path, out_dir, name, index)
 
 
 def connect(scheduler: str, workers: int):
@@ -99,7 +99,7 @@ def run_on_dask(jobs: Sequence[tuple[str, str, str, int]], init_args: tuple, sch
     """Yield each scan's manifest row as its task finishes (any order)."""
     from distributed import as_completed
 
-    from .batch import worker_died_row
+    from .batch_worker import worker_died_row
 
     model_paths, runtime, threads, pictures = init_args
     client, cluster = connect(scheduler, workers)

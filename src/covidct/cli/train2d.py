@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import sys
 from pathlib import Path
@@ -110,6 +111,20 @@ def config_from_args(args: argparse.Namespace):
         amp=args.amp, channels_last=args.channels_last, resume=args.resume,
         stop_after=args.stop_after, synthetic=args.synthetic, progress=not args.no_progress,
         command=shlex.join(sys.argv))
+
+
+def torchrun_main(argv: list[str] | None = None) -> int:
+    """Entry point for ``torchrun ... -m covidct.slices.train ARGS`` (same options as train2d)."""
+    parser = argparse.ArgumentParser(prog="python -m covidct.slices.train",
+                                     description="covidct train2d, for torchrun")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return int(run(args) or 0)
+    except CovidctError as exc:
+        print(f"covidct: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def run(args: argparse.Namespace) -> int:

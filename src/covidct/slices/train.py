@@ -440,23 +440,9 @@ def _bar(config: TrainConfig, proc: _Proc, start: int, total: int):
                 file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``torchrun ... -m covidct.slices.train ARGS`` (same options as train2d)."""
-    import argparse
-
-    from ..cli.train2d import add_arguments, run
-
-    parser = argparse.ArgumentParser(prog="python -m covidct.slices.train",
-                                     description="covidct train2d, for torchrun")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        return int(run(args) or 0)
-    except CovidctError as exc:
-        print(f"covidct: error: {exc}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``torchrun ... -m covidct.slices.train ARGS``: the options are train2d's, so the CLI parses
+    # them. Only the program file runs this; importing the library never reaches the CLI.
+    from covidct.cli.train2d import torchrun_main
+
+    sys.exit(torchrun_main())
