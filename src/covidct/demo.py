@@ -33,6 +33,7 @@ from .constants import DISCLAIMER, METHOD_BIT, METHOD_COVIDCTNET, SYNTHETIC_NOTI
 from .covidx import IMAGES_DIR, split_path
 from .errors import CovidctError
 from .labels import LABELS_CSV, read_labels
+from .metrics.tables import format_figure
 
 log = logging.getLogger(__name__)
 
@@ -331,20 +332,12 @@ def _headline(saved: dict[str, Any]) -> dict[str, Any]:
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     lines = [SYNTHETIC_NOTICE, "Held-out test patients (95% CI from a patient bootstrap):"]
     for method, row in summary["test_results"].items():
-        lines.append(f"  {method:<11} {row['level']}-level accuracy {_ci(row['accuracy'])}, "
-                     f"COVID-vs-rest AUC {_ci(row['covid_auc'])}, n={row['n_patients']} patients")
+        accuracy, auc = format_figure(row["accuracy"], 1, 2), format_figure(row["covid_auc"], 1, 2)
+        lines.append(f"  {method:<11} {row['level']}-level accuracy {accuracy}, "
+                     f"COVID-vs-rest AUC {auc}, n={row['n_patients']} patients")
     example = summary["example"]
     calls = ", ".join(f"{m} -> {label}" for m, label in example["calls"].items())
     lines.append(f"Example: held-out patient {example['patient']} (truth {example['true_label']}): {calls}")
     lines.append(DISCLAIMER)
     return lines
 
-
-def _ci(figure: Any) -> str:
-    if isinstance(figure, dict) and figure.get("value") is not None:
-        low, high = figure.get("ci_low"), figure.get("ci_high")
-        text = f"{figure['value']:.2f}"
-        return text + (f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else "")
-    if isinstance(figure, (int, float)):
-        return f"{figure:.2f}"
-    return "n/a"
