@@ -104,7 +104,7 @@ def _int8_graph(onnx_path: Path, sizes: Sizes) -> Path:
     from covidct.quantize import int8_path, quantize_graph
     from covidct.slices.data import EvalTransform, crop_box, normalize
     from covidct.slices.model import _slice_uint8, scan_body_box
-    from covidct.volumes.phantom import benchmark_series
+    from covidct.synth.phantom import benchmark_series
 
     scan = benchmark_series(*sizes.series)
     picks = np.linspace(scan.n_slices // 4, 3 * scan.n_slices // 4, 2 * sizes.batch).astype(int)
@@ -125,7 +125,7 @@ def patient_level(sizes: Sizes, threads: int, row1: dict[str, Any], workdir: Pat
     from covidct.scanio import load_scan, save_scan
     from covidct.slices.model import (SliceClassifier, _slice_uint8, build_network, lung_slices,
                                       scan_body_box)
-    from covidct.volumes.phantom import benchmark_series
+    from covidct.synth.phantom import benchmark_series
 
     n_slices, matrix = sizes.series
     series = save_scan(benchmark_series(n_slices, matrix), workdir / "series")
@@ -223,7 +223,7 @@ def loader(sizes: Sizes, workdir: Path) -> dict[str, Any]:
 
     from covidct.slices.data import COVIDxDataset, TrainTransform
     from covidct.slices.model import scan_body_box
-    from covidct.volumes.phantom import benchmark_series
+    from covidct.synth.phantom import benchmark_series
     from covidct.windowing import COVIDX_LUNG
 
     images = workdir / "covidx" / IMAGES_DIR
