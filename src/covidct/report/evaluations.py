@@ -170,16 +170,23 @@ def overall_table(levels: Mapping[str, Mapping[str, Any]]) -> str:
     return subsection("Overall", table(["Figure", *_level_header(levels)], rows, caption=caption, css="figures"))
 
 
+def _row_name(text: str, level: str, levels: Mapping[str, Any]) -> str:
+    """A row's name, with its level when the table shows several ("NCP, patient level")."""
+    return text if len(levels) == 1 else f"{text}, {figures.level_title(level).lower()}"
+
+
+def _per_class_rows(levels: Mapping[str, Mapping[str, Any]], cells) -> list[list[str]]:
+    """One row per class and level: its name, then ``cells(per_class_figures)``."""
+    classes = list(next(iter(levels.values()))["class_names"])
+    return [[_row_name(cls, name, levels), *cells((result.get("per_class") or {}).get(cls) or {})]
+            for cls in classes for name, result in levels.items()]
+
+
 def per_class_table(levels: Mapping[str, Mapping[str, Any]]) -> str:
     """Sensitivity, specificity, PPV, NPV, AUC per class (the BiT paper's Table 2 layout)."""
-    classes = list(next(iter(levels.values()))["class_names"])
-    rows = []
-    for cls in classes:
-        for name, result in levels.items():
-            per = (result.get("per_class") or {}).get(cls) or {}
-            rows.append([cls if len(levels) == 1 else f"{cls}, {figures.level_title(name).lower()}",
-                         pct(per.get("sensitivity")), pct(per.get("specificity")), pct(per.get("ppv")),
-                         pct(per.get("npv")), dec(per.get("auc")), count(per.get("support"))])
+    rows = _per_class_rows(levels, lambda per: [
+        pct(per.get("sensitivity")), pct(per.get("specificity")), pct(per.get("ppv")),
+        pct(per.get("npv")), dec(per.get("auc")), count(per.get("support"))])
     return subsection("Per class: sensitivity, specificity, PPV, NPV", table(
         ["Class", "Sensitivity", "Specificity", "PPV", "NPV", "AUC (one-vs-rest)", "Cases (n)"], rows,
         caption="Each class against the others, as the BiT paper's Table 2", css="figures"))
@@ -187,16 +194,10 @@ def per_class_table(levels: Mapping[str, Mapping[str, Any]]) -> str:
 
 def prf_table(levels: Mapping[str, Mapping[str, Any]]) -> str:
     """Precision, recall, F1 per class (the CovidCTNet paper's Table 3 layout)."""
-    classes = list(next(iter(levels.values()))["class_names"])
-    rows = []
-    for cls in classes:
-        for name, result in levels.items():
-            per = (result.get("per_class") or {}).get(cls) or {}
-            rows.append([cls if len(levels) == 1 else f"{cls}, {figures.level_title(name).lower()}",
-                         dec(per.get("ppv")), dec(per.get("sensitivity")), dec(per.get("f1"))])
+    rows = _per_class_rows(levels, lambda per: [
+        dec(per.get("ppv")), dec(per.get("sensitivity")), dec(per.get("f1"))])
     for name, result in levels.items():
-        rows.append(["Accuracy" + ("" if len(levels) == 1 else f", {figures.level_title(name).lower()}"),
-                     dec(result.get("accuracy")), "", ""])
+        rows.append([_row_name("Accuracy", name, levels), dec(result.get("accuracy")), "", ""])
     return subsection("Per class: precision, recall, F1", table(
         ["Class", "Precision", "Recall", "F1-score"], rows,
         caption="As the CovidCTNet paper's Table 3 (precision = PPV, recall = sensitivity)", css="figures"))
