@@ -24,6 +24,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -214,13 +215,12 @@ def _bit_done(run: Path) -> bool:
 def _train_bit(covidx: Path, run: Path, settings: DemoSettings, progress: bool) -> None:
     from .slices.train import TrainConfig, train
 
-    resize, crop = settings.bit_resolution
+    # The demo's bit_* settings are its overrides of the slice classifier's TrainConfig fields.
+    overrides = {k[len("bit_"):]: v for k, v in asdict(settings).items() if k.startswith("bit_")}
+    overrides["resize"], overrides["crop"] = overrides.pop("resolution")
     config = TrainConfig(
         train_split=str(split_path(covidx, "train")), images=str(covidx / IMAGES_DIR),
-        val_split=str(split_path(covidx, "val")), out=str(run), arch=settings.bit_arch,
-        init="random", resize=resize, crop=crop, schedule=settings.bit_schedule,
-        batch_size=settings.bit_batch_size, lr=settings.bit_lr, mixup_alpha=settings.bit_mixup_alpha,
-        balanced=settings.bit_balanced,
+        val_split=str(split_path(covidx, "val")), out=str(run), init="random", **overrides,
         workers=1, val_every=50, max_val=256, seed=settings.seed, device="cpu",
         resume=(run / "checkpoints" / "last.pt").is_file(), progress=progress,
         command="covidct demo")
@@ -241,15 +241,12 @@ def _train_covidctnet(cohort: Path, run: Path, out: Path, settings: DemoSettings
                       progress: bool) -> None:
     from .volumes.train import TrainConfig, train
 
+    # The demo's settings named as TrainConfig fields are its overrides of the method's defaults.
+    names = {f.name for f in dataclass_fields(TrainConfig)}
+    overrides = {k: v for k, v in asdict(settings).items() if k in names}
     config = TrainConfig(
-        data=str(cohort), out=str(run), seed=settings.seed, slice_size=settings.slice_size,
-        volume_slices=settings.volume_slices, max_denoised_slices=settings.max_denoised_slices,
-        denoiser_width=settings.denoiser_width, slices_per_scan=settings.slices_per_scan,
-        denoiser_epochs=settings.denoiser_epochs, denoiser_lr=settings.denoiser_lr,
-        noise_region=settings.noise_region, epochs=settings.epochs,
-        batch_size=settings.batch_size, patience=settings.patience,
-        standardise_inputs=settings.standardise_inputs, cache_dir=str(out / ".cache"),
-        device="cpu", resume=(run / "config.json").is_file(), progress=progress)
+        data=str(cohort), out=str(run), cache_dir=str(out / ".cache"), device="cpu",
+        resume=(run / "config.json").is_file(), progress=progress, **overrides)
     train(config)
 
 

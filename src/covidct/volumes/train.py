@@ -45,11 +45,11 @@ class TrainConfig:
     stage: str = "all"
     binary: bool = False
     seed: int = 0
-    # pre-processing and network sizes (the method's defaults)
-    slice_size: int = 128
-    volume_slices: int = 50
-    max_denoised_slices: int = 100
-    denoiser_width: int = 32
+    # pre-processing and network sizes (the method's defaults, from VolumeSettings)
+    slice_size: int = VolumeSettings.slice_size
+    volume_slices: int = VolumeSettings.volume_slices
+    max_denoised_slices: int = VolumeSettings.max_denoised_slices
+    denoiser_width: int = VolumeSettings.denoiser_width
     # stage "denoiser"
     denoiser_epochs: int = 10
     denoiser_batch_size: int = 5
