@@ -291,6 +291,25 @@ def test_busy_server_answers_503(tmp_path, serve_models):
         _refused(post(c, nifti_file(tmp_path / "s.nii.gz")), 503, "already waiting")
 
 
+def test_an_unhandled_error_answers_500_with_the_security_headers_and_no_traceback(
+        tmp_path, serve_models, caplog):
+    """A broken job database (disk trouble, a stray write) fails inside a route: the answer is
+    a bare 500 that still carries the security headers; the traceback goes to the log only."""
+    data = tmp_path / "d"
+    with TestClient(make_app(data, serve_models), raise_server_exceptions=False) as c:
+        database = c.app.state.store.path
+        database.write_bytes(b"this is not a database" * 200)
+        with caplog.at_level(logging.ERROR, logger="covidct.web.headers"):
+            answer = c.get("/api/scans/0123abcd")
+        assert answer.status_code == 500
+        assert answer.text == "Internal Server Error"
+        for name in ("content-security-policy", "x-content-type-options", "x-frame-options",
+                     "referrer-policy"):
+            assert name in answer.headers, name
+        assert "DatabaseError" in caplog.text  # the cause is logged for the operator
+        assert c.get("/").status_code == 200  # and the server keeps answering
+
+
 # -- token and PHI ----------------------------------------------------------------------
 
 def test_bearer_token_guards_the_api(tmp_path, serve_models):
