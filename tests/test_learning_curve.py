@@ -64,7 +64,8 @@ def test_learning_curve_table_covers_both_sweeps_for_both_methods(curve):
         for r in mine:
             # the same 3 held-out patients at every size; accuracy inside its own CI
             assert r["test_patients"] == "3" and r["synthetic"] == "True"
-            low, acc, high = (float(r[k]) for k in ("test_acc_ci_low", "test_acc", "test_acc_ci_high"))
+            low, acc, high = (float(r[k])
+                              for k in ("test_acc_ci_low", "test_acc", "test_acc_ci_high"))
             assert 0.0 <= low <= acc <= high <= 1.0
         sweeps = {(r["train_patients"], f"{float(r['difficulty']):g}"): r["sweeps"] for r in mine}
         assert sweeps == {("3", "0"): "train_patients", ("6", "0"): "train_patients;difficulty",

@@ -129,7 +129,8 @@ def sweeps_of(params: dict[str, Any]) -> str:
 def _demo_settings(params: dict[str, Any]):
     from ..demo import DemoSettings
 
-    return DemoSettings(**{k: v for k, v in params.items() if k in DemoSettings.__dataclass_fields__})
+    names = DemoSettings.__dataclass_fields__
+    return DemoSettings(**{k: v for k, v in params.items() if k in names})
 
 
 def _train_bit(params, cohort: Path, split: Path, out: Path):

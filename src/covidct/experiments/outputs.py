@@ -225,7 +225,8 @@ def table_learning_curve(preset, outcome) -> Table:
              with_ci(r, "test_covid_auc"), str(r.get("sweeps") or "").replace(";", ", "), source]
             for r in results]
     return ["Method", "Training patients", "Difficulty", "Seed", "Test patients",
-            "Patient-level accuracy [95% CI]", "COVID-vs-rest AUC [95% CI]", "Curve", "Source"], rows
+            "Patient-level accuracy [95% CI]", "COVID-vs-rest AUC [95% CI]", "Curve",
+            "Source"], rows
 
 
 def with_ci(result: dict[str, Any], key: str) -> str:

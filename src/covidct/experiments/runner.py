@@ -81,7 +81,8 @@ def run_experiment(name: str, data: str | Path | None, out: str | Path, scale: s
     folder = Path(out) / preset.name
     plan = make_plan(preset, scale, overrides or {})
     specs = expand(plan, scale)
-    dataset = _own_cohorts(folder, data) if preset.kind == KIND_COHORTS else _given_data(data, preset)
+    dataset = (_own_cohorts(folder, data) if preset.kind == KIND_COHORTS
+               else _given_data(data, preset))
     outcome = Outcome(preset.name, folder, dataset)
     tag = " [SYNTHETIC DATA]" if dataset.synthetic else ""
     echo(f"experiment {preset.name} ({preset.figure}), scale {scale}: {len(specs)} run(s){tag}")
