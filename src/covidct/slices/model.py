@@ -40,7 +40,7 @@ from ..constants import METHOD_BIT, SLICE_CLASSES
 from ..errors import ModelError
 from ..metrics import aggregate_by_patient
 from ..prediction import Prediction, Scores
-from ..scan import SAFE_METADATA_KEYS, Scan
+from ..scan import Scan
 from ..lungs import LUNG_SLICE_MM2, lung_report, scan_lungs
 from ..windowing import COVIDX_LUNG, body_box, get_window
 from .data import (COVIDxDataset, EvalTransform, collate, crop_box, find_synthetic_marker,
@@ -143,12 +143,6 @@ def lung_slices(scan: Scan, max_slices: int = MAX_SLICES) -> tuple[np.ndarray, b
     return chosen, found
 
 
-def _slice_uint8(scan: Scan, k: int) -> np.ndarray:
-    if scan.is_hu:
-        return COVIDX_LUNG.to_uint8(scan.voxels[k])
-    return np.asarray(scan.voxels[k], dtype=np.uint8)
-
-
 def scan_body_box(pixels: np.ndarray) -> tuple[int, int, int, int]:
     """:func:`covidct.windowing.body_box` of an 8-bit slice, found at about 256 px for speed.
 
@@ -183,10 +177,18 @@ class SliceClassifier:
     batch_size: int = 16
     max_slices: int = MAX_SLICES
     method: str = METHOD_BIT
+    #: Where the network runs (covidct.export.to_runtime changes it).
+    runtime: str = "torch"
+    #: Its explanation pictures (covidct.models.Model.overlay).
+    overlay: str = "gradcam"
+    #: ``covidct export --int8`` quantizes this classifier.
+    quantizable: bool = True
 
     def __post_init__(self) -> None:
         self.class_names = tuple(self.class_names)
         self.device = next(self.net.parameters()).device
+        #: The PyTorch network, also on another runtime: Grad-CAM needs its gradients.
+        self.torch_net = self.net
 
     # Saving and loading ------------------------------------------------------------
 
@@ -236,7 +238,8 @@ class SliceClassifier:
         return cls(net=net, arch=arch, resize=resize, crop=crop, class_names=class_names,
                    window=window, crop_rule=record.get("crop_rule", "box"),
                    init=record.get("init", ""), trained_on=record.get("trained_on", {}),
-                   training=record.get("training", {}), version=record.get("version", ""),
+                   training=record.get("training", {}),
+                   version=record.get("version") or record.get("covidct_version") or "",
                    file=record.get("file", {}))
 
     def to(self, device: str | torch.device) -> "SliceClassifier":
@@ -244,15 +247,45 @@ class SliceClassifier:
         self.net.to(self.device)
         return self
 
+    # Runtimes and export (covidct.export) ---------------------------------------------
+
+    def networks(self) -> dict[str, tuple[torch.nn.Module, tuple[int, ...], dict[int, str]]]:
+        from ..export import fold_weight_standardization
+
+        return {"classifier": (fold_weight_standardization(self.torch_net),
+                               (1, 3, self.crop, self.crop), {0: "batch"})}
+
+    def network_roles(self) -> tuple[str, ...]:
+        return ("classifier",)
+
+    def export_metadata(self) -> dict[str, Any]:
+        return {"covidct_source": self.file, "covidct_window": self.window,
+                "covidct_input": "8-bit lung-window slice cropped to its body box, resized to "
+                                 f"{self.crop}x{self.crop}, x/127.5-1, repeated to 3 channels"}
+
+    def use_networks(self, swapped: dict[str, Any], runtime: str) -> None:
+        """Score on ``swapped["classifier"]``; Grad-CAM keeps :attr:`torch_net` (the same
+        weights), since ONNX Runtime gives no gradients."""
+        self.net = swapped["classifier"]
+        self.device = next(self.net.parameters()).device
+        self.runtime = runtime
+
+    def use_cache(self, folder: str | Path | None) -> None:
+        """Nothing to keep: slices are pre-processed in milliseconds."""
+
     # Prediction ---------------------------------------------------------------------
 
-    def info(self) -> dict[str, Any]:
-        return {"name": METHOD_BIT, "arch": self.arch, "init": self.init,
-                "file": self.file.get("name"), "sha256": self.file.get("sha256"),
-                "window": self.window, "resolution": [self.resize, self.crop],
-                "trained_on": self.trained_on,
-                "synthetic": bool(self.trained_on.get("synthetic", False)),
-                "version": self.version}
+    def describe(self) -> dict[str, Any]:
+        """Model provenance for a Prediction (no patient data; covidct.models.Model.describe)."""
+        return {"name": METHOD_BIT, "method": self.method, "file": dict(self.file),
+                "covidct_version": self.version, "class_names": list(self.class_names),
+                "arch": self.arch, "init": self.init, "window": self.window,
+                "resolution": [self.resize, self.crop], "trained_on": self.trained_on,
+                "synthetic": bool(self.trained_on.get("synthetic", False))}
+
+    def pixels(self, scan: Scan, k: int) -> np.ndarray:
+        """Scan slice ``k`` as this model reads it: 8-bit, lung window for HU scans."""
+        return slice_pixels(scan.voxels[k], scan.is_hu)
 
     def predict_pixels(self, slices: Sequence[np.ndarray], boxes: Sequence[Sequence[int]]) -> np.ndarray:
         """Class probabilities (n, C) of 8-bit slices cropped to their boxes."""
@@ -272,7 +305,7 @@ class SliceClassifier:
         start = time.perf_counter()
         indices, found = lung_slices(scan, self.max_slices)  # refuses implausible scans
         selected = time.perf_counter()
-        pixels = [_slice_uint8(scan, int(k)) for k in indices]
+        pixels = [self.pixels(scan, int(k)) for k in indices]
         boxes = [scan_body_box(p) for p in pixels]
         cropped = time.perf_counter()
         probs = self.predict_pixels(pixels, boxes)
@@ -284,7 +317,7 @@ class SliceClassifier:
         return Prediction(
             method=METHOD_BIT, class_names=self.class_names, probabilities=patient,
             aggregation=aggregation, slice_probabilities=probs, slice_indices=indices,
-            model=self.info(), scan=scan_summary(scan), lungs=lung_report(scan),
+            model=self.describe(), scan=scan_summary(scan), lungs=lung_report(scan),
             timings={"select_slices": selected - start, "crop": cropped - selected,
                      "inference": done - cropped})
 
@@ -300,7 +333,7 @@ class SliceClassifier:
             y_prob=torch.softmax(logits, dim=1).double().numpy(),
             groups=np.array([r.patient for r in dataset.records]), level="slice",
             items=[r.filename for r in dataset.records],
-            provenance={"model": self.info(), "split": str(split_file), "images": str(image_dir),
+            provenance={"model": self.describe(), "split": str(split_file), "images": str(image_dir),
                         "synthetic": bool(self.trained_on.get("synthetic", False))
                         or find_synthetic_marker(Path(split_file).parent, image_dir)})
 
@@ -317,7 +350,7 @@ class SliceClassifier:
         pictures = []
         for row in order[:n_slices]:
             k = int(prediction.slice_indices[row])
-            pixels = _slice_uint8(scan, k)
+            pixels = self.pixels(scan, k)
             box = scan_body_box(pixels)
             cam = slice_gradcam(self, pixels, box, class_index=called)
             # The lung outline, so a reader sees whether the heat is in the lung.
@@ -340,13 +373,86 @@ class SliceClassifier:
             paths.append(path)
         return paths
 
+    def slice_heat(self, values: np.ndarray, is_hu: bool, class_index: int) -> np.ndarray:
+        """Grad-CAM of ``class_index`` on one scan slice (HU, or 8-bit when not ``is_hu``),
+        pre-processed as :meth:`predict` does (lung window, body box), returned on the
+        slice's own grid in [0, 1] (zero outside the box): the web viewer's overlay."""
+        from ..explain.gradcam import slice_gradcam
+
+        pixels = slice_pixels(values, is_hu)
+        box = scan_body_box(pixels)
+        cam = slice_gradcam(self, pixels, box, class_index=class_index)["cam"]
+        x0, y0, x1, y1 = box
+        full = np.zeros(pixels.shape, dtype=np.float32)
+        full[y0:y1 + 1, x0:x1 + 1] = cam
+        return full
+
+    def slice_scores(self, prediction: Prediction) -> list[float | None]:
+        """Per scan slice, the COVID-19 (last class) probability of the lung slices scored."""
+        scores: list[float | None] = [None] * int(prediction.scan["shape"][0])
+        for k, p in zip(prediction.slice_indices, prediction.slice_probabilities):
+            scores[int(k)] = float(p[-1])
+        return scores
+
+    def viewer_arrays(self, prediction: Prediction) -> dict[str, np.ndarray]:
+        return {}  # Grad-CAM is drawn from the slice itself (slice_heat)
+
+    # Evaluation (covidct.evaluation, covidct.explain) ---------------------------------
+
+    def score(self, data: str | Path, split: str = "test") -> Scores:
+        """:meth:`score_dataset` on a COVIDx-layout folder (or one split file)."""
+        split_file, image_dir = covidx_split(data, split, check=True)
+        return self.score_dataset(split_file, image_dir)
+
+    def localise(self, data: str | Path, split: str, scores: Scores,
+                 out_dir: str | Path | None = None) -> dict[str, Any] | None:
+        from ..explain.localisation import gradcam_localisation
+
+        split_file, _ = covidx_split(data, split)
+        return gradcam_localisation(self, split_file, split_file.parent / "images", scores)
+
+    def write_gallery(self, data: str | Path, split: str, scores: Scores, cases,
+                      out_dir: Path) -> dict[str, Any]:
+        from ..explain.run import write_gradcam_gallery
+
+        split_file, image_dir = covidx_split(data, split)
+        return write_gradcam_gallery(self, split_file, image_dir, scores, cases, out_dir)
+
+    def features(self, data: str | Path, split: str, max_items: int, seed: int) -> dict[str, np.ndarray]:
+        from ..explain.features import dataset_features
+
+        split_file, image_dir = covidx_split(data, split)
+        return dataset_features(self, split_file, image_dir, max_items=max_items, seed=seed)
+
+
+def covidx_split(data: str | Path, split: str, check: bool = False) -> tuple[Path, Path]:
+    """(split file, images folder) of a COVIDx-layout folder (``<split>_COVIDx_CT-2A.txt`` +
+    ``images/``) or of one split file; ``check``: a folder without the split file is a
+    DatasetError."""
+    from ..evaluation import SPLIT_FILE
+    from ..errors import DatasetError
+
+    data = Path(data)
+    if not data.is_dir():
+        return data, data.parent / "images"
+    split_file = data / SPLIT_FILE.format(split=split)
+    if check and not split_file.is_file():
+        raise DatasetError(f"no {split_file.name} in the dataset folder (COVIDx layout: "
+                           "<split>_COVIDx_CT-2A.txt + images/)", data)
+    return split_file, data / "images"
+
+
+def slice_pixels(values: np.ndarray, is_hu: bool) -> np.ndarray:
+    """One slice as the slice classifier reads it: HU through the COVIDx lung window to 8
+    bits; 8-bit pictures as they are."""
+    if is_hu:
+        return COVIDX_LUNG.to_uint8(values)
+    return np.asarray(values, dtype=np.uint8)
+
 
 def scan_summary(scan: Scan) -> dict[str, Any]:
-    """De-identified facts about a scan for prediction outputs."""
-    out = {k: scan.metadata[k] for k in SAFE_METADATA_KEYS if k in scan.metadata}
-    out["warnings"] = list(out.get("warnings") or [])  # as of this prediction
-    out.update(shape=list(scan.shape), spacing_mm=list(scan.spacing), units=scan.units,
-               geometry_known=scan.geometry_known, synthetic=scan.synthetic)
+    """De-identified facts about a scan for prediction outputs (:meth:`Scan.deidentified`)."""
+    out = scan.deidentified(metadata=True)
     if not scan.is_hu:
         out["input"] = "8-bit picture used as is (assumed lung-windowed like COVIDx CT)"
     return out

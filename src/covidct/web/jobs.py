@@ -142,10 +142,7 @@ class ModelSet:
         self.locks = {m.method: threading.Lock() for m in models}
         for model in models:
             # Uploaded scans' intermediates must not outlive the job in a shared cache folder.
-            if hasattr(model, "cache"):
-                from ..volumes.cache import ArrayCache
-
-                model.cache = ArrayCache(None)
+            model.use_cache(None)
 
     def __iter__(self):
         return iter(self.models.items())
@@ -153,12 +150,12 @@ class ModelSet:
     def get(self, method: str):
         return self.models.get(method)
 
+    def with_overlay(self, overlay: str):
+        """The served model whose explanation overlay is ``overlay`` (None if none is)."""
+        return next((m for m in self.models.values() if m.overlay == overlay), None)
+
     def info(self) -> dict[str, Any]:
-        out = {}
-        for method, model in self.models.items():
-            describe = getattr(model, "info", None)
-            out[method] = describe() if callable(describe) else model.describe()
-        return out
+        return {method: model.describe() for method, model in self.models.items()}
 
 
 class JobRunner:
@@ -240,9 +237,9 @@ class JobRunner:
             raise CovidctError("; ".join(f"{m}: {e}" for m, e in errors.items()))
         self.store.update(job_id, stage="saving the result")
         result = build_result(job_id, scan, predictions, errors, timings, upload,
-                              self.config.show_phi)
+                              self.config.show_phi, self.models)
         mark = time.perf_counter()
-        save_viewer_arrays(self.config.results_dir / job_id, scan, predictions)
+        save_viewer_arrays(self.config.results_dir / job_id, scan, predictions, self.models)
         result["timings_s"]["save_viewer"] = time.perf_counter() - mark
         write_private(self.config.results_dir / job_id / "result.json",
                       (json.dumps(result, indent=2, default=jsonable) + "\n").encode())
@@ -296,52 +293,34 @@ def patient_call(predictions: dict[str, Any]) -> dict[str, Any]:
             "rule": "the methods' common label when they agree; COVID-19 probability averaged"}
 
 
-def slice_scores(scan, predictions: dict[str, Any]) -> dict[str, list[float | None]]:
-    """Per scan slice, what drove each method's call (None where a method did not look).
-
-    bit: the slice's COVID-19 (NCP) probability for the lung slices it scored. covidctnet: the
-    infection map's mean over the slice (on the shared colour scale, 0-1), mapped back to
-    the scan's slices.
-    """
-    out: dict[str, list[float | None]] = {}
-    n = scan.n_slices
-    bit = predictions.get("bit")
-    if bit is not None and bit.slice_probabilities is not None:
-        scores: list[float | None] = [None] * n
-        for k, p in zip(bit.slice_indices, bit.slice_probabilities):
-            scores[int(k)] = float(p[-1])
-        out["bit"] = scores
-    net = predictions.get("covidctnet")
-    infection = None if net is None else net.maps.get("infection")
-    if infection is not None:
-        from ..explain.infection import normalised_map
-        from .render import map_slice_of
-
-        heat = normalised_map(infection).mean(axis=(1, 2))
-        depth = int(net.scan["preprocessed_shape"][0])
-        out["covidctnet"] = [float(heat[map_slice_of(k, n, scan.direction, depth, len(infection))])
-                             for k in range(n)]
+def slice_scores(predictions: dict[str, Any], models: ModelSet) -> dict[str, list[float | None]]:
+    """Per scan slice, what drove each method's call (None where a method did not look):
+    :meth:`covidct.models.Model.slice_scores` (bit: the slice's COVID-19 probability;
+    covidctnet: the infection map's mean over the slice on the shared colour scale)."""
+    out = {}
+    for method, prediction in predictions.items():
+        scores = models.get(method).slice_scores(prediction)
+        if scores is not None:
+            out[method] = scores
     return out
 
 
 def build_result(job_id: str, scan, predictions: dict[str, Any], errors: dict[str, str],
-                 timings: dict[str, float], upload: Upload, show_phi: bool) -> dict[str, Any]:
+                 timings: dict[str, float], upload: Upload, show_phi: bool,
+                 models: ModelSet) -> dict[str, Any]:
     methods = {m: p.to_dict() for m, p in predictions.items()}
     synthetic = scan.synthetic or any(p.synthetic for p in predictions.values())
     result = {
         "id": job_id,
         "disclaimer": DISCLAIMER,
         "synthetic": synthetic,
-        "scan": {"summary": scan.summary(), "shape": list(scan.shape), "units": scan.units,
-                 "spacing_mm": list(scan.spacing), "orientation": scan.orientation,
-                 "synthetic": scan.synthetic, "upload_kind": upload.kind,
-                 "n_files": upload.n_files,
-                 "warnings": [neutral_text(str(w), upload)
-                              for w in scan.metadata.get("warnings") or []]},
+        "scan": {**scan.deidentified([neutral_text(str(w), upload)
+                                      for w in scan.metadata.get("warnings") or []]),
+                 "upload_kind": upload.kind, "n_files": upload.n_files},
         "call": patient_call(predictions),
         "methods": methods,
         "errors": errors,
-        "slice_scores": slice_scores(scan, predictions),
+        "slice_scores": slice_scores(predictions, models),
         "models": {m: p.model for m, p in predictions.items()},
         "timings_s": timings,
     }
@@ -352,22 +331,24 @@ def build_result(job_id: str, scan, predictions: dict[str, Any], errors: dict[st
     return result
 
 
-def save_viewer_arrays(folder: Path, scan, predictions: dict[str, Any]) -> Path:
+def save_viewer_arrays(folder: Path, scan, predictions: dict[str, Any], models: ModelSet) -> Path:
     """What the slice viewer needs once the upload is gone, as ``.npy`` files and a JSON note.
 
     The voxels are kept at display resolution (longer side at most DISPLAY_SIZE): int16 HU,
     or the pictures' uint8 gray. Uncompressed, so writing them costs a file copy and reading
     one slice later is a memory-mapped page or two, not the whole volume's decompression.
+    Each model's :meth:`~covidct.models.Model.viewer_arrays` (one row per scan slice, e.g.
+    CovidCTNet's infection map) go beside them as float16, named by the model's overlay.
     """
     voxels = display_voxels(scan.voxels, scan.is_hu)
     arrays = {"voxels": voxels}
     note = {"units": scan.units, "direction": np.asarray(scan.direction).tolist(),
-            "spacing": list(scan.spacing), "scan_shape": list(scan.shape), "volume_depth": 0}
-    net = predictions.get("covidctnet")
-    infection = None if net is None else net.maps.get("infection")
-    if infection is not None:
-        arrays["infection"] = np.asarray(infection, dtype=np.float16)
-        note["volume_depth"] = int(net.scan.get("preprocessed_shape", [0])[0])
+            "spacing": list(scan.spacing), "scan_shape": list(scan.shape),
+            "overlays_on_scan": []}
+    for method, prediction in predictions.items():
+        for name, array in models.get(method).viewer_arrays(prediction).items():
+            arrays[name] = np.asarray(array, dtype=np.float16)
+            note["overlays_on_scan"].append(name)
     target = folder / "viewer"
     for name, array in arrays.items():
         _save_npy(target / f"{name}.npy", array)
