@@ -99,6 +99,17 @@ class Model(Protocol):
         """Its explanation pictures for one prediction, as PNG files beside the JSON."""
         ...
 
+    def scan_maps(self, prediction: Any, scan: Any) -> dict[str, Any]:
+        """Its maps resampled onto the scan's own (z, y, x) voxel grid, float32 (CovidCTNet's
+        ``"infection"``, which DICOM SEG segments); empty when it has none."""
+        ...
+
+    def key_pictures(self, prediction: Any, scan: Any, n: int,
+                     scan_maps: dict[str, Any]) -> list[tuple[int, Any]]:
+        """(scan slice index, RGB picture) of up to ``n`` slices that drove the call
+        (DICOM key images); ``scan_maps`` is what :meth:`scan_maps` gave."""
+        ...
+
     def write_gallery(self, data: Any, split: str, scores: Any, cases: Any, out_dir: Path) -> dict[str, Any]:
         """Explanation pictures of chosen evaluation cases into ``out_dir`` (covidct explain)."""
         ...

@@ -373,6 +373,13 @@ class SliceClassifier:
             paths.append(path)
         return paths
 
+    def scan_maps(self, prediction: Prediction, scan: Scan) -> dict[str, np.ndarray]:
+        return {}  # Grad-CAM is per slice, drawn on demand
+
+    def key_pictures(self, prediction: Prediction, scan: Scan, n: int,
+                     scan_maps: dict[str, np.ndarray]) -> list[tuple[int, np.ndarray]]:
+        return self.gradcam_pictures(prediction, scan, n)
+
     def slice_heat(self, values: np.ndarray, is_hu: bool, class_index: int) -> np.ndarray:
         """Grad-CAM of ``class_index`` on one scan slice (HU, or 8-bit when not ``is_hu``),
         pre-processed as :meth:`predict` does (lung window, body box), returned on the

@@ -6,7 +6,8 @@ infection map resizes that to ``map_depth`` slices with pixel centres aligned. T
 here retrace those steps in one place, so that callers get results in the scan's own
 geometry (as lungmask returns its mask on the caller's grid) instead of redoing the
 arithmetic: :meth:`CovidCTNet.predict` puts the map per scan slice into its Prediction
-(``maps["infection_on_scan"]``), which the web viewer, its slice scores and the pictures use.
+(``maps["infection_on_scan"]``), which the web viewer and its slice scores use; DICOM SEG
+and key images use the linear resampling :func:`.infection.map_to_scan_grid` (``scan_maps``).
 """
 from __future__ import annotations
 

@@ -367,6 +367,24 @@ class CovidCTNet:
         on_scan = prediction.maps.get(INFECTION_ON_SCAN)
         return {} if on_scan is None else {INPUT_INFECTION: on_scan}
 
+    def scan_maps(self, prediction: Prediction, scan: Scan) -> dict[str, np.ndarray]:
+        """The infection map on the scan's voxel grid (linear, see
+        :func:`.infection.map_to_scan_grid`), for DICOM SEG and key images."""
+        from .infection import map_to_scan_grid
+
+        infection = prediction.maps.get(INPUT_INFECTION)
+        if infection is None:
+            return {}
+        depth = int((prediction.scan.get("preprocessed_shape") or [len(infection)])[0])
+        return {INPUT_INFECTION: map_to_scan_grid(infection, depth, scan.shape, scan.direction)}
+
+    def key_pictures(self, prediction: Prediction, scan: Scan, n: int,
+                     scan_maps: dict[str, np.ndarray]) -> list[tuple[int, np.ndarray]]:
+        from .pictures import key_slice_pictures
+
+        infection = scan_maps.get(INPUT_INFECTION)
+        return [] if infection is None else key_slice_pictures(scan, infection, n)
+
     def score(self, data: str | os.PathLike, split: str = "test") -> Scores:
         return self.score_dataset(data, split=split)
 
