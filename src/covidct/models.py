@@ -85,6 +85,10 @@ class Model(Protocol):
         """What a reader of its exported graphs needs to feed them (no patient data)."""
         ...
 
+    def to(self, device: Any) -> "Model":
+        """Move its PyTorch networks to ``device`` (a torch device or its name); returns itself."""
+        ...
+
     def use_networks(self, swapped: dict[str, Any], runtime: str) -> None:
         """Run on ``swapped`` (role -> module callable like the torch one) from now on; what
         needs gradients (Grad-CAM) keeps the PyTorch networks."""

@@ -1,8 +1,10 @@
-"""The BiT slice classifier: timm ResNet-v2 models and the trained-model object.
+"""The BiT slice classifier: the trained-model object (:class:`SliceClassifier`).
 
-:func:`create_model` builds a network with one of the paper's initialisations and a zero
-head. :class:`SliceClassifier` is what a model file loads into: it holds the network with
-everything pre-processing needs, so prediction uses exactly what training used.
+:class:`SliceClassifier` is what a model file loads into: it holds the network with
+everything pre-processing needs, so prediction uses exactly what training used. The
+networks (timm ResNet-v2, :func:`.networks.create_model` with one of the paper's
+initialisations and a zero head) are built in :mod:`.networks`; the way from a scan to the
+slices it reads (slice choice, lung window, body box) is in :mod:`.inputs`.
 
 Prediction on a scan (:meth:`SliceClassifier.predict`):
 
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,126 +36,23 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..checks import require_coverage
 from ..constants import METHOD_BIT, SLICE_CLASSES
 from ..errors import ModelError
 from ..metrics import aggregate_by_patient
 from ..prediction import Prediction, Scores
 from ..scan import Scan
-from ..lungs import LUNG_SLICE_MM2, lung_report, scan_lungs
-from ..windowing import COVIDX_LUNG, body_box, get_window
-from .data import (COVIDxDataset, EvalTransform, collate, crop_box, find_synthetic_marker,
-                   normalize)
-from .weights import WeightsSource, load_weights, resolve, zero_head
+from ..lungs import lung_report, scan_lungs
+from ..windowing import COVIDX_LUNG, get_window
+from .data import COVIDxDataset, EvalTransform, collate, crop_box, find_synthetic_marker
+# Re-exported: model files, scripts and tests name them from here.
+from .inputs import (MAX_SLICES, aggregation_rule, covidx_split, lung_slices,  # noqa: F401
+                     scan_body_box, scan_summary, slice_pixels)
+from .networks import (DEFAULT_ARCH, TINY_ARCH, _check_materialised, build_network,  # noqa: F401
+                       create_model, infer_logits)
 
-DEFAULT_ARCH = "resnetv2_50x1_bit"
-#: A 4-block BiT-layout ResNet-v2 (GroupNorm + weight standardisation, bottleneck units
-#: named as in BiT) of 0.5 M parameters: not in the paper; for tests and quick CPU demos.
-TINY_ARCH = "resnetv2_tiny_bit"
-
-#: At most this many lung slices are scored per scan (see the module docstring).
-MAX_SLICES = 32
-
-
-def aggregation_rule(max_slices: int = MAX_SLICES) -> str:
-    """The patient-level rule, in words, for prediction outputs."""
-    return (f"mean of per-slice class probabilities over the scored lung slices (slices whose "
-            f"lung-mask area is >= {LUNG_SLICE_MM2:.0f} mm^2; at most {max_slices}, "
-            "evenly spaced)")
-
-
-# Networks -----------------------------------------------------------------------------
-
-def build_network(arch: str, num_classes: int = len(SLICE_CLASSES)) -> torch.nn.Module:
-    """A randomly initialised network by timm name (or :data:`TINY_ARCH`)."""
-    import timm
-
-    if arch == TINY_ARCH:
-        from timm.layers import GroupNormAct, StdConv2d
-        from timm.models.resnetv2 import ResNetV2
-
-        return ResNetV2(layers=[1, 1, 1, 1], channels=(64, 128, 256, 512), stem_chs=32,
-                        num_classes=num_classes, stem_type="fixed",
-                        conv_layer=partial(StdConv2d, eps=1e-8),
-                        norm_layer=partial(GroupNormAct, num_groups=8))
-    if not timm.is_model(arch):
-        raise ModelError(f"unknown architecture {arch!r}; e.g. resnetv2_50x1_bit, resnetv2_101x1_bit, "
-                         f"resnetv2_50x3_bit, or {TINY_ARCH} for quick tests")
-    return timm.create_model(arch, pretrained=False, num_classes=num_classes)
-
-
-def create_model(arch: str = DEFAULT_ARCH, num_classes: int = len(SLICE_CLASSES),
-                 init: str | WeightsSource = "random") -> torch.nn.Module:
-    """A network with the requested initialisation and a new zero-initialised head (as BiT)."""
-    source = init if isinstance(init, WeightsSource) else resolve(init, arch)
-    if source.kind == "hub":
-        net = _from_hub(source.location, num_classes)
-    else:
-        net = build_network(arch, num_classes)
-        load_weights(net, source)
-    zero_head(net)
-    return net
-
-
-def _from_hub(name: str, num_classes: int) -> torch.nn.Module:
-    import timm
-
-    try:
-        return timm.create_model(name, pretrained=True, num_classes=num_classes)
-    except Exception as exc:  # network, hub or cache problems all mean the same to the user
-        raise ModelError(f"could not fetch {name} from the model hub ({type(exc).__name__}); "
-                         "download the BiT .npz and pass it with --init PATH") from None
-
-
-# Inference helpers shared by validation, dataset scoring and scan prediction ----------------
-
-@torch.inference_mode()
-def infer_logits(net: torch.nn.Module, batches, device: torch.device, amp: bool = False,
-                 channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32, CPU) and labels of every (images, labels) batch, in order."""
-    net.eval()
-    logits, labels = [], []
-    for images, y in batches:
-        images = normalize(images, device, channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            out = net(images)
-        logits.append(out.float().cpu())
-        labels.append(torch.as_tensor(y))
-    return torch.cat(logits), torch.cat(labels)
-
-
-def _check_materialised(net: torch.nn.Module) -> None:
-    """Every parameter and buffer came from the file (none left on the meta device)."""
-    missing = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
-    if missing:
-        raise RuntimeError(f"no weights for {', '.join(missing[:3])}")
-
-
-def lung_slices(scan: Scan, max_slices: int = MAX_SLICES) -> tuple[np.ndarray, bool]:
-    """Indices of the slices to score, and whether the lung mask found any (see module doc).
-    The scan must first pass :func:`covidct.checks.require_coverage` (plausible, lungs found)."""
-    require_coverage(scan, METHOD_BIT)
-    chosen = scan_lungs(scan).lung_slices()
-    found = chosen.size > 0
-    if not found:
-        chosen = np.arange(scan.n_slices)
-    if chosen.size > max_slices:
-        chosen = chosen[np.round(np.linspace(0, chosen.size - 1, max_slices)).astype(int)]
-    return chosen, found
-
-
-def scan_body_box(pixels: np.ndarray) -> tuple[int, int, int, int]:
-    """:func:`covidct.windowing.body_box` of an 8-bit slice, found at about 256 px for speed.
-
-    The box is scaled back to full resolution (within a pixel or two of the full-size
-    result at 512 px, i.e. well under 1% of the field) in a quarter of the time.
-    """
-    stride = max(1, min(pixels.shape) // 256)
-    x0, y0, x1, y1 = body_box(pixels[::stride, ::stride], "windowed", COVIDX_LUNG)
-    h, w = pixels.shape
-    return (x0 * stride, y0 * stride, min(w - 1, x1 * stride + stride - 1),
-            min(h - 1, y1 * stride + stride - 1))
-
+__all__ = ["SliceClassifier", "DEFAULT_ARCH", "TINY_ARCH", "MAX_SLICES", "aggregation_rule",
+           "build_network", "create_model", "infer_logits", "lung_slices", "scan_body_box",
+           "scan_summary", "slice_pixels", "covidx_split"]
 
 # The trained model --------------------------------------------------------------------
 
@@ -430,39 +328,6 @@ class SliceClassifier:
 
         split_file, image_dir = covidx_split(data, split)
         return dataset_features(self, split_file, image_dir, max_items=max_items, seed=seed)
-
-
-def covidx_split(data: str | Path, split: str, check: bool = False) -> tuple[Path, Path]:
-    """(split file, images folder) of a COVIDx-layout folder (``<split>_COVIDx_CT-2A.txt`` +
-    ``images/``) or of one split file; ``check``: a folder without the split file is a
-    DatasetError."""
-    from ..evaluation import SPLIT_FILE
-    from ..errors import DatasetError
-
-    data = Path(data)
-    if not data.is_dir():
-        return data, data.parent / "images"
-    split_file = data / SPLIT_FILE.format(split=split)
-    if check and not split_file.is_file():
-        raise DatasetError(f"no {split_file.name} in the dataset folder (COVIDx layout: "
-                           "<split>_COVIDx_CT-2A.txt + images/)", data)
-    return split_file, data / "images"
-
-
-def slice_pixels(values: np.ndarray, is_hu: bool) -> np.ndarray:
-    """One slice as the slice classifier reads it: HU through the COVIDx lung window to 8
-    bits; 8-bit pictures as they are."""
-    if is_hu:
-        return COVIDX_LUNG.to_uint8(values)
-    return np.asarray(values, dtype=np.uint8)
-
-
-def scan_summary(scan: Scan) -> dict[str, Any]:
-    """De-identified facts about a scan for prediction outputs (:meth:`Scan.deidentified`)."""
-    out = scan.deidentified(metadata=True)
-    if not scan.is_hu:
-        out["input"] = "8-bit picture used as is (assumed lung-windowed like COVIDx CT)"
-    return out
 
 
 def _progress(iterable, desc: str):

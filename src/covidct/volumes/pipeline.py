@@ -144,6 +144,13 @@ class CovidCTNet:
     def export_metadata(self) -> dict[str, Any]:
         return {"covidct_source": self.info.get("file"), "covidct_settings": self.settings.to_dict()}
 
+    def to(self, device) -> "CovidCTNet":
+        """Move its networks to ``device``."""
+        self.classifier = self.classifier.to(device)
+        if self.denoiser is not None:
+            self.denoiser = self.denoiser.to(device)
+        return self
+
     def use_networks(self, swapped: dict[str, Any], runtime: str) -> None:
         if self.denoiser is not None:
             # Infection-map cache keys name the denoiser's weights: keep the torch digest.
