@@ -161,14 +161,27 @@ def test_jobs_stored_by_earlier_versions_in_one_viewer_npz_still_show(tmp_path, 
         before = first.get(url).content
     folder = data / "results" / job["id"]
     note = json.loads((folder / "viewer" / "viewer.json").read_text())
-    np.savez_compressed(folder / "viewer.npz", voxels=np.load(folder / "viewer" / "voxels.npy"),
-                        infection=np.load(folder / "viewer" / "infection.npy"),
-                        units=np.array(note["units"]), direction=np.array(note["direction"]),
-                        volume_depth=np.array(note["volume_depth"]))
+    # Those versions kept CovidCTNet's map on its own (D, S, S) grid with the volume's depth.
+    net = _direct(serve_models, tmp_path / "s.nii.gz")["covidctnet"]
+    old = {"voxels": np.load(folder / "viewer" / "voxels.npy"),
+           "infection": np.asarray(net.maps["infection"], dtype=np.float16),
+           "units": np.array(note["units"]), "direction": np.array(note["direction"]),
+           "volume_depth": np.array(net.scan["preprocessed_shape"][0])}
+    np.savez_compressed(folder / "viewer.npz", **old)
     shutil.rmtree(folder / "viewer")
     shutil.rmtree(folder / "render")
     with TestClient(make_app(data, serve_models)) as second:
         assert second.get(url).content == before
+    # ... and so do those that kept it so in viewer/*.npy with a viewer.json note.
+    (folder / "viewer").mkdir()
+    for name in ("voxels", "infection"):
+        np.save(folder / "viewer" / f"{name}.npy", old[name])
+    (folder / "viewer" / "viewer.json").write_text(json.dumps(
+        {"units": note["units"], "direction": note["direction"], "volume_depth": int(old["volume_depth"])}))
+    (folder / "viewer.npz").unlink()
+    shutil.rmtree(folder / "render")
+    with TestClient(make_app(data, serve_models)) as third:
+        assert third.get(url).content == before
 
 
 def test_uploads_are_removed_when_the_job_ends(client, tmp_path):

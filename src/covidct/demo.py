@@ -285,7 +285,8 @@ def held_out_patient(cohort: Path) -> dict[str, str]:
 
 
 def _predict(series: Path, models: Path, folder: Path, out: Path) -> None:
-    from .predict import load_models, predict_to_folder
+    from .models import load_models
+    from .predict import predict_to_folder
 
     loaded = load_models((), paths=[models / f"{m}.pt" for m in (METHOD_BIT, METHOD_COVIDCTNET)])
     predict_to_folder(series, [_in_demo_cache(m, out) for m in loaded], folder)
@@ -298,12 +299,9 @@ def _report(out: Path) -> Path:
 
 
 def _in_demo_cache(model, out: Path):
-    """Keep CovidCTNet's pre-processed arrays inside the demo folder (the training stage
-    wrote them there); the slice classifier has no cache."""
-    if hasattr(model, "cache"):
-        from .volumes.cache import ArrayCache
-
-        model.cache = ArrayCache(out / ".cache")
+    """Keep a model's intermediate arrays (CovidCTNet's pre-processed volumes) inside the demo
+    folder, where the training stage wrote them."""
+    model.use_cache(out / ".cache")
     return model
 
 
