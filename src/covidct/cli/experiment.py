@@ -24,8 +24,8 @@ Rerun an experiment of the two papers on your copy of the data, one resumable ru
   learning-curve       not in the papers: both methods at the demo's sizes, held-out patient
                        accuracy (95% CI) by training patients (15/30/60/90, difficulty 0) and by
                        difficulty (0/0.5/1, 60 training patients), on SYNTHETIC cohorts that it
-                       makes itself in OUT/learning-curve/cohorts/ (no --data; about an hour on
-                       2 CPU cores)
+                       makes itself in OUT/learning-curve/cohorts/ (no --data; estimated about an
+                       hour on 2 CPU cores)
 
 DATA: COVIDx CT-2A (train/val/test_COVIDx_CT-2A.txt beside images/ or 2A_images/), any dataset
 in that format, or a `covidct synth` cohort (its covidx/ part for the slice experiments, the
