@@ -38,9 +38,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .atomic import private_files, write_text
-from .errors import CovidctError, DatasetError
-from .privacy import folder_salt, pseudonym, show_paths
+from .batch_dask import run_on_dask
 from .batch_worker import STATUS_OK, init_worker, predict_one, worker_died_row
+from .digest import file_digest
+from .errors import CovidctError, DatasetError
+from .predict import check_writable
+from .privacy import folder_salt, pseudonym, show_paths
 from .scanio.common import SCAN_SUFFIXES, natural_key, suffix_of, without_scan_suffix
 
 log = logging.getLogger(__name__)
@@ -120,8 +123,6 @@ def _is_finished(row: dict[str, str] | None, models_key: str, out_dir: Path) -> 
 
 def model_key(model_paths: Sequence[str | os.PathLike]) -> str:
     """Which model files made a row: ``name:sha256[:16]`` of each, joined."""
-    from .digest import file_digest
-
     return ";".join(f"{Path(p).name}:{file_digest(p)[:16]}" for p in model_paths)
 
 
@@ -139,7 +140,7 @@ def predict_batch(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
     :mod:`covidct.batch_dask`); ``resources``: what each task needs of a worker (e.g.
     ``{"GPU": 1}``), Dask clusters only.
     """
-    from .export import RUNTIME_CHOICES
+    from .export import RUNTIME_CHOICES  # torch: imported only once a run is checked
 
     if runtime not in RUNTIME_CHOICES:
         raise CovidctError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIME_CHOICES)}")
@@ -147,8 +148,6 @@ def predict_batch(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
         raise CovidctError("no model files given")
     scans = discover_scans(input_dir)
     out_dir = Path(out_dir)
-    from .predict import check_writable
-
     check_writable(out_dir)  # made 0700 when new; a read-only folder fails before any work
     manifest_path = out_dir / MANIFEST
     rows: dict[str, dict[str, Any]] = dict(read_manifest(manifest_path))
@@ -174,8 +173,6 @@ def predict_batch(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
     jobs = [(str(s), str(out_dir / "scans" / names[s]), ids[s], position[s]) for s in todo]
     if scheduler and jobs:
-        from .batch_dask import run_on_dask
-
         for row in run_on_dask(jobs, init_args, scheduler, workers, resources,
                                threads_given=threads is not None):
             record(row)

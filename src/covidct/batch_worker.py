@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import CovidctError
+from .models import load_model
+from .predict import predict_to_folder
 from .privacy import show_paths
 
 STATUS_OK, STATUS_ERROR = "ok", "error"
@@ -23,8 +25,6 @@ def init_worker(model_paths: Sequence[str], runtime: str, threads: int, pictures
     """Load the models once per worker process."""
     import torch
 
-    from .models import load_model
-
     torch.set_num_threads(max(1, threads))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     WORKER.update(models=[load_model(p, runtime, threads) for p in model_paths],
@@ -34,8 +34,6 @@ def init_worker(model_paths: Sequence[str], runtime: str, threads: int, pictures
 def predict_one(scan_path: str, out_dir: str, name: str = "", index: int = 0) -> dict[str, Any]:
     """One scan -> its manifest row; a scan's own failure becomes an error row. The row names
     the scan by ``name`` (a salted digest unless --show-paths) and its position."""
-    from .predict import predict_to_folder
-
     start = time.perf_counter()
     row: dict[str, Any] = {"scan": name or Path(scan_path).name, "index": index or "",
                            "outputs": os.path.relpath(out_dir, Path(out_dir).parents[1])}

@@ -21,6 +21,8 @@ from .atomic import write_json
 from .constants import SYNTHETIC_NOTICE
 from .errors import DatasetError
 from .labels import LABELS_CSV, read_labels
+from .lungs import involvement, lung_mask
+from .scanio import load_scan
 
 LUNGS_JSON = "lungs.json"
 
@@ -40,9 +42,6 @@ def find_truth(data: str | os.PathLike) -> Path | None:
 def evaluate_lungs(labels: str | os.PathLike, split: str | None = None,
                    out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Dice, lesion coverage and involvement-vs-truth over the scans of ``split`` (all: None)."""
-    from .lungs import involvement, lung_mask
-    from .scanio import load_scan
-
     labels = Path(labels)
     root = labels.parent
     rows = [r for r in read_labels(labels)
