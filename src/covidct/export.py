@@ -33,6 +33,7 @@ import torch
 
 from .atomic import atomic_path
 from .errors import ModelError
+from .int8_files import int8_path, parity_path, read_parity
 
 log = logging.getLogger(__name__)
 
@@ -251,8 +252,6 @@ def to_runtime(model, runtime: str = "onnx", threads: int | None = None,
     if onnx_path is not None:
         paths = output_paths(model, onnx_path)
         if runtime == "onnx-int8":
-            from .quantize import int8_path
-
             paths["classifier"] = int8_path(onnx_path)
         missing = [p for p in paths.values() if not p.is_file()]
         if missing:
@@ -262,8 +261,6 @@ def to_runtime(model, runtime: str = "onnx", threads: int | None = None,
         if runtime == "onnx-int8":
             paths["classifier"] = _cached_int8(model, require_pass=False) or _no_int8(model)
     if runtime == "onnx-int8":
-        from .quantize import read_parity
-
         if not (read_parity(paths["classifier"]) or {}).get("passed"):
             log.warning("the int8 graph %s did not pass (or has no) parity check against "
                         "float32; its calls may differ", paths["classifier"].name)
@@ -274,8 +271,6 @@ def to_runtime(model, runtime: str = "onnx", threads: int | None = None,
 def _cached_int8(model, require_pass: bool) -> Path | None:
     """The int8 graph `covidct export --int8` cached for this model file (None if there is
     none, or, with ``require_pass``, if its parity check failed)."""
-    from .quantize import int8_path, read_parity
-
     sha = _model_sha(model)
     if sha is None:
         return None
@@ -312,8 +307,6 @@ def cache_int8(model, int8_graph: str | os.PathLike) -> Path | None:
     digest, where `predict --runtime auto/onnx-int8` looks for it; also exports the float
     graphs there. None for a model not loaded from a file."""
     import shutil
-
-    from .quantize import int8_path, parity_path
 
     sha = _model_sha(model)
     if sha is None:

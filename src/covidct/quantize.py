@@ -28,6 +28,7 @@ import numpy as np
 
 from .atomic import atomic_path, write_json
 from .errors import ModelError
+from .int8_files import int8_path, parity_path, read_parity  # noqa: F401 (read_parity: public here too)
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +38,10 @@ MIN_AGREEMENT = 0.99
 MAX_MEDIAN_DIFF = 0.02
 #: Training slices read for calibration and the check (half each), evenly over the split.
 CALIBRATION_SLICES = 256
-INT8_SUFFIX = ".int8.onnx"
 #: Only the matrix products are quantized; BiT's group norms and the residual additions stay
 #: float32 (quantizing them cost agreement and buys nothing: they are not where time goes).
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
 PARITY_KEY = "covidct_int8_parity"
-
-
-def int8_path(float_path: str | os.PathLike) -> Path:
-    """Where the int8 graph of a float graph goes: ``bit.onnx`` -> ``bit.int8.onnx``."""
-    float_path = Path(float_path)
-    stem = float_path.name[:-5] if float_path.name.endswith(".onnx") else float_path.name
-    return float_path.with_name(stem + INT8_SUFFIX)
 
 
 def training_inputs(model, split_file: str | os.PathLike, image_dir: str | os.PathLike,
@@ -148,15 +141,3 @@ def export_int8(model, float_path: str | os.PathLike, inputs: np.ndarray,
         onnx.save(graph, str(tmp))
     return out, check
 
-
-def parity_path(path: str | os.PathLike) -> Path:
-    """The check's record beside an int8 graph (read without loading the graph)."""
-    return Path(str(path) + ".parity.json")
-
-
-def read_parity(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The check :func:`export_int8` recorded for an int8 graph (None if absent or unreadable)."""
-    try:
-        return json.loads(parity_path(path).read_text())
-    except (OSError, ValueError):
-        return None
