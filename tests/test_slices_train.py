@@ -258,6 +258,29 @@ def test_command_line_options_map_to_the_config(cohort, tmp_path):
         config_from_args(_parse(["--out", "x"]))
 
 
+def test_command_line_defaults_are_the_config_defaults(cohort, tmp_path):
+    """train2d's option defaults are read from TrainConfig, not written twice."""
+    from dataclasses import MISSING, fields
+
+    from covidct.cli.train2d import config_from_args
+
+    config = config_from_args(_parse(["--data", str(cohort), "--out", str(tmp_path / "r")]))
+    differ = {f.name for f in fields(TrainConfig)
+              if f.default is not MISSING and getattr(config, f.name) != f.default}
+    assert differ == {"val_split", "command"}  # from --data, and the command line itself
+
+
+def test_train2d_help_does_not_import_torch():
+    code = ("import runpy, sys\n"
+            "sys.argv = ['covidct', 'train2d', '--help']\n"
+            "try:\n    runpy.run_module('covidct', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "sys.stderr.write('torch imported' if 'torch' in sys.modules else 'torch-free')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    assert "--batch-size" in done.stdout and done.stderr.endswith("torch-free"), done.stderr
+
+
 @pytest.mark.slow
 def test_trains_on_the_project_synthetic_cohort_and_flags_it(request, tmp_path):
     """On `covidct synth` output (when conftest offers it): the run and its model say synthetic."""

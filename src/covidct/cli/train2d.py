@@ -7,8 +7,12 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..constants import BIT_INITS as INITS
 from ..covidx import IMAGES_DIR, SPLIT_SUFFIX, split_path
 from ..errors import CovidctError
+from ..slices.schedule import (DEFAULT_RESOLUTION, DEFAULT_SCHEDULE, RESOLUTIONS, SCHEDULES,
+                               parse_resolution, parse_schedule)
+from ..slices.settings import TINY_ARCH, TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,9 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train2d", help="fine-tune the BiT slice classifier on COVIDx CT slices",
         description="Fine-tune a BiT ResNet-v2 on COVIDx-format slices (split files "
                     "'filename class xmin ymin xmax ymax' and an images/ folder), step-based with "
-                    "the BiT-HyperRule (SGD, momentum 0.9, warm-up then 10x decays, mixup). Writes "
+                    f"the BiT-HyperRule (SGD, momentum {TrainConfig.momentum}, warm-up then 10x "
+                    "decays, mixup). Writes "
                     "RUN_DIR/{config.json,history.csv,checkpoints/,model.pt,summary.json}. "
-                    "Defaults are the paper's main setting (BiT-M, 512/480 px, 10,000 steps, batch 64). "
+                    "Defaults are the paper's main setting "
+                    f"({TrainConfig.init}, {TrainConfig.resize}/{TrainConfig.crop} px, "
+                    f"{TrainConfig.schedule[-1]:,} steps, batch {TrainConfig.batch_size}). "
                     "Multi-GPU: torchrun --nproc_per_node N -m covidct.slices.train SAME OPTIONS.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_arguments(p)
@@ -26,9 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..slices.schedule import DEFAULT_RESOLUTION, DEFAULT_SCHEDULE, RESOLUTIONS, SCHEDULES
-    from ..constants import BIT_INITS as INITS
-
     data = p.add_argument_group("data")
     data.add_argument("--data", metavar="COVIDX_DIR",
                       help=f"folder with train/val{SPLIT_SUFFIX} and {IMAGES_DIR}/")
@@ -45,14 +49,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--synthetic", action="store_true", default=None,
                       help="mark the training data as synthetic (detected from the data folder's "
                            "README otherwise)")
-    data.add_argument("--workers", type=int, default=4,
+    data.add_argument("--workers", type=int, default=TrainConfig.workers,
                       help="data-loader worker processes (PNG decoding and cropping)")
 
     model = p.add_argument_group("model")
-    model.add_argument("--arch", default="resnetv2_50x1_bit",
-                       help="timm BiT architecture (resnetv2_50x1_bit, resnetv2_101x1_bit, ...; "
-                            "resnetv2_tiny_bit for quick CPU trials)")
-    model.add_argument("--init", default="bit-m",
+    model.add_argument("--arch", default=TrainConfig.arch,
+                       help=f"timm BiT architecture ({TrainConfig.arch}, resnetv2_101x1_bit, ...; "
+                            f"{TINY_ARCH} for quick CPU trials)")
+    model.add_argument("--init", default=TrainConfig.init,
                        help=f"initial weights: {', '.join(INITS)} or a weights file "
                             "(.npz in the original BiT layout, .pt/.pth/.safetensors state dict)")
     model.add_argument("--resolution", default=DEFAULT_RESOLUTION,
@@ -64,22 +68,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="warm-up, three decay steps and the final step as a comma list, or a "
                           "preset: " + "; ".join(f"{k} = {','.join(map(str, v))}"
                                                  for k, v in SCHEDULES.items()))
-    opt.add_argument("--batch-size", type=int, default=64, help="global batch size per step")
-    opt.add_argument("--batch-split", type=int, default=1,
+    opt.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
+                     help="global batch size per step")
+    opt.add_argument("--batch-split", type=int, default=TrainConfig.batch_split,
                      help="split each batch into this many micro-batches (gradient accumulation) "
                           "when memory is short")
-    opt.add_argument("--lr", type=float, default=0.003, help="base learning rate")
-    opt.add_argument("--no-mixup", action="store_true", help="disable mixup (Beta(0.1, 0.1))")
-    opt.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    opt.add_argument("--lr", type=float, default=TrainConfig.lr, help="base learning rate")
+    opt.add_argument("--no-mixup", action="store_true",
+                     help=f"disable mixup (Beta({TrainConfig.mixup_alpha}, {TrainConfig.mixup_alpha}))")
+    opt.add_argument("--seed", type=int, default=TrainConfig.seed,
+                     help="seed of every random choice")
 
     run_ = p.add_argument_group("run")
     run_.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
-    run_.add_argument("--val-every", type=int, default=100, help="validate every N steps")
+    run_.add_argument("--val-every", type=int, default=TrainConfig.val_every,
+                      help="validate every N steps")
     run_.add_argument("--resume", action="store_true",
                       help="continue the run in --out from checkpoints/last.pt")
     run_.add_argument("--stop-after", type=int, metavar="N",
                       help="stop after N steps with a checkpoint (continue later with --resume)")
-    run_.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    run_.add_argument("--device", choices=("auto", "cpu", "cuda"), default=TrainConfig.device,
                       help="where to train (auto: CUDA when available)")
     run_.add_argument("--amp", action="store_true", help="bfloat16 mixed precision (CUDA only)")
     run_.add_argument("--channels-last", action="store_true",
@@ -88,9 +96,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from ..slices.schedule import parse_resolution, parse_schedule
-    from ..slices.train import TrainConfig
-
     data = Path(args.data) if args.data else None
     train_split = args.train_split or (split_path(data, "train") if data else None)
     images = args.images or (data / IMAGES_DIR if data else None)
@@ -105,7 +110,8 @@ def config_from_args(args: argparse.Namespace):
         val_split=str(val_split) if val_split else None, arch=args.arch, init=args.init,
         resize=resize, crop=crop, schedule=parse_schedule(args.schedule),
         batch_size=args.batch_size, batch_split=args.batch_split, lr=args.lr,
-        mixup_alpha=0.0 if args.no_mixup else 0.1, balanced=args.balanced, workers=args.workers,
+        mixup_alpha=0.0 if args.no_mixup else TrainConfig.mixup_alpha, balanced=args.balanced,
+        workers=args.workers,
         val_every=args.val_every, max_val=args.max_val,
         max_train_per_class=args.max_train_per_class, seed=args.seed, device=args.device,
         amp=args.amp, channels_last=args.channels_last, resume=args.resume,
@@ -128,7 +134,7 @@ def torchrun_main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..slices.train import train
+    from ..slices.train import train  # lazy: imports torch; `train2d --help` must not
 
     result = train(config_from_args(args))
     summary = result.summary

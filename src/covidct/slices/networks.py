@@ -9,12 +9,8 @@ import torch
 from ..constants import SLICE_CLASSES
 from ..errors import ModelError
 from .data import normalize
+from .settings import DEFAULT_ARCH, TINY_ARCH
 from .weights import WeightsSource, load_weights, resolve, zero_head
-
-DEFAULT_ARCH = "resnetv2_50x1_bit"
-#: A 4-block BiT-layout ResNet-v2 (GroupNorm + weight standardisation, bottleneck units
-#: named as in BiT) of 0.5 M parameters: not in the paper; for tests and quick CPU demos.
-TINY_ARCH = "resnetv2_tiny_bit"
 
 
 def build_network(arch: str, num_classes: int = len(SLICE_CLASSES)) -> torch.nn.Module:

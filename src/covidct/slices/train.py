@@ -42,8 +42,9 @@ from ..devices import choose_device
 from ..errors import CovidctError, ModelError
 from .data import (COVIDxDataset, EvalTransform, StepBatchSampler, TrainTransform, collate,
                    find_synthetic_marker, mixup, mixup_lambda, normalize, subsample_per_class)
-from .model import DEFAULT_ARCH, SliceClassifier, create_model, infer_logits
-from .schedule import DEFAULT_RESOLUTION, DEFAULT_SCHEDULE, RESOLUTIONS, SCHEDULES, learning_rate
+from .model import SliceClassifier, create_model, infer_logits
+from .schedule import learning_rate
+from .settings import TrainConfig
 from .weights import resolve
 
 log = logging.getLogger(__name__)
@@ -52,50 +53,6 @@ HISTORY_FIELDS = ("step", "loss", "lr", "images_per_s", "data_wait_s", "val_loss
 #: Settings that must not change when a run is resumed.
 _RESUME_KEYS = ("arch", "init", "resize", "crop", "schedule", "batch_size", "lr", "momentum",
                 "mixup_alpha", "balanced", "seed", "max_train_per_class", "train_split")
-
-
-@dataclass
-class TrainConfig:
-    """Settings of a fine-tuning run; the defaults are Zhao et al.'s main setting."""
-
-    train_split: str
-    images: str
-    out: str
-    val_split: str | None = None
-    val_images: str | None = None           # default: the training images folder
-    arch: str = DEFAULT_ARCH
-    init: str = "bit-m"                     # the paper's best initialisation (ImageNet-21k)
-    resize: int = RESOLUTIONS[DEFAULT_RESOLUTION][0]
-    crop: int = RESOLUTIONS[DEFAULT_RESOLUTION][1]
-    schedule: tuple[int, ...] = SCHEDULES[DEFAULT_SCHEDULE]
-    batch_size: int = 64
-    batch_split: int = 1                    # micro-batches per step (gradient accumulation)
-    lr: float = 0.003
-    momentum: float = 0.9
-    mixup_alpha: float = 0.1                # 0 disables mixup
-    balanced: bool = False                  # class-balanced sampling (the paper did not)
-    workers: int = 4
-    val_every: int = 100
-    max_val: int | None = None              # validate on a fixed random subset of this size
-    max_train_per_class: int | None = None  # the paper's data-size experiment (Fig. 8)
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = False                       # bf16 autocast on CUDA
-    channels_last: bool = False
-    resume: bool = False
-    stop_after: int | None = None           # stop (as if killed) after this many steps
-    synthetic: bool | None = None           # None: detect from the data folder's README
-    progress: bool = True
-    command: str = ""
-
-    def __post_init__(self) -> None:
-        self.schedule = tuple(int(s) for s in self.schedule)
-        if self.batch_size < 1 or self.batch_split < 1 or self.val_every < 1:
-            raise CovidctError("batch size, batch split and --val-every must be positive")
-
-    @property
-    def total_steps(self) -> int:
-        return self.schedule[-1]
 
 
 @dataclass

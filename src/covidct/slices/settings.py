@@ -1,0 +1,60 @@
+"""The slice classifier's training settings, with the paper's defaults, written once.
+
+Torch-free, so that ``covidct train2d --help`` shows these defaults without importing the
+training code (as :mod:`covidct.volumes.settings` does for CovidCTNet).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import CovidctError
+from .schedule import DEFAULT_RESOLUTION, DEFAULT_SCHEDULE, RESOLUTIONS, SCHEDULES
+
+DEFAULT_ARCH = "resnetv2_50x1_bit"
+#: A 4-block BiT-layout ResNet-v2 (GroupNorm + weight standardisation, bottleneck units
+#: named as in BiT) of 0.5 M parameters: not in the paper; for tests and quick CPU demos.
+TINY_ARCH = "resnetv2_tiny_bit"
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a fine-tuning run; the defaults are Zhao et al.'s main setting."""
+
+    train_split: str
+    images: str
+    out: str
+    val_split: str | None = None
+    val_images: str | None = None           # default: the training images folder
+    arch: str = DEFAULT_ARCH
+    init: str = "bit-m"                     # the paper's best initialisation (ImageNet-21k)
+    resize: int = RESOLUTIONS[DEFAULT_RESOLUTION][0]
+    crop: int = RESOLUTIONS[DEFAULT_RESOLUTION][1]
+    schedule: tuple[int, ...] = SCHEDULES[DEFAULT_SCHEDULE]
+    batch_size: int = 64
+    batch_split: int = 1                    # micro-batches per step (gradient accumulation)
+    lr: float = 0.003
+    momentum: float = 0.9
+    mixup_alpha: float = 0.1                # 0 disables mixup
+    balanced: bool = False                  # class-balanced sampling (the paper did not)
+    workers: int = 4
+    val_every: int = 100
+    max_val: int | None = None              # validate on a fixed random subset of this size
+    max_train_per_class: int | None = None  # the paper's data-size experiment (Fig. 8)
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False                       # bf16 autocast on CUDA
+    channels_last: bool = False
+    resume: bool = False
+    stop_after: int | None = None           # stop (as if killed) after this many steps
+    synthetic: bool | None = None           # None: detect from the data folder's README
+    progress: bool = True
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        self.schedule = tuple(int(s) for s in self.schedule)
+        if self.batch_size < 1 or self.batch_split < 1 or self.val_every < 1:
+            raise CovidctError("batch size, batch split and --val-every must be positive")
+
+    @property
+    def total_steps(self) -> int:
+        return self.schedule[-1]
