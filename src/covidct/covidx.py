@@ -138,6 +138,7 @@ def _unique(numbered: list[tuple[int, SliceRecord]], path: Path) -> list[SliceRe
 
 
 def write_split(path: str | os.PathLike, records: Iterable[SliceRecord]) -> Path:
+    # lazy: keeps atomic off the `covidct --help` path
     from .atomic import write_text
 
     lines = [f"{r.filename} {r.label} {' '.join(str(v) for v in r.box)}" for r in records]

@@ -36,12 +36,16 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from . import __version__
+from .atomic import atomic_dir
 from .constants import DISCLAIMER, SYNTHETIC_NOTICE
 from .errors import ScanError
-from .lungs import MAP_THRESHOLD, RESEARCH_NOTE, SEVERITY_SCALE, LungMask
+from .lungs import MAP_THRESHOLD, RESEARCH_NOTE, SEVERITY_SCALE, LungMask, lung_report, scan_lungs
+from .predict import predict, predict_to_folder
 from .prediction import Prediction
 from .scan import Scan
-from .scanio.common import ZIP_SUFFIX, looks_like_dicom, suffix_of
+from .scanio import load_scan
+from .scanio.archive import extract_zip
+from .scanio.common import ZIP_SUFFIX, looks_like_dicom, suffix_of, uid_hash
 
 log = logging.getLogger(__name__)
 # highdicom logs the UIDs of the datasets it copies from at INFO: UIDs stay out of covidct's logs.
@@ -127,8 +131,6 @@ def dicom_source(path: str | os.PathLike) -> Iterator[Path]:
     check_dicom_input(path)
     path = Path(path)
     if path.is_file() and suffix_of(path) == ZIP_SUFFIX:
-        from .scanio.archive import extract_zip
-
         with tempfile.TemporaryDirectory(prefix="covidct-dicom-out-") as tmp:
             extract_zip(path, Path(tmp))
             yield Path(tmp)
@@ -145,8 +147,6 @@ def _files(path: Path) -> list[Path]:
 def source_datasets(path: str | os.PathLike, scan: Scan) -> list[Any]:
     """The headers (no pixels) of the files the scan was read from, in the scan's slice order."""
     import pydicom
-
-    from .scanio.common import looks_like_dicom, uid_hash
 
     wanted = scan.metadata.get("series_uid_hash")
     found = []
@@ -216,8 +216,6 @@ def lung_findings(scan: Scan, predictions: Sequence[Prediction]) -> LungFindings
     """The lung mask both methods used for ``scan`` (covidct.lungs computes it once per scan)
     and the involvement the predictions carry (CovidCTNet's adds its map share); None when
     the scan is not axial or shows no lungs."""
-    from .lungs import lung_report, scan_lungs
-
     if scan.orientation not in ("axial", "unknown"):
         return None
     mask = scan_lungs(scan)
@@ -579,8 +577,6 @@ def save_outputs(datasets: Sequence[Any], out_dir: str | os.PathLike) -> list[Pa
     """Write each object as ``<kind>-<series>-<n>.dcm`` into ``out_dir``, all at once: the folder
     (0700, files 0600, since they carry the patient module) appears complete or not at all,
     replacing an earlier one."""
-    from .atomic import atomic_dir
-
     out_dir = Path(out_dir)
     names = [output_name(ds) for ds in datasets]
     with atomic_dir(out_dir) as tmp:  # mkdtemp: 0700
@@ -599,8 +595,6 @@ def predict_to_dicom(scan_path: str | os.PathLike, models: Sequence[Any], dicom_
     :func:`lung_findings` unless ``lungs`` is given (and the usual files when ``out_dir`` is).
     ``scan`` is the series already read from ``scan_path`` (the CLI has read and checked it),
     so that only the headers are read again, for the references to the source images."""
-    from .predict import predict, predict_to_folder
-    from .scanio import load_scan
 
     with dicom_source(scan_path) as folder:
         scan = scan if scan is not None else load_scan(folder)

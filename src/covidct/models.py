@@ -182,6 +182,7 @@ def load_model(path: str | os.PathLike, runtime: str = "torch", threads: int | N
         target = getattr(target, part)
     model = target(record)
     if runtime != "torch":
+        # lazy: imports torch, numpy, which this module does not need on import
         from .export import to_runtime  # onnxruntime only when asked for
 
         model = to_runtime(model, runtime, threads)

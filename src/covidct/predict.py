@@ -9,14 +9,15 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .atomic import make_dir, private_files, write_json
+from .atomic import atomic_path, make_dir, private_files, write_json
 from .checks import check_scan
 from .constants import DISCLAIMER
 from .errors import CovidctError, ScanError
-from .lungs import lung_report
+from .lungs import lung_picture, lung_report, scan_lungs
 from .models import Model
 from .prediction import Prediction
 from .scan import Scan
+from .scanio import load_scan
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,6 @@ class Predictions(list):
 def read_checked(scan: Scan | str | os.PathLike) -> Scan:
     """A scan (read from a path if needed) that passed :func:`covidct.checks.check_scan`."""
     if not isinstance(scan, Scan):
-        from .scanio import load_scan
-
         scan = load_scan(scan)
     check_scan(scan)
     return scan
@@ -136,9 +135,6 @@ def _relative(value, out_dir: Path):
 def write_lung_picture(scan: Scan, out_dir: Path) -> Path:
     """``lungs.png``: a few lung slices with the lung mask outlined (right cyan, left yellow)."""
     from PIL import Image
-
-    from .atomic import atomic_path
-    from .lungs import lung_picture, scan_lungs
 
     path = Path(out_dir) / "lungs.png"
     with atomic_path(path) as tmp:

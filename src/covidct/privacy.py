@@ -56,6 +56,7 @@ def folder_salt(folder: str | os.PathLike) -> bytes:
         return bytes.fromhex(path.read_text().strip())
     except (OSError, ValueError):
         pass
+    # lazy: keeps atomic off the `covidct --help` path
     from .atomic import make_dir, private_files
 
     salt = secrets.token_bytes(16)

@@ -50,6 +50,7 @@ def training_inputs(model, split_file: str | os.PathLike, image_dir: str | os.Pa
     input (box crop, resize to the model's crop, x/127.5-1, 3 channels): (n, 3, crop, crop)."""
     import torch
 
+    # lazy: imports torch, PIL, which this module does not need on import
     from .slices.data import COVIDxDataset, EvalTransform, normalize
 
     dataset = COVIDxDataset(split_file, image_dir, EvalTransform(model.crop))
@@ -103,6 +104,7 @@ def parity(float_path: str | os.PathLike, int8: str | os.PathLike, inputs: np.nd
     """int8 vs float32 on ``inputs``: share of the same call, median and max probability gap."""
     import torch
 
+    # lazy: imports torch, which this module does not need on import
     from .export import OnnxNetwork
 
     x = torch.from_numpy(inputs)

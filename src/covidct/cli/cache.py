@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    # lazy: keeps numpy off the `covidct --help` path
     from ..volumes.cache import clear, location
 
     root = Path(args.dir).expanduser() if args.dir else location()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..constants import SYNTHETIC_NOTICE
+from ..errors import CovidctError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    # lazy: keeps scipy, sklearn, numpy off the `covidct --help` path
     from ..demo import DemoSettings, run_demo
-    from ..errors import CovidctError
 
     overrides = {k: v for k, v in (("patients", args.patients), ("difficulty", args.difficulty))
                  if v is not None}

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import signal
     from pathlib import Path
 
+    # lazy: keeps scipy, numpy off the `covidct --help` path
     from ..dicom_node import Destination, DicomNode, NodeSettings
     from ..models import load_models
 

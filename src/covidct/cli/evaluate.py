@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: keeps scipy, sklearn, numpy off the `covidct --help` path
     from ..evaluation import evaluate
     from ..explain.localisation import localisation_lines
     from ..metrics import format_table2, format_table3
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     for line in localisation_lines(result.get("localisation")):
         print(line)
     if result.get("lungs"):
+        # lazy: keeps scipy, numpy off the `covidct --help` path
         from ..lungs_eval import summary_lines
 
         print("\n".join(summary_lines(result["lungs"])))

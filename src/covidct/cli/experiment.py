@@ -78,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: keeps torch, scipy, PIL off the `covidct --help` path
     from ..experiments import parse_set, read_config, run_experiment
 
     overrides = read_config(args.config) if args.config else {}

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import CovidctError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -34,10 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: keeps torch, numpy off the `covidct --help` path
     from ..export import export_model
     from ..models import load_model
-
-    from ..errors import CovidctError
 
     if args.int8 and not (args.calibration and args.images):
         raise CovidctError("--int8 needs --calibration TRAIN_SPLIT and --images DIR (the "
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     for role, path in written.items():
         print(f"{role}: {path}")
     if args.int8:
+        # lazy: keeps torch, numpy off the `covidct --help` path
         from ..export import cache_int8
         from ..quantize import CALIBRATION_SLICES, export_int8, training_inputs
 

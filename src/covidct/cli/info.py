@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..errors import ScanError
+from ..privacy import source_label
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
@@ -28,7 +31,7 @@ def describe(scan) -> dict:
     """The facts `covidct info` prints, as plain JSON-ready values."""
     import numpy as np
 
-    from ..privacy import source_label
+    # lazy: keeps scipy, numpy off the `covidct --help` path
     from ..windowing import body_box
 
     middle = scan.n_slices // 2
@@ -58,8 +61,8 @@ def describe(scan) -> dict:
 
 def _checks(scan) -> str:
     """What covidct.checks says of the scan (prediction refuses what fails)."""
+    # lazy: keeps scipy, numpy off the `covidct --help` path
     from ..checks import MIN_LUNG_MM, check_scan
-    from ..errors import ScanError
 
     try:
         result = check_scan(scan)
@@ -72,6 +75,7 @@ def _checks(scan) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: keeps numpy off the `covidct --help` path
     from ..scanio import load_scan
 
     facts = describe(load_scan(args.scan, series_uid=args.series))

@@ -58,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import contextlib
 
+    # lazy: keeps pacs off the `covidct --help` path
     from ..pacs import is_pacs_url, retrieved_study
 
     with contextlib.ExitStack() as stack:
@@ -71,6 +72,7 @@ EXIT_PARTIAL = 3
 
 
 def _predict(args: argparse.Namespace) -> int:
+    # lazy: keeps scipy, numpy off the `covidct --help` path
     from ..lungs import check_lungmask_weights, use_backend
     from ..models import load_models
     from ..predict import check_writable, predict, predict_to_folder, read_checked
@@ -79,6 +81,7 @@ def _predict(args: argparse.Namespace) -> int:
         check_lungmask_weights(args.lung_weights)  # before the models load
     use_backend(args.lungs, args.lung_weights)
     if args.dicom_out:
+        # lazy: keeps scipy, numpy off the `covidct --help` path
         from ..dicom_out import check_dicom_input
 
         check_dicom_input(args.scan)  # before the models load: a wrong input fails at once
@@ -91,6 +94,7 @@ def _predict(args: argparse.Namespace) -> int:
     for model in models:
         log.info("%s: runtime %s", model.method, model.runtime)
     if args.dicom_out:
+        # lazy: keeps scipy, numpy off the `covidct --help` path
         from ..dicom_out import predict_to_dicom
 
         predictions, _ = predict_to_dicom(args.scan, models, args.dicom_out, out_dir=args.out,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..constants import DISCLAIMER, METHODS
+from ..errors import CovidctError
 from .predict import RUNTIME_CHOICES, RUNTIME_HELP
 
 
@@ -43,8 +44,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def parse_resources(text: str | None) -> dict[str, float] | None:
     """"GPU=1,MEM=4e9" -> {"GPU": 1.0, "MEM": 4e9}."""
-    from ..errors import CovidctError
-
     if not text:
         return None
     out = {}
@@ -60,8 +59,8 @@ def parse_resources(text: str | None) -> dict[str, float] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: keeps scipy, numpy off the `covidct --help` path
     from ..batch import predict_batch
-    from ..errors import CovidctError
     from ..models import find_model
 
     if args.resources and not (args.scheduler or args.cluster):

@@ -5,7 +5,8 @@ import argparse
 import logging
 
 from ..constants import DISCLAIMER
-from ..web.config import DEFAULT_KEEP_DAYS, MAX_SLICE_SIDE
+from ..errors import CovidctError
+from ..web.config import DEFAULT_KEEP_DAYS, MAX_SLICE_SIDE, MIB, ServeConfig
 from .predict import RUNTIME_CHOICES, RUNTIME_HELP
 
 log = logging.getLogger("covidct.web")
@@ -55,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def load_served_models(folder: str | None, runtime: str = "torch") -> list:
     """Every method with a model file in ``folder`` (or the default folders), on ``runtime``;
     none is an error."""
+    # lazy: keeps models off the `covidct --help` path
     from ..models import find_models, load_model
 
     return [load_model(path, runtime) for path in find_models(folder)]
@@ -74,9 +76,6 @@ def is_loopback(host: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from ..errors import CovidctError
-    from ..web.config import MIB, ServeConfig
-
     if args.keep_days < 0:
         raise CovidctError(f"--keep-days {args.keep_days:g}: give 0 (keep forever) or more days")
     config = ServeConfig.from_env(
@@ -91,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("INSECURE: listening on %s without a token (--insecure-no-token): anyone who "
                     "can reach it can upload scans and read every result", args.host)
     os.umask(0o077)  # whatever the server writes (database, results) is its user's only
+    # lazy: keeps web.storage off the `covidct --help` path
     from ..web.storage import lock_data_folder
 
     lock = lock_data_folder(config.data_dir)  # held until the process ends
@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, config) -> int:
     import uvicorn
 
+    # lazy: keeps scipy, fastapi, starlette off the `covidct --help` path
     from ..web.app import create_app
 
     models = load_served_models(args.models, args.runtime)

@@ -4,13 +4,12 @@ from __future__ import annotations
 import argparse
 
 from ..constants import SYNTHETIC_NOTICE
+from ..synth.settings import CohortSettings
 
 _FORMATS = ("dicom", "nifti", "covidx", "covidctnet")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..synth.settings import CohortSettings
-
     d = CohortSettings()
     p = sub.add_parser(
         "synth", help="write a SYNTHETIC labelled cohort of chest-CT phantoms (Normal/CP/NCP)",
@@ -59,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..synth.cohort import CohortSettings, generate_cohort
+    # lazy: keeps scipy, numpy off the `covidct --help` path
+    from ..synth.cohort import generate_cohort
 
     settings = CohortSettings(
         patients=args.patients, seed=args.seed, difficulty=args.difficulty, matrix=args.matrix,

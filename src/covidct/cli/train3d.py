@@ -110,6 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: keeps scipy, numpy off the `covidct --help` path
     from ..volumes.train import TrainConfig, train
 
     if args.threads:

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_text
-from ..constants import METHOD_BIT, METHOD_COVIDCTNET, SLICE_CLASSES
+from ..constants import METHOD_BIT, METHOD_COVIDCTNET, SLICE_CLASSES, VOLUME_CLASS_FOLDERS
 from ..covidx import split_path
 from ..errors import CovidctError
+from ..models import load_model
+from ..synth.cohort import SETTINGS_FILE, CohortSettings, _settings_json, generate_cohort
 
 COHORTS = "cohorts"
 #: Only the layouts the two methods read (no DICOM, no separate NIfTI): quicker to write.
@@ -27,8 +29,6 @@ COHORT_FORMATS = ("covidx", "covidctnet")
 
 
 def cohort_settings(params: dict[str, Any]):
-    from ..synth.cohort import CohortSettings
-
     pool, val, test = (int(params[k]) for k in ("pool_patients", "val_patients", "test_patients"))
     return CohortSettings(patients=pool + val + test, seed=int(params["seed"]),
                           difficulty=float(params["difficulty"]), matrix=int(params["matrix"]),
@@ -39,8 +39,6 @@ def cohort_settings(params: dict[str, Any]):
 def ensure_cohort(params: dict[str, Any], folder: Path) -> Path:
     """The cohort of this run's difficulty under ``folder``, generated unless an identical one
     (same synth.json) is there already."""
-    from ..synth.cohort import SETTINGS_FILE, _settings_json, generate_cohort
-
     settings = cohort_settings(params)
     root = folder / (f"difficulty-{settings.difficulty:g}_seed-{settings.seed}_"
                      f"pool-{params['pool_patients']}")
@@ -90,8 +88,6 @@ def write_subset(cohort: Path, patients: list[dict[str, str]], run_dir: Path) ->
 
 
 def _volume_path(cohort: Path, row: dict[str, str]) -> Path:
-    from ..constants import VOLUME_CLASS_FOLDERS
-
     folder = VOLUME_CLASS_FOLDERS[SLICE_CLASSES.index(row["label"])]
     return cohort / "covidctnet" / folder / f"{row['patient_id']}.nii.gz"
 
@@ -127,6 +123,7 @@ def sweeps_of(params: dict[str, Any]) -> str:
 
 
 def _demo_settings(params: dict[str, Any]):
+    # lazy: imports sklearn, which this module does not need on import
     from ..demo import DemoSettings
 
     names = DemoSettings.__dataclass_fields__
@@ -134,8 +131,8 @@ def _demo_settings(params: dict[str, Any]):
 
 
 def _train_bit(params, cohort: Path, split: Path, out: Path):
+    # lazy: imports sklearn, which this module does not need on import
     from ..demo import bit_train_config
-    from ..models import load_model
     from ..slices.train import train
 
     config = bit_train_config(_demo_settings(params), split, cohort / "covidx", out, False,
@@ -157,8 +154,8 @@ def _finished(out: Path) -> dict[str, Any] | None:
 
 
 def _train_covidctnet(params, labels: Path, out: Path, experiment: Path):
+    # lazy: imports sklearn, which this module does not need on import
     from ..demo import _in_demo_cache
-    from ..models import load_model
     from ..volumes.train import TrainConfig, train
 
     # The demo's CovidCTNet settings carry TrainConfig's own names.
@@ -174,6 +171,7 @@ def _train_covidctnet(params, labels: Path, out: Path, experiment: Path):
 
 def _test_figures(model, data: Path, params: dict[str, Any]) -> dict[str, Any]:
     """Patient-level accuracy and COVID-vs-rest AUC on the test patients, with 95% CIs."""
+    # lazy: imports sklearn, which this module does not need on import
     from ..demo import _headline
     from ..evaluation import metrics_for, score
 

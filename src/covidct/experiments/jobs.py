@@ -11,9 +11,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..constants import BIT_INITS, SLICE_CLASSES
+from ..atomic import write_text
+from ..constants import BIT_INITS, SLICE_CLASSES, VOLUME_CLASSES
+from ..covidx import class_counts, read_split, write_split
 from ..devices import choose_device
 from ..errors import CovidctError
+from ..models import load_model
+from ..slices.schedule import parse_resolution, parse_schedule
+from ..slices.weights import resolve
+from ..volumes.data import load_cohort
+from ..volumes.train import TrainConfig as VolumeTrainConfig, train as train_covidctnet
 from .data import ExperimentData
 from .presets import HYPERRULE, HYPERRULE_SMALL, TINY_RESOLUTIONS, TINY_SCHEDULES
 
@@ -30,8 +37,6 @@ _FIGURES = (("sensitivity", "sn"), ("ppv", "ppv"), ("specificity", "sp"), ("npv"
 
 def resolution_of(value: Any, scale: str) -> tuple[int, int]:
     """(resize, crop): a paper preset (by crop size) shrinks at tiny scale; pairs are as given."""
-    from ..slices.schedule import parse_resolution
-
     if isinstance(value, (list, tuple)):
         return parse_resolution(tuple(value))
     if scale == "tiny" and str(value) in TINY_RESOLUTIONS:
@@ -40,8 +45,6 @@ def resolution_of(value: Any, scale: str) -> tuple[int, int]:
 
 
 def schedule_of(value: Any, scale: str, train_images: int) -> tuple[int, ...]:
-    from ..slices.schedule import parse_schedule
-
     if value == HYPERRULE:
         value = "bit-500" if train_images < HYPERRULE_SMALL else "bit-10000"
     if scale == "tiny" and isinstance(value, str) and value in TINY_SCHEDULES:
@@ -72,8 +75,6 @@ def init_of(init: str, arch: str, scale: str) -> tuple[str, str | None]:
     weights file for the architecture becomes ``random`` and the note says so."""
     if scale != "tiny" or init == "random" or init not in BIT_INITS:
         return init, None
-    from ..slices.weights import resolve
-
     try:
         source = resolve(init, arch)
     except CovidctError:
@@ -85,15 +86,13 @@ def init_of(init: str, arch: str, scale: str) -> tuple[str, str | None]:
 
 
 def _train_images(data: ExperimentData, per_class: int | None) -> int:
-    from ..covidx import class_counts, read_split
-
     counts = class_counts(read_split(data.split("train")))
     return sum(min(n, per_class) if per_class else n for n in counts.values())
 
 
 def run_slice_job(params: dict[str, Any], run_dir: Path, data: ExperimentData) -> dict[str, Any]:
+    # lazy: imports sklearn, which this module does not need on import
     from ..evaluation import metrics_for
-    from ..models import load_model
     from ..slices.train import TrainConfig, train
 
     scale = params["scale"]
@@ -133,8 +132,6 @@ def _test_split(data: ExperimentData, max_test: Any, run_dir: Path) -> tuple[Pat
     """The test split, or a fixed random subset of ``max_test`` slices (same for every run)."""
     import numpy as np
 
-    from ..covidx import read_split, write_split
-
     records = read_split(data.split("test"))
     if not max_test or len(records) <= int(max_test):
         return data.split("test"), None
@@ -160,6 +157,7 @@ def _val_curve(out: Path) -> list[list[float]]:
 
 
 def _value(figure: Any) -> float | None:
+    # lazy: imports sklearn, which this module does not need on import
     from ..metrics.tables import figure_parts
 
     value = figure_parts(figure)[0]
@@ -193,6 +191,7 @@ def _slice_row(params, summary, metrics, init, init_note, resolution, schedule, 
 
 
 def _ci(figure: Any, index: int) -> float | None:
+    # lazy: imports sklearn, which this module does not need on import
     from ..metrics.tables import figure_parts
 
     value = figure_parts(figure)[index]
@@ -203,15 +202,13 @@ def _ci(figure: Any, index: int) -> float | None:
 
 def volume_config(params: dict[str, Any], data: ExperimentData, out: Path, stage: str,
                   denoiser_file: str | None = None):
-    from ..volumes.train import TrainConfig
-
-    names = set(TrainConfig.__dataclass_fields__)
+    names = set(VolumeTrainConfig.__dataclass_fields__)
     fixed = {k: v for k, v in params.items() if k in names and k not in ("data", "out", "stage")}
     source = str(data.root)
     if params.get("max_patients_per_class"):
         # runs/<id>/train -> the experiment folder, shared by the denoiser and classifier runs
         source = str(patient_subset(data, params, out.parent.parent.parent / "cohorts"))
-    return TrainConfig(data=source, out=str(out), stage=stage, ablation=True,
+    return VolumeTrainConfig(data=source, out=str(out), stage=stage, ablation=True,
                        denoiser_file=denoiser_file, resume=True, progress=False, **fixed)
 
 
@@ -223,10 +220,6 @@ def patient_subset(data: ExperimentData, params: dict[str, Any], folder: Path) -
     import io
 
     import numpy as np
-
-    from ..atomic import write_text
-    from ..constants import VOLUME_CLASSES
-    from ..volumes.data import load_cohort
 
     limit, seed = int(params["max_patients_per_class"]), int(params.get("seed", 0))
     cohort = load_cohort(data.root, seed, float(params.get("val_fraction", 0.15)),
@@ -246,10 +239,8 @@ def patient_subset(data: ExperimentData, params: dict[str, Any], folder: Path) -
 
 
 def run_denoiser_job(params: dict[str, Any], run_dir: Path, data: ExperimentData) -> dict[str, Any]:
-    from ..volumes.train import train
-
     out = run_dir / "train"
-    summary = train(volume_config(params, data, out, "denoiser"))
+    summary = train_covidctnet(volume_config(params, data, out, "denoiser"))
     facts = summary.get("denoiser") or {}
     return {"model": "BCDU-Net denoiser", "denoiser_file": str(out / "denoiser.pt"),
             "epochs_run": facts.get("epochs_run"), "best_val_loss": facts.get("best_loss"),
@@ -258,12 +249,10 @@ def run_denoiser_job(params: dict[str, Any], run_dir: Path, data: ExperimentData
 
 def run_covidctnet_job(params: dict[str, Any], run_dir: Path, data: ExperimentData,
                        denoiser_file: Path) -> dict[str, Any]:
-    from ..volumes.train import train
-
     if not denoiser_file.is_file():
         raise CovidctError("the shared denoiser run did not finish", denoiser_file)
     out = run_dir / "train"
-    summary = train(volume_config(params, data, out, "classifier", str(denoiser_file)))
+    summary = train_covidctnet(volume_config(params, data, out, "classifier", str(denoiser_file)))
     history = _volume_history(out / "history.csv")
     models = []
     for key, label in (("classifier", "with BCDU-Net + Perlin noise"),

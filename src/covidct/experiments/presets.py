@@ -138,6 +138,7 @@ CURVE_SETTINGS: dict[str, Any] = {"val_patients": 12, "test_patients": 24, "max_
 def curve_settings() -> dict[str, Any]:
     """The demo's sizes for both methods (one place: covidct.demo.DemoSettings), the held-out
     split sizes and the cohorts' slice cap; the grid sets patients and difficulty."""
+    # lazy: imports sklearn, which this module does not need on import
     from ..demo import DemoSettings
 
     demo = DemoSettings().to_dict()

@@ -29,6 +29,7 @@ from ..atomic import write_json
 from ..constants import SYNTHETIC_NOTICE
 from ..errors import CovidctError
 from . import jobs
+from .curve import COHORTS, run_curve_job
 from .data import ExperimentData, find_data
 from .grid import RunSpec, expand, make_plan, run_id
 from .presets import KIND_COHORTS, KIND_SLICES, PRESETS, SCALES, Preset
@@ -72,6 +73,7 @@ def run_experiment(name: str, data: str | Path | None, out: str | Path, scale: s
                    overrides: dict[str, Any] | None = None,
                    echo: Callable[[str], None] | None = None) -> Outcome:
     """Run (or continue) every run of experiment ``name``; write CSV, table, figure, JSON."""
+    # lazy: imports matplotlib, which this module does not need on import
     from .outputs import write_outputs
 
     preset = get_preset(name)
@@ -116,8 +118,6 @@ def _given_data(data: str | Path | None, preset: Preset) -> ExperimentData:
 
 
 def _own_cohorts(folder: Path, data: str | Path | None) -> ExperimentData:
-    from .curve import COHORTS
-
     if data is not None:
         raise CovidctError("the learning curve makes its own synthetic cohorts (in "
                            f"{folder / COHORTS}); leave out --data")
@@ -129,8 +129,6 @@ def _own_cohorts(folder: Path, data: str | Path | None) -> ExperimentData:
 def _run_curve(specs: list[RunSpec], folder: Path, outcome: Outcome, echo) -> None:
     """Every run draws its training patients from one pool per difficulty, as large as the
     largest run's (part of each run's settings, so a larger grid reruns every point)."""
-    from .curve import run_curve_job
-
     pool = max(int(s.params["train_patients"]) for s in specs)
     for k, spec in enumerate(specs, 1):
         params = {**spec.params, "pool_patients": pool}

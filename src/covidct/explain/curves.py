@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import DatasetError
+from .plotting import class_colour, new_figure, tidy_axes
 
 X_COLUMNS = ("step", "global_step", "iteration", "epoch")
 STAGE_COLUMNS = ("stage", "phase")
@@ -103,8 +104,6 @@ def plot_training_curves(histories: Mapping[str, Mapping[str, np.ndarray]] | Map
     ``histories`` is one :func:`read_history` result or a mapping run name -> result.
     Panels without data are left out; raises ValueError when nothing is plottable.
     """
-    from .plotting import class_colour, new_figure, tidy_axes
-
     if histories and all(isinstance(v, np.ndarray) for v in histories.values()):
         histories = {"": histories}  # a single run
     # One colour per run and stage, the same in every panel; validation dashed with markers.

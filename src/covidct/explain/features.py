@@ -14,6 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .gradcam import network_input
+from .plotting import class_colour, new_figure
+
 #: Cases embedded at most (t-SNE costs O(n log n) per iteration; Fig. 4 is a sample too).
 DEFAULT_MAX_ITEMS = 1500
 
@@ -64,8 +67,8 @@ def dataset_features(classifier: Any, split_file, image_dir, max_items: int | No
     Returns ``features`` (N, D), ``labels`` (N,), ``groups`` (patients) and ``items`` (file
     names) of the sampled slices, pre-processed exactly as evaluation does.
     """
+    # lazy: imports PIL, which this module does not need on import
     from ..slices.data import COVIDxDataset, EvalTransform, collate
-    from .gradcam import network_input
 
     dataset = COVIDxDataset(split_file, image_dir, EvalTransform(int(classifier.crop)))
     chosen = sample_indices(dataset.labels, max_items, seed)
@@ -119,8 +122,6 @@ def neighbour_agreement(points: np.ndarray, labels: np.ndarray) -> float:
 def plot_tsne(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
               title: str | None = None, synthetic: bool = False):
     """Scatter of the t-SNE map coloured by true class (a matplotlib Figure)."""
-    from .plotting import class_colour, new_figure
-
     points, labels = np.asarray(points), np.asarray(labels)
     fig = new_figure(5.2, 4.4)
     ax = fig.add_subplot()

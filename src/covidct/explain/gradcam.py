@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .plotting import blend_heat, draw_outline, fit_within, resize_to
+
 
 def gradcam(network: nn.Module, target_layer: nn.Module, image_tensor: torch.Tensor,
             class_index: int) -> np.ndarray:
@@ -71,6 +73,7 @@ def default_target_layer(network: nn.Module) -> nn.Module:
 
 def slice_tensor(classifier: Any, pixels: np.ndarray) -> torch.Tensor:
     """A cropped 8-bit slice as the classifier's (3, crop, crop) float evaluation input."""
+    # lazy: imports PIL, which this module does not need on import
     from ..slices.data import EvalTransform
 
     return network_input(EvalTransform(int(classifier.crop))(np.asarray(pixels, dtype=np.uint8))[None])[0]
@@ -82,6 +85,7 @@ def network_input(images: torch.Tensor) -> torch.Tensor:
     The transforms hand over 8-bit single-channel pictures and ``slices.data.normalize``
     finishes them (BiT scaling to [-1, 1], three channels); float batches are final already.
     """
+    # lazy: imports PIL, which this module does not need on import
     from ..slices import data
 
     normalize = getattr(data, "normalize", None)
@@ -107,8 +111,8 @@ def slice_gradcam(classifier: Any, pixels: np.ndarray, box: Sequence[int] | None
     Returns ``{"pixels": cropped uint8 slice, "cam": (h, w) in [0, 1] at that size,
     "probabilities": (C,), "class_index": explained class}``.
     """
+    # lazy: imports PIL, which this module does not need on import
     from ..slices.data import crop_box
-    from .plotting import resize_to
 
     pixels = np.asarray(pixels)
     if pixels.ndim != 2:
@@ -128,8 +132,6 @@ def gradcam_picture(pixels: np.ndarray, cam: np.ndarray, side: int = 224,
                     lungs: np.ndarray | None = None) -> np.ndarray:
     """The slice and its Grad-CAM overlay side by side (RGB uint8, longer side ``side``);
     ``lungs`` (a mask of the slice) is outlined on both."""
-    from .plotting import blend_heat, draw_outline, fit_within
-
     gray = np.asarray(pixels)
     base = blend_heat(gray, np.zeros(gray.shape))  # the plain slice, as RGB
     overlay = blend_heat(gray, cam)

@@ -51,6 +51,7 @@ def normalised_map(infection: np.ndarray, scale: float | None = None) -> np.ndar
 def volume_index(map_index: int, map_depth: int, volume_depth: int) -> int:
     """The volume slice under infection-map slice ``map_index`` (CovidCTNet's own geometry,
     :func:`covidct.volumes.mapback.volume_slice_of`)."""
+    # lazy: imports scipy, which this module does not need on import
     from ..volumes.mapback import volume_slice_of
 
     return volume_slice_of(map_index, map_depth, volume_depth)

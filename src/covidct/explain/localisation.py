@@ -21,7 +21,10 @@ from typing import Any
 import numpy as np
 
 from ..atomic import write_bytes
+from ..covidx import read_split
 from ..labels import labels_path, read_labels
+from ..volumes.settings import INPUT_INFECTION
+from .plotting import figure_bytes
 
 LOCALISATION_PNG = "localisation.png"
 #: Lesion classes of the slice classifier whose correct calls are scored.
@@ -48,7 +51,7 @@ def truth_rows(data: str | os.PathLike) -> dict[str, dict[str, Path]] | None:
 def infection_localisation(model: Any, data: str | os.PathLike, split: str,
                            out_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
     """Infection maps of one split against the phantoms' lesion masks (None without truth)."""
-    from ..volumes.settings import INPUT_INFECTION
+    # lazy: imports scipy, which this module does not need on import
     from ..volumes.truth import score_map, truth_on_grid
 
     truth_files = truth_rows(data)
@@ -78,9 +81,9 @@ def infection_localisation(model: Any, data: str | os.PathLike, split: str,
 
 def _infection_figure(volume, infection, truth, settings, path: Path, auc) -> str:
     """CT slice, infection map and true lesion mask side by side, on the slice with most lesion."""
+    # lazy: imports scipy, which this module does not need on import
     from ..volumes.infection import denoise_indices
     from ..volumes.preprocess import resize_depth
-    from .plotting import figure_bytes
 
     import matplotlib
     matplotlib.use("Agg")
@@ -114,7 +117,7 @@ def _infection_figure(volume, infection, truth, settings, path: Path, auc) -> st
 def gradcam_localisation(classifier: Any, split_file: Path, image_dir: Path, scores,
                          limit: int = MAX_GRADCAM_SLICES) -> dict[str, Any] | None:
     """Grad-CAM mass on lesions for correctly called CP/NCP slices (None without masks)."""
-    from ..covidx import read_split
+    # lazy: imports torch, scipy, PIL, which this module does not need on import
     from ..synth.cohort import LESION_MASKS
     from ..slices.data import crop_box, read_gray
     from .gradcam import slice_gradcam

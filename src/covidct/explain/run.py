@@ -24,8 +24,15 @@ import numpy as np
 
 from ..atomic import atomic_dir, write_bytes, write_json
 from ..constants import SYNTHETIC_NOTICE
+from ..covidx import read_split
+from ..digest import file_digest
 from ..errors import DatasetError, ModelError
+from ..models import load_model
+from ..scanio import load_scan
+from ..volumes.data import load_cohort
 from .cases import Case, select_cases
+from .infection import infection_figure
+from .plotting import figure_bytes, png_bytes, save_figure
 
 GRADCAM_DIR = "gradcam"
 INFECTION_DIR = "infection"
@@ -46,8 +53,8 @@ def explain_evaluation(model: Any, data: str | os.PathLike, split: str, eval_dir
     scored (the same arguments as :func:`covidct.evaluation.evaluate`). Returns the
     ``explain.json`` content (paths are relative to ``eval_dir``).
     """
+    # lazy: imports scipy, sklearn, which this module does not need on import
     from ..evaluation import load_scores
-    from ..models import load_model
 
     eval_dir = Path(eval_dir)
     scores_path = eval_dir / "scores.npz"
@@ -106,10 +113,9 @@ def _entry(case: Case, names, probabilities, explained: int, file: str, level: s
 def write_gradcam_gallery(classifier: Any, split_file: Path, image_dir: Path, scores, cases: list[Case],
                           out_dir: Path) -> dict[str, Any]:
     """Grad-CAM overlays of the chosen slices, each explaining the class the model called."""
-    from ..covidx import read_split
+    # lazy: imports torch, PIL, which this module does not need on import
     from ..slices.data import read_gray
     from .gradcam import gradcam_picture, slice_gradcam
-    from .plotting import png_bytes
 
     stored = _stored_names(out_dir.parent)
     records = {stored(r.filename, "item"): r for r in read_split(split_file)}
@@ -136,13 +142,12 @@ def write_gradcam_gallery(classifier: Any, split_file: Path, image_dir: Path, sc
 # CovidCTNet --------------------------------------------------------------------------------
 
 def _cohort_paths(data: str | os.PathLike, split: str) -> dict[str, Path]:
-    from ..volumes.data import load_cohort
-
     return {item.patient_id: item.path for item in load_cohort(data).split(split)}
 
 
 def _stored_names(eval_dir: Path):
     """Names as the evaluation in ``eval_dir`` stored them (see evaluation.item_namer)."""
+    # lazy: imports scipy, sklearn, which this module does not need on import
     from ..evaluation import item_namer
 
     return item_namer(eval_dir)
@@ -156,9 +161,8 @@ def scan_arrays(model: Any, path: Path) -> tuple[np.ndarray, np.ndarray, float |
     what the 3D CNN read during evaluation, times the lung mask on its grid (as predictions
     show it), so the pictures show the lungs, not the body outline or the table.
     """
+    # lazy: imports scipy, which this module does not need on import
     from ..lungs import scan_lungs
-    from ..scanio import load_scan
-    from ..digest import file_digest
     from ..volumes.preprocess import lung_grid
 
     scan = load_scan(path)
@@ -173,8 +177,6 @@ def scan_arrays(model: Any, path: Path) -> tuple[np.ndarray, np.ndarray, float |
 def write_infection_gallery(model: Any, data, split: str, scores, cases: list[Case],
                             out_dir: Path) -> dict[str, Any]:
     """Infection-map overlays and projections of the chosen scans."""
-    from .infection import infection_figure
-    from .plotting import figure_bytes
 
     if model.settings.input != "infection":
         return {"folder": None, "n": 0,
@@ -205,7 +207,7 @@ def scan_features(model: Any, data, split: str) -> dict[str, np.ndarray]:
     """Penultimate features of the 3D CNN for every scan of the split (cached inputs)."""
     import torch
 
-    from ..volumes.data import load_cohort
+    # lazy: imports torch, which this module does not need on import
     from .features import compute_features
 
     items = load_cohort(data).split(split)
@@ -224,8 +226,8 @@ def scan_features(model: Any, data, split: str) -> dict[str, np.ndarray]:
 def write_tsne(features: dict[str, np.ndarray], class_names, eval_dir: Path, seed: int,
                synthetic: bool) -> dict[str, Any]:
     """t-SNE of the features -> tsne.png and features.npz (features, labels, points)."""
+    # lazy: imports torch, which this module does not need on import
     from .features import neighbour_agreement, plot_tsne, tsne_embedding
-    from .plotting import save_figure
 
     n = int(len(features["labels"]))
     if n < MIN_TSNE_ITEMS:

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .. import __version__
 from ..atomic import write_json, write_text
 from ..constants import SYNTHETIC_NOTICE
 from .tables import figure_parts, result_sets
@@ -85,8 +86,6 @@ def save_results(path_json: str | os.PathLike, path_csv: str | os.PathLike,
     """
     if not isinstance(provenance, Mapping) or not isinstance(provenance.get("synthetic"), bool):
         raise ValueError('provenance must be a dict with "synthetic": True or False')
-    from .. import __version__
-
     synthetic = provenance["synthetic"]
     document = {
         **({"synthetic_notice": SYNTHETIC_NOTICE} if synthetic else {}),

@@ -10,6 +10,7 @@ import shlex
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .. import __version__
 from ..atomic import write_text
 from ..constants import DISCLAIMER, SYNTHETIC_NOTICE
 from ..covidx import SPLIT_FILES
@@ -64,8 +65,6 @@ def render(found: Findings, title: str | None = None, command: str = "covidct re
     banner = (f'<div class="banner" role="alert"><span>{esc(SYNTHETIC_NOTICE)}</span></div>'
               if found.synthetic else "")
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    from .. import __version__
-
     return PAGE.substitute(
         title=esc(title or "covidct evaluation report"),
         subtitle=esc(f"COVID-19 detection in chest CT: the BiT slice classifier and CovidCTNet. "

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..explain.plotting import class_colour, figure_bytes, new_figure, tidy_axes
+from ..metrics import roc_points
 from ..metrics.tables import figure_parts
 
 LEVEL_TITLES = {"slice": "Slice level", "patient": "Patient level", "scan": "Scan (patient) level",
@@ -133,8 +134,6 @@ def reliability_diagrams(results: Mapping[str, Mapping[str, Any]]) -> bytes:
 
 def roc_from_scores(y_true: np.ndarray, y_prob: np.ndarray, class_names) -> dict[str, Any]:
     """One-vs-rest ROC points recomputed from raw scores (for results saved without curves)."""
-    from ..metrics import roc_points
-
     curves = {name: roc_points(np.asarray(y_true) == k, np.asarray(y_prob)[:, k])
               for k, name in enumerate(class_names)}
     return {k: v for k, v in curves.items() if v}

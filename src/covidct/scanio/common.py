@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..constants import SYNTHETIC_TAG
+from ..errors import ScanError
 from ..privacy import show_paths
 
 log = logging.getLogger("covidct.scanio")
@@ -114,8 +115,6 @@ MAX_SCAN_VOXELS = 2 ** 30
 def check_pixel_count(rows: int, cols: int, slices: int, where: str | Path | None,
                       what: str = "") -> None:
     """Refuse slices or scans above the documented pixel limits, before decoding them."""
-    from ..errors import ScanError
-
     prefix = f"{what}: " if what else ""
     if rows * cols > MAX_SLICE_PIXELS:
         raise ScanError(f"{prefix}slice of {cols}x{rows} pixels is larger than the "

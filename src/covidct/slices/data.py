@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..constants import SYNTHETIC_TAG
 from ..covidx import SliceRecord, check_images, read_split
 from ..errors import CovidctError, DatasetError
 
@@ -168,8 +169,6 @@ def subsample_per_class(records: Sequence[SliceRecord], per_class: int, seed: in
 
 def find_synthetic_marker(*folders: str | os.PathLike) -> bool:
     """True when a README/marker file in (or just above) a data folder says it is synthetic."""
-    from ..constants import SYNTHETIC_TAG
-
     seen: set[Path] = set()
     for folder in folders:
         folder = Path(folder).resolve()

@@ -36,10 +36,17 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..atomic import atomic_path
 from ..constants import METHOD_BIT, SLICE_CLASSES
 from ..devices import cpu_state
 from ..errors import ModelError
+from ..explain.features import dataset_features
+from ..explain.gradcam import gradcam_picture, slice_gradcam
+from ..explain.localisation import gradcam_localisation
+from ..explain.run import write_gradcam_gallery
+from ..export import fold_weight_standardization
 from ..metrics import aggregate_by_patient
+from ..models import save_model_file
 from ..prediction import Prediction, Scores
 from ..scan import Scan
 from ..lungs import lung_report, scan_lungs
@@ -111,8 +118,6 @@ class SliceClassifier:
         }
 
     def save(self, path: str | Path) -> Path:
-        from ..models import save_model_file
-
         return save_model_file(path, METHOD_BIT, self.payload())
 
     @classmethod
@@ -151,8 +156,6 @@ class SliceClassifier:
     # Runtimes and export (covidct.export) ---------------------------------------------
 
     def networks(self) -> dict[str, tuple[torch.nn.Module, tuple[int, ...], dict[int, str]]]:
-        from ..export import fold_weight_standardization
-
         return {"classifier": (fold_weight_standardization(self.torch_net),
                                (1, 3, self.crop, self.crop), {0: "batch"})}
 
@@ -244,9 +247,6 @@ class SliceClassifier:
                          n_slices: int = 3) -> list[tuple[int, np.ndarray]]:
         """(slice index, RGB picture) of Grad-CAM for the called class on the ``n_slices``
         slices that drove the call most (highest probability of that class)."""
-        from ..explain import gradcam_picture, slice_gradcam
-        from .data import crop_box
-
         called = self.class_names.index(prediction.label)
         order = np.argsort(-np.asarray(prediction.slice_probabilities)[:, called], kind="stable")
         lungs = scan_lungs(scan)
@@ -265,8 +265,6 @@ class SliceClassifier:
                       n_slices: int = 3) -> list[Path]:
         """:meth:`gradcam_pictures` as ``bit-gradcam-<slice>.png`` beside the JSON."""
         from PIL import Image
-
-        from ..atomic import atomic_path
 
         paths = []
         for k, picture in self.gradcam_pictures(prediction, scan, n_slices):
@@ -287,8 +285,6 @@ class SliceClassifier:
         """Grad-CAM of ``class_index`` on one scan slice (HU, or 8-bit when not ``is_hu``),
         pre-processed as :meth:`predict` does (lung window, body box), returned on the
         slice's own grid in [0, 1] (zero outside the box): the web viewer's overlay."""
-        from ..explain.gradcam import slice_gradcam
-
         pixels = slice_pixels(values, is_hu, self.window_spec)
         box = scan_body_box(pixels, self.window_spec)
         cam = slice_gradcam(self, pixels, box, class_index=class_index)["cam"]
@@ -316,20 +312,14 @@ class SliceClassifier:
 
     def localise(self, data: str | Path, split: str, scores: Scores,
                  out_dir: str | Path | None = None) -> dict[str, Any] | None:
-        from ..explain.localisation import gradcam_localisation
-
         return gradcam_localisation(self, *covidx_split(data, split), scores)
 
     def write_gallery(self, data: str | Path, split: str, scores: Scores, cases,
                       out_dir: Path) -> dict[str, Any]:
-        from ..explain.run import write_gradcam_gallery
-
         split_file, image_dir = covidx_split(data, split)
         return write_gradcam_gallery(self, split_file, image_dir, scores, cases, out_dir)
 
     def features(self, data: str | Path, split: str, max_items: int, seed: int) -> dict[str, np.ndarray]:
-        from ..explain.features import dataset_features
-
         split_file, image_dir = covidx_split(data, split)
         return dataset_features(self, split_file, image_dir, max_items=max_items, seed=seed)
 

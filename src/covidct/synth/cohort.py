@@ -35,6 +35,7 @@ from ..constants import SLICE_CLASSES, SPLITS, SYNTHETIC_NOTICE, SYNTHETIC_TAG, 
 from ..covidx import IMAGES_DIR, SPLIT_SUFFIX, split_path
 from ..errors import CovidctError
 from ..scan import Scan
+from ..scanio import write_dicom_series, write_nifti, write_png_slices
 from ..windowing import COVIDX_LUNG, body_box
 from .findings import LESION_NAMES
 from .patient import VISIBLE_LESION_MM2, Patient, make_patient
@@ -232,8 +233,6 @@ def _write_patient(root: Path, patient: Patient, pid: str, number: int, split: s
                    settings: CohortSettings) -> tuple[PatientRecord, list[str]]:
     from pydicom.uid import generate_uid
 
-    from ..scanio import write_dicom_series, write_nifti
-
     formats = settings.formats
     folder = root / "patients" / pid
     scan = patient.scan
@@ -327,8 +326,6 @@ def _to_covidx_size(hu_slice: np.ndarray) -> np.ndarray:
 
 def _write_covidx(folder: Path, patient: Patient, prefix: str) -> list[str]:
     """PNG slices named class_patient_scan_slice.png and their split-file lines."""
-    from ..scanio import write_png_slices
-
     chosen = covidx_slice_indices(patient)
     if chosen.size == 0:
         return []

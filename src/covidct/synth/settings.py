@@ -44,6 +44,7 @@ class CohortSettings:
             raise CovidctError(f"--split needs three non-negative fractions (train val test) "
                                f"with a positive sum, got {' '.join(map(str, self.split))}")
         if self.variants:
+            # lazy: keeps scipy, numpy off the `covidct --help` path
             from .anatomy import VARIANTS  # numpy and scipy: only when variants are asked for
 
             odd = [v for v in self.variants if v not in VARIANTS]

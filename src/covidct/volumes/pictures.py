@@ -17,6 +17,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..atomic import atomic_path
+from ..explain.infection import (CMAP, FLOOR, map_scale, normalised_map, projections, slice_overlay,
+                                 top_slices, volume_index)
+from ..explain.plotting import blend_heat, draw_outline
 from ..prediction import Prediction
 from .settings import INPUT_INFECTION
 
@@ -67,8 +70,6 @@ def write_pictures(prediction: Prediction, volume: np.ndarray, out_dir: Path,
     """Write the slice sheet and the projections of ``prediction``'s infection map (inside
     the lungs); ``fov_mm`` (the scan's in-plane field of view) gives the coronal view its
     proportions; ``lungs`` (the lung mask on the volume's grid) is outlined on the slices."""
-    from ..explain.infection import map_scale, projections, slice_overlay, top_slices, volume_index
-
     infection = prediction.maps.get(INPUT_INFECTION)
     if infection is None:
         log.info("this CovidCTNet reads plain volumes (no BCDU-Net): no infection map to draw")
@@ -77,8 +78,6 @@ def write_pictures(prediction: Prediction, volume: np.ndarray, out_dir: Path,
     tag = " [SYNTHETIC]" if prediction.synthetic else ""
     head = f"CovidCTNet: {prediction.label} {prediction.confidence:.0%}{tag}"
     out_dir = Path(out_dir)
-
-    from ..explain.plotting import draw_outline
 
     chosen = top_slices(infection, k=N_SLICES)
     under = [volume_index(d, len(infection), len(volume)) for d in chosen]
@@ -102,8 +101,7 @@ def write_pictures(prediction: Prediction, volume: np.ndarray, out_dir: Path,
 def key_slice_pictures(scan, infection: np.ndarray, n: int) -> list[tuple[int, np.ndarray]]:
     """(scan slice, RGB) of the ``n`` slices with the most infection (``infection`` on the
     scan's voxel grid): the lung-window slice beside the same slice with the map over it."""
-    from ..explain.infection import CMAP, FLOOR, normalised_map, top_slices
-    from ..explain.plotting import blend_heat
+    # lazy: imports scipy, which this module does not need on import
     from ..windowing import COVIDX_LUNG
 
     pictures = []

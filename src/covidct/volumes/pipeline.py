@@ -19,12 +19,17 @@ from ..constants import METHOD_COVIDCTNET, VOLUME_CLASSES
 from ..devices import cpu_state
 from ..digest import file_digest
 from ..errors import ModelError
+from ..explain.infection import normalised_map
+from ..explain.localisation import infection_localisation
+from ..explain.run import scan_features, write_infection_gallery
 from ..models import save_model_file
 from ..prediction import Prediction, Scores
 from ..scan import Scan
 from ..lungs import MAP_THRESHOLD, _percent, lung_report, scan_lungs
+from ..scanio import load_scan
 from .cache import ArrayCache, scan_digest, weights_digest
-from .infection import cnn_input
+from .data import load_cohort
+from .infection import cnn_input, map_to_scan_grid
 from .mapback import map_on_scan_slices
 from .preprocess import check_scan, lung_grid, preprocess_volume
 from .settings import INPUT_INFECTION, VolumeSettings
@@ -70,6 +75,7 @@ class CovidCTNet:
     def build(cls, settings: VolumeSettings, class_names=VOLUME_CLASSES, denoiser=None,
               **kwargs) -> "CovidCTNet":
         """A fresh (untrained) 3D CNN around an existing denoiser."""
+        # lazy: imports torch, which this module does not need on import
         from .cnn3d import CNN3D
 
         return cls(CNN3D(len(class_names), settings.volume_shape), denoiser, settings,
@@ -77,6 +83,7 @@ class CovidCTNet:
 
     @classmethod
     def from_payload(cls, record: dict[str, Any]) -> "CovidCTNet":
+        # lazy: imports torch, which this module does not need on import
         from .bcdunet import BCDUNet
         from .cnn3d import CNN3D
 
@@ -275,8 +282,6 @@ class CovidCTNet:
     def volume_for_file(self, path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
         """The pre-processed volume of a scan file/folder and a few facts about it, cached by
         the file's bytes, so a second pass over a cohort neither reads nor pre-processes it."""
-        from ..scanio import load_scan
-
         key = ArrayCache.key("volume", self._file_content(path), self.settings.preprocess_key())
         cached = self.cache.load(key)
         if cached is not None:
@@ -297,8 +302,6 @@ class CovidCTNet:
 
     def _lungs_for_file(self, path: str | os.PathLike, content: str) -> np.ndarray:
         """The lung mask on the network's grid for a scan file (cached by the file's bytes)."""
-        from ..scanio import load_scan
-
         shape = self.settings.volume_shape
         key = ArrayCache.key("lungs", content, {"shape": list(shape), "rule": "hu-v1"})
         cached = self.cache.load(key)
@@ -349,8 +352,6 @@ class CovidCTNet:
     def cohort(self, source: str | os.PathLike, **split_options: Any):
         """The cohort at ``source``, split as this model's training split it (when the data
         has no split column); keyword arguments override the seed and fractions."""
-        from .data import load_cohort
-
         return load_cohort(source, **{**(self.training.get("split_options") or {}), **split_options})
 
     def target_index(self, label: str) -> int:
@@ -364,8 +365,6 @@ class CovidCTNet:
     def slice_scores(self, prediction: Prediction) -> list[float | None] | None:
         """Per scan slice, the infection map's mean over it on the shared colour scale (0-1);
         None for a model that reads plain volumes (no map)."""
-        from ..explain.infection import normalised_map
-
         on_scan = prediction.maps.get(INFECTION_ON_SCAN)
         if on_scan is None:
             return None
@@ -379,8 +378,6 @@ class CovidCTNet:
     def scan_maps(self, prediction: Prediction, scan: Scan) -> dict[str, np.ndarray]:
         """The infection map on the scan's voxel grid (linear, see
         :func:`.infection.map_to_scan_grid`), for DICOM SEG and key images."""
-        from .infection import map_to_scan_grid
-
         infection = prediction.maps.get(INPUT_INFECTION)
         if infection is None:
             return {}
@@ -389,6 +386,7 @@ class CovidCTNet:
 
     def key_pictures(self, prediction: Prediction, scan: Scan, n: int,
                      scan_maps: dict[str, np.ndarray]) -> list[tuple[int, np.ndarray]]:
+        # lazy: imports PIL, which this module does not need on import
         from .pictures import key_slice_pictures
 
         infection = scan_maps.get(INPUT_INFECTION)
@@ -399,22 +397,16 @@ class CovidCTNet:
 
     def localise(self, data: str | os.PathLike, split: str, scores: Scores,
                  out_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
-        from ..explain.localisation import infection_localisation
-
         return infection_localisation(self, data, split, out_dir)
 
     def write_gallery(self, data: str | os.PathLike, split: str, scores: Scores, cases,
                       out_dir: Path) -> dict[str, Any]:
-        from ..explain.run import write_infection_gallery
-
         return write_infection_gallery(self, data, split, scores, cases, out_dir)
 
     def features(self, data: str | os.PathLike, split: str, max_items: int = 0,
                  seed: int = 0) -> dict[str, np.ndarray]:
         """3D CNN penultimate features of every scan of the split (``max_items``, ``seed``:
         unused, a cohort's scans are few)."""
-        from ..explain.run import scan_features
-
         return scan_features(self, data, split)
 
     # -- pictures -----------------------------------------------------------------------
@@ -422,6 +414,7 @@ class CovidCTNet:
     def save_pictures(self, prediction: Prediction, scan: Scan,
                       out_dir: str | os.PathLike) -> list[Path]:
         """Infection-map pictures next to the prediction JSON (see volumes.pictures)."""
+        # lazy: imports PIL, which this module does not need on import
         from .pictures import write_pictures
 
         volume, _ = self.volume(scan)

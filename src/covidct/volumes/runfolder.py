@@ -103,6 +103,7 @@ def load_denoiser_file(path: str | os.PathLike):
     """(BCDUNet, settings dict, facts) from a run's denoiser.pt."""
     import torch
 
+    # lazy: imports torch, which this module does not need on import
     from .bcdunet import BCDUNet
 
     path = Path(path)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..scanio import load_scan
 from .infection import denoise_indices
 from .preprocess import resample_to_grid, resize_depth
 from .settings import VolumeSettings
@@ -33,8 +34,6 @@ class Truth:
 def truth_on_grid(lesions_path: str | os.PathLike, lungs_path: str | os.PathLike,
                   settings: VolumeSettings) -> Truth:
     """The phantom's lesion and lung masks on the infection map's grid."""
-    from ..scanio import load_scan
-
     lesion = _share(load_scan(lesions_path), settings,
                     lambda labels: np.isin(labels, INFECTION_LABELS))
     lung = _share(load_scan(lungs_path), settings, lambda labels: labels > 0)
@@ -55,6 +54,7 @@ def score_map(maps: list[np.ndarray], truths: list[Truth], labels: list[str]) ->
     scans pooled (scans without lesions add healthy voxels); ``per_class``: mean map value on
     lesion and on healthy lung voxels per class, and the number of scans.
     """
+    # lazy: imports sklearn, which this module does not need on import
     from ..metrics.ranking import roc_auc
 
     values, positive = [], []

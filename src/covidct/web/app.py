@@ -23,9 +23,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..constants import DISCLAIMER
 from .config import ServeConfig
+from .docs import render_docs
 from .headers import SecurityHeaders
 from .jobs import DONE, FAILED, QUEUED, RUNNING, Busy, JobRunner, JobStore, ModelSet
+from .page import render_page
 from .render import Renderer, RenderError
+from .report import scan_report
 from .storage import SWEEP_INTERVAL_S, expired_before, make_private, remove_job_files
 from .uploads import UploadError, save_upload, size_limit_text
 
@@ -159,15 +162,11 @@ def create_app(config: ServeConfig, models: Sequence[Any]) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
-        from .page import render_page
-
         return HTMLResponse(render_page(token_required=bool(config.token),
                                         show_phi=config.show_phi))
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     def docs() -> HTMLResponse:
-        from .docs import render_docs
-
         return HTMLResponse(render_docs(app.openapi()))
 
     @app.get("/healthz", tags=["service"])
@@ -239,8 +238,6 @@ def create_app(config: ServeConfig, models: Sequence[Any]) -> FastAPI:
     @api.get("/scans/{job_id}/report.html", tags=["scans"])
     def download_report(job_id: str) -> HTMLResponse:
         """A self-contained HTML report of the finished result (a file download)."""
-        from .report import scan_report
-
         result = _finished(job_id)
         html = scan_report(result, renderer, show_phi=config.show_phi)
         return HTMLResponse(html, headers=_attachment(f"covidct-{job_id[:8]}-report.html"))

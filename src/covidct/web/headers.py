@@ -12,6 +12,8 @@ import hashlib
 import logging
 from functools import lru_cache
 
+from . import docs, page, report
+
 _log = logging.getLogger(__name__)
 
 
@@ -22,8 +24,6 @@ def _hash(text: str) -> str:
 
 @lru_cache(maxsize=1)
 def content_security_policy() -> str:
-    from . import docs, page, report
-
     scripts = " ".join(_hash(js) for js in (page.JS,))
     styles = " ".join(_hash(css) for css in (page.CSS, docs.CSS, report.CSS))
     return ("default-src 'none'; "

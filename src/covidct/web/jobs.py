@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from ..atomic import jsonable
 from ..errors import CovidctError
+from ..scanio import load_scan
 from .config import ServeConfig
 from .result import build_result, public_message
 from .storage import write_private
@@ -111,8 +112,6 @@ class JobRunner:
         log.info("job %s failed (%s)", job_id, kind)  # the message may name the user's files
 
     def _predict(self, job_id: str, upload: Upload) -> dict[str, Any]:
-        from ..scanio import load_scan
-
         timings: dict[str, float] = {}
         mark = time.perf_counter()
         if upload.kind == KIND_ZIP:  # its members under neutral names: messages cannot name them

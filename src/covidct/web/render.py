@@ -16,7 +16,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import CovidctError
+from ..explain.infection import CMAP, FLOOR, normalised_map
+from ..explain.plotting import blend_heat, resize_to
+from ..volumes.mapback import map_on_scan_slices
 from ..windowing import get_window
+from .storage import write_private
 
 #: Display presets of the viewer (covidct.windowing), for HU scans.
 DISPLAY_WINDOWS = ("lung", "mediastinum")
@@ -81,8 +85,6 @@ class ViewerData:
 
     def infection_heat(self, k: int) -> np.ndarray:
         """The infection map over slice ``k`` in [0, 1], at the slice's size."""
-        from ..explain.infection import normalised_map
-        from ..explain.plotting import resize_to
 
         heat = normalised_map(self.infection[k])
         return np.clip(resize_to(np.ascontiguousarray(heat), self.voxels.shape[1:]), 0, 1)
@@ -92,8 +94,6 @@ def _legacy_map(infection: np.ndarray, n_slices: int, direction, volume_depth: i
     """Jobs stored before covidct kept the map per scan slice held it on CovidCTNet's own
     (D, S, S) grid: mapped back once, by CovidCTNet's own geometry (the only method detail
     the web reads, and only for those jobs)."""
-    from ..volumes.mapback import map_on_scan_slices
-
     return map_on_scan_slices(infection, n_slices, np.asarray(direction, dtype=np.float64),
                               int(volume_depth))
 
@@ -136,23 +136,17 @@ class Renderer:
         if cached.is_file():
             return cached.read_bytes()
         png = _png(self._draw(data, k, result, overlay, window))
-        from .storage import write_private
-
         write_private(cached, png)
         return png
 
     def _draw(self, data: ViewerData, k: int, result: dict[str, Any], overlay: str,
               window: str) -> np.ndarray:
-        from ..explain.plotting import blend_heat
-
         gray = data.display(k, window if window != "picture" else "lung")
         if overlay == "none":
             return np.repeat(gray[..., None], 3, axis=-1)
         if overlay == "infection":
             if data.infection is None:
                 raise RenderError("no CovidCTNet infection map for this scan", 404)
-            from ..explain.infection import CMAP, FLOOR
-
             return blend_heat(gray, data.infection_heat(k), cmap=CMAP, max_alpha=0.8, floor=FLOOR)
         return blend_heat(gray, self._gradcam(data, k, result), cmap="jet", max_alpha=0.55)
 

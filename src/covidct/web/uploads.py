@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterable
 
 from ..errors import CovidctError, ScanError
+from ..scanio import archive
 from ..scanio.common import NIFTI_SUFFIXES, SCAN_SUFFIXES, ZIP_SUFFIX, natural_key, suffix_of
 
 #: Upload kinds, as stored in the job record.
@@ -199,9 +200,6 @@ def _check_pixels(size: tuple[int, int], label: str, max_pixels: int) -> None:
 
 
 def _check_zip(path: Path, label: str, max_slices: int, max_unpacked: int) -> None:
-    from ..errors import ScanError
-    from ..scanio import archive
-
     try:
         with zipfile.ZipFile(path) as zf:
             members = [m for m in zf.infolist() if not m.is_dir()]
@@ -221,8 +219,6 @@ def _check_zip(path: Path, label: str, max_slices: int, max_unpacked: int) -> No
 def _check_entries(members: list[zipfile.ZipInfo], path: Path) -> None:
     """Entries escaping the folder and links, named by position (names may carry PHI)."""
     import stat
-
-    from ..scanio import archive
 
     for number, member in enumerate(_in_name_order(members), start=1):
         try:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_path
+from ..explain.plotting import resize_to
 from .storage import FILE_MODE, write_private
 
 #: Longest side of the slices kept for the viewer (the page shows them at most ~560 px wide).
@@ -47,8 +49,6 @@ def save_viewer_arrays(folder: Path, scan, predictions: dict[str, Any], models: 
 
 def display_voxels(voxels: np.ndarray, is_hu: bool) -> np.ndarray:
     """The volume with each slice shrunk to a longer side of at most DISPLAY_SIZE."""
-    from ..explain.plotting import resize_to
-
     n, rows, cols = voxels.shape
     scale = DISPLAY_SIZE / max(rows, cols)
     dtype = np.int16 if is_hu else np.uint8
@@ -63,8 +63,6 @@ def display_voxels(voxels: np.ndarray, is_hu: bool) -> np.ndarray:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    from ..atomic import atomic_path
-
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with atomic_path(path) as tmp:
         os.chmod(tmp, FILE_MODE)
