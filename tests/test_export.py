@@ -70,7 +70,7 @@ def test_weight_standardization_folding_is_exact(bit_file):
 def test_bit_predict_on_onnx_runtime_matches_torch(bit_file, make_hu_volume):
     scan = make_hu_volume(shape=(10, 96, 96))
     torch_prediction = load_model(bit_file).predict(scan)
-    onnx_model = export.load_model(bit_file, runtime="onnx", threads=1)
+    onnx_model = load_model(bit_file, runtime="onnx", threads=1)
     assert isinstance(onnx_model.net, export.OnnxNetwork)
     onnx_prediction = onnx_model.predict(scan)
     assert np.abs(onnx_prediction.probabilities - torch_prediction.probabilities).max() < PARITY
@@ -83,7 +83,7 @@ def test_bit_predict_on_onnx_runtime_matches_torch(bit_file, make_hu_volume):
     assert np.abs(again.probabilities - onnx_prediction.probabilities).max() < 1e-6
     cached = sorted(export.cache_root().glob("bit-*.onnx"))
     assert len(cached) == 1
-    export.load_model(bit_file, runtime="onnx", threads=1)
+    load_model(bit_file, runtime="onnx", threads=1)
     assert sorted(export.cache_root().glob("bit-*.onnx")) == cached
 
 
@@ -125,7 +125,7 @@ def test_predict_cli_runtime_onnx(bit_file, make_hu_volume, tmp_path, capsys):
 
 def test_bad_inputs(bit_file, tmp_path):
     with pytest.raises(ModelError, match="runtime"):
-        export.load_model(bit_file, runtime="tensorrt")
+        load_model(bit_file, runtime="tensorrt")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a graph")
     with pytest.raises(ModelError, match="bad.onnx"):
