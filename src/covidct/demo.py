@@ -83,8 +83,10 @@ class DemoSettings:
     # method's Adam 1e-4 (unscaled, it sat at ln 3; scaled at 1e-3 its ReLUs died: ln 3 again)
     standardise_inputs: bool = True
     # random flips and shifts of the 3D CNN's training inputs (the method: none): without them
-    # it memorised the 36 training patients within 5 epochs (validation loss 1.13, accuracy
-    # 0.42); with them 1.06 and 0.50 on the same maps (validation patients, seed 0)
+    # it memorised the 36 training patients within 5 epochs (best validation loss 1.13,
+    # accuracy 0.42); with them 1.06 and 0.50 on the same maps, 1.12 and 0.33 on the opacity
+    # denoiser's (validation patients, seed 0): it no longer memorises, but the maps do not
+    # yet carry the classes (README, "CovidCTNet's map, checked against truth")
     augment: bool = True
     n_boot: int = 1000
 
