@@ -58,6 +58,31 @@ def test_bit_export_cli_and_parity(bit_file, tmp_path):
     assert reference.std(1).min() > 1e-3  # a real test: the head is not uniform
 
 
+def test_onnx_calls_are_capped_to_max_batch_with_the_same_outputs(bit_file, tmp_path):
+    """Prediction runs ONNX Runtime one item per call (memory: the runtime's arena keeps the
+    largest batch it saw); the outputs are those of one whole-batch call."""
+    path = export.export_model(load_model(bit_file), tmp_path / "bit.onnx")["classifier"]
+    x = torch.randn(5, 3, 64, 64)
+    capped = export.OnnxNetwork(path, threads=1)
+    sizes = []
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def run(self, names, feeds):
+            sizes.append(len(feeds["input"]))
+            return self.inner.run(names, feeds)
+
+    capped.session = Counting(capped.session)
+    whole = export.OnnxNetwork(path, threads=1, max_batch=0)(x)
+    out = capped(x)
+    assert sizes == [export.MAX_BATCH] * (5 // export.MAX_BATCH) + (
+        [5 % export.MAX_BATCH] if 5 % export.MAX_BATCH else [])
+    assert out.shape == whole.shape == (5, 3)
+    assert (torch.softmax(out, 1) - torch.softmax(whole, 1)).abs().max().item() < 1e-6
+
+
 def test_weight_standardization_folding_is_exact(bit_file):
     model = load_model(bit_file)
     folded = export.fold_weight_standardization(model.net)
