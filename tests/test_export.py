@@ -112,6 +112,40 @@ def test_bit_predict_on_onnx_runtime_matches_torch(bit_file, make_hu_volume):
     assert sorted(export.cache_root().glob("bit-*.onnx")) == cached
 
 
+def test_onnx_predict_from_a_cached_graph_never_builds_the_torch_network(bit_file, make_hu_volume,
+                                                                         tmp_path):
+    """A BiT model file loads without its PyTorch network; on ONNX Runtime with the graph in
+    the cache, a fresh process predicts without building it, so timm (and torchvision,
+    torch._dynamo: seconds of start-up) is never imported; same answer as PyTorch."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from covidct.scanio import load_scan, save_scan
+
+    scan = make_hu_volume(shape=(10, 96, 96))
+    path = save_scan(scan, tmp_path / "scan.nii.gz")
+    export.load_model(bit_file, runtime="onnx", threads=1)  # exports into the test's cache
+    code = ("import json, sys\n"
+            "from covidct.export import load_model\n"
+            "from covidct.scanio import load_scan\n"
+            f"model = load_model({str(bit_file)!r}, runtime='onnx', threads=1)\n"
+            f"probs = model.predict(load_scan({str(path)!r})).probabilities\n"
+            "print(json.dumps({'timm': 'timm' in sys.modules, 'built': model._torch is not None,\n"
+            "                  'probs': [float(p) for p in probs]}))\n")
+    src = str(Path(export.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["timm"] is False and out["built"] is False
+    reference = load_model(bit_file).predict(load_scan(path)).probabilities
+    assert np.abs(np.array(out["probs"]) - reference).max() < PARITY
+
+
 def test_covidctnet_export_both_networks_and_parity(covidctnet_file, tmp_path, make_hu_volume,
                                                     monkeypatch):
     written = export.export_model(load_model(covidctnet_file), tmp_path / "cc.onnx")

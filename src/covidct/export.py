@@ -319,12 +319,12 @@ def to_runtime(model, runtime: str = "onnx", threads: int | None = None,
 
 def _keep_torch_for_pictures(model) -> None:
     """Grad-CAM needs gradients, which ONNX Runtime does not give: the slice classifier's
-    pictures are drawn with the PyTorch network it was exported from (the same weights)."""
-    torch_net, draw = model.net, type(model).save_pictures
-    model.torch_net = torch_net  # for Grad-CAM elsewhere (the web viewer's overlay)
+    pictures are drawn with the PyTorch network it was exported from (the same weights),
+    ``model.torch_net``, which is built only if pictures are drawn."""
+    draw = type(model).save_pictures
 
     def save_pictures(prediction, scan, out_dir, **options):
-        onnx_net, model.net = model.net, torch_net
+        onnx_net, model.net = model.net, model.torch_net
         try:
             return draw(model, prediction, scan, out_dir, **options)
         finally:
