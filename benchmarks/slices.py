@@ -102,7 +102,7 @@ def _int8_graph(onnx_path: Path, sizes: Sizes) -> Path:
     this measures speed; tests/test_int8.py checks the answers of a trained model)."""
     from covidct.quantize import int8_path, quantize_graph
     from covidct.slices.data import EvalTransform, crop_box, normalize
-    from covidct.slices.model import _slice_uint8, scan_body_box
+    from covidct.slices.model import slice_pixels, scan_body_box
     from covidct.volumes.phantom import benchmark_series
 
     scan = benchmark_series(*sizes.series)
@@ -110,7 +110,7 @@ def _int8_graph(onnx_path: Path, sizes: Sizes) -> Path:
     transform = EvalTransform(sizes.crop)
     tensors = []
     for k in picks:
-        pixels = _slice_uint8(scan, int(k))
+        pixels = slice_pixels(scan.voxels[int(k)], scan.is_hu)
         tensors.append(transform(crop_box(pixels, scan_body_box(pixels))))
     calibration = np.ascontiguousarray(normalize(torch.stack(tensors)).numpy(), np.float32)
     return quantize_graph(onnx_path, int8_path(onnx_path), calibration)
@@ -122,7 +122,7 @@ def patient_level(sizes: Sizes, threads: int, row1: dict[str, Any], workdir: Pat
     """Read a DICOM series, choose slices, crop, batch, score on ONNX Runtime, aggregate."""
     from covidct.export import to_runtime
     from covidct.scanio import load_scan, save_scan
-    from covidct.slices.model import (SliceClassifier, _slice_uint8, build_network, lung_slices,
+    from covidct.slices.model import (SliceClassifier, slice_pixels, build_network, lung_slices,
                                       scan_body_box)
     from covidct.volumes.phantom import benchmark_series
 
@@ -145,7 +145,7 @@ def patient_level(sizes: Sizes, threads: int, row1: dict[str, Any], workdir: Pat
                             resize=_resize_for(sizes.crop), crop=sizes.crop, batch_size=1)
     start = time.perf_counter()
     every = load_scan(series)
-    pixels = [_slice_uint8(every, k) for k in range(every.n_slices)]
+    pixels = [slice_pixels(every.voxels[k], every.is_hu) for k in range(every.n_slices)]
     with torch.inference_mode():
         eager.predict_pixels(pixels, [scan_body_box(p) for p in pixels])
     baseline_s = time.perf_counter() - start
@@ -160,7 +160,7 @@ def capped_vs_every_slice(sizes: Sizes, threads: int, workdir: Path) -> dict[str
     tiny BiT trained here on a SYNTHETIC cohort (the rule is what is compared, not the net)."""
     from covidct.models import load_model
     from covidct.scanio import load_scan
-    from covidct.slices.model import TINY_ARCH, _slice_uint8, scan_body_box
+    from covidct.slices.model import TINY_ARCH, slice_pixels, scan_body_box
     from covidct.slices.train import TrainConfig, train
     from covidct.synth.cohort import CohortSettings, generate_cohort
 
@@ -187,7 +187,7 @@ def capped_vs_every_slice(sizes: Sizes, threads: int, workdir: Path) -> dict[str
     for patient in patients:
         scan = load_scan(root / patient["nifti"])
         capped = model.predict(scan)
-        pixels = [_slice_uint8(scan, k) for k in range(scan.n_slices)]
+        pixels = [slice_pixels(scan.voxels[k], scan.is_hu) for k in range(scan.n_slices)]
         every = model.predict_pixels(pixels, [scan_body_box(p) for p in pixels]).mean(0)
         rows.append({"split": patient["split"], "truth": patient["label"], "capped": capped.label,
                      "every": model.class_names[int(np.argmax(every))],

@@ -144,7 +144,7 @@ def _load_child(spec: str) -> int:
     start = time.perf_counter()
     import torch  # noqa: F401  (what loading a model file needs first)
 
-    from covidct.export import load_model
+    from covidct.models import load_model
 
     imported = time.perf_counter()
     out: dict[str, Any] = {"import_s": imported - start}

@@ -95,7 +95,7 @@ def test_weight_standardization_folding_is_exact(bit_file):
 def test_bit_predict_on_onnx_runtime_matches_torch(bit_file, make_hu_volume):
     scan = make_hu_volume(shape=(10, 96, 96))
     torch_prediction = load_model(bit_file).predict(scan)
-    onnx_model = export.load_model(bit_file, runtime="onnx", threads=1)
+    onnx_model = load_model(bit_file, runtime="onnx", threads=1)
     assert isinstance(onnx_model.net, export.OnnxNetwork)
     onnx_prediction = onnx_model.predict(scan)
     assert np.abs(onnx_prediction.probabilities - torch_prediction.probabilities).max() < PARITY
@@ -108,7 +108,7 @@ def test_bit_predict_on_onnx_runtime_matches_torch(bit_file, make_hu_volume):
     assert np.abs(again.probabilities - onnx_prediction.probabilities).max() < 1e-6
     cached = sorted(export.cache_root().glob("bit-*.onnx"))
     assert len(cached) == 1
-    export.load_model(bit_file, runtime="onnx", threads=1)
+    load_model(bit_file, runtime="onnx", threads=1)
     assert sorted(export.cache_root().glob("bit-*.onnx")) == cached
 
 
@@ -127,9 +127,9 @@ def test_onnx_predict_from_a_cached_graph_never_builds_the_torch_network(bit_fil
 
     scan = make_hu_volume(shape=(10, 96, 96))
     path = save_scan(scan, tmp_path / "scan.nii.gz")
-    export.load_model(bit_file, runtime="onnx", threads=1)  # exports into the test's cache
+    load_model(bit_file, runtime="onnx", threads=1)  # exports into the test's cache
     code = ("import json, sys\n"
-            "from covidct.export import load_model\n"
+            "from covidct.models import load_model\n"
             "from covidct.scanio import load_scan\n"
             f"model = load_model({str(bit_file)!r}, runtime='onnx', threads=1)\n"
             f"probs = model.predict(load_scan({str(path)!r})).probabilities\n"
@@ -184,7 +184,7 @@ def test_predict_cli_runtime_onnx(bit_file, make_hu_volume, tmp_path, capsys):
 
 def test_bad_inputs(bit_file, tmp_path):
     with pytest.raises(ModelError, match="runtime"):
-        export.load_model(bit_file, runtime="tensorrt")
+        load_model(bit_file, runtime="tensorrt")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a graph")
     with pytest.raises(ModelError, match="bad.onnx"):

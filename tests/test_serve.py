@@ -161,14 +161,27 @@ def test_jobs_stored_by_earlier_versions_in_one_viewer_npz_still_show(tmp_path, 
         before = first.get(url).content
     folder = data / "results" / job["id"]
     note = json.loads((folder / "viewer" / "viewer.json").read_text())
-    np.savez_compressed(folder / "viewer.npz", voxels=np.load(folder / "viewer" / "voxels.npy"),
-                        infection=np.load(folder / "viewer" / "infection.npy"),
-                        units=np.array(note["units"]), direction=np.array(note["direction"]),
-                        volume_depth=np.array(note["volume_depth"]))
+    # Those versions kept CovidCTNet's map on its own (D, S, S) grid with the volume's depth.
+    net = _direct(serve_models, tmp_path / "s.nii.gz")["covidctnet"]
+    old = {"voxels": np.load(folder / "viewer" / "voxels.npy"),
+           "infection": np.asarray(net.maps["infection"], dtype=np.float16),
+           "units": np.array(note["units"]), "direction": np.array(note["direction"]),
+           "volume_depth": np.array(net.scan["preprocessed_shape"][0])}
+    np.savez_compressed(folder / "viewer.npz", **old)
     shutil.rmtree(folder / "viewer")
     shutil.rmtree(folder / "render")
     with TestClient(make_app(data, serve_models)) as second:
         assert second.get(url).content == before
+    # ... and so do those that kept it so in viewer/*.npy with a viewer.json note.
+    (folder / "viewer").mkdir()
+    for name in ("voxels", "infection"):
+        np.save(folder / "viewer" / f"{name}.npy", old[name])
+    (folder / "viewer" / "viewer.json").write_text(json.dumps(
+        {"units": note["units"], "direction": note["direction"], "volume_depth": int(old["volume_depth"])}))
+    (folder / "viewer.npz").unlink()
+    shutil.rmtree(folder / "render")
+    with TestClient(make_app(data, serve_models)) as third:
+        assert third.get(url).content == before
 
 
 def test_uploads_are_removed_when_the_job_ends(client, tmp_path):
@@ -289,6 +302,25 @@ def test_busy_server_answers_503(tmp_path, serve_models):
         c.app.state.store.create("nifti", 1)  # one job already waiting
         assert c.app.state.store.count(QUEUED) == 1
         _refused(post(c, nifti_file(tmp_path / "s.nii.gz")), 503, "already waiting")
+
+
+def test_an_unhandled_error_answers_500_with_the_security_headers_and_no_traceback(
+        tmp_path, serve_models, caplog):
+    """A broken job database (disk trouble, a stray write) fails inside a route: the answer is
+    a bare 500 that still carries the security headers; the traceback goes to the log only."""
+    data = tmp_path / "d"
+    with TestClient(make_app(data, serve_models), raise_server_exceptions=False) as c:
+        database = c.app.state.store.path
+        database.write_bytes(b"this is not a database" * 200)
+        with caplog.at_level(logging.ERROR, logger="covidct.web.headers"):
+            answer = c.get("/api/scans/0123abcd")
+        assert answer.status_code == 500
+        assert answer.text == "Internal Server Error"
+        for name in ("content-security-policy", "x-content-type-options", "x-frame-options",
+                     "referrer-policy"):
+            assert name in answer.headers, name
+        assert "DatabaseError" in caplog.text  # the cause is logged for the operator
+        assert c.get("/").status_code == 200  # and the server keeps answering
 
 
 # -- token and PHI ----------------------------------------------------------------------

@@ -271,7 +271,7 @@ def test_trains_on_the_project_synthetic_cohort_and_flags_it(request, tmp_path):
                                schedule=(2, 6, 8, 9, 10), val_every=5, max_val=30))
     assert result.summary["synthetic"] is True
     model = load_model(result.model_path)
-    assert model.info()["synthetic"] is True
+    assert model.describe()["synthetic"] is True
     patients = sorted((root / "patients").glob("*/dicom")) if (root / "patients").is_dir() else []
     if patients:
         from covidct.scanio import load_scan

@@ -135,7 +135,7 @@ def _init_worker(model_paths: Sequence[str], runtime: str, threads: int, picture
     """Load the models once per worker process."""
     import torch
 
-    from .export import load_model
+    from .models import load_model
 
     torch.set_num_threads(max(1, threads))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

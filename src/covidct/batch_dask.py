@@ -59,12 +59,7 @@ def _to_gpu() -> None:
         log.warning("covidct: worker has a GPU resource but CUDA is not available; using the CPU")
         return
     for model in _WORKER["models"]:
-        for name in ("net", "classifier", "denoiser"):  # the slice classifier; CovidCTNet
-            module = getattr(model, name, None)
-            if isinstance(module, torch.nn.Module):
-                setattr(model, name, module.to("cuda"))
-        if hasattr(model, "device"):
-            model.device = torch.device("cuda")
+        model.to("cuda")
 
 
 def _task(scan_path: str, out_dir: str, name: str, index: int) -> dict[str, Any]:

@@ -210,19 +210,28 @@ def _bit_done(run: Path) -> bool:
 
 
 def _train_bit(covidx: Path, run: Path, settings: DemoSettings, progress: bool) -> None:
-    from .slices.train import TrainConfig, train
+    from .slices.train import train
+
+    train(bit_train_config(settings, covidx / "train_COVIDx_CT-2A.txt", covidx, run, progress,
+                           "covidct demo"))
+
+
+def bit_train_config(settings: DemoSettings, train_split: Path, covidx: Path, run: Path,
+                     progress: bool, command: str):
+    """The slice classifier's training at demo size (also the learning-curve experiment's):
+    ``train_split`` may be a subset of the patients of ``covidx``'s training split."""
+    from .slices.train import TrainConfig
 
     resize, crop = settings.bit_resolution
-    config = TrainConfig(
-        train_split=str(covidx / "train_COVIDx_CT-2A.txt"), images=str(covidx / "images"),
+    return TrainConfig(
+        train_split=str(train_split), images=str(covidx / "images"),
         val_split=str(covidx / "val_COVIDx_CT-2A.txt"), out=str(run), arch=settings.bit_arch,
-        init="random", resize=resize, crop=crop, schedule=settings.bit_schedule,
+        init="random", resize=resize, crop=crop, schedule=tuple(settings.bit_schedule),
         batch_size=settings.bit_batch_size, lr=settings.bit_lr, mixup_alpha=settings.bit_mixup_alpha,
         balanced=settings.bit_balanced,
         workers=1, val_every=50, max_val=256, seed=settings.seed, device="cpu",
         resume=(run / "checkpoints" / "last.pt").is_file(), progress=progress,
-        command="covidct demo")
-    train(config)
+        command=command)
 
 
 def _covidctnet_done(run: Path) -> bool:
@@ -276,7 +285,8 @@ def held_out_patient(cohort: Path) -> dict[str, str]:
 
 
 def _predict(series: Path, models: Path, folder: Path, out: Path) -> None:
-    from .predict import load_models, predict_to_folder
+    from .models import load_models
+    from .predict import predict_to_folder
 
     loaded = load_models((), paths=[models / f"{m}.pt" for m in (METHOD_BIT, METHOD_COVIDCTNET)])
     predict_to_folder(series, [_in_demo_cache(m, out) for m in loaded], folder)
@@ -289,12 +299,9 @@ def _report(out: Path) -> Path:
 
 
 def _in_demo_cache(model, out: Path):
-    """Keep CovidCTNet's pre-processed arrays inside the demo folder (the training stage
-    wrote them there); the slice classifier has no cache."""
-    if hasattr(model, "cache"):
-        from .volumes.cache import ArrayCache
-
-        model.cache = ArrayCache(out / ".cache")
+    """Keep a model's intermediate arrays (CovidCTNet's pre-processed volumes) inside the demo
+    folder, where the training stage wrote them."""
+    model.use_cache(out / ".cache")
     return model
 
 

@@ -36,7 +36,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from . import __version__
-from .constants import DISCLAIMER, METHOD_BIT, METHOD_COVIDCTNET, SYNTHETIC_NOTICE
+from .constants import DISCLAIMER, SYNTHETIC_NOTICE
 from .errors import ScanError
 from .lungs import MAP_THRESHOLD, RESEARCH_NOTE, SEVERITY_SCALE, LungMask
 from .prediction import Prediction
@@ -397,18 +397,6 @@ def refusal_sr(sources: Sequence[Any], reason: str, synthetic: bool = False):
     return _sr_document(sources, report, synthetic)
 
 
-def infection_on_scan(prediction: Prediction, scan: Scan) -> np.ndarray | None:
-    """CovidCTNet's infection map on the scan grid, or None when the model has none."""
-    from .volumes.infection import map_to_scan_grid
-    from .volumes.settings import INPUT_INFECTION
-
-    infection = prediction.maps.get(INPUT_INFECTION)
-    if infection is None:
-        return None
-    depth = int((prediction.scan.get("preprocessed_shape") or [len(infection)])[0])
-    return map_to_scan_grid(infection, depth, scan.shape, scan.direction)
-
-
 def build_seg(sources: Sequence[Any], scan: Scan, infection: np.ndarray | None,
               lungs: LungFindings | None = None, synthetic: bool = False):
     """A binary SEG of the lungs (when given) and the infection map above
@@ -494,37 +482,23 @@ def _orientation_letters(ds: Any) -> tuple[str, str]:
     return out[0], out[1]
 
 
-def key_pictures(scan: Scan, models: Sequence[Any], predictions: Sequence[Prediction],
-                 infection: np.ndarray | None) -> list[tuple[int, np.ndarray, str]]:
-    """(slice index, RGB picture with burnt-in text, caption) for the slices behind each call."""
+#: How a key image names a model's explanation overlay (covidct.models.Model.overlay).
+OVERLAY_TITLES = {"gradcam": "Grad-CAM", "infection": "infection map"}
+
+
+def key_pictures(scan: Scan, pairs: Sequence[tuple[Any, Prediction]],
+                 scan_maps: Sequence[dict[str, np.ndarray]]) -> list[tuple[int, np.ndarray, str]]:
+    """(slice index, RGB picture with burnt-in text, caption) for the slices behind each call:
+    each (model, prediction)'s :meth:`~covidct.models.Model.key_pictures`."""
     out = []
-    for model, prediction in zip(models, predictions):
+    for (model, prediction), maps in zip(pairs, scan_maps):
         tag = " SYNTHETIC" if prediction.synthetic else ""
         head = f"{prediction.method}: {prediction.label} {prediction.confidence:.0%}{tag}"
-        if prediction.method == METHOD_BIT and hasattr(model, "gradcam_pictures"):
-            for k, rgb in model.gradcam_pictures(prediction, scan, KEY_IMAGES_PER_METHOD):
-                caption = f"{head}, slice {k + 1}: Grad-CAM"
-                out.append((k, burn_in(rgb, caption), caption))
-        elif prediction.method == METHOD_COVIDCTNET and infection is not None:
-            for k, rgb in _infection_pictures(scan, infection):
-                caption = f"{head}, slice {k + 1}: infection map"
-                out.append((k, burn_in(rgb, caption), caption))
+        title = OVERLAY_TITLES.get(model.overlay, model.overlay)
+        for k, rgb in model.key_pictures(prediction, scan, KEY_IMAGES_PER_METHOD, maps):
+            caption = f"{head}, slice {k + 1}: {title}"
+            out.append((k, burn_in(rgb, caption), caption))
     return out
-
-
-def _infection_pictures(scan: Scan, infection: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    from .explain.infection import CMAP, FLOOR, normalised_map, top_slices
-    from .explain.plotting import blend_heat
-    from .windowing import COVIDX_LUNG
-
-    pictures = []
-    for k in top_slices(infection, k=KEY_IMAGES_PER_METHOD, min_gap=1):
-        gray = COVIDX_LUNG.to_uint8(scan.voxels[k]) if scan.is_hu else scan.voxels[k].astype(np.uint8)
-        plain = blend_heat(gray, np.zeros(gray.shape))
-        overlay = blend_heat(gray, normalised_map(infection[k]), cmap=CMAP, max_alpha=0.8, floor=FLOOR)
-        gap = np.zeros((gray.shape[0], 4, 3), np.uint8)
-        pictures.append((int(k), np.concatenate([plain, gap, overlay], axis=1)))
-    return pictures
 
 
 def build_key_images(sources: Sequence[Any], pictures: Sequence[tuple[int, np.ndarray, str]],
@@ -583,15 +557,17 @@ def build_outputs(sources: Sequence[Any], scan: Scan, models: Sequence[Any],
                   predictions: Sequence[Prediction], lungs: LungFindings | None = None) -> list[Any]:
     """SR, SEG (when there is something to segment) and key images for one series."""
     synthetic = scan.synthetic or any(p.synthetic for p in predictions)
-    infection = next((m for p in predictions if p.method == METHOD_COVIDCTNET
-                      and (m := infection_on_scan(p, scan)) is not None), None)
+    by_method = {m.method: m for m in models}
+    pairs = [(by_method[p.method], p) for p in predictions if p.method in by_method]
+    scan_maps = [model.scan_maps(prediction, scan) for model, prediction in pairs]
+    infection = next((m["infection"] for m in scan_maps if "infection" in m), None)
     outputs = [build_sr(sources, scan, predictions, lungs)]
     seg = build_seg(sources, scan, infection, lungs, synthetic)
     if seg is not None:
         outputs.append(seg)
     else:
         log.info("no SEG: no lungs found and no infection map above %s", MAP_THRESHOLD)
-    key_images = build_key_images(sources, key_pictures(scan, models, predictions, infection), synthetic)
+    key_images = build_key_images(sources, key_pictures(scan, pairs, scan_maps), synthetic)
     selection = build_key_object_selection(key_images, synthetic)
     return outputs + key_images + ([selection] if selection is not None else [])
 

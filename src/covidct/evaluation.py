@@ -16,7 +16,6 @@ import numpy as np
 
 from . import __version__
 from .atomic import private_files, write_bytes, write_json
-from .constants import METHOD_BIT
 from .errors import DatasetError
 from .lungs_eval import LUNGS_JSON, evaluate_lungs, find_truth
 from .privacy import folder_salt, pseudonym, show_paths
@@ -32,14 +31,7 @@ def score(model: Model, data: str | os.PathLike, split: str = "test") -> Scores:
     data = Path(data)
     if not data.exists():
         raise DatasetError("dataset folder not found", data)
-    if model.method == METHOD_BIT:
-        split_file = data / SPLIT_FILE.format(split=split) if data.is_dir() else data
-        image_dir = (data if data.is_dir() else data.parent) / "images"
-        if data.is_dir() and not split_file.is_file():
-            raise DatasetError(f"no {split_file.name} in the dataset folder (COVIDx layout: "
-                               "<split>_COVIDx_CT-2A.txt + images/)", data)
-        return model.score_dataset(split_file, image_dir)
-    return model.score_dataset(data, split=split)
+    return model.score(data, split)
 
 
 def metrics_for(scores: Scores, n_boot: int = 1000, seed: int = 0, rule: str = "mean") -> dict[str, Any]:
@@ -60,7 +52,7 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike, split: s
     """Score, compute every figure with 95% patient-bootstrap CIs, and save them to ``out_dir``."""
     from .metrics import save_results
 
-    if not hasattr(model, "predict"):
+    if isinstance(model, (str, os.PathLike)):
         model = load_model(model)
     scores = score(model, data, split)
     # Explanations are scored against the truth masks before names are hidden: the masks are
@@ -104,13 +96,7 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike, split: s
 def localise(model: Model, data: str | os.PathLike, split: str, scores: Scores,
              out_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
     """Explanations scored against a synthetic cohort's lesion masks (None without them)."""
-    from .explain.localisation import gradcam_localisation, infection_localisation
-
-    if model.method == METHOD_BIT:
-        data = Path(data)
-        split_file = data / SPLIT_FILE.format(split=split) if data.is_dir() else data
-        return gradcam_localisation(model, split_file, split_file.parent / "images", scores)
-    return infection_localisation(model, data, split, out_dir)
+    return model.localise(data, split, scores, out_dir)
 
 
 def item_namer(out_dir: str | os.PathLike | None):

@@ -12,8 +12,8 @@ The batch axis is dynamic (BCDU-Net's height and width too). Weight standardisat
 BiT's StdConv2d layers is a function of the weights only, so the exporter's constant
 folding removes it from the graph: part of why ONNX Runtime is faster on a CPU.
 
-``to_runtime(model, "onnx")`` (or ``covidct.load_model(path, runtime="onnx")``) swaps the model's
-networks for :class:`OnnxNetwork` objects, callable like the torch modules they replace,
+``to_runtime(model, "onnx")`` (or ``covidct.load_model(path, runtime="onnx")``) hands the model
+:class:`OnnxNetwork` objects for its networks (:meth:`covidct.models.Model.use_networks`), callable like the torch modules they replace,
 so ``predict``/``score_dataset`` run unchanged. Exported graphs are cached by the model
 file's SHA-256 under ``$COVIDCT_CACHE/onnx`` (default ``~/.cache/covidct/onnx``), so only
 the first ONNX prediction with a given model pays for the export (seconds).
@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
-from .constants import METHOD_BIT, METHOD_COVIDCTNET
 from .errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -90,25 +89,15 @@ def _plain_conv(layer) -> torch.nn.Conv2d:
 
 
 def networks(model) -> dict[str, tuple[Any, tuple[int, ...], dict[int, str]]]:
-    """role -> (torch module, example input shape, dynamic axes) of a loaded covidct model."""
-    if model.method == METHOD_BIT:
-        return {"classifier": (fold_weight_standardization(model.net), (1, 3, model.crop, model.crop), {0: "batch"})}
-    if model.method == METHOD_COVIDCTNET:
-        out = {"classifier": (model.classifier, (1, 1, *model.settings.volume_shape), {0: "batch"})}
-        if model.denoiser is not None:
-            size = model.settings.slice_size
-            out["denoiser"] = (model.denoiser, (1, 1, size, size),
-                               {0: "batch", 2: "height", 3: "width"})
-        return out
-    raise ModelError(f"cannot export a model of method {model.method!r}")
+    """role -> (torch module, example input shape, dynamic axes) of a loaded covidct model
+    (see :meth:`covidct.models.Model.networks`)."""
+    return model.networks()
 
 
 def roles(model) -> tuple[str, ...]:
     """The networks a model has ("classifier", and "denoiser" for a CovidCTNet with one),
     without building their export copies (folding BiT's weights is seconds)."""
-    if model.method == METHOD_COVIDCTNET and model.denoiser is not None:
-        return ("classifier", "denoiser")
-    return ("classifier",)
+    return tuple(model.network_roles())
 
 
 def output_paths(model, out: str | os.PathLike) -> dict[str, Path]:
@@ -162,15 +151,8 @@ def export_model(model, out: str | os.PathLike, fmt: str = "onnx") -> dict[str, 
 
 def model_metadata(model) -> dict[str, Any]:
     """What a reader of the ONNX file needs to feed it (no patient data)."""
-    meta: dict[str, Any] = {"covidct_method": model.method,
-                            "covidct_class_names": list(model.class_names)}
-    if model.method == METHOD_BIT:
-        meta.update(covidct_source=model.file, covidct_window=model.window,
-                    covidct_input="8-bit lung-window slice cropped to its body box, resized to "
-                                  f"{model.crop}x{model.crop}, x/127.5-1, repeated to 3 channels")
-    else:
-        meta.update(covidct_source=model.info.get("file"), covidct_settings=model.settings.to_dict())
-    return meta
+    return {"covidct_method": model.method, "covidct_class_names": list(model.class_names),
+            **model.export_metadata()}
 
 
 # Runtime -----------------------------------------------------------------------------------
@@ -245,8 +227,7 @@ def cache_root() -> Path:
 
 
 def _model_sha(model) -> str | None:
-    source = model.file if model.method == METHOD_BIT else (model.info.get("file") or {})
-    return (source or {}).get("sha256")
+    return (model.file or {}).get("sha256")
 
 
 def choose_runtime(model, runtime: str = "auto") -> str:
@@ -262,10 +243,10 @@ def choose_runtime(model, runtime: str = "auto") -> str:
 
         if importlib.util.find_spec("onnxruntime") is None:
             return "torch"
-        if model.method == METHOD_BIT and _cached_int8(model, require_pass=True):
+        if model.quantizable and _cached_int8(model, require_pass=True):
             return "onnx-int8"
         return "onnx"
-    if runtime == "onnx-int8" and model.method != METHOD_BIT:
+    if runtime == "onnx-int8" and not model.quantizable:
         return "onnx"
     return runtime
 
@@ -301,36 +282,8 @@ def to_runtime(model, runtime: str = "onnx", threads: int | None = None,
         if not (read_parity(paths["classifier"]) or {}).get("passed"):
             log.warning("the int8 graph %s did not pass (or has no) parity check against "
                         "float32; its calls may differ", paths["classifier"].name)
-    if model.method == METHOD_COVIDCTNET and "denoiser" in roles(model):
-        # Infection-map cache keys name the denoiser's weights: keep the torch digest.
-        model._weights_key()
-    swapped = {role: OnnxNetwork(paths[role], threads) for role in roles(model)}
-    if model.method == METHOD_BIT:
-        _keep_torch_for_pictures(model)
-        model.net = swapped["classifier"]
-        model.device = next(model.net.parameters()).device
-    else:
-        model.classifier = swapped["classifier"]
-        if "denoiser" in swapped:
-            model.denoiser = swapped["denoiser"]
-    model.runtime = runtime
+    model.use_networks({role: OnnxNetwork(paths[role], threads) for role in roles(model)}, runtime)
     return model
-
-
-def _keep_torch_for_pictures(model) -> None:
-    """Grad-CAM needs gradients, which ONNX Runtime does not give: the slice classifier's
-    pictures are drawn with the PyTorch network it was exported from (the same weights),
-    ``model.torch_net``, which is built only if pictures are drawn."""
-    draw = type(model).save_pictures
-
-    def save_pictures(prediction, scan, out_dir, **options):
-        onnx_net, model.net = model.net, model.torch_net
-        try:
-            return draw(model, prediction, scan, out_dir, **options)
-        finally:
-            model.net = onnx_net
-
-    model.save_pictures = save_pictures
 
 
 def _cached_int8(model, require_pass: bool) -> Path | None:
@@ -386,12 +339,3 @@ def cache_int8(model, int8_graph: str | os.PathLike) -> Path | None:
         with atomic_path(dest) as tmp:  # the graph last: its presence means both are there
             shutil.copyfile(source, tmp)
     return target
-
-
-def load_model(path: str | os.PathLike, runtime: str = "torch", threads: int | None = None):
-    """:func:`covidct.models.load_model` on the chosen runtime (see :data:`RUNTIME_CHOICES`)."""
-    from .models import load_model as load_torch
-
-    if runtime not in RUNTIME_CHOICES:
-        raise ModelError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIME_CHOICES)}")
-    return to_runtime(load_torch(path), runtime, threads)

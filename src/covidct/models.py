@@ -11,7 +11,7 @@ import hashlib
 import importlib
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 from . import __version__
 from .atomic import atomic_path, remove_stale_parts
@@ -29,10 +29,109 @@ _LOADERS = {
 
 
 class Model(Protocol):
+    """What every trained covidct model is, whatever its method (the one interface callers use).
+
+    :class:`covidct.slices.model.SliceClassifier` (method ``bit``) and
+    :class:`covidct.volumes.pipeline.CovidCTNet` (method ``covidctnet``) implement it. Code
+    outside a method's own package uses only these names, never asks which method it
+    holds, and gets every result in the scan's own geometry (slice indices of the scan, maps
+    per scan slice), so it never retraces a method's pre-processing.
+    """
+
+    #: ``constants.METHODS``: what the model files, the CLI and the outputs call the method.
     method: str
     class_names: tuple[str, ...]
+    #: ``{"name", "sha256"}`` (first 16 hex digits) of the model file it was loaded from;
+    #: empty for a model that was never saved. Keys the ONNX cache.
+    file: dict[str, Any]
+    #: Where its networks run: ``"torch"``, ``"onnx"`` or ``"onnx-int8"`` (covidct.export).
+    runtime: str
+    #: Name of its explanation pictures: the evaluation gallery's folder and the web viewer's
+    #: overlay (``"gradcam"`` for the slice classifier, ``"infection"`` for CovidCTNet).
+    overlay: str
+    #: Whether ``covidct export --int8`` applies (an int8 classifier graph can replace its own).
+    quantizable: bool
 
-    def predict(self, scan: Any) -> Any: ...
+    def describe(self) -> dict[str, Any]:
+        """Provenance without patient data: ``name``, ``method``, ``file`` (a dict as above),
+        ``covidct_version``, ``class_names``, ``trained_on``, ``synthetic`` and the method's
+        own settings. It is ``Prediction.model`` and the ``model`` of evaluation outputs."""
+        ...
+
+    def predict(self, scan: Any) -> Any:
+        """A :class:`covidct.prediction.Prediction` for one checked scan; ``ScanError`` when
+        the method cannot read it (too few slices, too little lung, ...)."""
+        ...
+
+    def score(self, data: Any, split: str = "test") -> Any:
+        """:class:`covidct.prediction.Scores` on one split of a labelled dataset in the layout
+        the method reads (COVIDx split file + images, or a volume cohort)."""
+        ...
+
+    def localise(self, data: Any, split: str, scores: Any, out_dir: Any = None) -> dict[str, Any] | None:
+        """Its explanations scored against a synthetic cohort's lesion masks (None without them)."""
+        ...
+
+    def networks(self) -> dict[str, tuple[Any, tuple[int, ...], dict[int, str]]]:
+        """role -> (torch module, example input shape, dynamic axes) of what ONNX export writes;
+        roles are ``"classifier"`` and, for a CovidCTNet with one, ``"denoiser"``."""
+        ...
+
+    def network_roles(self) -> tuple[str, ...]:
+        """The roles of :meth:`networks` without building their export copies."""
+        ...
+
+    def export_metadata(self) -> dict[str, Any]:
+        """What a reader of its exported graphs needs to feed them (no patient data)."""
+        ...
+
+    def to(self, device: Any) -> "Model":
+        """Move its PyTorch networks to ``device`` (a torch device or its name); returns itself."""
+        ...
+
+    def use_networks(self, swapped: dict[str, Any], runtime: str) -> None:
+        """Run on ``swapped`` (role -> module callable like the torch one) from now on; what
+        needs gradients (Grad-CAM) keeps the PyTorch networks."""
+        ...
+
+    def use_cache(self, folder: Any) -> None:
+        """Keep intermediate arrays in ``folder`` (None: nowhere that outlives the process).
+        A no-op for a method without intermediates worth keeping."""
+        ...
+
+    def save_pictures(self, prediction: Any, scan: Any, out_dir: Any) -> list[Path]:
+        """Its explanation pictures for one prediction, as PNG files beside the JSON."""
+        ...
+
+    def scan_maps(self, prediction: Any, scan: Any) -> dict[str, Any]:
+        """Its maps resampled onto the scan's own (z, y, x) voxel grid, float32 (CovidCTNet's
+        ``"infection"``, which DICOM SEG segments); empty when it has none."""
+        ...
+
+    def key_pictures(self, prediction: Any, scan: Any, n: int,
+                     scan_maps: dict[str, Any]) -> list[tuple[int, Any]]:
+        """(scan slice index, RGB picture) of up to ``n`` slices that drove the call
+        (DICOM key images); ``scan_maps`` is what :meth:`scan_maps` gave."""
+        ...
+
+    def write_gallery(self, data: Any, split: str, scores: Any, cases: Any, out_dir: Path) -> dict[str, Any]:
+        """Explanation pictures of chosen evaluation cases into ``out_dir`` (covidct explain)."""
+        ...
+
+    def features(self, data: Any, split: str, max_items: int, seed: int) -> dict[str, Any]:
+        """Penultimate-layer features of a split: features, labels, groups, items."""
+        ...
+
+    def slice_scores(self, prediction: Any) -> list[float | None] | None:
+        """Per scan slice, in [0, 1], what drove the call (None where the model did not look;
+        None overall when it has no such score)."""
+        ...
+
+    def viewer_arrays(self, prediction: Any) -> dict[str, Any]:
+        """Arrays, one row per scan slice, from which its overlay is drawn on scan slices
+        later (the infection map per scan slice); empty when the overlay is computed from
+        the slice itself (Grad-CAM, see ``SliceClassifier.slice_heat``)."""
+        ...
 
 
 def save_model_file(path: str | os.PathLike, method: str, payload: dict[str, Any]) -> Path:
@@ -69,10 +168,12 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
-def load_model(path: str | os.PathLike, runtime: str = "torch") -> Model:
+def load_model(path: str | os.PathLike, runtime: str = "torch", threads: int | None = None) -> Model:
     """Load a trained covidct model (either method) from its single file.
 
-    ``runtime="onnx"`` runs its networks on ONNX Runtime (see :mod:`covidct.export`).
+    ``runtime``: where its networks run, one of :data:`covidct.export.RUNTIME_CHOICES`
+    (``"auto"``, ``"onnx"``: ONNX Runtime with ``threads`` intra-op threads, see
+    :func:`covidct.export.to_runtime`).
     """
     record = read_model_file(path)
     module_name, attr = _LOADERS[record["method"]].split(":")
@@ -81,10 +182,62 @@ def load_model(path: str | os.PathLike, runtime: str = "torch") -> Model:
         target = getattr(target, part)
     model = target(record)
     if runtime != "torch":
-        from .export import to_runtime
+        from .export import to_runtime  # onnxruntime only when asked for
 
-        model = to_runtime(model, runtime)
+        model = to_runtime(model, runtime, threads)
     return model
+
+
+# Finding model files -------------------------------------------------------------------------
+
+#: Where trained models are looked up when none is named: $COVIDCT_MODELS, else the
+#: models the demo trains.
+DEFAULT_MODEL_DIRS = ("demo-output/models",)
+
+
+def model_dirs() -> list[Path]:
+    env = os.environ.get("COVIDCT_MODELS")
+    return [Path(env)] if env else [Path(d) for d in DEFAULT_MODEL_DIRS]
+
+
+def find_model(method: str, search: Sequence[str | os.PathLike] | None = None) -> Path:
+    """The model file for ``method`` (``<dir>/<method>.pt``) in the first folder that has one."""
+    dirs = [Path(d) for d in search] if search else model_dirs()
+    for folder in dirs:
+        candidate = folder / f"{method}.pt"
+        if candidate.is_file():
+            return candidate
+    where = ", ".join(str(d) for d in dirs)
+    raise ModelError(f"no trained {method} model found in {where}; pass --model FILE "
+                     "(train one with covidct train2d/train3d, or run make demo)")
+
+
+def find_models(folder: str | os.PathLike | None = None) -> list[Path]:
+    """Every method's model file in ``folder`` (or the default folders); none is an error."""
+    search = [folder] if folder else None
+    found = []
+    for method in METHODS:
+        try:
+            found.append(find_model(method, search))
+        except ModelError:
+            continue
+    if not found:
+        where = folder or ", ".join(str(d) for d in model_dirs())
+        raise ModelError(f"no trained model (bit.pt or covidctnet.pt) in {where}; pass --models DIR "
+                         "(train one with covidct train2d/train3d, or run make demo)")
+    return found
+
+
+def load_models(methods: Sequence[str], paths: Sequence[str | os.PathLike] = (),
+                search: Sequence[str | os.PathLike] | None = None, runtime: str = "torch",
+                threads: int | None = None) -> list[Model]:
+    """Models from explicit files, else the default file of each requested method."""
+    if not paths:
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ModelError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+        paths = [find_model(m, search) for m in methods]
+    return [load_model(p, runtime, threads) for p in paths]
 
 
 def _sha256(path: Path) -> str:

@@ -1,4 +1,5 @@
-"""One predict() for both methods, used by the CLI, the web app, the demo and experiments."""
+"""One predict() and one predict_to_folder() for both methods, used by the CLI, the web app,
+the demo and experiments (models are found and loaded by :mod:`covidct.models`)."""
 from __future__ import annotations
 
 import logging
@@ -10,36 +11,14 @@ from typing import Sequence
 
 from .atomic import make_dir, private_files, write_json
 from .checks import check_scan
-from .constants import DISCLAIMER, METHODS
-from .errors import CovidctError, ModelError, ScanError
+from .constants import DISCLAIMER
+from .errors import CovidctError, ScanError
 from .lungs import lung_report
-from .models import Model, load_model
+from .models import Model
 from .prediction import Prediction
 from .scan import Scan
 
 log = logging.getLogger(__name__)
-
-#: Where trained models are looked up when none is named: $COVIDCT_MODELS, else the
-#: models the demo trains.
-DEFAULT_MODEL_DIRS = ("demo-output/models",)
-
-
-def model_dirs() -> list[Path]:
-    env = os.environ.get("COVIDCT_MODELS")
-    return [Path(env)] if env else [Path(d) for d in DEFAULT_MODEL_DIRS]
-
-
-def find_model(method: str, search: Sequence[str | os.PathLike] | None = None) -> Path:
-    """The model file for ``method`` (``<dir>/<method>.pt``) in the first folder that has one."""
-    dirs = [Path(d) for d in search] if search else model_dirs()
-    for folder in dirs:
-        candidate = folder / f"{method}.pt"
-        if candidate.is_file():
-            return candidate
-    where = ", ".join(str(d) for d in dirs)
-    raise ModelError(f"no trained {method} model found in {where}; pass --model FILE "
-                     "(train one with covidct train2d/train3d, or run make demo)")
-
 
 class Predictions(list):
     """The predictions of the models that could run, and why the others could not."""
@@ -116,7 +95,7 @@ def predict_to_folder(scan_path: Scan | str | os.PathLike, models: Sequence[Mode
     with private_files():
         for model, prediction in _pairs(models, predictions):
             files = prediction.save(out_dir, stem=prediction.method)
-            if pictures and hasattr(model, "save_pictures"):
+            if pictures:
                 files["pictures"] = model.save_pictures(prediction, scan, out_dir)
             outputs[prediction.method] = files
         lungs = lung_report(scan) if scan.orientation in ("axial", "unknown") else None
@@ -165,14 +144,3 @@ def write_lung_picture(scan: Scan, out_dir: Path) -> Path:
     with atomic_path(path) as tmp:
         Image.fromarray(lung_picture(scan, scan_lungs(scan))).save(tmp, format="PNG")
     return path
-
-
-def load_models(methods: Sequence[str], paths: Sequence[str | os.PathLike] = (),
-                search: Sequence[str | os.PathLike] | None = None) -> list[Model]:
-    """Models from explicit files, else the default file of each requested method."""
-    if paths:
-        return [load_model(p) for p in paths]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ModelError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-    return [load_model(find_model(m, search)) for m in methods]

@@ -131,7 +131,7 @@ def export_int8(model, float_path: str | os.PathLike, inputs: np.ndarray,
     of ``inputs``, check it on the others, and record the check in the graph's metadata."""
     import onnx
 
-    if model.method != "bit":
+    if not model.quantizable:
         raise ModelError("--int8 applies to the slice classifier (bit) only; CovidCTNet's "
                          "infection maps stay float32")
     if len(inputs) < 2:

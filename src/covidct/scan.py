@@ -106,3 +106,18 @@ class Scan:
         tag = " [synthetic]" if self.synthetic else ""
         return (f"{z}x{y}x{x} {self.units} {self.orientation} scan, "
                 f"spacing {sz:.2f}x{sy:.2f}x{sx:.2f} mm{tag}")
+
+    def deidentified(self, warnings: list[str] | None = None,
+                     metadata: bool = False) -> dict[str, Any]:
+        """The facts about this scan that outputs may carry: geometry, units, the synthetic
+        flag and the reader's warnings (``warnings`` replaces them, e.g. reworded for the
+        web), plus, with ``metadata``, the :data:`SAFE_METADATA_KEYS` it has. The one place
+        that decides what of a scan reaches a prediction, the web page or a log: never
+        :attr:`phi`, never a file or folder name."""
+        out = {k: self.metadata[k] for k in SAFE_METADATA_KEYS if metadata and k in self.metadata}
+        out.update(summary=self.summary(), shape=list(self.shape), spacing_mm=list(self.spacing),
+                   units=self.units, orientation=self.orientation,
+                   geometry_known=self.geometry_known, synthetic=self.synthetic)
+        found = self.metadata.get("warnings") if warnings is None else warnings
+        out["warnings"] = list(found or [])  # as of this call
+        return out

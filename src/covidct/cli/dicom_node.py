@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..dicom_node import Destination, DicomNode, NodeSettings
-    from ..predict import load_models
+    from ..models import load_models
 
     settings = NodeSettings(
         spool=Path(args.spool), ae_title=args.ae_title, host=args.host, port=args.port,

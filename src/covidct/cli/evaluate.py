@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate
     from ..explain.localisation import localisation_lines
     from ..metrics import format_table2, format_table3
-    from ..predict import load_models
+    from ..models import load_models
 
     model = load_models([args.method], [args.model] if args.model else [])[0]
     result = evaluate(model, args.data, split=args.split, out_dir=args.out, n_boot=args.n_boot,

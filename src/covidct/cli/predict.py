@@ -72,7 +72,8 @@ EXIT_PARTIAL = 3
 
 def _predict(args: argparse.Namespace) -> int:
     from ..lungs import check_lungmask_weights, use_backend
-    from ..predict import check_writable, load_models, predict, predict_to_folder, read_checked
+    from ..models import load_models
+    from ..predict import check_writable, predict, predict_to_folder, read_checked
 
     if args.lungs == "lungmask":
         check_lungmask_weights(args.lung_weights)  # before the models load
@@ -86,13 +87,9 @@ def _predict(args: argparse.Namespace) -> int:
     if args.out:
         check_writable(args.out)
     methods = METHODS if args.method == "all" else (args.method,)
-    models = load_models(methods, args.model)
-    if args.runtime != "torch":
-        from ..export import to_runtime
-
-        models = [to_runtime(m, args.runtime) for m in models]
+    models = load_models(methods, args.model, runtime=args.runtime)
     for model in models:
-        log.info("%s: runtime %s", model.method, getattr(model, "runtime", "torch"))
+        log.info("%s: runtime %s", model.method, model.runtime)
     if args.dicom_out:
         from ..dicom_out import predict_to_dicom
 

@@ -62,7 +62,7 @@ def parse_resources(text: str | None) -> dict[str, float] | None:
 def run(args: argparse.Namespace) -> int:
     from ..batch import predict_batch
     from ..errors import CovidctError
-    from ..predict import find_model
+    from ..models import find_model
 
     if args.resources and not (args.scheduler or args.cluster):
         raise CovidctError("--resources needs a Dask cluster (--scheduler or --cluster local)")

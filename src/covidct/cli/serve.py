@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..constants import DISCLAIMER, METHODS
+from ..constants import DISCLAIMER
 from ..web.config import DEFAULT_KEEP_DAYS, MAX_SLICE_SIDE
 from .predict import RUNTIME_CHOICES, RUNTIME_HELP
 
@@ -55,22 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def load_served_models(folder: str | None, runtime: str = "torch") -> list:
     """Every method with a model file in ``folder`` (or the default folders), on ``runtime``;
     none is an error."""
-    from ..errors import ModelError
-    from ..export import load_model
-    from ..predict import find_model, model_dirs
+    from ..models import find_models, load_model
 
-    search = [folder] if folder else None
-    found = []
-    for method in METHODS:
-        try:
-            found.append(find_model(method, search))
-        except ModelError:
-            continue
-    if not found:
-        where = folder or ", ".join(str(d) for d in model_dirs())
-        raise ModelError(f"no trained model (bit.pt or covidctnet.pt) in {where}; pass --models DIR "
-                         "(train one with covidct train2d/train3d, or run make demo)")
-    return [load_model(path, runtime) for path in found]
+    return [load_model(path, runtime) for path in find_models(folder)]
 
 
 def is_loopback(host: str) -> bool:

@@ -8,7 +8,7 @@ which is where lesions show. One fixed colour scale (:data:`FULL_SCALE`) is used
 slice, projection and scan, so pictures compare directly.
 
 Map slice d sits at volume slice (d + 0.5) * z / D - 0.5 (the pixel-centre convention of
-the z resize), so overlays are aligned to within a millimetre.
+the z resize, :mod:`covidct.volumes.mapback`), so overlays are aligned to within a millimetre.
 """
 from __future__ import annotations
 
@@ -49,9 +49,11 @@ def normalised_map(infection: np.ndarray, scale: float | None = None) -> np.ndar
 
 
 def volume_index(map_index: int, map_depth: int, volume_depth: int) -> int:
-    """The volume slice under infection-map slice ``map_index``."""
-    position = (map_index + 0.5) * volume_depth / map_depth - 0.5
-    return int(np.clip(round(position), 0, volume_depth - 1))
+    """The volume slice under infection-map slice ``map_index`` (CovidCTNet's own geometry,
+    :func:`covidct.volumes.mapback.volume_slice_of`)."""
+    from ..volumes.mapback import volume_slice_of
+
+    return volume_slice_of(map_index, map_depth, volume_depth)
 
 
 def top_slices(infection: np.ndarray, k: int = 3, min_gap: int = 3) -> list[int]:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_dir, write_bytes, write_json
-from ..constants import METHOD_BIT, SYNTHETIC_NOTICE
+from ..constants import SYNTHETIC_NOTICE
 from ..errors import DatasetError, ModelError
 from .cases import Case, select_cases
 
@@ -53,7 +53,7 @@ def explain_evaluation(model: Any, data: str | os.PathLike, split: str, eval_dir
     scores_path = eval_dir / "scores.npz"
     if not scores_path.is_file():
         raise DatasetError("no scores.npz: run the evaluation (covidct evaluate --out) first", eval_dir)
-    if not hasattr(model, "predict"):
+    if isinstance(model, (str, os.PathLike)):
         model = load_model(model)
     scores = load_scores(scores_path)
     if tuple(scores.class_names) != tuple(model.class_names):
@@ -66,15 +66,9 @@ def explain_evaluation(model: Any, data: str | os.PathLike, split: str, eval_dir
                                              f"{n_per_class if n_wrong_per_class is None else n_wrong_per_class}"
                                              " most confident mistakes")}
     synthetic = _synthetic(eval_dir)
-    if model.method == METHOD_BIT:
-        split_file, image_dir = covidx_paths(data, split)
-        summary["gradcam"] = write_gradcam_gallery(model, split_file, image_dir, scores, cases,
-                                                   eval_dir / GRADCAM_DIR)
-        features = slice_features(model, split_file, image_dir, tsne_max_items, seed)
-    else:
-        summary["infection"] = write_infection_gallery(model, data, split, scores, cases,
-                                                       eval_dir / INFECTION_DIR)
-        features = scan_features(model, data, split)
+    # The gallery's folder and key are the model's overlay name: GRADCAM_DIR or INFECTION_DIR.
+    summary[model.overlay] = model.write_gallery(data, split, scores, cases, eval_dir / model.overlay)
+    features = model.features(data, split, tsne_max_items, seed)
     stored = _stored_names(eval_dir)  # features.npz names patients as scores.npz does
     features = {**features, "groups": np.array([stored(str(g), "patient") for g in features["groups"]]),
                 "items": np.array([stored(str(i), "item") for i in features["items"]])}
@@ -83,16 +77,6 @@ def explain_evaluation(model: Any, data: str | os.PathLike, split: str, eval_dir
         summary["synthetic_notice"] = SYNTHETIC_NOTICE
     write_json(eval_dir / EXPLAIN_JSON, summary)
     return summary
-
-
-def covidx_paths(data: str | os.PathLike, split: str) -> tuple[Path, Path]:
-    """(split file, images folder) of a COVIDx-layout folder or a split file, as evaluate reads."""
-    from ..evaluation import SPLIT_FILE
-
-    data = Path(data)
-    if data.is_dir():
-        return data / SPLIT_FILE.format(split=split), data / "images"
-    return data, data.parent / "images"
 
 
 def _synthetic(eval_dir: Path) -> bool:
@@ -149,13 +133,6 @@ def write_gradcam_gallery(classifier: Any, split_file: Path, image_dir: Path, sc
     return {"folder": out_dir.name, "n": len(entries)}
 
 
-def slice_features(classifier: Any, split_file: Path, image_dir: Path, max_items: int,
-                   seed: int) -> dict[str, np.ndarray]:
-    from .features import dataset_features
-
-    return dataset_features(classifier, split_file, image_dir, max_items=max_items, seed=seed)
-
-
 # CovidCTNet --------------------------------------------------------------------------------
 
 def _cohort_paths(data: str | os.PathLike, split: str) -> dict[str, Path]:
@@ -199,7 +176,7 @@ def write_infection_gallery(model: Any, data, split: str, scores, cases: list[Ca
     from .infection import infection_figure
     from .plotting import figure_bytes
 
-    if getattr(model.settings, "input", "infection") != "infection":
+    if model.settings.input != "infection":
         return {"folder": None, "n": 0,
                 "note": "this CovidCTNet reads plain volumes (no BCDU-Net), so it has no infection maps"}
     stored = _stored_names(out_dir.parent)
@@ -232,7 +209,7 @@ def scan_features(model: Any, data, split: str) -> dict[str, np.ndarray]:
     from .features import compute_features
 
     items = load_cohort(data).split(split)
-    scale = np.float32(getattr(model.settings, "input_scale", 1.0))
+    scale = np.float32(model.settings.input_scale)
     inputs = (torch.from_numpy(np.ascontiguousarray(model.input_for_file(i.path)[0] * scale,
                                                     np.float32))[None, None]
               for i in _progress(items, "features"))

@@ -386,12 +386,14 @@ def _model_text(model: Mapping[str, Any]) -> str | None:
         return None
     bits = [str(model.get(k)) for k in ("name", "arch", "init", "input") if model.get(k)]
     file = model.get("file")
+    # Models describe their file as {"name", "sha256"}; older outputs as a name + "sha256".
+    sha = (file.get("sha256") if isinstance(file, Mapping) else None) or model.get("sha256")
     if isinstance(file, Mapping):
         file = file.get("name")
     if file:
         bits.append(f"file {file}")
-    if model.get("sha256"):
-        bits.append(f"sha256 {str(model['sha256'])[:16]}")
+    if sha:
+        bits.append(f"sha256 {str(sha)[:16]}")
     return ", ".join(dict.fromkeys(bits)) or None
 
 

@@ -1,8 +1,10 @@
-"""The BiT slice classifier: timm ResNet-v2 models and the trained-model object.
+"""The BiT slice classifier: the trained-model object (:class:`SliceClassifier`).
 
-:func:`create_model` builds a network with one of the paper's initialisations and a zero
-head. :class:`SliceClassifier` is what a model file loads into: it holds the network with
-everything pre-processing needs, so prediction uses exactly what training used.
+:class:`SliceClassifier` is what a model file loads into: it holds the network with
+everything pre-processing needs, so prediction uses exactly what training used. The
+networks (timm ResNet-v2, :func:`.networks.create_model` with one of the paper's
+initialisations and a zero head) are built in :mod:`.networks`; the way from a scan to the
+slices it reads (slice choice, lung window, body box) is in :mod:`.inputs`.
 
 Prediction on a scan (:meth:`SliceClassifier.predict`):
 
@@ -35,132 +37,23 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..checks import require_coverage
 from ..constants import METHOD_BIT, SLICE_CLASSES
 from ..errors import ModelError
 from ..metrics import aggregate_by_patient
 from ..prediction import Prediction, Scores
-from ..scan import SAFE_METADATA_KEYS, Scan
-from ..lungs import LUNG_SLICE_MM2, lung_report, scan_lungs
-from ..windowing import COVIDX_LUNG, body_box, get_window
-from .data import (COVIDxDataset, EvalTransform, collate, crop_box, find_synthetic_marker,
-                   normalize)
-from .weights import WeightsSource, load_weights, resolve, zero_head
+from ..scan import Scan
+from ..lungs import lung_report, scan_lungs
+from ..windowing import COVIDX_LUNG, get_window
+from .data import COVIDxDataset, EvalTransform, collate, crop_box, find_synthetic_marker
+# Re-exported: model files, scripts and tests name them from here.
+from .inputs import (MAX_SLICES, aggregation_rule, covidx_split, lung_slices,  # noqa: F401
+                     scan_body_box, scan_summary, slice_pixels)
+from .networks import (DEFAULT_ARCH, TINY_ARCH, _check_materialised, build_network,  # noqa: F401
+                       create_model, infer_logits)
 
-DEFAULT_ARCH = "resnetv2_50x1_bit"
-#: A 4-block BiT-layout ResNet-v2 (GroupNorm + weight standardisation, bottleneck units
-#: named as in BiT) of 0.5 M parameters: not in the paper; for tests and quick CPU demos.
-TINY_ARCH = "resnetv2_tiny_bit"
-
-#: At most this many lung slices are scored per scan (see the module docstring).
-MAX_SLICES = 32
-
-
-def aggregation_rule(max_slices: int = MAX_SLICES) -> str:
-    """The patient-level rule, in words, for prediction outputs."""
-    return (f"mean of per-slice class probabilities over the scored lung slices (slices whose "
-            f"lung-mask area is >= {LUNG_SLICE_MM2:.0f} mm^2; at most {max_slices}, "
-            "evenly spaced)")
-
-
-# Networks -----------------------------------------------------------------------------
-
-def build_network(arch: str, num_classes: int = len(SLICE_CLASSES)) -> torch.nn.Module:
-    """A randomly initialised network by timm name (or :data:`TINY_ARCH`)."""
-    import timm
-
-    if arch == TINY_ARCH:
-        from timm.layers import GroupNormAct, StdConv2d
-        from timm.models.resnetv2 import ResNetV2
-
-        return ResNetV2(layers=[1, 1, 1, 1], channels=(64, 128, 256, 512), stem_chs=32,
-                        num_classes=num_classes, stem_type="fixed",
-                        conv_layer=partial(StdConv2d, eps=1e-8),
-                        norm_layer=partial(GroupNormAct, num_groups=8))
-    if not timm.is_model(arch):
-        raise ModelError(f"unknown architecture {arch!r}; e.g. resnetv2_50x1_bit, resnetv2_101x1_bit, "
-                         f"resnetv2_50x3_bit, or {TINY_ARCH} for quick tests")
-    return timm.create_model(arch, pretrained=False, num_classes=num_classes)
-
-
-def create_model(arch: str = DEFAULT_ARCH, num_classes: int = len(SLICE_CLASSES),
-                 init: str | WeightsSource = "random") -> torch.nn.Module:
-    """A network with the requested initialisation and a new zero-initialised head (as BiT)."""
-    source = init if isinstance(init, WeightsSource) else resolve(init, arch)
-    if source.kind == "hub":
-        net = _from_hub(source.location, num_classes)
-    else:
-        net = build_network(arch, num_classes)
-        load_weights(net, source)
-    zero_head(net)
-    return net
-
-
-def _from_hub(name: str, num_classes: int) -> torch.nn.Module:
-    import timm
-
-    try:
-        return timm.create_model(name, pretrained=True, num_classes=num_classes)
-    except Exception as exc:  # network, hub or cache problems all mean the same to the user
-        raise ModelError(f"could not fetch {name} from the model hub ({type(exc).__name__}); "
-                         "download the BiT .npz and pass it with --init PATH") from None
-
-
-# Inference helpers shared by validation, dataset scoring and scan prediction ----------------
-
-@torch.inference_mode()
-def infer_logits(net: torch.nn.Module, batches, device: torch.device, amp: bool = False,
-                 channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32, CPU) and labels of every (images, labels) batch, in order."""
-    net.eval()
-    logits, labels = [], []
-    for images, y in batches:
-        images = normalize(images, device, channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            out = net(images)
-        logits.append(out.float().cpu())
-        labels.append(torch.as_tensor(y))
-    return torch.cat(logits), torch.cat(labels)
-
-
-def _check_materialised(net: torch.nn.Module) -> None:
-    """Every parameter and buffer came from the file (none left on the meta device)."""
-    missing = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
-    if missing:
-        raise RuntimeError(f"no weights for {', '.join(missing[:3])}")
-
-
-def lung_slices(scan: Scan, max_slices: int = MAX_SLICES) -> tuple[np.ndarray, bool]:
-    """Indices of the slices to score, and whether the lung mask found any (see module doc).
-    The scan must first pass :func:`covidct.checks.require_coverage` (plausible, lungs found)."""
-    require_coverage(scan, METHOD_BIT)
-    chosen = scan_lungs(scan).lung_slices()
-    found = chosen.size > 0
-    if not found:
-        chosen = np.arange(scan.n_slices)
-    if chosen.size > max_slices:
-        chosen = chosen[np.round(np.linspace(0, chosen.size - 1, max_slices)).astype(int)]
-    return chosen, found
-
-
-def _slice_uint8(scan: Scan, k: int) -> np.ndarray:
-    if scan.is_hu:
-        return COVIDX_LUNG.to_uint8(scan.voxels[k])
-    return np.asarray(scan.voxels[k], dtype=np.uint8)
-
-
-def scan_body_box(pixels: np.ndarray) -> tuple[int, int, int, int]:
-    """:func:`covidct.windowing.body_box` of an 8-bit slice, found at about 256 px for speed.
-
-    The box is scaled back to full resolution (within a pixel or two of the full-size
-    result at 512 px, i.e. well under 1% of the field) in a quarter of the time.
-    """
-    stride = max(1, min(pixels.shape) // 256)
-    x0, y0, x1, y1 = body_box(pixels[::stride, ::stride], "windowed", COVIDX_LUNG)
-    h, w = pixels.shape
-    return (x0 * stride, y0 * stride, min(w - 1, x1 * stride + stride - 1),
-            min(h - 1, y1 * stride + stride - 1))
-
+__all__ = ["SliceClassifier", "DEFAULT_ARCH", "TINY_ARCH", "MAX_SLICES", "aggregation_rule",
+           "build_network", "create_model", "infer_logits", "lung_slices", "scan_body_box",
+           "scan_summary", "slice_pixels", "covidx_split"]
 
 # The trained model --------------------------------------------------------------------
 
@@ -190,6 +83,12 @@ class SliceClassifier:
     batch_size: int = 16
     max_slices: int = MAX_SLICES
     method: str = METHOD_BIT
+    #: Where the network runs (covidct.export.to_runtime changes it).
+    runtime: str = "torch"
+    #: Its explanation pictures (covidct.models.Model.overlay).
+    overlay: str = "gradcam"
+    #: ``covidct export --int8`` quantizes this classifier.
+    quantizable: bool = True
 
     # Not dataclass fields (no annotation): the PyTorch network once built, and how to build
     # it while it is not (set by from_payload).
@@ -240,7 +139,8 @@ class SliceClassifier:
         model = cls(net=None, arch=arch, resize=resize, crop=crop, class_names=class_names,
                     window=window, crop_rule=record.get("crop_rule", "box"),
                     init=record.get("init", ""), trained_on=record.get("trained_on", {}),
-                    training=record.get("training", {}), version=record.get("version", ""),
+                    training=record.get("training", {}),
+                    version=record.get("version") or record.get("covidct_version") or "",
                     file=record.get("file", {}))
         model._build = partial(_network_from_state, arch, len(class_names), state, where)
         return model
@@ -250,15 +150,45 @@ class SliceClassifier:
         self.net.to(self.device)
         return self
 
+    # Runtimes and export (covidct.export) ---------------------------------------------
+
+    def networks(self) -> dict[str, tuple[torch.nn.Module, tuple[int, ...], dict[int, str]]]:
+        from ..export import fold_weight_standardization
+
+        return {"classifier": (fold_weight_standardization(self.torch_net),
+                               (1, 3, self.crop, self.crop), {0: "batch"})}
+
+    def network_roles(self) -> tuple[str, ...]:
+        return ("classifier",)
+
+    def export_metadata(self) -> dict[str, Any]:
+        return {"covidct_source": self.file, "covidct_window": self.window,
+                "covidct_input": "8-bit lung-window slice cropped to its body box, resized to "
+                                 f"{self.crop}x{self.crop}, x/127.5-1, repeated to 3 channels"}
+
+    def use_networks(self, swapped: dict[str, Any], runtime: str) -> None:
+        """Score on ``swapped["classifier"]``; Grad-CAM keeps :attr:`torch_net` (the same
+        weights), since ONNX Runtime gives no gradients."""
+        self.net = swapped["classifier"]
+        self.device = next(self.net.parameters()).device
+        self.runtime = runtime
+
+    def use_cache(self, folder: str | Path | None) -> None:
+        """Nothing to keep: slices are pre-processed in milliseconds."""
+
     # Prediction ---------------------------------------------------------------------
 
-    def info(self) -> dict[str, Any]:
-        return {"name": METHOD_BIT, "arch": self.arch, "init": self.init,
-                "file": self.file.get("name"), "sha256": self.file.get("sha256"),
-                "window": self.window, "resolution": [self.resize, self.crop],
-                "trained_on": self.trained_on,
-                "synthetic": bool(self.trained_on.get("synthetic", False)),
-                "version": self.version}
+    def describe(self) -> dict[str, Any]:
+        """Model provenance for a Prediction (no patient data; covidct.models.Model.describe)."""
+        return {"name": METHOD_BIT, "method": self.method, "file": dict(self.file),
+                "covidct_version": self.version, "class_names": list(self.class_names),
+                "arch": self.arch, "init": self.init, "window": self.window,
+                "resolution": [self.resize, self.crop], "trained_on": self.trained_on,
+                "synthetic": bool(self.trained_on.get("synthetic", False))}
+
+    def pixels(self, scan: Scan, k: int) -> np.ndarray:
+        """Scan slice ``k`` as this model reads it: 8-bit, lung window for HU scans."""
+        return slice_pixels(scan.voxels[k], scan.is_hu)
 
     def predict_pixels(self, slices: Sequence[np.ndarray], boxes: Sequence[Sequence[int]]) -> np.ndarray:
         """Class probabilities (n, C) of 8-bit slices cropped to their boxes."""
@@ -278,7 +208,7 @@ class SliceClassifier:
         start = time.perf_counter()
         indices, found = lung_slices(scan, self.max_slices)  # refuses implausible scans
         selected = time.perf_counter()
-        pixels = [_slice_uint8(scan, int(k)) for k in indices]
+        pixels = [self.pixels(scan, int(k)) for k in indices]
         boxes = [scan_body_box(p) for p in pixels]
         cropped = time.perf_counter()
         probs = self.predict_pixels(pixels, boxes)
@@ -290,7 +220,7 @@ class SliceClassifier:
         return Prediction(
             method=METHOD_BIT, class_names=self.class_names, probabilities=patient,
             aggregation=aggregation, slice_probabilities=probs, slice_indices=indices,
-            model=self.info(), scan=scan_summary(scan), lungs=lung_report(scan),
+            model=self.describe(), scan=scan_summary(scan), lungs=lung_report(scan),
             timings={"select_slices": selected - start, "crop": cropped - selected,
                      "inference": done - cropped})
 
@@ -306,7 +236,7 @@ class SliceClassifier:
             y_prob=torch.softmax(logits, dim=1).double().numpy(),
             groups=np.array([r.patient for r in dataset.records]), level="slice",
             items=[r.filename for r in dataset.records],
-            provenance={"model": self.info(), "split": str(split_file), "images": str(image_dir),
+            provenance={"model": self.describe(), "split": str(split_file), "images": str(image_dir),
                         "synthetic": bool(self.trained_on.get("synthetic", False))
                         or find_synthetic_marker(Path(split_file).parent, image_dir)})
 
@@ -323,7 +253,7 @@ class SliceClassifier:
         pictures = []
         for row in order[:n_slices]:
             k = int(prediction.slice_indices[row])
-            pixels = _slice_uint8(scan, k)
+            pixels = self.pixels(scan, k)
             box = scan_body_box(pixels)
             cam = slice_gradcam(self, pixels, box, class_index=called)
             # The lung outline, so a reader sees whether the heat is in the lung.
@@ -346,16 +276,63 @@ class SliceClassifier:
             paths.append(path)
         return paths
 
+    def scan_maps(self, prediction: Prediction, scan: Scan) -> dict[str, np.ndarray]:
+        return {}  # Grad-CAM is per slice, drawn on demand
 
-def scan_summary(scan: Scan) -> dict[str, Any]:
-    """De-identified facts about a scan for prediction outputs."""
-    out = {k: scan.metadata[k] for k in SAFE_METADATA_KEYS if k in scan.metadata}
-    out["warnings"] = list(out.get("warnings") or [])  # as of this prediction
-    out.update(shape=list(scan.shape), spacing_mm=list(scan.spacing), units=scan.units,
-               geometry_known=scan.geometry_known, synthetic=scan.synthetic)
-    if not scan.is_hu:
-        out["input"] = "8-bit picture used as is (assumed lung-windowed like COVIDx CT)"
-    return out
+    def key_pictures(self, prediction: Prediction, scan: Scan, n: int,
+                     scan_maps: dict[str, np.ndarray]) -> list[tuple[int, np.ndarray]]:
+        return self.gradcam_pictures(prediction, scan, n)
+
+    def slice_heat(self, values: np.ndarray, is_hu: bool, class_index: int) -> np.ndarray:
+        """Grad-CAM of ``class_index`` on one scan slice (HU, or 8-bit when not ``is_hu``),
+        pre-processed as :meth:`predict` does (lung window, body box), returned on the
+        slice's own grid in [0, 1] (zero outside the box): the web viewer's overlay."""
+        from ..explain.gradcam import slice_gradcam
+
+        pixels = slice_pixels(values, is_hu)
+        box = scan_body_box(pixels)
+        cam = slice_gradcam(self, pixels, box, class_index=class_index)["cam"]
+        x0, y0, x1, y1 = box
+        full = np.zeros(pixels.shape, dtype=np.float32)
+        full[y0:y1 + 1, x0:x1 + 1] = cam
+        return full
+
+    def slice_scores(self, prediction: Prediction) -> list[float | None]:
+        """Per scan slice, the COVID-19 (last class) probability of the lung slices scored."""
+        scores: list[float | None] = [None] * int(prediction.scan["shape"][0])
+        for k, p in zip(prediction.slice_indices, prediction.slice_probabilities):
+            scores[int(k)] = float(p[-1])
+        return scores
+
+    def viewer_arrays(self, prediction: Prediction) -> dict[str, np.ndarray]:
+        return {}  # Grad-CAM is drawn from the slice itself (slice_heat)
+
+    # Evaluation (covidct.evaluation, covidct.explain) ---------------------------------
+
+    def score(self, data: str | Path, split: str = "test") -> Scores:
+        """:meth:`score_dataset` on a COVIDx-layout folder (or one split file)."""
+        split_file, image_dir = covidx_split(data, split, check=True)
+        return self.score_dataset(split_file, image_dir)
+
+    def localise(self, data: str | Path, split: str, scores: Scores,
+                 out_dir: str | Path | None = None) -> dict[str, Any] | None:
+        from ..explain.localisation import gradcam_localisation
+
+        split_file, _ = covidx_split(data, split)
+        return gradcam_localisation(self, split_file, split_file.parent / "images", scores)
+
+    def write_gallery(self, data: str | Path, split: str, scores: Scores, cases,
+                      out_dir: Path) -> dict[str, Any]:
+        from ..explain.run import write_gradcam_gallery
+
+        split_file, image_dir = covidx_split(data, split)
+        return write_gradcam_gallery(self, split_file, image_dir, scores, cases, out_dir)
+
+    def features(self, data: str | Path, split: str, max_items: int, seed: int) -> dict[str, np.ndarray]:
+        from ..explain.features import dataset_features
+
+        split_file, image_dir = covidx_split(data, split)
+        return dataset_features(self, split_file, image_dir, max_items=max_items, seed=seed)
 
 
 def _progress(iterable, desc: str):

@@ -97,3 +97,20 @@ def write_pictures(prediction: Prediction, volume: np.ndarray, out_dir: Path,
     tiles = [_tile(views["axial"]), _tile(views["coronal"])]
     paths.append(_save(_sheet([tiles], title), out_dir / f"{prediction.method}-infection-mip.png"))
     return paths
+
+
+def key_slice_pictures(scan, infection: np.ndarray, n: int) -> list[tuple[int, np.ndarray]]:
+    """(scan slice, RGB) of the ``n`` slices with the most infection (``infection`` on the
+    scan's voxel grid): the lung-window slice beside the same slice with the map over it."""
+    from ..explain.infection import CMAP, FLOOR, normalised_map, top_slices
+    from ..explain.plotting import blend_heat
+    from ..windowing import COVIDX_LUNG
+
+    pictures = []
+    for k in top_slices(infection, k=n, min_gap=1):
+        gray = COVIDX_LUNG.to_uint8(scan.voxels[k]) if scan.is_hu else scan.voxels[k].astype(np.uint8)
+        plain = blend_heat(gray, np.zeros(gray.shape))
+        overlay = blend_heat(gray, normalised_map(infection[k]), cmap=CMAP, max_alpha=0.8, floor=FLOOR)
+        gap = np.zeros((gray.shape[0], 4, 3), np.uint8)
+        pictures.append((int(k), np.concatenate([plain, gap, overlay], axis=1)))
+    return pictures

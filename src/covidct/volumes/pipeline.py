@@ -23,11 +23,14 @@ from ..scan import Scan
 from ..lungs import MAP_THRESHOLD, _percent, lung_report, resample_nearest, scan_lungs
 from .cache import ArrayCache, file_digest, scan_digest, weights_digest
 from .infection import cnn_input
+from .mapback import map_on_scan_slices
 from .preprocess import canonical_flips, check_scan, preprocess_volume
 from .settings import INPUT_INFECTION, VolumeSettings
 
 log = logging.getLogger(__name__)
 
+#: ``Prediction.maps`` key of the infection map per scan slice (:func:`.mapback.map_on_scan_slices`).
+INFECTION_ON_SCAN = INPUT_INFECTION + "_on_scan"
 #: Class names of a COVID-vs-rest (``--binary``) model.
 BINARY_CLASSES = ("non-COVID-19", "COVID-19")
 
@@ -36,6 +39,10 @@ class CovidCTNet:
     """Pre-processing settings + frozen BCDU-Net denoiser + 3D CNN classifier."""
 
     method = METHOD_COVIDCTNET
+    #: Its explanation pictures (covidct.models.Model.overlay).
+    overlay = INPUT_INFECTION
+    #: Its infection maps stay float32 (``covidct export --int8`` is for the slice classifier).
+    quantizable = False
 
     def __init__(self, classifier, denoiser, settings: VolumeSettings,
                  class_names: tuple[str, ...] = VOLUME_CLASSES,
@@ -50,6 +57,8 @@ class CovidCTNet:
         self.training = dict(training or {})
         self.info = dict(info or {})
         self.cache = ArrayCache.default() if cache is None else cache
+        #: Where the networks run (covidct.export.to_runtime changes it).
+        self.runtime = "torch"
         self._denoiser_digest: str | None = None
         self._file_digests: dict[str, str] = {}
 
@@ -106,13 +115,55 @@ class CovidCTNet:
     def synthetic(self) -> bool:
         return bool(self.training.get("synthetic", False))
 
+    @property
+    def file(self) -> dict[str, Any]:
+        """``{"name", "sha256"}`` of the model file it was loaded from ({} if none)."""
+        return dict(self.info.get("file") or {})
+
     def describe(self) -> dict[str, Any]:
-        """Model provenance for a Prediction (no patient data)."""
+        """Model provenance for a Prediction (no patient data; covidct.models.Model.describe)."""
         return {"name": self.info.get("name", "covidctnet"), "method": self.method,
                 "file": self.info.get("file"), "covidct_version": self.info.get("covidct_version"),
                 "class_names": list(self.class_names), "input": self.settings.input,
                 "settings": self.settings.to_dict(), "trained_on": self.training.get("data"),
                 "synthetic": self.synthetic}
+
+    # -- runtimes, export and caches ------------------------------------------------------
+
+    def networks(self) -> dict[str, tuple[Any, tuple[int, ...], dict[int, str]]]:
+        out = {"classifier": (self.classifier, (1, 1, *self.settings.volume_shape), {0: "batch"})}
+        if self.denoiser is not None:
+            size = self.settings.slice_size
+            out["denoiser"] = (self.denoiser, (1, 1, size, size),
+                               {0: "batch", 2: "height", 3: "width"})
+        return out
+
+    def network_roles(self) -> tuple[str, ...]:
+        return ("classifier", "denoiser") if self.denoiser is not None else ("classifier",)
+
+    def export_metadata(self) -> dict[str, Any]:
+        return {"covidct_source": self.info.get("file"), "covidct_settings": self.settings.to_dict()}
+
+    def to(self, device) -> "CovidCTNet":
+        """Move its networks to ``device``."""
+        self.classifier = self.classifier.to(device)
+        if self.denoiser is not None:
+            self.denoiser = self.denoiser.to(device)
+        return self
+
+    def use_networks(self, swapped: dict[str, Any], runtime: str) -> None:
+        if self.denoiser is not None:
+            # Infection-map cache keys name the denoiser's weights: keep the torch digest.
+            self._weights_key()
+        self.classifier = swapped["classifier"]
+        if "denoiser" in swapped:
+            self.denoiser = swapped["denoiser"]
+        self.runtime = runtime
+
+    def use_cache(self, folder: str | os.PathLike | None) -> None:
+        """Keep pre-processed volumes and infection maps in ``folder`` (None: in memory only,
+        as the web server does so that uploads' intermediates do not outlive their job)."""
+        self.cache = ArrayCache(None if folder is None else Path(folder))
 
     # -- from scan to the 3D CNN's input ------------------------------------------------
 
@@ -201,6 +252,9 @@ class CovidCTNet:
             # Reported inside the lungs (pictures, projections, most affected slices); the
             # map as the network computed it stays available.
             maps = {INPUT_INFECTION: raw * lungs, INPUT_INFECTION + "_raw": raw}
+            # The map per scan slice, in the scan's orientation: what callers draw and score.
+            maps[INFECTION_ON_SCAN] = map_on_scan_slices(maps[INPUT_INFECTION], scan.n_slices,
+                                                         scan.direction, len(volume))
             if report.get("involvement"):
                 report = {**report, "involvement": {
                     **report["involvement"], "map_threshold": MAP_THRESHOLD,
@@ -303,6 +357,64 @@ class CovidCTNet:
             return int(label == "COVID-19")
         return self.class_names.index(label)
 
+    # -- explanations -----------------------------------------------------------------
+
+    def slice_scores(self, prediction: Prediction) -> list[float | None] | None:
+        """Per scan slice, the infection map's mean over it on the shared colour scale (0-1);
+        None for a model that reads plain volumes (no map)."""
+        from ..explain.infection import normalised_map
+
+        on_scan = prediction.maps.get(INFECTION_ON_SCAN)
+        if on_scan is None:
+            return None
+        return [float(v) for v in normalised_map(on_scan).mean(axis=(1, 2))]
+
+    def viewer_arrays(self, prediction: Prediction) -> dict[str, np.ndarray]:
+        """The infection map per scan slice (see :mod:`.mapback`), for overlays drawn later."""
+        on_scan = prediction.maps.get(INFECTION_ON_SCAN)
+        return {} if on_scan is None else {INPUT_INFECTION: on_scan}
+
+    def scan_maps(self, prediction: Prediction, scan: Scan) -> dict[str, np.ndarray]:
+        """The infection map on the scan's voxel grid (linear, see
+        :func:`.infection.map_to_scan_grid`), for DICOM SEG and key images."""
+        from .infection import map_to_scan_grid
+
+        infection = prediction.maps.get(INPUT_INFECTION)
+        if infection is None:
+            return {}
+        depth = int((prediction.scan.get("preprocessed_shape") or [len(infection)])[0])
+        return {INPUT_INFECTION: map_to_scan_grid(infection, depth, scan.shape, scan.direction)}
+
+    def key_pictures(self, prediction: Prediction, scan: Scan, n: int,
+                     scan_maps: dict[str, np.ndarray]) -> list[tuple[int, np.ndarray]]:
+        from .pictures import key_slice_pictures
+
+        infection = scan_maps.get(INPUT_INFECTION)
+        return [] if infection is None else key_slice_pictures(scan, infection, n)
+
+    def score(self, data: str | os.PathLike, split: str = "test") -> Scores:
+        return self.score_dataset(data, split=split)
+
+    def localise(self, data: str | os.PathLike, split: str, scores: Scores,
+                 out_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
+        from ..explain.localisation import infection_localisation
+
+        return infection_localisation(self, data, split, out_dir)
+
+    def write_gallery(self, data: str | os.PathLike, split: str, scores: Scores, cases,
+                      out_dir: Path) -> dict[str, Any]:
+        from ..explain.run import write_infection_gallery
+
+        return write_infection_gallery(self, data, split, scores, cases, out_dir)
+
+    def features(self, data: str | os.PathLike, split: str, max_items: int = 0,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+        """3D CNN penultimate features of every scan of the split (``max_items``, ``seed``:
+        unused, a cohort's scans are few)."""
+        from ..explain.run import scan_features
+
+        return scan_features(self, data, split)
+
     # -- pictures -----------------------------------------------------------------------
 
     def save_pictures(self, prediction: Prediction, scan: Scan,
@@ -333,8 +445,5 @@ def _cpu_state(module) -> dict[str, Any]:
 
 def _scan_info(scan: Scan, volume: np.ndarray, warnings: list[str],
                cache: dict[str, str]) -> dict[str, Any]:
-    """A de-identified summary of the scan as the model saw it."""
-    return {"summary": scan.summary(), "shape": list(scan.shape),
-            "spacing_mm": list(scan.spacing), "units": scan.units,
-            "orientation": scan.orientation, "synthetic": scan.synthetic,
-            "preprocessed_shape": list(volume.shape), "warnings": warnings, "cache": cache}
+    """A de-identified summary of the scan as the model saw it (:meth:`Scan.deidentified`)."""
+    return {**scan.deidentified(warnings), "preprocessed_shape": list(volume.shape), "cache": cache}

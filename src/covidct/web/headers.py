@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 from functools import lru_cache
+
+_log = logging.getLogger(__name__)
 
 
 def _hash(text: str) -> str:
@@ -37,7 +40,12 @@ def security_headers() -> list[tuple[bytes, bytes]]:
 
 
 class SecurityHeaders:
-    """ASGI middleware: add the security headers to every HTTP answer (errors included)."""
+    """ASGI middleware: add the security headers to every HTTP answer (errors included).
+
+    An unhandled exception is answered here with a bare 500 that carries the headers: left to
+    Starlette, the 500 comes from its outermost error middleware, outside this one, without
+    them. The traceback goes to the server's log (as uvicorn would log it), never to the client.
+    """
 
     def __init__(self, app):
         self.app = app
@@ -46,13 +54,24 @@ class SecurityHeaders:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        started = False
 
         async def send_with_headers(message):
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 names = {name.lower() for name, _ in message.get("headers", [])}
                 message = dict(message)
                 message["headers"] = [*message.get("headers", []),
                                       *(h for h in self.headers if h[0] not in names)]
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            if started:  # the answer is half sent: nothing sensible to add, let the server close it
+                raise
+            _log.exception("unhandled error answering %s %s", scope.get("method"), scope.get("path"))
+            await send_with_headers({"type": "http.response.start", "status": 500,
+                                     "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+            await send({"type": "http.response.body", "body": b"Internal Server Error"})

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CovidctError
-from ..windowing import COVIDX_LUNG, get_window
+from ..windowing import get_window
 
 #: Display presets of the viewer (covidct.windowing), for HU scans.
 DISPLAY_WINDOWS = ("lung", "mediastinum")
@@ -31,25 +31,12 @@ class RenderError(CovidctError):
         super().__init__(message)
 
 
-def map_slice_of(k: int, n_slices: int, direction: np.ndarray, volume_depth: int,
-                 map_depth: int) -> int:
-    """The infection-map slice over scan slice ``k``.
-
-    CovidCTNet turns the scan to canonical orientation (z towards the head), resamples z to
-    ``volume_depth`` 1-mm slices with aligned corners, then resizes to ``map_depth`` with
-    pixel centres aligned; this retraces those steps.
-    """
-    from ..volumes.preprocess import canonical_flips
-
-    if canonical_flips(direction)[0]:
-        k = n_slices - 1 - k
-    v = k * (volume_depth - 1) / max(1, n_slices - 1)
-    d = (v + 0.5) * map_depth / max(1, volume_depth) - 0.5
-    return int(np.clip(round(d), 0, map_depth - 1))
-
-
 class ViewerData:
-    """One finished job's arrays (see jobs.save_viewer_arrays), the voxels memory-mapped."""
+    """One finished job's arrays (see jobs.save_viewer_arrays), the voxels memory-mapped.
+
+    ``infection`` is CovidCTNet's infection map per scan slice, in the scan's orientation
+    (:meth:`covidct.models.Model.viewer_arrays`), or None.
+    """
 
     def __init__(self, folder: Path):
         import json
@@ -62,11 +49,12 @@ class ViewerData:
         note = json.loads((stored / "viewer.json").read_text())
         self.voxels = np.load(stored / "voxels.npy", mmap_mode="r", allow_pickle=False)
         self.units = note["units"]
-        self.direction = np.asarray(note["direction"], dtype=np.float64)
         infection = stored / "infection.npy"
         self.infection = (np.load(infection, allow_pickle=False).astype(np.float32)
                           if infection.is_file() else None)
-        self.volume_depth = int(note["volume_depth"])
+        if self.infection is not None and "overlays_on_scan" not in note:
+            self.infection = _legacy_map(self.infection, self.n_slices, note["direction"],
+                                         note["volume_depth"])
 
     def _load_archive(self, path: Path) -> None:
         """Jobs finished by covidct versions that kept one compressed viewer.npz."""
@@ -75,9 +63,11 @@ class ViewerData:
         with np.load(path, allow_pickle=False) as data:
             self.voxels = data["voxels"]
             self.units = str(data["units"])
-            self.direction = data["direction"]
-            self.infection = data["infection"].astype(np.float32) if "infection" in data else None
-            self.volume_depth = int(data["volume_depth"]) if "volume_depth" in data else 0
+            self.infection = None
+            if "infection" in data:
+                depth = int(data["volume_depth"]) if "volume_depth" in data else 0
+                self.infection = _legacy_map(data["infection"].astype(np.float32), self.n_slices,
+                                             data["direction"], depth)
 
     @property
     def n_slices(self) -> int:
@@ -89,24 +79,23 @@ class ViewerData:
             return np.asarray(self.voxels[k], dtype=np.uint8)
         return get_window(window).to_uint8(np.asarray(self.voxels[k]))
 
-    def model_pixels(self, k: int) -> np.ndarray:
-        """Slice ``k`` as the slice classifier reads it (COVIDx lung window)."""
-        if self.units != "HU":
-            return np.asarray(self.voxels[k], dtype=np.uint8)
-        return COVIDX_LUNG.to_uint8(np.asarray(self.voxels[k]))
-
     def infection_heat(self, k: int) -> np.ndarray:
-        """The infection map over slice ``k`` in [0, 1], in the scan's own orientation and size."""
+        """The infection map over slice ``k`` in [0, 1], at the slice's size."""
         from ..explain.infection import normalised_map
         from ..explain.plotting import resize_to
-        from ..volumes.preprocess import canonical_flips
 
-        d = map_slice_of(k, self.n_slices, self.direction, self.volume_depth, len(self.infection))
-        heat = normalised_map(self.infection[d])
-        _, flip_y, flip_x = canonical_flips(self.direction)
-        heat = heat[::-1] if flip_y else heat
-        heat = heat[:, ::-1] if flip_x else heat
+        heat = normalised_map(self.infection[k])
         return np.clip(resize_to(np.ascontiguousarray(heat), self.voxels.shape[1:]), 0, 1)
+
+
+def _legacy_map(infection: np.ndarray, n_slices: int, direction, volume_depth: int) -> np.ndarray:
+    """Jobs stored before covidct kept the map per scan slice held it on CovidCTNet's own
+    (D, S, S) grid: mapped back once, by CovidCTNet's own geometry (the only method detail
+    the web reads, and only for those jobs)."""
+    from ..volumes.mapback import map_on_scan_slices
+
+    return map_on_scan_slices(infection, n_slices, np.asarray(direction, dtype=np.float64),
+                              int(volume_depth))
 
 
 class Renderer:
@@ -168,23 +157,15 @@ class Renderer:
         return blend_heat(gray, self._gradcam(data, k, result), cmap="jet", max_alpha=0.55)
 
     def _gradcam(self, data: ViewerData, k: int, result: dict[str, Any]) -> np.ndarray:
-        """Grad-CAM of the scan-level call's class on slice ``k``, pasted into the full slice."""
-        from ..explain.gradcam import slice_gradcam
-        from ..slices.model import scan_body_box
-
-        model = self.models.get("bit")
-        bit = (result.get("methods") or {}).get("bit")
-        if model is None or bit is None:
+        """Grad-CAM of the scan-level call's class on slice ``k``, on the full slice: the
+        served model's own :meth:`slice_heat` (its pre-processing, not a copy of it)."""
+        model = self.models.with_overlay("gradcam")
+        called = None if model is None else (result.get("methods") or {}).get(model.method)
+        if called is None:
             raise RenderError("no slice classifier result for this scan (Grad-CAM needs it)", 404)
-        pixels = data.model_pixels(k)
-        box = scan_body_box(pixels)
-        class_index = list(bit["probabilities"]).index(bit["label"])
-        with self.models.locks["bit"]:
-            cam = slice_gradcam(model, pixels, box, class_index=class_index)["cam"]
-        x0, y0, x1, y1 = box
-        full = np.zeros(pixels.shape, dtype=np.float32)
-        full[y0:y1 + 1, x0:x1 + 1] = cam
-        return full
+        class_index = list(called["probabilities"]).index(called["label"])
+        with self.models.locks[model.method]:
+            return model.slice_heat(np.asarray(data.voxels[k]), data.units == "HU", class_index)
 
 
 def _png(rgb: np.ndarray) -> bytes:
