@@ -244,6 +244,21 @@ def test_unfit_scans_fail_with_a_clear_error(model):
                            metadata={"modality": "PT"}))
 
 
+def test_without_a_cache_the_scan_is_not_hashed(model, monkeypatch):
+    """The scan's digest names cache entries only: with the cache off, prediction skips it
+    and gives the same probabilities."""
+    from covidct.volumes.cache import ArrayCache
+
+    scan, _ = chest_phantom("COVID-19", seed=995, **PHANTOM_GEOMETRY)
+    reference = model.predict(scan)
+    monkeypatch.setattr(model, "cache", ArrayCache(None))
+    monkeypatch.setattr("covidct.volumes.pipeline.scan_digest",
+                        lambda scan: pytest.fail("hashed the scan without a cache"))
+    uncached = model.predict(scan)
+    assert uncached.scan["cache"] == {"volume": "miss", "input": "miss"}
+    np.testing.assert_allclose(uncached.probabilities, reference.probabilities, rtol=0, atol=1e-6)
+
+
 def test_second_prediction_hits_the_cache(model, monkeypatch):
     scan, _ = chest_phantom("COVID-19", seed=996, **PHANTOM_GEOMETRY)
     first = model.predict(scan)
