@@ -112,7 +112,7 @@ def model_files(sizes: Sizes, work: Path) -> dict[str, Path]:
 def dicom_series(sizes: Sizes, work: Path) -> Path:
     """The cold-predict series: ``sizes.cold_series`` slices written as a DICOM folder."""
     from covidct.scanio import save_scan
-    from covidct.volumes.phantom import benchmark_series
+    from covidct.synth.phantom import benchmark_series
 
     folder = work / "cold-series"
     if not folder.is_dir():

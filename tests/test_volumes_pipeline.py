@@ -27,7 +27,7 @@ from covidct.models import load_model  # noqa: E402
 from covidct.scan import Scan  # noqa: E402
 from covidct.volumes import preprocess as preprocess_module  # noqa: E402
 from covidct.volumes.infection import denoise  # noqa: E402
-from covidct.volumes.phantom import chest_phantom  # noqa: E402
+from covidct.synth.phantom import chest_phantom  # noqa: E402
 from covidct.volumes.preprocess import preprocess_volume  # noqa: E402
 from covidct.volumes.runfolder import load_denoiser_file  # noqa: E402
 from covidct.volumes.settings import VolumeSettings  # noqa: E402

@@ -38,6 +38,7 @@ import torch
 
 from .. import __version__
 from ..constants import METHOD_BIT, SLICE_CLASSES
+from ..devices import cpu_state
 from ..errors import ModelError
 from ..metrics import aggregate_by_patient
 from ..prediction import Prediction, Scores
@@ -100,6 +101,8 @@ class SliceClassifier:
         self._torch = self._torch if self._net is None else self._net
         # A deferred network is built on the CPU, where model files are loaded (map_location).
         self.device = torch.device("cpu") if self._net is None else next(self._net.parameters()).device
+        #: The window named by ``window``: what pre-processing turns HU into 8 bits with.
+        self.window_spec = get_window(self.window)
 
     # Saving and loading ------------------------------------------------------------
 
@@ -107,7 +110,7 @@ class SliceClassifier:
         """The model file content: tensors, dicts, lists, strings and numbers only."""
         return {
             "arch": self.arch,
-            "state_dict": {k: v.detach().cpu() for k, v in self.torch_net.state_dict().items()},
+            "state_dict": cpu_state(self.torch_net),
             "class_names": list(self.class_names),
             "window": self.window,
             "resolution": {"resize": self.resize, "crop": self.crop},
@@ -188,7 +191,7 @@ class SliceClassifier:
 
     def pixels(self, scan: Scan, k: int) -> np.ndarray:
         """Scan slice ``k`` as this model reads it: 8-bit, lung window for HU scans."""
-        return slice_pixels(scan.voxels[k], scan.is_hu)
+        return slice_pixels(scan.voxels[k], scan.is_hu, self.window_spec)
 
     def predict_pixels(self, slices: Sequence[np.ndarray], boxes: Sequence[Sequence[int]]) -> np.ndarray:
         """Class probabilities (n, C) of 8-bit slices cropped to their boxes."""
@@ -201,7 +204,9 @@ class SliceClassifier:
 
     def predict(self, scan: Scan) -> Prediction:
         """Per-slice and patient-level probabilities for an axial scan (see the module doc)."""
-        if self.window != COVIDX_LUNG.name:
+        # 8-bit pictures come in the COVIDx lung window; a model trained in another window
+        # could read HU scans only, so it is refused rather than fed pictures it never saw.
+        if self.window_spec is not COVIDX_LUNG:
             raise ModelError(f"model was trained with window {self.window!r}; scans are prepared "
                              f"with {COVIDX_LUNG.name!r}", self.file.get("name"))
         scan.require_axial("the BiT slice classifier")
@@ -209,7 +214,7 @@ class SliceClassifier:
         indices, found = lung_slices(scan, self.max_slices)  # refuses implausible scans
         selected = time.perf_counter()
         pixels = [self.pixels(scan, int(k)) for k in indices]
-        boxes = [scan_body_box(p) for p in pixels]
+        boxes = [scan_body_box(p, self.window_spec) for p in pixels]
         cropped = time.perf_counter()
         probs = self.predict_pixels(pixels, boxes)
         done = time.perf_counter()
@@ -254,7 +259,7 @@ class SliceClassifier:
         for row in order[:n_slices]:
             k = int(prediction.slice_indices[row])
             pixels = self.pixels(scan, k)
-            box = scan_body_box(pixels)
+            box = scan_body_box(pixels, self.window_spec)
             cam = slice_gradcam(self, pixels, box, class_index=called)
             # The lung outline, so a reader sees whether the heat is in the lung.
             outline = crop_box(lungs.labels[k], box) > 0
@@ -289,8 +294,8 @@ class SliceClassifier:
         slice's own grid in [0, 1] (zero outside the box): the web viewer's overlay."""
         from ..explain.gradcam import slice_gradcam
 
-        pixels = slice_pixels(values, is_hu)
-        box = scan_body_box(pixels)
+        pixels = slice_pixels(values, is_hu, self.window_spec)
+        box = scan_body_box(pixels, self.window_spec)
         cam = slice_gradcam(self, pixels, box, class_index=class_index)["cam"]
         x0, y0, x1, y1 = box
         full = np.zeros(pixels.shape, dtype=np.float32)
@@ -318,8 +323,7 @@ class SliceClassifier:
                  out_dir: str | Path | None = None) -> dict[str, Any] | None:
         from ..explain.localisation import gradcam_localisation
 
-        split_file, _ = covidx_split(data, split)
-        return gradcam_localisation(self, split_file, split_file.parent / "images", scores)
+        return gradcam_localisation(self, *covidx_split(data, split), scores)
 
     def write_gallery(self, data: str | Path, split: str, scores: Scores, cases,
                       out_dir: Path) -> dict[str, Any]:
