@@ -210,19 +210,28 @@ def _bit_done(run: Path) -> bool:
 
 
 def _train_bit(covidx: Path, run: Path, settings: DemoSettings, progress: bool) -> None:
-    from .slices.train import TrainConfig, train
+    from .slices.train import train
+
+    train(bit_train_config(settings, covidx / "train_COVIDx_CT-2A.txt", covidx, run, progress,
+                           "covidct demo"))
+
+
+def bit_train_config(settings: DemoSettings, train_split: Path, covidx: Path, run: Path,
+                     progress: bool, command: str):
+    """The slice classifier's training at demo size (also the learning-curve experiment's):
+    ``train_split`` may be a subset of the patients of ``covidx``'s training split."""
+    from .slices.train import TrainConfig
 
     resize, crop = settings.bit_resolution
-    config = TrainConfig(
-        train_split=str(covidx / "train_COVIDx_CT-2A.txt"), images=str(covidx / "images"),
+    return TrainConfig(
+        train_split=str(train_split), images=str(covidx / "images"),
         val_split=str(covidx / "val_COVIDx_CT-2A.txt"), out=str(run), arch=settings.bit_arch,
-        init="random", resize=resize, crop=crop, schedule=settings.bit_schedule,
+        init="random", resize=resize, crop=crop, schedule=tuple(settings.bit_schedule),
         batch_size=settings.bit_batch_size, lr=settings.bit_lr, mixup_alpha=settings.bit_mixup_alpha,
         balanced=settings.bit_balanced,
         workers=1, val_every=50, max_val=256, seed=settings.seed, device="cpu",
         resume=(run / "checkpoints" / "last.pt").is_file(), progress=progress,
-        command="covidct demo")
-    train(config)
+        command=command)
 
 
 def _covidctnet_done(run: Path) -> bool:

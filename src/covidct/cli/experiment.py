@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 # Names and scales are spelled out here (not imported) so `covidct --help` needs no torch.
-EXPERIMENTS = ("resolution", "schedule", "init", "data-size", "table1", "covidctnet-ablation")
+EXPERIMENTS = ("resolution", "schedule", "init", "data-size", "table1", "covidctnet-ablation",
+               "learning-curve")
 
 DESCRIPTION = """\
 Rerun an experiment of the two papers on your copy of the data, one resumable run per grid cell.
@@ -20,6 +21,11 @@ Rerun an experiment of the two papers on your copy of the data, one resumable ru
                        published rows (Tables 1 and 2)
   covidctnet-ablation  CovidCTNet with and without BCDU-Net + Perlin noise, 3-class and 2-class
                        (Javaheri et al. Fig. 1)
+  learning-curve       not in the papers: both methods at the demo's sizes, held-out patient
+                       accuracy (95% CI) by training patients (15/30/60/90, difficulty 0) and by
+                       difficulty (0/0.5/1, 60 training patients), on SYNTHETIC cohorts that it
+                       makes itself in OUT/learning-curve/cohorts/ (no --data; estimated about an
+                       hour on 2 CPU cores)
 
 DATA: COVIDx CT-2A (train/val/test_COVIDx_CT-2A.txt beside images/ or 2A_images/), any dataset
 in that format, or a `covidct synth` cohort (its covidx/ part for the slice experiments, the
@@ -46,6 +52,10 @@ val_every max_val max_test workers device n_boot. CovidCTNet settings: binary se
 volume_slices max_denoised_slices denoiser_width denoiser_epochs denoiser_batch_size slices_per_scan epochs
 batch_size patience val_fraction test_fraction max_patients_per_class device cache_dir
 (max_patients_per_class=50 draws the 50 random cases per class of CovidCTNet's Fig. 1).
+Learning-curve settings: the axes method, train_patients and difficulty (the last two swept one
+at a time around centre, e.g. --set 'centre={train_patients: 60, difficulty: 0}'),
+val_patients test_patients (fixed held-out sizes), matrix max_slices seed n_boot, and the
+demo's network settings (bit_resolution bit_schedule ... epochs; see covidct.demo.DemoSettings).
 """
 
 
@@ -54,8 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=EXPERIMENTS, metavar="NAME",
                    help=f"experiment: {', '.join(EXPERIMENTS)}")
-    p.add_argument("--data", required=True, metavar="DIR",
-                   help="COVIDx-format folder, `covidct synth` output, or CovidCTNet volumes")
+    p.add_argument("--data", metavar="DIR",
+                   help="COVIDx-format folder, `covidct synth` output, or CovidCTNet volumes "
+                        "(every experiment but learning-curve)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="experiments folder; this experiment goes to DIR/NAME/")
     p.add_argument("--scale", choices=("paper", "tiny"), default="paper",

@@ -240,7 +240,54 @@ def figure_covidctnet(outcome, scale: str):
     return fig
 
 
+METHOD_COLOURS = {"bit": "#0072B2", "covidctnet": "#D55E00"}
+METHOD_NAMES = {"bit": "BiT slice classifier", "covidctnet": "CovidCTNet"}
+
+
+def figure_learning_curve(outcome, scale: str):
+    """Held-out patient accuracy (95% patient-bootstrap CI) against training patients (at the
+    centre difficulty) and against difficulty (at the centre number of training patients)."""
+    fig = new_figure(9.0, 3.8)
+    results = finished(outcome)
+    panels = (("train_patients", "training patients"), ("difficulty", "phantom difficulty"))
+    for k, (axis, label) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, k + 1)
+        tidy_axes(ax)
+        points = [r for r in results if axis in str(r.get("sweeps") or "").split(";")]
+        if not points:
+            _empty(ax)
+        for method in sorted({str(r["method"]) for r in points}):
+            _curve(ax, [r for r in points if r["method"] == method], axis, method)
+        ax.axhline(1 / 3, color=GREY, linestyle=":", linewidth=0.8, label="chance (3 classes)")
+        ax.set_ylim(0, 1.03)
+        ax.set_xlabel(label, fontsize=9)
+        ax.set_ylabel("held-out patient accuracy", fontsize=9)
+        ax.legend(fontsize=7, frameon=False, loc="lower right" if axis == "train_patients"
+                  else "lower left")
+    _title(fig, "Learning curve: accuracy on held-out patients (one fixed test split per "
+                "difficulty), 95% CIs", outcome, scale)
+    return fig
+
+
+def _curve(ax, rows: list[dict[str, Any]], axis: str, method: str) -> None:
+    """One method's points with CI whiskers (repeats side by side), a line through the means."""
+    rows = sorted(rows, key=lambda r: float(r[axis]))
+    xs = np.array([float(r[axis]) for r in rows])
+    ys = np.array([np.nan if r.get("test_acc") is None else r["test_acc"] for r in rows], float)
+    low, high = (np.array([y if r.get(key) is None else r[key] for r, y in zip(rows, ys)], float)
+                 for key in ("test_acc_ci_low", "test_acc_ci_high"))
+    colour = METHOD_COLOURS.get(method, GREY)
+    shift = 0.01 * (np.ptp(xs) or 1.0) * (1 if method == "bit" else -1)   # whiskers apart
+    ax.errorbar(xs + shift, ys, yerr=[ys - low, high - ys], fmt="o", color=colour, capsize=3,
+                markersize=4)
+    unique = np.unique(xs)
+    means = [np.nanmean(ys[xs == x]) for x in unique]
+    ax.plot(unique + shift, means, color=colour, label=METHOD_NAMES.get(method, method))
+    ax.set_xticks(unique)
+
+
 FIGURES: dict[str, Callable] = {
     "resolution": figure_resolution, "schedule": figure_schedule, "init": figure_init,
     "data-size": figure_data_size, "table1": figure_table1, "covidctnet-ablation": figure_covidctnet,
+    "learning-curve": figure_learning_curve,
 }

@@ -8,6 +8,9 @@ same keys, or ``grid:`` and ``settings:`` mappings):
 - ``grid.KEY`` makes any setting an axis: ``--set grid.seed=[0,1,2]`` repeats every run;
 - any other ``KEY`` replaces a fixed setting: ``--set schedule=1,2,4``, ``--set batch_size=16``.
 
+A preset's ``sweep`` axes (the learning curve's ``train_patients`` and ``difficulty``) are not
+crossed with each other: each is varied with the others at ``centre`` (a setting).
+
 ``resolution`` values are a paper preset by crop size (``"480"``), ``"resize,crop"`` or a
 ``[resize, crop]`` pair; ``schedule`` values a preset name (``bit-10000``), ``"hyperrule"``,
 or step boundaries (``"500,3000,6000,9000,10000"`` or a list).
@@ -45,6 +48,7 @@ class Plan:
     grid: dict[str, list[Any]]
     settings: dict[str, Any]
     overrides: dict[str, Any]
+    sweep: tuple[str, ...] = ()      # axes varied one at a time (Preset.sweep)
 
 
 def parse_set(items: Iterable[str]) -> dict[str, Any]:
@@ -110,15 +114,45 @@ def make_plan(preset: Preset, scale: str, overrides: dict[str, Any]) -> Plan:
             settings.pop(name, None)
         else:
             settings[name] = value
-    return Plan(grid, settings, dict(overrides))
+    sweep = tuple(a for a in preset.sweep if a in grid)
+    if sweep:
+        _check_centre(settings.get("centre"), sweep, preset.name)
+    return Plan(grid, settings, dict(overrides), sweep)
+
+
+def _check_centre(centre: Any, sweep: tuple[str, ...], name: str) -> None:
+    missing = [a for a in sweep if not isinstance(centre, dict) or a not in centre]
+    if missing:
+        raise CovidctError(f"experiment {name}: centre needs a value for {', '.join(missing)} "
+                           f"(e.g. --set 'centre={{{', '.join(f'{a}: ...' for a in sweep)}}}')")
+
+
+def _combinations(plan: Plan) -> list[dict[str, Any]]:
+    """The grid's axis values per run: crossed axes as a product; swept axes one at a time,
+    the other swept axes at their centre value (a point shared by two sweeps runs once)."""
+    crossed = [n for n in plan.grid if n not in plan.sweep]
+    points: list[dict[str, Any]] = []
+    if plan.sweep:
+        centre = plan.settings["centre"]
+        for axis in plan.sweep:
+            for value in plan.grid[axis]:
+                point = {a: (value if a == axis else centre[a]) for a in plan.sweep}
+                if point not in points:
+                    points.append(point)
+    else:
+        points = [{}]
+    combos = []
+    for values in itertools.product(*(plan.grid[n] for n in crossed)):
+        for point in points:
+            combo = {**dict(zip(crossed, values)), **point}
+            combos.append({n: combo[n] for n in plan.grid})   # the grid's axis order
+    return combos
 
 
 def expand(plan: Plan, scale: str) -> list[RunSpec]:
     """Every combination of the grid's axes, each with a stable, readable run id."""
-    names = list(plan.grid)
     runs = []
-    for combo in itertools.product(*(plan.grid[n] for n in names)):
-        axes = dict(zip(names, combo))
+    for axes in _combinations(plan):
         params = {**plan.settings, **axes, "scale": scale}
         runs.append(RunSpec(run_id(axes, params), axes, params))
     seen: set[str] = set()

@@ -18,7 +18,7 @@ from ..atomic import write_json, write_text
 from ..constants import SLICE_CLASSES, SYNTHETIC_NOTICE
 from . import published as pub
 from .grid import Plan
-from .presets import Preset
+from .presets import KIND_COHORTS, Preset
 
 CSV_NAME, TABLE_NAME, FIGURE_NAME, JSON_NAME = "results.csv", "table.md", "figure.png", "experiment.json"
 MEASURED, PUBLISHED = "measured here", "published"
@@ -215,9 +215,34 @@ def _dec(value: Any) -> str:
     return "" if not isinstance(value, (int, float)) else f"{value:.3f}"
 
 
+def table_learning_curve(preset, outcome) -> Table:
+    """One row per run: method, training patients, difficulty, held-out figures with CIs."""
+    results = sorted(finished(outcome), key=lambda r: (str(r["method"]), float(r["difficulty"]),
+                                                       int(r["train_patients"]), str(r["seed"])))
+    source = MEASURED + (" (SYNTHETIC)" if outcome.data.synthetic else "")
+    rows = [[str(r["method"]), str(r["train_patients"]), f"{float(r['difficulty']):g}",
+             str(r["seed"]), str(r.get("test_patients")), with_ci(r, "test_acc"),
+             with_ci(r, "test_covid_auc"), str(r.get("sweeps") or "").replace(";", ", "), source]
+            for r in results]
+    return ["Method", "Training patients", "Difficulty", "Seed", "Test patients",
+            "Patient-level accuracy [95% CI]", "COVID-vs-rest AUC [95% CI]", "Curve",
+            "Source"], rows
+
+
+def with_ci(result: dict[str, Any], key: str) -> str:
+    """``0.83 [0.58, 1.00]`` from a row's KEY, KEY_ci_low and KEY_ci_high."""
+    value, low, high = (result.get(key + s) for s in ("", "_ci_low", "_ci_high"))
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)):
+        return f"{value:.2f} [{low:.2f}, {high:.2f}]"
+    return f"{value:.2f}"
+
+
 TABLES: dict[str, Callable] = {
     "resolution": table_resolution, "schedule": table_schedule, "init": table_init,
     "data-size": table_data_size, "table1": table_table1, "covidctnet-ablation": table_covidctnet,
+    "learning-curve": table_learning_curve,
 }
 
 
@@ -235,9 +260,11 @@ def write_outputs(preset: Preset, outcome, plan: Plan, scale: str, command: str 
     folder = outcome.folder
     files = [write_text(folder / CSV_NAME, write_csv(csv_rows(preset, outcome)))]
     header, rows = TABLES[preset.name](preset, outcome)
-    caption = (f"{preset.title} ({preset.figure}), scale {scale}. Data: {outcome.data.description}. "
-               f"Rows marked '{PUBLISHED}' are copied from the papers; '{MEASURED}' rows come from "
-               "this experiment folder.")
+    caption = f"{preset.title} ({preset.figure}), scale {scale}. Data: {outcome.data.description}. "
+    caption += (f"'{MEASURED}' rows come from this experiment folder; 95% CIs from a bootstrap "
+                "of the test patients." if preset.kind == KIND_COHORTS else
+                f"Rows marked '{PUBLISHED}' are copied from the papers; '{MEASURED}' rows come "
+                "from this experiment folder.")
     notes = "".join(f"\n- {n}" for n in outcome.notes)
     failed = "".join(f"\n- FAILED run {r.spec.id}: {r.error}" for r in outcome.failed)
     banner = f"**{SYNTHETIC_NOTICE}**\n\n" if outcome.data.synthetic else ""

@@ -14,7 +14,9 @@ from typing import Any
 from ..slices.schedule import RESOLUTIONS, SCHEDULES
 
 SCALES = ("paper", "tiny")
-KIND_SLICES, KIND_VOLUMES = "slices", "volumes"
+#: What a preset trains on: COVIDx-format slices or CT volumes given by --data, or (the
+#: learning curve) synthetic cohorts the experiment generates itself, one per difficulty.
+KIND_SLICES, KIND_VOLUMES, KIND_COHORTS = "slices", "volumes", "synthetic-cohorts"
 
 #: Settings of every slice-classifier run at the paper's scale (Zhao et al., Methods).
 #: Validation (which picks the saved model) every 1000 steps: the COVIDx CT-2A validation split
@@ -67,6 +69,9 @@ class Preset:
     tiny_grid: dict[str, list[Any]] = field(default_factory=dict)
     tiny_settings: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    #: Axes varied one at a time around ``settings["centre"]`` (the others at their centre
+    #: value) instead of crossed with each other; the remaining axes are still crossed.
+    sweep: tuple[str, ...] = ()
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -109,11 +114,40 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                        "pseudo-infection); per mode, the 3D CNN on its infection maps, the same "
                        "3D CNN on plain volumes, and (not in the paper) on the infection maps "
                        "inside the lung mask (same splits, same seed)."),
+    Preset("learning-curve", KIND_COHORTS,
+           "Held-out patient accuracy by number of training patients and by difficulty",
+           "not in the papers: a learning curve on SYNTHETIC cohorts (issue 12)",
+           grid={"method": ["bit", "covidctnet"], "train_patients": [15, 30, 60, 90],
+                 "difficulty": [0.0, 0.5, 1.0]},
+           settings={"centre": {"train_patients": 60, "difficulty": 0.0}},
+           sweep=("train_patients", "difficulty"),
+           description="Both methods at the demo's sizes (covidct.demo.DemoSettings) on "
+                       "SYNTHETIC cohorts made by the experiment, one per difficulty, split by "
+                       "patient; the training patients are nested class-balanced subsets of "
+                       "one training pool, the validation and test patients the same for "
+                       "every size. Training patients swept at the centre difficulty, "
+                       "difficulty at the centre number of training patients."),
 )}
+
+#: The learning curve's own settings besides the demo's (patients come from the grid).
+CURVE_SETTINGS: dict[str, Any] = {"val_patients": 12, "test_patients": 24, "max_slices": 120}
+
+
+def curve_settings() -> dict[str, Any]:
+    """The demo's sizes for both methods (one place: covidct.demo.DemoSettings), the held-out
+    split sizes and the cohorts' slice cap; the grid sets patients and difficulty."""
+    from ..demo import DemoSettings
+
+    demo = DemoSettings().to_dict()
+    for name in ("patients", "difficulty"):
+        demo.pop(name)
+    return {**demo, **CURVE_SETTINGS}
 
 
 def base_settings(preset: Preset, scale: str) -> dict[str, Any]:
     """The fixed settings of a preset's runs at a scale (before user overrides)."""
+    if preset.kind == KIND_COHORTS:   # demo-sized networks at either scale
+        return {**curve_settings(), **preset.settings}
     common = PAPER_SLICE_SETTINGS if preset.kind == KIND_SLICES else PAPER_VOLUME_SETTINGS
     settings = {**common, **preset.settings}
     if scale == "tiny":

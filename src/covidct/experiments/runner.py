@@ -31,7 +31,7 @@ from ..errors import CovidctError
 from . import jobs
 from .data import ExperimentData, find_data
 from .grid import RunSpec, expand, make_plan, run_id
-from .presets import KIND_SLICES, PRESETS, SCALES, Preset
+from .presets import KIND_COHORTS, KIND_SLICES, PRESETS, SCALES, Preset
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def run_experiment(name: str, data: str | Path, out: str | Path, scale: str = "paper",
+def run_experiment(name: str, data: str | Path | None, out: str | Path, scale: str = "paper",
                    overrides: dict[str, Any] | None = None,
                    echo: Callable[[str], None] | None = None) -> Outcome:
     """Run (or continue) every run of experiment ``name``; write CSV, table, figure, JSON."""
@@ -78,10 +78,11 @@ def run_experiment(name: str, data: str | Path, out: str | Path, scale: str = "p
     if scale not in SCALES:
         raise CovidctError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
     echo = echo or (lambda line: None)
-    dataset = find_data(data, preset.kind)
+    folder = Path(out) / preset.name
     plan = make_plan(preset, scale, overrides or {})
     specs = expand(plan, scale)
-    folder = Path(out) / preset.name
+    dataset = (_own_cohorts(folder, data) if preset.kind == KIND_COHORTS
+               else _given_data(data, preset))
     outcome = Outcome(preset.name, folder, dataset)
     tag = " [SYNTHETIC DATA]" if dataset.synthetic else ""
     echo(f"experiment {preset.name} ({preset.figure}), scale {scale}: {len(specs)} run(s){tag}")
@@ -89,7 +90,9 @@ def run_experiment(name: str, data: str | Path, out: str | Path, scale: str = "p
     if scale == "tiny" and preset.kind == KIND_SLICES:
         echo(f"tiny scale: {plan.settings.get('arch', 'grid arch')}, small crops and few steps; a "
              "named initialisation without a local weights file trains from random weights")
-    if preset.kind == KIND_SLICES:
+    if preset.kind == KIND_COHORTS:
+        _run_curve(specs, folder, outcome, echo)
+    elif preset.kind == KIND_SLICES:
         _run_slices(specs, folder, dataset, outcome, echo)
     else:
         _run_volumes(specs, folder, dataset, outcome, echo)
@@ -104,6 +107,37 @@ def run_experiment(name: str, data: str | Path, out: str | Path, scale: str = "p
     if dataset.synthetic:
         echo(SYNTHETIC_NOTICE)
     return outcome
+
+
+def _given_data(data: str | Path | None, preset: Preset) -> ExperimentData:
+    if data is None:
+        raise CovidctError(f"experiment {preset.name} needs --data (see covidct experiment --help)")
+    return find_data(data, preset.kind)
+
+
+def _own_cohorts(folder: Path, data: str | Path | None) -> ExperimentData:
+    from .curve import COHORTS
+
+    if data is not None:
+        raise CovidctError("the learning curve makes its own synthetic cohorts (in "
+                           f"{folder / COHORTS}); leave out --data")
+    return ExperimentData(folder / COHORTS, KIND_COHORTS,
+                          "SYNTHETIC cohorts made by the experiment (covidct synth, one per "
+                          f"difficulty) in {folder / COHORTS}", True)
+
+
+def _run_curve(specs: list[RunSpec], folder: Path, outcome: Outcome, echo) -> None:
+    """Every run draws its training patients from one pool per difficulty, as large as the
+    largest run's (part of each run's settings, so a larger grid reruns every point)."""
+    from .curve import run_curve_job
+
+    pool = max(int(s.params["train_patients"]) for s in specs)
+    for k, spec in enumerate(specs, 1):
+        params = {**spec.params, "pool_patients": pool}
+        spec = RunSpec(run_id(spec.axes, params), spec.axes, params)
+        outcome.runs.append(run_job(spec, folder / "runs",
+                                    lambda p, d: run_curve_job(p, d, folder),
+                                    f"[{k}/{len(specs)}]", echo))
 
 
 def _command() -> str:
@@ -182,7 +216,11 @@ def _notes(outcome: Outcome, scale: str) -> list[str]:
     notes = []
     if outcome.data.synthetic:
         notes.append("SYNTHETIC data: these results say nothing about patients.")
-    if scale == "tiny":
+    if outcome.data.kind == KIND_COHORTS:
+        notes.append("both methods at the demo's sizes (covidct.demo.DemoSettings, with this "
+                     "experiment's overrides) whatever --scale says: tiny networks, low "
+                     "resolution, from random weights.")
+    elif scale == "tiny":
         notes.append("tiny scale: shrunken network, resolution and steps; numbers are a smoke "
                      "test of the pipeline, not a reproduction of the paper.")
     subsets = {str(r.result.get("note")) for r in outcome.runs
