@@ -19,7 +19,7 @@ def measure(sizes: Sizes, threads: int, work: Path) -> dict[str, Any]:
 
     from covidct.batch import predict_batch
     from covidct.scanio import save_scan
-    from covidct.volumes.phantom import benchmark_series
+    from covidct.synth.phantom import benchmark_series
 
     models = model_files(sizes, work)
     archive = work / "archive"

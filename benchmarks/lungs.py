@@ -34,7 +34,7 @@ def _former_slice_rule(scan) -> np.ndarray:
 
 def lung_mask_row(sizes: Sizes, reps: int = 3) -> dict[str, Any]:
     from covidct import lungs
-    from covidct.volumes.phantom import benchmark_series
+    from covidct.synth.phantom import benchmark_series
 
     n_slices, matrix = sizes.volume
     scan = benchmark_series(n_slices, matrix)

@@ -8,7 +8,7 @@
 
 Rows: 0 float32 matmul peak; 1 slice classifier inference paths (float32 and int8); 2 a
 patient end to end against every slice eager, and the capped-vs-every-slice accuracy;
-3 CovidCTNet pre-processing (covidct.volumes.bench); 4 CovidCTNet end to end, latency and
+3 CovidCTNet pre-processing (benchmarks.volumes); 4 CovidCTNet end to end, latency and
 peak memory; 5 training data pipeline vs training throughput; 6 training throughput and
 model FLOP utilisation (CUDA: bf16 + channels-last); 7 the lung mask (benchmarks.lungs);
 8 command start-up; 9 model loading and a cold `covidct predict` with both methods; 10 the
@@ -60,17 +60,17 @@ SYNTHETIC_NOTE = ("SYNTHETIC DATA: computer-generated phantoms, not patients; ac
 # Rows 3 and 4: CovidCTNet ------------------------------------------------------------------------
 
 def covidctnet(sizes: Sizes, threads: int, peak: float) -> dict[str, Any]:
-    """Pre-processing and end-to-end timings from covidct.volumes.bench, the peak memory of one
+    """Pre-processing and end-to-end timings from benchmarks.volumes, the peak memory of one
     prediction in a fresh process, the networks' FLOP utilisation, and the ONNX Runtime path."""
     import numpy as np
     import torch
 
     from covidct.export import to_runtime
-    from covidct.volumes import bench
+    from . import volumes as bench
     from covidct.volumes.bcdunet import BCDUNet
     from covidct.volumes.cache import ArrayCache
     from covidct.volumes.cnn3d import CNN3D
-    from covidct.volumes.phantom import benchmark_series
+    from covidct.synth.phantom import benchmark_series
     from covidct.volumes.pipeline import CovidCTNet
     from covidct.volumes.settings import VolumeSettings
 
@@ -126,7 +126,7 @@ def _predict_memory_subprocess(n_slices: int, matrix: int, threads: int,
 
 
 def _predict_only(spec: str) -> int:
-    from covidct.volumes import bench
+    from . import volumes as bench
     from covidct.volumes.settings import VolumeSettings
 
     args = json.loads(spec)
@@ -394,7 +394,7 @@ NOTES = """Notes
   at a time by the eager PyTorch network.
   The accuracy line trains a tiny BiT on the synthetic cohort in the same run: it compares the
   slice-choice rule with scoring every slice, not the paper's network.
-- Rows 3-4 come from covidct.volumes.bench (fast pre-processing vs the method's route; BCDU-Net
+- Rows 3-4 come from benchmarks.volumes (fast pre-processing vs the method's route; BCDU-Net
   on at most 100 evenly spaced 1-mm slices); peak memory is that of one prediction in a fresh
   interpreter.
 - A busy machine hurts PyTorch's eager float32 path far more than ONNX Runtime: its OpenMP

@@ -6,7 +6,6 @@ Every scan here is a SYNTHETIC phantom.
 """
 from __future__ import annotations
 
-import csv
 import math
 import time
 from pathlib import Path
@@ -14,6 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from covidct.covidx import IMAGES_DIR, covidx_paths, split_path
+from covidct.labels import LABELS_CSV, read_labels
 
 from .common import Sizes, best_time, forward_flops, sync
 
@@ -41,8 +43,9 @@ def inference(sizes: Sizes, threads: int, peak: float, workdir: Path) -> dict[st
     start = time.perf_counter()
     onnx_path = export_network(folded, (1, 3, crop, crop), {0: "batch"}, workdir / "bit.onnx")
     export_s = time.perf_counter() - start
-    session = OnnxNetwork(onnx_path, threads)
-    int8_session = OnnxNetwork(_int8_graph(onnx_path, sizes), threads)
+    # max_batch=0: each call runs the batch it is given (prediction caps it, see MAX_BATCH).
+    session = OnnxNetwork(onnx_path, threads, max_batch=0)
+    int8_session = OnnxNetwork(_int8_graph(onnx_path, sizes), threads, max_batch=0)
     inputs = {n: torch.randn(n, 3, crop, crop) for n in (1, batch)}
     channels_last = {n: x.contiguous(memory_format=torch.channels_last) for n, x in inputs.items()}
 
@@ -101,8 +104,8 @@ def _int8_graph(onnx_path: Path, sizes: Sizes) -> Path:
     this measures speed; tests/test_int8.py checks the answers of a trained model)."""
     from covidct.quantize import int8_path, quantize_graph
     from covidct.slices.data import EvalTransform, crop_box, normalize
-    from covidct.slices.model import slice_pixels, scan_body_box
-    from covidct.volumes.phantom import benchmark_series
+    from covidct.slices.model import scan_body_box, slice_pixels
+    from covidct.synth.phantom import benchmark_series
 
     scan = benchmark_series(*sizes.series)
     picks = np.linspace(scan.n_slices // 4, 3 * scan.n_slices // 4, 2 * sizes.batch).astype(int)
@@ -123,7 +126,7 @@ def patient_level(sizes: Sizes, threads: int, row1: dict[str, Any], workdir: Pat
     from covidct.scanio import load_scan, save_scan
     from covidct.slices.model import (SliceClassifier, slice_pixels, build_network, lung_slices,
                                       scan_body_box)
-    from covidct.volumes.phantom import benchmark_series
+    from covidct.synth.phantom import benchmark_series
 
     n_slices, matrix = sizes.series
     series = save_scan(benchmark_series(n_slices, matrix), workdir / "series")
@@ -171,8 +174,8 @@ def capped_vs_every_slice(sizes: Sizes, threads: int, workdir: Path) -> dict[str
                                          formats=("nifti", "covidx")), progress=False)
     steps = sizes.cohort_steps
     result = train(TrainConfig(
-        train_split=str(root / "covidx" / "train_COVIDx_CT-2A.txt"),
-        images=str(root / "covidx" / "images"), out=str(workdir / "run"), arch=TINY_ARCH,
+        train_split=str(split_path(root / "covidx", "train")),
+        images=str(root / "covidx" / IMAGES_DIR), out=str(workdir / "run"), arch=TINY_ARCH,
         init="random", resize=_resize_for(sizes.cohort_crop), crop=sizes.cohort_crop,
         schedule=(max(1, steps // 20), steps // 2, 3 * steps // 4, 9 * steps // 10, steps),
         batch_size=sizes.cohort_batch, lr=0.01, mixup_alpha=0.0, balanced=True, workers=0,
@@ -180,8 +183,7 @@ def capped_vs_every_slice(sizes: Sizes, threads: int, workdir: Path) -> dict[str
     prepared_s = time.perf_counter() - start
     model = load_model(result.model_path)
     model.max_slices = sizes.max_slices
-    with open(root / "labels.csv", newline="") as fh:
-        patients = list(csv.DictReader(fh))
+    patients = read_labels(root / LABELS_CSV)
     rows = []
     for patient in patients:
         scan = load_scan(root / patient["nifti"])
@@ -209,7 +211,7 @@ def capped_vs_every_slice(sizes: Sizes, threads: int, workdir: Path) -> dict[str
 
 def _slice_accuracy(model, root: Path) -> float:
     """Slice-level accuracy on the cohort's COVIDx test split (is the tiny model any good?)."""
-    scores = model.score_dataset(root / "covidx" / "test_COVIDx_CT-2A.txt", root / "covidx" / "images")
+    scores = model.score_dataset(*covidx_paths(root / "covidx", "test"))
     return float(np.mean(scores.y_prob.argmax(1) == scores.y_true))
 
 
@@ -222,10 +224,10 @@ def loader(sizes: Sizes, workdir: Path) -> dict[str, Any]:
 
     from covidct.slices.data import COVIDxDataset, TrainTransform
     from covidct.slices.model import scan_body_box
-    from covidct.volumes.phantom import benchmark_series
+    from covidct.synth.phantom import benchmark_series
     from covidct.windowing import COVIDX_LUNG
 
-    images = workdir / "covidx" / "images"
+    images = workdir / "covidx" / IMAGES_DIR
     images.mkdir(parents=True, exist_ok=True)
     scan = benchmark_series(sizes.loader_images, sizes.loader_matrix)
     lines = []
@@ -235,7 +237,7 @@ def loader(sizes: Sizes, workdir: Path) -> dict[str, Any]:
         Image.fromarray(pixels).save(images / name)
         x0, y0, x1, y1 = scan_body_box(pixels)
         lines.append(f"{name} 2 {x0} {y0} {x1} {y1}")
-    split = workdir / "covidx" / "train_COVIDx_CT-2A.txt"
+    split = split_path(workdir / "covidx", "train")
     split.write_text("\n".join(lines) + "\n")
     dataset = COVIDxDataset(split, images, TrainTransform(_resize_for(sizes.crop), sizes.crop))
     n = len(dataset)

@@ -112,7 +112,7 @@ def model_files(sizes: Sizes, work: Path) -> dict[str, Path]:
 def dicom_series(sizes: Sizes, work: Path) -> Path:
     """The cold-predict series: ``sizes.cold_series`` slices written as a DICOM folder."""
     from covidct.scanio import save_scan
-    from covidct.volumes.phantom import benchmark_series
+    from covidct.synth.phantom import benchmark_series
 
     folder = work / "cold-series"
     if not folder.is_dir():
@@ -151,6 +151,8 @@ def _load_child(spec: str) -> int:
     for method, path in args["paths"].items():
         mark = time.perf_counter()
         model = load_model(path, args["runtime"], args["threads"])
+        if args["runtime"] == "torch":  # a BiT file builds its network on first use: now
+            getattr(model, "torch_net", None)
         out[f"{method}_s"] = time.perf_counter() - mark
         out[f"{method}_runtime"] = getattr(model, "runtime", "torch")
     out["total_s"] = time.perf_counter() - start

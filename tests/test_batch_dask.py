@@ -57,9 +57,9 @@ def _same_manifest(local: dict, other: dict) -> None:
 
 
 def _models_loaded() -> bool:
-    from covidct.batch import _WORKER
+    from covidct.batch_worker import WORKER
 
-    return len(_WORKER.get("models", ())) == 1
+    return len(WORKER.get("models", ())) == 1
 
 
 def test_lost_worker_costs_only_its_scan(archive, bit_file, tmp_path):

@@ -76,3 +76,14 @@ def test_write_then_read_round_trip(tmp_path):
     write_split(tmp_path / "s.txt", records)
     assert read_split(tmp_path / "s.txt") == records
     assert parse_line("x.png 0 0 0 5 5").class_name == "Normal"
+
+
+def test_layout_helpers_name_the_split_files_and_images(tmp_path):
+    from covidct.covidx import covidx_paths, split_of, split_path
+
+    assert split_path(tmp_path, "val") == tmp_path / "val_COVIDx_CT-2A.txt"
+    assert split_of(tmp_path / "test_COVIDx_CT-2A.txt") == "test"
+    assert split_of("labels.csv") is None
+    assert covidx_paths(tmp_path, "test") == (tmp_path / "test_COVIDx_CT-2A.txt", tmp_path / "images")
+    split = tmp_path / "sub" / "mine.txt"
+    assert covidx_paths(split, "test") == (split, tmp_path / "sub" / "images")

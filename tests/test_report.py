@@ -157,8 +157,8 @@ def test_report_has_every_section_banner_and_disclaimer(report):
 def test_report_tables_carry_confidence_intervals(report, demo):
     document = json.loads((demo / "eval" / "bit" / "results.json").read_text())
     accuracy = document["metrics"]["patient"]["accuracy"]
-    expected = (f"{100 * accuracy['value']:.1f}% ({100 * accuracy['ci_low']:.1f}\u2013"
-                f"{100 * accuracy['ci_high']:.1f})")
+    expected = (f"{100 * accuracy['value']:.1f}% [{100 * accuracy['ci_low']:.1f}, "
+                f"{100 * accuracy['ci_high']:.1f}]")
     assert expected in report
     assert "bootstrap resamples of patients" in report
     # Cohort counts: 12 patients over train/val/test; 24 COVIDx slices of 6 patients.

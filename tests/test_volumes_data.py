@@ -8,7 +8,8 @@ import pytest
 
 from covidct.errors import DatasetError
 from covidct.scan import Scan
-from covidct.volumes.cache import ArrayCache, file_digest, scan_digest
+from covidct.digest import file_digest
+from covidct.volumes.cache import ArrayCache, scan_digest
 from covidct.volumes.data import load_cohort
 
 
@@ -46,6 +47,17 @@ def test_folder_per_class_layout_with_a_stratified_patient_split(tmp_path):
     other = load_cohort(tmp_path, seed=2)
     assert {(i.patient_id, i.split) for i in other.items} != {(i.patient_id, i.split) for i in cohort.items}
     assert "seed 1" in cohort.split_from
+
+
+def test_class_folders_list_only_files_load_scan_can_read_as_a_volume(tmp_path):
+    folder_cohort(tmp_path, per_class=3)
+    touch(tmp_path / "CAP" / "old.mha")      # load_scan cannot read MetaImage or NRRD
+    touch(tmp_path / "CAP" / "old.nrrd")
+    touch(tmp_path / "CAP" / "series.zip")
+    touch(tmp_path / "Covid" / "one.IMA")    # a DICOM suffix, any case
+    ids = {i.patient_id for i in load_cohort(tmp_path).items}
+    assert {"series", "one"} <= ids and not {"old", "old.mha", "old.nrrd"} & ids
+    assert len(ids) == 11
 
 
 def test_labels_csv_with_paths_labels_and_splits(tmp_path):

@@ -27,7 +27,7 @@ from covidct.models import load_model  # noqa: E402
 from covidct.scan import Scan  # noqa: E402
 from covidct.volumes import preprocess as preprocess_module  # noqa: E402
 from covidct.volumes.infection import denoise  # noqa: E402
-from covidct.volumes.phantom import chest_phantom  # noqa: E402
+from covidct.synth.phantom import chest_phantom  # noqa: E402
 from covidct.volumes.preprocess import preprocess_volume  # noqa: E402
 from covidct.volumes.runfolder import load_denoiser_file  # noqa: E402
 from covidct.volumes.settings import VolumeSettings  # noqa: E402
@@ -282,6 +282,21 @@ def test_unfit_scans_fail_with_a_clear_error(model):
     with pytest.raises(ScanError, match="modality"):
         model.predict(Scan(scan.voxels, spacing=scan.spacing, units="HU",
                            metadata={"modality": "PT"}))
+
+
+def test_without_a_cache_the_scan_is_not_hashed(model, monkeypatch):
+    """The scan's digest names cache entries only: with the cache off, prediction skips it
+    and gives the same probabilities."""
+    from covidct.volumes.cache import ArrayCache
+
+    scan, _ = chest_phantom("COVID-19", seed=995, **PHANTOM_GEOMETRY)
+    reference = model.predict(scan)
+    monkeypatch.setattr(model, "cache", ArrayCache(None))
+    monkeypatch.setattr("covidct.volumes.pipeline.scan_digest",
+                        lambda scan: pytest.fail("hashed the scan without a cache"))
+    uncached = model.predict(scan)
+    assert uncached.scan["cache"] == {"volume": "miss", "input": "miss"}
+    np.testing.assert_allclose(uncached.probabilities, reference.probabilities, rtol=0, atol=1e-6)
 
 
 def test_second_prediction_hits_the_cache(model, monkeypatch):

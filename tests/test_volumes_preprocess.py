@@ -8,7 +8,7 @@ import pytest
 from covidct.errors import ScanError
 from covidct.scan import Scan
 from covidct.volumes.infection import denoise_indices
-from covidct.volumes.phantom import chest_phantom
+from covidct.synth.phantom import chest_phantom
 from covidct.volumes.preprocess import (WINDOWED_WARNING, check_scan, preprocess_reference,
                                         preprocess_volume, resize_depth)
 from covidct.volumes.settings import VolumeSettings

@@ -19,19 +19,18 @@ the model files' digests.
 
 Each worker loads the models once and uses ``cpu_count // workers`` torch (or ONNX
 Runtime) threads, so N workers share the machine rather than oversubscribe it. Workers are
-started with ``spawn`` (no fork of a process whose thread pools already run). With
-``scheduler=`` the same per-scan function runs as Dask tasks on a cluster's workers
-(:mod:`covidct.batch_dask`); the manifest is still written here, by the driver.
+started with ``spawn`` (no fork of a process whose thread pools already run); what each
+does is :mod:`covidct.batch_worker`. With ``scheduler=`` the same per-scan function runs as
+Dask tasks on a cluster's workers (:mod:`covidct.batch_dask`); the manifest is still written
+here, by the driver.
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 import re
-import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -39,16 +38,19 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .atomic import private_files, write_text
+from .batch_dask import run_on_dask
+from .batch_worker import STATUS_OK, init_worker, predict_one, worker_died_row
+from .digest import file_digest
 from .errors import CovidctError, DatasetError
+from .predict import check_writable
 from .privacy import folder_salt, pseudonym, show_paths
+from .scanio.common import SCAN_SUFFIXES, natural_key, suffix_of, without_scan_suffix
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.csv"
 FIELDS = ("scan", "index", "status", "labels", "probabilities", "synthetic", "seconds", "models",
           "outputs", "error")
-STATUS_OK, STATUS_ERROR = "ok", "error"
-_SCAN_SUFFIXES = (".dcm", ".zip", ".nii", ".nii.gz", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -70,25 +72,16 @@ def discover_scans(input_dir: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         raise DatasetError("not a folder of scans", root)
     found = [p for p in root.iterdir() if not p.name.startswith(".") and
-             (p.is_dir() or p.name.lower().endswith(_SCAN_SUFFIXES))]
+             (p.is_dir() or suffix_of(p) in SCAN_SUFFIXES)]
     if not found:
         raise DatasetError("no scans in this folder (expected DICOM folders/zips, NIfTI files "
                            "or pictures)", root)
-    return sorted(found, key=lambda p: _natural_key(p.name))
-
-
-def _natural_key(name: str) -> list:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+    return sorted(found, key=lambda p: natural_key(p.name))
 
 
 def output_name(scan: Path) -> str:
     """A folder name for a scan's outputs: its name with suffixes and odd characters removed."""
-    name = scan.name
-    for suffix in sorted(_SCAN_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "scan"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", without_scan_suffix(scan.name)) or "scan"
 
 
 # The manifest ------------------------------------------------------------------------------
@@ -108,7 +101,7 @@ def write_manifest(path: str | os.PathLike, rows: dict[str, dict[str, Any]]) -> 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    for name in sorted(rows, key=lambda n: (_index(rows[n]), _natural_key(n))):
+    for name in sorted(rows, key=lambda n: (_index(rows[n]), natural_key(n))):
         writer.writerow({k: rows[name].get(k, "") for k in FIELDS})
     with private_files():  # labels of patients: 0600
         return write_text(path, buffer.getvalue())
@@ -126,67 +119,10 @@ def _is_finished(row: dict[str, str] | None, models_key: str, out_dir: Path) -> 
                 and (out_dir / row.get("outputs", "") / "summary.json").is_file())
 
 
-# Workers -----------------------------------------------------------------------------------
-
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(model_paths: Sequence[str], runtime: str, threads: int, pictures: bool) -> None:
-    """Load the models once per worker process."""
-    import torch
-
-    from .models import load_model
-
-    torch.set_num_threads(max(1, threads))
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    _WORKER.update(models=[load_model(p, runtime, threads) for p in model_paths],
-                   pictures=pictures)
-
-
-def _predict_one(scan_path: str, out_dir: str, name: str = "", index: int = 0) -> dict[str, Any]:
-    """One scan -> its manifest row; a scan's own failure becomes an error row. The row names
-    the scan by ``name`` (a salted digest unless --show-paths) and its position."""
-    from .predict import predict_to_folder
-
-    start = time.perf_counter()
-    row: dict[str, Any] = {"scan": name or Path(scan_path).name, "index": index or "",
-                           "outputs": os.path.relpath(out_dir, Path(out_dir).parents[1])}
-    try:
-        predictions = predict_to_folder(scan_path, _WORKER["models"], out_dir,
-                                        pictures=_WORKER["pictures"])
-    except CovidctError as exc:  # the message without the path: it may carry identifiers
-        text = exc.message if not show_paths() else str(exc)
-        return {**row, "status": STATUS_ERROR, "error": _hide(text, scan_path, row["scan"]),
-                "seconds": f"{time.perf_counter() - start:.2f}"}
-    except Exception as exc:  # one bad scan must not stop the archive
-        text = f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        return {**row, "status": STATUS_ERROR, "error": _hide(text, scan_path, row["scan"]),
-                "seconds": f"{time.perf_counter() - start:.2f}"}
-    if predictions.refused:
-        row["error"] = _hide("; ".join(f"{m} not run: {r}" for m, r in predictions.refused.items()),
-                             scan_path, row["scan"])
-    return {**row, "status": STATUS_OK, "error": row.get("error", ""),
-            "labels": ";".join(f"{p.method}={p.label}" for p in predictions),
-            "probabilities": json.dumps({p.method: dict(zip(p.class_names, (round(float(v), 6) for v in p.probabilities)))
-                                         for p in predictions}, sort_keys=True),
-            "synthetic": str(any(p.synthetic for p in predictions)).lower(),
-            "seconds": f"{time.perf_counter() - start:.2f}"}
-
-
-def _hide(text: str, scan_path: str, name: str) -> str:
-    """One line, without the scan's path (unless --show-paths)."""
-    text = (text.splitlines() or [""])[0]
-    if not show_paths():
-        text = text.replace(scan_path, name).replace(Path(scan_path).name, name)
-    return text[:300]
-
-
 # The driver --------------------------------------------------------------------------------
 
 def model_key(model_paths: Sequence[str | os.PathLike]) -> str:
     """Which model files made a row: ``name:sha256[:16]`` of each, joined."""
-    from .volumes.cache import file_digest
-
     return ";".join(f"{Path(p).name}:{file_digest(p)[:16]}" for p in model_paths)
 
 
@@ -204,7 +140,7 @@ def predict_batch(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
     :mod:`covidct.batch_dask`); ``resources``: what each task needs of a worker (e.g.
     ``{"GPU": 1}``), Dask clusters only.
     """
-    from .export import RUNTIME_CHOICES
+    from .export import RUNTIME_CHOICES  # torch: imported only once a run is checked
 
     if runtime not in RUNTIME_CHOICES:
         raise CovidctError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIME_CHOICES)}")
@@ -212,8 +148,6 @@ def predict_batch(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
         raise CovidctError("no model files given")
     scans = discover_scans(input_dir)
     out_dir = Path(out_dir)
-    from .predict import check_writable
-
     check_writable(out_dir)  # made 0700 when new; a read-only folder fails before any work
     manifest_path = out_dir / MANIFEST
     rows: dict[str, dict[str, Any]] = dict(read_manifest(manifest_path))
@@ -239,22 +173,20 @@ def predict_batch(input_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
     jobs = [(str(s), str(out_dir / "scans" / names[s]), ids[s], position[s]) for s in todo]
     if scheduler and jobs:
-        from .batch_dask import run_on_dask
-
         for row in run_on_dask(jobs, init_args, scheduler, workers, resources,
                                threads_given=threads is not None):
             record(row)
     elif workers <= 0:
-        _init_worker(*init_args)
+        init_worker(*init_args)
         for job in jobs:
-            record(_predict_one(*job))
+            record(predict_one(*job))
     elif jobs:
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
-                                 initializer=_init_worker, initargs=init_args) as pool:
-            futures = {pool.submit(_predict_one, *job): job for job in jobs}
+                                 initializer=init_worker, initargs=init_args) as pool:
+            futures = {pool.submit(predict_one, *job): job for job in jobs}
             for future in as_completed(futures):
                 try:
                     record(future.result())
@@ -272,15 +204,6 @@ def _scan_ids(scans: Sequence[Path], out_dir: Path) -> dict[Path, str]:
         return {s: s.name for s in scans}
     salt = folder_salt(out_dir)
     return {s: pseudonym(s.name, salt, prefix="scan") for s in scans}
-
-
-def worker_died_row(scan: str, out: str, name: str, index: int,
-                    exc: BaseException) -> dict[str, Any]:
-    """The row of a scan whose worker process died under it (memory, a crash in a library),
-    named like every other row (``name`` is a salted digest unless --show-paths)."""
-    return {"scan": name, "index": index, "status": STATUS_ERROR,
-            "outputs": os.path.relpath(out, Path(out).parents[1]),
-            "error": f"worker process died ({type(exc).__name__})"}
 
 
 def _unique_output_names(scans: Sequence[Path]) -> dict[Path, str]:

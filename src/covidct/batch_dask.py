@@ -21,6 +21,9 @@ import logging
 import os
 from typing import Any, Iterator, Sequence
 
+from .batch_worker import WORKER, init_worker, predict_one, worker_died_row
+from .errors import CovidctError
+
 log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "covidct-models"
@@ -30,18 +33,16 @@ def _plugin(model_paths: Sequence[str], runtime: str, threads: int | None, pictu
     from distributed import WorkerPlugin
 
     class LoadModels(WorkerPlugin):
-        """Loads the models into each worker process once (covidct.batch's worker state)."""
+        """Loads the models into each worker process once (covidct.batch_worker's state)."""
 
         def __init__(self) -> None:
             self.args = (list(model_paths), runtime, threads, pictures)
 
         def setup(self, worker) -> None:
-            from .batch import _init_worker
-
             paths, rt, n, pics = self.args
             # Threads per task: the worker's cores shared by the tasks it runs at once.
             n = n or max(1, (os.cpu_count() or 1) // max(1, worker.state.nthreads))
-            _init_worker(paths, rt, n, pics)
+            init_worker(paths, rt, n, pics)
             if rt == "torch" and worker.state.total_resources.get("GPU"):
                 _to_gpu()
             log.info("covidct: worker %s loaded %d model(s)", worker.address, len(paths))
@@ -53,29 +54,23 @@ def _to_gpu() -> None:
     """Move the worker's PyTorch models to its GPU (a worker started with --resources GPU=1)."""
     import torch
 
-    from .batch import _WORKER
-
     if not torch.cuda.is_available():
         log.warning("covidct: worker has a GPU resource but CUDA is not available; using the CPU")
         return
-    for model in _WORKER["models"]:
+    for model in WORKER["models"]:
         model.to("cuda")
 
 
 def _task(scan_path: str, out_dir: str, name: str, index: int) -> dict[str, Any]:
-    from .batch import _WORKER, _predict_one
-
-    if "models" not in _WORKER:  # the plugin failed on this worker: say so per scan
+    if "models" not in WORKER:  # the plugin failed on this worker: say so per scan
         raise RuntimeError("covidct models are not loaded on this worker")
-    return _predict_one(scan_path, out_dir, name, index)
+    return predict_one(scan_path, out_dir, name, index)
 
 
 def connect(scheduler: str, workers: int):
     """A Client on ``scheduler`` (an address) or, for "local", on a new LocalCluster of
     ``workers`` single-threaded processes on the loopback interface (no dashboard)."""
     from distributed import Client, LocalCluster
-
-    from .errors import CovidctError
 
     if scheduler == "local":
         cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True,
@@ -93,8 +88,6 @@ def run_on_dask(jobs: Sequence[tuple[str, str, str, int]], init_args: tuple, sch
                 threads_given: bool = False) -> Iterator[dict[str, Any]]:
     """Yield each scan's manifest row as its task finishes (any order)."""
     from distributed import as_completed
-
-    from .batch import worker_died_row
 
     model_paths, runtime, threads, pictures = init_args
     client, cluster = connect(scheduler, workers)

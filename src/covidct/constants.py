@@ -4,6 +4,9 @@ Windows (HU ranges) live in :mod:`covidct.windowing`, next to the code that appl
 """
 
 #: The slice classifier's classes, in the COVIDx CT label order (0, 1, 2).
+#: The data splits, in the order they are listed everywhere (split files, cohorts, tables).
+SPLITS = ("train", "val", "test")
+
 SLICE_CLASSES = ("Normal", "CP", "NCP")
 #: Long names for people (reports, the web page).
 SLICE_CLASS_LONG = {

@@ -19,6 +19,32 @@ from .errors import DatasetError
 
 log = logging.getLogger(__name__)
 
+#: The COVIDx CT-2A folder layout: one split file per split beside one folder of slice images.
+SPLIT_SUFFIX = "_COVIDx_CT-2A.txt"
+IMAGES_DIR = "images"
+#: How messages name the split files, and the whole layout.
+SPLIT_FILES = f"<split>{SPLIT_SUFFIX}"
+LAYOUT = f"{SPLIT_FILES} + {IMAGES_DIR}/"
+
+
+def split_path(folder: str | os.PathLike, split: str) -> Path:
+    """The split file of ``split`` ("train", "val", "test") in a COVIDx-layout folder."""
+    return Path(folder) / f"{split}{SPLIT_SUFFIX}"
+
+
+def split_of(path: str | os.PathLike) -> str | None:
+    """The split a COVIDx split file holds ("test" for ``test_COVIDx_CT-2A.txt``), else None."""
+    name = Path(path).name
+    return name[: -len(SPLIT_SUFFIX)] if name.endswith(SPLIT_SUFFIX) else None
+
+
+def covidx_paths(data: str | os.PathLike, split: str) -> tuple[Path, Path]:
+    """(split file, images folder) of a COVIDx-layout folder, or of a split file beside its images."""
+    data = Path(data)
+    if data.is_dir():
+        return split_path(data, split), data / IMAGES_DIR
+    return data, data.parent / IMAGES_DIR
+
 
 @dataclass(frozen=True)
 class SliceRecord:

@@ -18,20 +18,23 @@ phantoms, not patients: every output says SYNTHETIC.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
 from .atomic import atomic_path, write_json
 from .constants import DISCLAIMER, METHOD_BIT, METHOD_COVIDCTNET, SYNTHETIC_NOTICE
+from .covidx import IMAGES_DIR, split_path
 from .errors import CovidctError
+from .labels import LABELS_CSV, read_labels
+from .metrics.tables import format_figure
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +226,7 @@ def _bit_done(run: Path) -> bool:
 def _train_bit(covidx: Path, run: Path, settings: DemoSettings, progress: bool) -> None:
     from .slices.train import train
 
-    train(bit_train_config(settings, covidx / "train_COVIDx_CT-2A.txt", covidx, run, progress,
+    train(bit_train_config(settings, split_path(covidx, "train"), covidx, run, progress,
                            "covidct demo"))
 
 
@@ -233,13 +236,13 @@ def bit_train_config(settings: DemoSettings, train_split: Path, covidx: Path, ru
     ``train_split`` may be a subset of the patients of ``covidx``'s training split."""
     from .slices.train import TrainConfig
 
-    resize, crop = settings.bit_resolution
+    # The demo's bit_* settings are its overrides of the slice classifier's TrainConfig fields.
+    overrides = {k[len("bit_"):]: v for k, v in asdict(settings).items() if k.startswith("bit_")}
+    overrides["resize"], overrides["crop"] = overrides.pop("resolution")
+    overrides["schedule"] = tuple(overrides["schedule"])
     return TrainConfig(
-        train_split=str(train_split), images=str(covidx / "images"),
-        val_split=str(covidx / "val_COVIDx_CT-2A.txt"), out=str(run), arch=settings.bit_arch,
-        init="random", resize=resize, crop=crop, schedule=tuple(settings.bit_schedule),
-        batch_size=settings.bit_batch_size, lr=settings.bit_lr, mixup_alpha=settings.bit_mixup_alpha,
-        balanced=settings.bit_balanced,
+        train_split=str(train_split), images=str(covidx / IMAGES_DIR),
+        val_split=str(split_path(covidx, "val")), out=str(run), init="random", **overrides,
         workers=1, val_every=50, max_val=256, seed=settings.seed, device="cpu",
         resume=(run / "checkpoints" / "last.pt").is_file(), progress=progress,
         command=command)
@@ -259,16 +262,12 @@ def _train_covidctnet(cohort: Path, run: Path, out: Path, settings: DemoSettings
                       progress: bool) -> None:
     from .volumes.train import TrainConfig, train
 
+    # The demo's settings named as TrainConfig fields are its overrides of the method's defaults.
+    names = {f.name for f in dataclass_fields(TrainConfig)}
+    overrides = {k: v for k, v in asdict(settings).items() if k in names}
     config = TrainConfig(
-        data=str(cohort), out=str(run), seed=settings.seed, slice_size=settings.slice_size,
-        volume_slices=settings.volume_slices, max_denoised_slices=settings.max_denoised_slices,
-        denoiser_width=settings.denoiser_width, slices_per_scan=settings.slices_per_scan,
-        denoiser_epochs=settings.denoiser_epochs, denoiser_lr=settings.denoiser_lr,
-        noise_region=settings.noise_region, noise_kind=settings.noise_kind, epochs=settings.epochs,
-        batch_size=settings.batch_size, patience=settings.patience,
-        standardise_inputs=settings.standardise_inputs, augment=settings.augment,
-        cache_dir=str(out / ".cache"),
-        device="cpu", resume=(run / "config.json").is_file(), progress=progress)
+        data=str(cohort), out=str(run), cache_dir=str(out / ".cache"), device="cpu",
+        resume=(run / "config.json").is_file(), progress=progress, **overrides)
     train(config)
 
 
@@ -288,8 +287,7 @@ def _evaluate(model_path: Path, data: Path, folder: Path, out: Path, settings: D
 
 def held_out_patient(cohort: Path) -> dict[str, str]:
     """The first COVID-19 test patient of the cohort (else the first test patient)."""
-    with (cohort / "labels.csv").open(newline="", encoding="utf-8") as handle:
-        rows = [r for r in csv.DictReader(handle) if r.get("split") == "test"]
+    rows = [r for r in read_labels(cohort / LABELS_CSV) if r.get("split") == "test"]
     if not rows:
         raise CovidctError("the cohort has no test patients; use more --patients", cohort)
     covid = [r for r in rows if r.get("label") == "NCP"]
@@ -350,20 +348,12 @@ def _headline(saved: dict[str, Any]) -> dict[str, Any]:
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     lines = [SYNTHETIC_NOTICE, "Held-out test patients (95% CI from a patient bootstrap):"]
     for method, row in summary["test_results"].items():
-        lines.append(f"  {method:<11} {row['level']}-level accuracy {_ci(row['accuracy'])}, "
-                     f"COVID-vs-rest AUC {_ci(row['covid_auc'])}, n={row['n_patients']} patients")
+        accuracy, auc = format_figure(row["accuracy"], 1, 2), format_figure(row["covid_auc"], 1, 2)
+        lines.append(f"  {method:<11} {row['level']}-level accuracy {accuracy}, "
+                     f"COVID-vs-rest AUC {auc}, n={row['n_patients']} patients")
     example = summary["example"]
     calls = ", ".join(f"{m} -> {label}" for m, label in example["calls"].items())
     lines.append(f"Example: held-out patient {example['patient']} (truth {example['true_label']}): {calls}")
     lines.append(DISCLAIMER)
     return lines
 
-
-def _ci(figure: Any) -> str:
-    if isinstance(figure, dict) and figure.get("value") is not None:
-        low, high = figure.get("ci_low"), figure.get("ci_high")
-        text = f"{figure['value']:.2f}"
-        return text + (f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else "")
-    if isinstance(figure, (int, float)):
-        return f"{figure:.2f}"
-    return "n/a"

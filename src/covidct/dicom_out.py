@@ -41,6 +41,7 @@ from .errors import ScanError
 from .lungs import MAP_THRESHOLD, RESEARCH_NOTE, SEVERITY_SCALE, LungMask
 from .prediction import Prediction
 from .scan import Scan
+from .scanio.common import ZIP_SUFFIX, looks_like_dicom, suffix_of
 
 log = logging.getLogger(__name__)
 # highdicom logs the UIDs of the datasets it copies from at INFO: UIDs stay out of covidct's logs.
@@ -109,12 +110,10 @@ LUNG_CODES = {1: ("3341006", "Right lung"), 2: ("44029006", "Left lung")}
 
 def check_dicom_input(path: str | os.PathLike) -> None:
     """Refuse, in one line, an input that is not DICOM (a zip is looked into later)."""
-    from .scanio.common import looks_like_dicom, suffix_of
-
     path = Path(path)
     if not path.exists():
         raise ScanError("no such file or folder", path)
-    if path.is_file() and suffix_of(path) == ".zip":
+    if path.is_file() and suffix_of(path) == ZIP_SUFFIX:
         return
     if not any(looks_like_dicom(f) for f in _files(path)):
         raise ScanError("DICOM outputs (--dicom-out) need a DICOM series as input (a folder, "
@@ -125,11 +124,9 @@ def check_dicom_input(path: str | os.PathLike) -> None:
 def dicom_source(path: str | os.PathLike) -> Iterator[Path]:
     """The folder or file holding the DICOM series at ``path`` (a zip is unpacked to a
     private temporary folder for the duration); anything but DICOM is refused in one line."""
-    from .scanio.common import suffix_of
-
     check_dicom_input(path)
     path = Path(path)
-    if path.is_file() and suffix_of(path) == ".zip":
+    if path.is_file() and suffix_of(path) == ZIP_SUFFIX:
         from .scanio.archive import extract_zip
 
         with tempfile.TemporaryDirectory(prefix="covidct-dicom-out-") as tmp:

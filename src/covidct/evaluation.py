@@ -18,11 +18,11 @@ from . import __version__
 from .atomic import private_files, write_bytes, write_json
 from .errors import DatasetError
 from .lungs_eval import LUNGS_JSON, evaluate_lungs, find_truth
+from .metrics import metrics_with_ci, save_results, slice_and_patient_metrics
 from .privacy import folder_salt, pseudonym, show_paths
 from .models import Model, load_model
 from .prediction import Scores
 
-SPLIT_FILE = "{split}_COVIDx_CT-2A.txt"
 LOCALISATION_JSON = "localisation.json"
 
 
@@ -36,8 +36,6 @@ def score(model: Model, data: str | os.PathLike, split: str = "test") -> Scores:
 
 def metrics_for(scores: Scores, n_boot: int = 1000, seed: int = 0, rule: str = "mean") -> dict[str, Any]:
     """Slice- and patient-level figures for slice scores; scan-level for scan scores."""
-    from .metrics import metrics_with_ci, slice_and_patient_metrics
-
     if scores.level == "slice":
         return slice_and_patient_metrics(scores.y_true, scores.y_prob, scores.groups,
                                          class_names=scores.class_names, rule=rule,
@@ -50,8 +48,6 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike, split: s
              out_dir: str | os.PathLike | None = None, n_boot: int = 1000, seed: int = 0,
              rule: str = "mean") -> dict[str, Any]:
     """Score, compute every figure with 95% patient-bootstrap CIs, and save them to ``out_dir``."""
-    from .metrics import save_results
-
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model)
     scores = score(model, data, split)

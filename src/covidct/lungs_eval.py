@@ -11,7 +11,6 @@ error in percentage points). `covidct evaluate` adds this as ``lungs.json`` when
 """
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,10 @@ import numpy as np
 from .atomic import write_json
 from .constants import SYNTHETIC_NOTICE
 from .errors import DatasetError
+from .labels import LABELS_CSV, read_labels
+from .lungs import involvement, lung_mask
+from .scanio import load_scan
 
-LABELS = "labels.csv"
 LUNGS_JSON = "lungs.json"
 
 
@@ -30,11 +31,10 @@ def find_truth(data: str | os.PathLike) -> Path | None:
     """The labels.csv with true lungs at ``data`` or the folder above (None if none)."""
     data = Path(data)
     for folder in (data if data.is_dir() else data.parent, (data if data.is_dir() else data.parent).parent):
-        path = folder / LABELS
+        path = folder / LABELS_CSV
         if path.is_file():
-            with open(path, newline="") as handle:
-                header = next(csv.reader(handle), [])
-            if {"lungs", "lesion_fraction"} <= set(header):
+            rows = read_labels(path)
+            if rows and {"lungs", "lesion_fraction"} <= set(rows[0]):
                 return path
     return None
 
@@ -42,14 +42,10 @@ def find_truth(data: str | os.PathLike) -> Path | None:
 def evaluate_lungs(labels: str | os.PathLike, split: str | None = None,
                    out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Dice, lesion coverage and involvement-vs-truth over the scans of ``split`` (all: None)."""
-    from .lungs import involvement, lung_mask
-    from .scanio import load_scan
-
     labels = Path(labels)
     root = labels.parent
-    with open(labels, newline="") as handle:
-        rows = [r for r in csv.DictReader(handle)
-                if r.get("lungs") and (split is None or r.get("split", split) == split)]
+    rows = [r for r in read_labels(labels)
+            if r.get("lungs") and (split is None or r.get("split", split) == split)]
     if not rows:
         raise DatasetError(f"no scans with true lungs in split {split!r}", labels)
     per_scan = []

@@ -1,13 +1,18 @@
-"""One file per trained model, loaded by one function for both methods.
+"""The public model interface: what a model is (:class:`Model`), one file per trained model,
+and one place that finds and loads them for both methods.
 
 A model file is a ``torch.save``d dict that carries everything prediction needs:
 architecture, weights, class names, the intensity window, input resolution, crop rule,
 a summary of the training data (synthetic or not) and the covidct version. Prediction can
 therefore never apply a different pre-processing than training did.
+
+:func:`load_model` (``runtime=``, ``threads=``) reads one file; :func:`find_model`,
+:func:`find_models` and :func:`load_models` find ``<dir>/<method>.pt`` in ``--model(s)``,
+``$COVIDCT_MODELS`` or the demo's models. The method's own module is imported only when its
+file is read (``_LOADERS``), so ``covidct --help`` never imports torch.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 from pathlib import Path
@@ -16,6 +21,7 @@ from typing import Any, Protocol, Sequence
 from . import __version__
 from .atomic import atomic_path, remove_stale_parts
 from .constants import METHODS
+from .digest import sha256_file
 from .errors import ModelError
 
 MODEL_FORMAT = "covidct-model"
@@ -164,7 +170,7 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ModelError("model file was written by a newer covidct; upgrade covidct", path)
     if record.get("method") not in _LOADERS:
         raise ModelError(f"unknown method {record.get('method')!r} in model file", path)
-    record["file"] = {"name": path.name, "sha256": _sha256(path)[:16]}
+    record["file"] = {"name": path.name, "sha256": sha256_file(path)[:16]}
     return record
 
 
@@ -239,10 +245,3 @@ def load_models(methods: Sequence[str], paths: Sequence[str | os.PathLike] = (),
         paths = [find_model(m, search) for m in methods]
     return [load_model(p, runtime, threads) for p in paths]
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

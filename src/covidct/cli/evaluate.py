@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..constants import METHODS
+from ..covidx import LAYOUT
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "results.csv and scores.npz into --out; on a covidct synth cohort (true lungs "
                     "in labels.csv) also lungs.json: the lung mask's Dice and lesion coverage and "
                     "the involvement figures against the true lesion share.")
-    p.add_argument("data", help="bit: a COVIDx-layout folder (<split>_COVIDx_CT-2A.txt + images/) or a "
+    p.add_argument("data", help=f"bit: a COVIDx-layout folder ({LAYOUT}) or a "
                                 "split file; covidctnet: a folder per class or a labels CSV")
     p.add_argument("--model", default=None, help="model file (default: <method>.pt in "
                                                   "$COVIDCT_MODELS or demo-output/models)")

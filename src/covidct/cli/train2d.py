@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import sys
 from pathlib import Path
 
+from ..covidx import IMAGES_DIR, SPLIT_SUFFIX, split_path
 from ..errors import CovidctError
-
-SPLIT_NAME = "{}_COVIDx_CT-2A.txt"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     data = p.add_argument_group("data")
     data.add_argument("--data", metavar="COVIDX_DIR",
-                      help="folder with train/val_COVIDx_CT-2A.txt and images/")
+                      help=f"folder with train/val{SPLIT_SUFFIX} and {IMAGES_DIR}/")
     data.add_argument("--train-split", metavar="FILE", help="training split file (overrides --data)")
     data.add_argument("--val-split", metavar="FILE",
                       help="validation split file (overrides --data; 'none' for no validation)")
@@ -92,11 +92,11 @@ def config_from_args(args: argparse.Namespace):
     from ..slices.train import TrainConfig
 
     data = Path(args.data) if args.data else None
-    train_split = args.train_split or (data / SPLIT_NAME.format("train") if data else None)
-    images = args.images or (data / "images" if data else None)
+    train_split = args.train_split or (split_path(data, "train") if data else None)
+    images = args.images or (data / IMAGES_DIR if data else None)
     if not train_split or not images:
         raise CovidctError("give --data COVIDX_DIR, or --train-split and --images")
-    val_split = args.val_split or (data / SPLIT_NAME.format("val") if data else None)
+    val_split = args.val_split or (split_path(data, "val") if data else None)
     if str(val_split).lower() == "none":
         val_split = None
     resize, crop = parse_resolution(args.resolution)
@@ -111,6 +111,20 @@ def config_from_args(args: argparse.Namespace):
         amp=args.amp, channels_last=args.channels_last, resume=args.resume,
         stop_after=args.stop_after, synthetic=args.synthetic, progress=not args.no_progress,
         command=shlex.join(sys.argv))
+
+
+def torchrun_main(argv: list[str] | None = None) -> int:
+    """Entry point for ``torchrun ... -m covidct.slices.train ARGS`` (same options as train2d)."""
+    parser = argparse.ArgumentParser(prog="python -m covidct.slices.train",
+                                     description="covidct train2d, for torchrun")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return int(run(args) or 0)
+    except CovidctError as exc:
+        print(f"covidct: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,10 @@ from __future__ import annotations
 import argparse
 
 from ..constants import DISCLAIMER
+from ..volumes.settings import VolumeSettings
+
+#: The method's pre-processing and network sizes, as the help shows them.
+DEFAULTS = VolumeSettings()
 
 DESCRIPTION = f"""\
 Train CovidCTNet in two stages into RUN_DIR.
@@ -11,7 +15,7 @@ Train CovidCTNet in two stages into RUN_DIR.
   denoiser    BCDU-Net learns to return clean control slices; half of its inputs carry
               Perlin-noise pseudo-infection. Control patients of the train split only.
   classifier  the frozen denoiser turns every scan into an infection map (input minus
-              output, 50x128x128); the published 3D CNN learns the classes from them. Unless
+              output, {'x'.join(map(str, DEFAULTS.volume_shape))}); the published 3D CNN learns the classes from them. Unless
               --no-ablation, the same 3D CNN is also trained on the plain pre-processed
               volumes (no BCDU-Net, no Perlin noise) on the same splits, for comparison.
   all         both, in order.
@@ -89,16 +93,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how the pseudo-infection changes a slice: the noise added as it is "
                         "(default, the method) or thresholded into blobs blended towards "
                         "ground-glass to consolidation density")
-    g.add_argument("--denoiser-width", type=int, default=32,
-                   help="BCDU-Net base channels (default 32: 32-64-128-256 as the method)")
+    g.add_argument("--denoiser-width", type=int, default=DEFAULTS.denoiser_width,
+                   help=f"BCDU-Net base channels (default {DEFAULTS.denoiser_width}: 32-64-128-256 "
+                        "as the method)")
     g = p.add_argument_group("volumes")
-    g.add_argument("--slice-size", type=int, default=128, help="in-plane size (default 128)")
-    g.add_argument("--volume-slices", type=int, default=50,
-                   help="depth of the 3D CNN input (default 50, at least 34)")
-    g.add_argument("--denoise-slices", dest="max_denoised_slices", type=int, default=100,
+    g.add_argument("--slice-size", type=int, default=DEFAULTS.slice_size,
+                   help=f"in-plane size (default {DEFAULTS.slice_size})")
+    g.add_argument("--volume-slices", type=int, default=DEFAULTS.volume_slices,
+                   help=f"depth of the 3D CNN input (default {DEFAULTS.volume_slices}, at least 34)")
+    g.add_argument("--denoise-slices", dest="max_denoised_slices", type=int,
+                   default=DEFAULTS.max_denoised_slices,
                    help="at most this many evenly spaced 1-mm slices per scan go through BCDU-Net "
-                        "before the infection map is resized to --volume-slices (default 100; "
-                        "0 = every slice, the method exactly, slower on long series)")
+                        f"before the infection map is resized to --volume-slices (default "
+                        f"{DEFAULTS.max_denoised_slices}; 0 = every slice, the method exactly, "
+                        "slower on long series)")
     g = p.add_argument_group("data and machinery")
     g.add_argument("--val-fraction", type=float, default=0.15,
                    help="validation share per class when the data has no split (default 0.15)")

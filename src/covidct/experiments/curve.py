@@ -18,10 +18,10 @@ from typing import Any
 
 from ..atomic import write_text
 from ..constants import METHOD_BIT, METHOD_COVIDCTNET, SLICE_CLASSES
+from ..covidx import split_path
 from ..errors import CovidctError
 
 COHORTS = "cohorts"
-TRAIN_SPLIT = "train_COVIDx_CT-2A.txt"
 #: Only the layouts the two methods read (no DICOM, no separate NIfTI): quicker to write.
 COHORT_FORMATS = ("covidx", "covidctnet")
 
@@ -74,7 +74,7 @@ def write_subset(cohort: Path, patients: list[dict[str, str]], run_dir: Path) ->
     """The run's training split (COVIDx lines of its patients) and labels CSV (its training
     patients plus every validation and test patient), both in ``run_dir``."""
     prefixes = tuple(r["covidx_prefix"] + "_" for r in patients)
-    lines = (cohort / "covidx" / TRAIN_SPLIT).read_text(encoding="utf-8").splitlines()
+    lines = split_path(cohort / "covidx", "train").read_text(encoding="utf-8").splitlines()
     split = write_text(run_dir / "training-split.txt", "".join(f"{line}\n" for line in lines
                                                        if line.startswith(prefixes)))
     keep = {r["patient_id"] for r in patients}

@@ -15,13 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..constants import SPLITS
+from ..covidx import IMAGES_DIR, split_path
 from ..errors import DatasetError
 from ..slices.data import find_synthetic_marker
 from .presets import KIND_SLICES
 
-SPLIT_NAME = "{}_COVIDx_CT-2A.txt"
-IMAGE_DIRS = ("images", "2A_images")
-SPLITS = ("train", "val", "test")
+#: COVIDx CT-2A as downloaded keeps its slices in 2A_images/.
+IMAGE_DIRS = (IMAGES_DIR, "2A_images")
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class ExperimentData:
 
     def split(self, name: str) -> Path:
         assert self.split_dir is not None
-        return self.split_dir / SPLIT_NAME.format(name)
+        return split_path(self.split_dir, name)
 
     def to_dict(self) -> dict:
         return {"path": str(self.root), "kind": self.kind, "description": self.description,
@@ -56,10 +57,10 @@ def find_data(path: str | Path, kind: str) -> ExperimentData:
 
 def _covidx(root: Path) -> ExperimentData:
     for folder in (root, root / "covidx"):
-        if folder.is_dir() and (folder / SPLIT_NAME.format("train")).is_file():
-            missing = [s for s in SPLITS if not (folder / SPLIT_NAME.format(s)).is_file()]
+        if folder.is_dir() and split_path(folder, "train").is_file():
+            missing = [s for s in SPLITS if not split_path(folder, s).is_file()]
             if missing:
-                raise DatasetError(f"missing split file(s) {', '.join(SPLIT_NAME.format(s) for s in missing)}",
+                raise DatasetError(f"missing split file(s) {', '.join(split_path(folder, s).name for s in missing)}",
                                    folder)
             images = next((folder / d for d in IMAGE_DIRS if (folder / d).is_dir()), None)
             if images is None:
@@ -69,7 +70,7 @@ def _covidx(root: Path) -> ExperimentData:
             what = ("synthetic cohort (covidct synth), COVIDx-format slices" if synthetic
                     else "COVIDx CT-2A-format slices")
             return ExperimentData(root, "covidx", f"{what} in {folder}", synthetic, folder, images)
-    raise DatasetError(f"not a COVIDx-format dataset: no {SPLIT_NAME.format('train')} here or in "
+    raise DatasetError(f"not a COVIDx-format dataset: no {split_path(root, 'train').name} here or in "
                        "covidx/ (give the COVIDx CT-2A folder or a `covidct synth` output)", root)
 
 
@@ -79,7 +80,7 @@ def _volumes(root: Path) -> ExperimentData:
         synthetic = find_synthetic_marker(root if root.is_dir() else root.parent)
         what = "synthetic cohort (covidct synth), CT volumes" if synthetic else "CT volumes"
         return ExperimentData(root, "volumes", f"{what} in {root}", synthetic)
-    if (root / "train_COVIDx_CT-2A.txt").is_file():
+    if split_path(root, "train").is_file():
         raise DatasetError("CovidCTNet needs CT volumes (class folders or labels.csv); "
                            "COVIDx CT-2A holds single slices", root)
     raise DatasetError("no CT volumes: expected Control/ CAP/ Covid/ folders, labels.csv, or a "

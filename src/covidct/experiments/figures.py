@@ -12,7 +12,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..explain.plotting import new_figure, tidy_axes
 from . import published as pub
-from .outputs import finished, groups, stats
+from .groups import finished, groups, stats
 
 MIXUP_COLOURS = {True: "#0072B2", False: "#E69F00"}
 GREY = "#666666"

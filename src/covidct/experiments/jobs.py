@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..constants import BIT_INITS, SLICE_CLASSES
+from ..devices import choose_device
 from ..errors import CovidctError
 from .data import ExperimentData
 from .presets import HYPERRULE, HYPERRULE_SMALL, TINY_RESOLUTIONS, TINY_SCHEDULES
@@ -117,7 +118,8 @@ def run_slice_job(params: dict[str, Any], run_dir: Path, data: ExperimentData) -
         if not result.summary.get("finished"):
             raise CovidctError("training stopped before its last step", out)
         summary = result.summary
-    model = load_model(out / "model.pt").to(_device(config.device))
+    # Score the test split where training ran (a 25k-slice split at 480 px needs the GPU).
+    model = load_model(out / "model.pt").to(choose_device(config.device))
     test_split, test_note = _test_split(data, params.get("max_test"), run_dir)
     scores = model.score_dataset(test_split, data.images, batch_size=config.batch_size,
                                  workers=config.workers)
@@ -139,15 +141,6 @@ def _test_split(data: ExperimentData, max_test: Any, run_dir: Path) -> tuple[Pat
     keep = np.sort(np.random.default_rng(4243).choice(len(records), int(max_test), replace=False))
     path = write_split(run_dir / "test_subset.txt", [records[i] for i in keep])
     return path, f"test accuracy on a fixed random {int(max_test)} of {len(records)} test slices"
-
-
-def _device(name: str) -> str:
-    """Score the test split where training ran (a 25k-slice split at 480 px needs the GPU)."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def _finished_summary(out: Path) -> dict[str, Any] | None:

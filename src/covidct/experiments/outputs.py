@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from typing import Any, Callable
-
-import numpy as np
 
 from ..atomic import write_json, write_text
 from ..constants import SLICE_CLASSES, SYNTHETIC_NOTICE
+from ..explain.plotting import save_figure
 from . import published as pub
+from .figures import FIGURES
 from .grid import Plan
+from .groups import axis_text, finished, groups, stats
 from .presets import KIND_COHORTS, Preset
 
 CSV_NAME, TABLE_NAME, FIGURE_NAME, JSON_NAME = "results.csv", "table.md", "figure.png", "experiment.json"
@@ -35,7 +35,7 @@ def csv_rows(preset: Preset, outcome) -> list[dict[str, Any]]:
     rows = []
     for run in outcome.runs:
         base = {"experiment": preset.name, "run": run.spec.id, "status": run.status,
-                "synthetic": outcome.data.synthetic, **{f"axis_{k}": _text(v) for k, v in run.spec.axes.items()}}
+                "synthetic": outcome.data.synthetic, **{f"axis_{k}": axis_text(v) for k, v in run.spec.axes.items()}}
         if run.status == "failed":
             rows.append({**base, "error": run.error})
             continue
@@ -64,40 +64,10 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.6g}"
-    return _text(value)
+    return axis_text(value)
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ",".join(map(str, value))
-    return str(value)
-
-
-# -- grouping and number formats -----------------------------------------------------------------
-
-def finished(outcome) -> list[dict[str, Any]]:
-    return [r.result for r in outcome.runs if r.status != "failed" and r.result and "axes" in r.result]
-
-
-def groups(results: list[dict[str, Any]], exclude=("seed",)) -> list[tuple[dict, list[dict]]]:
-    """Results grouped by their axis values (repeats over ``exclude`` axes together), in order."""
-    out: dict[str, tuple[dict, list[dict]]] = {}
-    for result in results:
-        key_axes = {k: v for k, v in result["axes"].items() if k not in exclude}
-        key = repr(sorted((k, _text(v)) for k, v in key_axes.items()))
-        out.setdefault(key, (key_axes, []))[1].append(result)
-    return list(out.values())
-
-
-def stats(values: list[Any]) -> tuple[float | None, float | None, int]:
-    """(mean, sample SD or None, n) of the numbers among ``values``."""
-    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
-               and math.isfinite(float(v))]
-    if not numbers:
-        return None, None, 0
-    sd = float(np.std(numbers, ddof=1)) if len(numbers) > 1 else None
-    return float(np.mean(numbers)), sd, len(numbers)
-
+# -- number formats ------------------------------------------------------------------------------
 
 def pct(values: list[Any]) -> str:
     """Mean accuracy in % with ± SD over repeats (n shown when more than one)."""
@@ -254,9 +224,6 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 # -- writing everything ---------------------------------------------------------------------------
 
 def write_outputs(preset: Preset, outcome, plan: Plan, scale: str, command: str = ""):
-    from ..explain.plotting import save_figure
-    from .figures import FIGURES
-
     folder = outcome.folder
     files = [write_text(folder / CSV_NAME, write_csv(csv_rows(preset, outcome)))]
     header, rows = TABLES[preset.name](preset, outcome)

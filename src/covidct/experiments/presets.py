@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..slices.schedule import RESOLUTIONS, SCHEDULES
+from ..volumes.train import TrainConfig as VolumeTrainConfig
 
 SCALES = ("paper", "tiny")
 #: What a preset trains on: COVIDx-format slices or CT volumes given by --data, or (the
@@ -28,12 +29,13 @@ PAPER_SLICE_SETTINGS: dict[str, Any] = {
     "val_every": 1000, "max_val": None, "max_test": None, "workers": 4, "device": "auto",
     "n_boot": 1000,
 }
-#: CovidCTNet at the method's scale (Javaheri et al.; covidct.volumes.train defaults).
+#: CovidCTNet at the method's scale (Javaheri et al.): these covidct.volumes.train defaults,
+#: read from its TrainConfig, are what an experiment records and may override.
 PAPER_VOLUME_SETTINGS: dict[str, Any] = {
-    "binary": False, "seed": 0, "slice_size": 128, "volume_slices": 50, "max_denoised_slices": 100,
-    "denoiser_width": 32, "denoiser_epochs": 10, "denoiser_batch_size": 5,
-    "slices_per_scan": 0, "epochs": 100, "batch_size": 16, "patience": 10,
-    "val_fraction": 0.15, "test_fraction": 0.15, "device": "auto", "cache_dir": None,
+    **{k: getattr(VolumeTrainConfig, k) for k in (
+        "binary", "seed", "slice_size", "volume_slices", "max_denoised_slices", "denoiser_width",
+        "denoiser_epochs", "denoiser_batch_size", "slices_per_scan", "epochs", "batch_size",
+        "patience", "val_fraction", "test_fraction", "device", "cache_dir")},
     "max_patients_per_class": None,   # 50: the 50 random cases per class of the method's Fig. 1
 }
 #: What ``--scale tiny`` changes (a 0.5 M-parameter BiT-layout network, 32-56 px, few steps).

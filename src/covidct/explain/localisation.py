@@ -14,7 +14,6 @@ Data without these truth files (real data) gives ``None``: nothing is guessed.
 """
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import write_bytes
+from ..labels import labels_path, read_labels
 
 LOCALISATION_PNG = "localisation.png"
 #: Lesion classes of the slice classifier whose correct calls are scored.
@@ -32,12 +32,10 @@ MAX_GRADCAM_SLICES = 120
 
 def truth_rows(data: str | os.PathLike) -> dict[str, dict[str, Path]] | None:
     """patient_id -> {"lesions": path, "lungs": path} from a synth cohort's labels.csv."""
-    data = Path(data)
-    labels = data / "labels.csv" if data.is_dir() else data
+    labels = labels_path(data)
     if not labels.is_file() or labels.suffix.lower() != ".csv":
         return None
-    with labels.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_labels(labels)
     if not rows or not {"lesions", "lungs"} <= set(rows[0]):
         return None
     out = {r["patient_id"]: {"lesions": labels.parent / r["lesions"], "lungs": labels.parent / r["lungs"]}

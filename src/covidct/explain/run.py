@@ -158,8 +158,8 @@ def scan_arrays(model: Any, path: Path) -> tuple[np.ndarray, np.ndarray, float |
     """
     from ..lungs import scan_lungs
     from ..scanio import load_scan
-    from ..volumes.cache import file_digest
-    from ..volumes.pipeline import lung_grid
+    from ..digest import file_digest
+    from ..volumes.preprocess import lung_grid
 
     scan = load_scan(path)
     content = "file:" + file_digest(path)

@@ -11,6 +11,7 @@ Figures with a CI print as ``value [low, high]``; undefined figures as ``n/a``.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Mapping, Sequence
 
 ITEM_NAMES = {"slice": "slices", "patient": "slices", "scan": "scans"}
@@ -23,11 +24,19 @@ def figure_parts(figure: Any) -> tuple[Any, Any, Any]:
     return figure, None, None
 
 
-def format_figure(figure: Any, scale: float = 1.0, digits: int = 3) -> str:
-    value, low, high = figure_parts(figure)
+def as_number(value: Any) -> float | None:
+    """A real number as float; None for None, booleans and anything else."""
+    return float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
+
+
+def format_figure(figure: Any, scale: float = 1.0, digits: int = 3, unit: str = "") -> str:
+    """The one way a figure is printed: ``value [low, high]`` when it has a CI (``97.1% [95.2,
+    98.4]`` with scale 100, digits 1 and unit "%"), the value alone without; ``n/a`` when the
+    figure is undefined or not a number."""
+    value, low, high = (as_number(v) for v in figure_parts(figure))
     if value is None:
         return "n/a"
-    text = f"{value * scale:.{digits}f}"
+    text = f"{value * scale:.{digits}f}{unit}"
     if low is not None and high is not None:
         text += f" [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
     return text

@@ -1,7 +1,9 @@
 """The HTML report: ``build_report(folder, out)`` -> one self-contained file for clinicians.
 
-See :mod:`.discover` for what is looked for inside the folder, :mod:`.sections` for what
-each section shows. Pictures are embedded (base64 PNG/SVG); no scripts, no external links.
+See :mod:`.discover` for what is looked for inside the folder and :mod:`.builder` for the
+sections in page order, each built by its own module (:mod:`.summary`, :mod:`.datasets`,
+:mod:`.evaluations`, :mod:`.runs`, :mod:`.predictions`, :mod:`.guide`). Pictures are
+embedded (base64 PNG/SVG); no scripts, no external links.
 """
 from __future__ import annotations
 

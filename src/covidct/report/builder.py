@@ -12,15 +12,21 @@ from pathlib import Path
 
 from ..atomic import write_text
 from ..constants import DISCLAIMER, SYNTHETIC_NOTICE
+from ..covidx import SPLIT_FILES
 from ..errors import DatasetError
-from . import sections
+from .datasets import data_section
 from .discover import Findings, discover
-from .html import esc
+from .evaluations import method_sections
+from .guide import glossary_section
+from .html import esc, section
+from .predictions import predictions_section
+from .runs import experiments_section, training_section
+from .summary import reproducibility_section, summary_section
 from .template import PAGE
 
 DEFAULT_NAME = "report.html"
 LOOKED_FOR = ("training runs (config.json + history.csv), evaluations (results.json), "
-              "dataset folders (labels.csv or <split>_COVIDx_CT-2A.txt), predictions (<method>.json) "
+              f"dataset folders (labels.csv or {SPLIT_FILES}), predictions (<method>.json) "
               "or experiments (experiment.json)")
 
 
@@ -42,17 +48,17 @@ def build_report(root: str | os.PathLike, out: str | os.PathLike | None = None,
 
 def render(found: Findings, title: str | None = None, command: str = "covidct report") -> str:
     """The report's HTML for what :func:`discover` found."""
-    parts = [("summary", "Summary", sections.summary_section(found)),
-             ("data", "Data", sections.data_section(found))]
-    for anchor, heading, body in sections.method_sections(found):
-        parts.append((anchor, heading, sections.section(anchor, heading, body)))
+    parts = [("summary", "Summary", summary_section(found)),
+             ("data", "Data", data_section(found))]
+    for anchor, heading, body in method_sections(found):
+        parts.append((anchor, heading, section(anchor, heading, body)))
     if found.experiments:
-        parts.append(("experiments", "Experiments", sections.experiments_section(found)))
-    parts += [("training", "Training", sections.training_section(found)),
-              ("predictions", "Example predictions", sections.predictions_section(found)),
+        parts.append(("experiments", "Experiments", experiments_section(found)))
+    parts += [("training", "Training", training_section(found)),
+              ("predictions", "Example predictions", predictions_section(found)),
               ("reproducibility", "Commands and versions",
-               sections.reproducibility_section(found, command)),
-              ("glossary", "How to read the figures", sections.glossary_section())]
+               reproducibility_section(found, command)),
+              ("glossary", "How to read the figures", glossary_section())]
     toc = ('<nav class="toc"><strong>Contents</strong><ol>'
            + "".join(f'<li><a href="#{esc(a)}">{esc(t)}</a></li>' for a, t, _ in parts) + "</ol></nav>")
     banner = (f'<div class="banner" role="alert"><span>{esc(SYNTHETIC_NOTICE)}</span></div>'

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from ..constants import METHODS, SYNTHETIC_TAG
+from ..covidx import split_of
 from ..errors import DatasetError
 
 SKIP_DIRS = ("checkpoints", "__pycache__", "node_modules")
-SPLIT_SUFFIX = "_COVIDx_CT-2A.txt"
 
 
 @dataclass
@@ -175,7 +175,7 @@ def discover(root: str | os.PathLike) -> Findings:
             evaluation = _evaluation(folder, files)
             if evaluation is not None:
                 found.evaluations.append(evaluation)
-        splits = sorted(folder / f for f in files if f.endswith(SPLIT_SUFFIX))
+        splits = sorted(folder / f for f in files if split_of(f))
         if "labels.csv" in files or splits:
             readme = readmes[folder]
             found.cohorts.append(Cohort(folder, folder / "labels.csv" if "labels.csv" in files else None,

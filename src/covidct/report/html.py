@@ -8,10 +8,7 @@ import base64
 import html
 from typing import Any, Iterable, Sequence
 
-from ..metrics.tables import figure_parts
-
-EN_DASH = "\u2013"
-
+from ..metrics.tables import as_number, format_figure
 
 def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
@@ -28,34 +25,18 @@ def img(data: bytes, mime: str = "image/png", alt: str = "", css: str = "") -> s
 
 # Numbers -------------------------------------------------------------------------------
 
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def pct(figure: Any, digits: int = 1) -> str:
-    """A proportion with its CI as ``97.1% (95.2–98.4)``; ``n/a`` when undefined."""
-    value, low, high = (_number(v) for v in figure_parts(figure))
-    if value is None:
-        return "n/a"
-    text = f"{100 * value:.{digits}f}%"
-    if low is not None and high is not None:
-        text += f" ({100 * low:.{digits}f}{EN_DASH}{100 * high:.{digits}f})"
-    return text
+    """A proportion in % with its CI as ``97.1% [95.2, 98.4]``; ``n/a`` when undefined."""
+    return format_figure(figure, 100, digits, "%")
 
 
 def dec(figure: Any, digits: int = 3) -> str:
-    """A figure on its own scale (AUC, F1, ECE) with its CI as ``0.971 (0.952–0.984)``."""
-    value, low, high = (_number(v) for v in figure_parts(figure))
-    if value is None:
-        return "n/a"
-    text = f"{value:.{digits}f}"
-    if low is not None and high is not None:
-        text += f" ({low:.{digits}f}{EN_DASH}{high:.{digits}f})"
-    return text
+    """A figure on its own scale (AUC, F1, ECE) with its CI as ``0.971 [0.952, 0.984]``."""
+    return format_figure(figure, 1, digits)
 
 
 def count(value: Any) -> str:
-    number = _number(value)
+    number = as_number(value)
     return "n/a" if number is None else f"{int(number):,}"
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from ..errors import ScanError
 from ..privacy import member_label, show_paths
 from ..scan import Scan
-from .common import NIFTI_SUFFIXES, PICTURE_SUFFIXES, log, looks_like_dicom, natural_key, suffix_of
+from .common import (NIFTI_SUFFIXES, PICTURE_SUFFIXES, ZIP_SUFFIX, log, looks_like_dicom, natural_key,
+                     suffix_of)
 
 __all__ = ["load_scan", "save_scan", "write_dicom_series", "write_nifti", "write_png_slices"]
 
@@ -62,7 +63,7 @@ def load_scan(path: str | os.PathLike, *, series_uid: str | None = None,
     if path.is_dir():
         return _load_folder(path, path, series_uid, keep_phi)
     suffix = suffix_of(path)
-    if suffix == ".zip":
+    if suffix == ZIP_SUFFIX:
         return _load_zip(path, series_uid, keep_phi)
     if series_uid and suffix in NIFTI_SUFFIXES + PICTURE_SUFFIXES:
         log.warning("%s: --series applies to DICOM only; ignored", path)

@@ -22,6 +22,11 @@ log = logging.getLogger("covidct.scanio")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+ZIP_SUFFIX = ".zip"
+#: Files that can hold a whole 3D scan (a DICOM series zipped, NIfTI, or one multi-frame DICOM file).
+VOLUME_SUFFIXES = DICOM_SUFFIXES + (ZIP_SUFFIX,) + NIFTI_SUFFIXES
+#: Every file :func:`covidct.scanio.load_scan` reads by its name (a picture is a one-slice scan).
+SCAN_SUFFIXES = VOLUME_SUFFIXES + PICTURE_SUFFIXES
 
 #: How close to a patient axis a slice normal must be to name its plane (cos 35 degrees),
 #: so that tilted-gantry axial series still count as axial.
@@ -65,15 +70,23 @@ def is_synthetic_text(*texts: object) -> bool:
     return any(SYNTHETIC_TAG in str(t) for t in texts if t)
 
 
-def natural_key(path: Path) -> list:
-    """Sort key where img2 < img10 (digit runs compare as numbers)."""
+def natural_key(path: str | Path) -> list:
+    """Sort key where img2 < img10 (digit runs compare as numbers; letters ignore case)."""
     parts = re.split(r"(\d+)", str(path).lower())
     return [int(p) if p.isdigit() else p for p in parts]
 
 
-def suffix_of(path: Path) -> str:
+def suffix_of(path: str | Path) -> str:
+    """The file type suffix, lower case; ``.nii.gz`` counts as one."""
+    path = Path(path)
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def without_scan_suffix(name: str) -> str:
+    """A file name without its scan suffix (``a.nii.gz`` -> ``a``); other names unchanged."""
+    suffix = suffix_of(name)
+    return name[: -len(suffix)] if suffix and suffix in SCAN_SUFFIXES else name
 
 
 def looks_like_dicom(path: Path) -> bool:

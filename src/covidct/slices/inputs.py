@@ -9,9 +9,11 @@ import numpy as np
 
 from ..checks import require_coverage
 from ..constants import METHOD_BIT
+from ..covidx import LAYOUT, covidx_paths
+from ..errors import DatasetError
 from ..lungs import LUNG_SLICE_MM2, scan_lungs
 from ..scan import Scan
-from ..windowing import COVIDX_LUNG, body_box
+from ..windowing import COVIDX_LUNG, Window, body_box
 
 #: At most this many lung slices are scored per scan (see the module docstring).
 MAX_SLICES = 32
@@ -37,41 +39,33 @@ def lung_slices(scan: Scan, max_slices: int = MAX_SLICES) -> tuple[np.ndarray, b
     return chosen, found
 
 
-def scan_body_box(pixels: np.ndarray) -> tuple[int, int, int, int]:
+def scan_body_box(pixels: np.ndarray, window: Window = COVIDX_LUNG) -> tuple[int, int, int, int]:
     """:func:`covidct.windowing.body_box` of an 8-bit slice, found at about 256 px for speed.
 
     The box is scaled back to full resolution (within a pixel or two of the full-size
     result at 512 px, i.e. well under 1% of the field) in a quarter of the time.
     """
     stride = max(1, min(pixels.shape) // 256)
-    x0, y0, x1, y1 = body_box(pixels[::stride, ::stride], "windowed", COVIDX_LUNG)
+    x0, y0, x1, y1 = body_box(pixels[::stride, ::stride], "windowed", window)
     h, w = pixels.shape
     return (x0 * stride, y0 * stride, min(w - 1, x1 * stride + stride - 1),
             min(h - 1, y1 * stride + stride - 1))
 
 
 def covidx_split(data: str | Path, split: str, check: bool = False) -> tuple[Path, Path]:
-    """(split file, images folder) of a COVIDx-layout folder (``<split>_COVIDx_CT-2A.txt`` +
-    ``images/``) or of one split file; ``check``: a folder without the split file is a
-    DatasetError."""
-    from ..evaluation import SPLIT_FILE
-    from ..errors import DatasetError
-
-    data = Path(data)
-    if not data.is_dir():
-        return data, data.parent / "images"
-    split_file = data / SPLIT_FILE.format(split=split)
-    if check and not split_file.is_file():
-        raise DatasetError(f"no {split_file.name} in the dataset folder (COVIDx layout: "
-                           "<split>_COVIDx_CT-2A.txt + images/)", data)
-    return split_file, data / "images"
+    """(split file, images folder) of a COVIDx-layout folder (:data:`covidct.covidx.LAYOUT`) or
+    of one split file; ``check``: a folder without the split file is a DatasetError."""
+    split_file, images = covidx_paths(data, split)
+    if check and Path(data).is_dir() and not split_file.is_file():
+        raise DatasetError(f"no {split_file.name} in the dataset folder (COVIDx layout: {LAYOUT})", data)
+    return split_file, images
 
 
-def slice_pixels(values: np.ndarray, is_hu: bool) -> np.ndarray:
-    """One slice as the slice classifier reads it: HU through the COVIDx lung window to 8
-    bits; 8-bit pictures as they are."""
+def slice_pixels(values: np.ndarray, is_hu: bool, window: Window = COVIDX_LUNG) -> np.ndarray:
+    """One slice as the slice classifier reads it: HU through its window (the COVIDx lung
+    window) to 8 bits; 8-bit pictures as they are."""
     if is_hu:
-        return COVIDX_LUNG.to_uint8(values)
+        return window.to_uint8(values)
     return np.asarray(values, dtype=np.uint8)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,6 +38,7 @@ import torch
 
 from .. import __version__
 from ..constants import METHOD_BIT, SLICE_CLASSES
+from ..devices import cpu_state
 from ..errors import ModelError
 from ..metrics import aggregate_by_patient
 from ..prediction import Prediction, Scores
@@ -58,9 +60,16 @@ __all__ = ["SliceClassifier", "DEFAULT_ARCH", "TINY_ARCH", "MAX_SLICES", "aggreg
 
 @dataclass
 class SliceClassifier:
-    """A trained BiT slice classifier with its pre-processing (what a model file holds)."""
+    """A trained BiT slice classifier with its pre-processing (what a model file holds).
 
-    net: torch.nn.Module
+    ``net`` is the network prediction runs: the PyTorch one, or an ONNX Runtime stand-in
+    after :func:`covidct.export.to_runtime`; ``torch_net`` is always the PyTorch one
+    (Grad-CAM, export). A classifier loaded from its file builds its PyTorch network on
+    first use: building it imports timm, and with it torchvision and torch._dynamo (2.5-4 s
+    of CPU), which prediction on ONNX Runtime from an already exported graph never needs.
+    """
+
+    net: torch.nn.Module | None = field(repr=False, compare=False)
     arch: str
     resize: int
     crop: int
@@ -82,11 +91,18 @@ class SliceClassifier:
     #: ``covidct export --int8`` quantizes this classifier.
     quantizable: bool = True
 
+    # Not dataclass fields (no annotation): the PyTorch network once built, and how to build
+    # it while it is not (set by from_payload).
+    _torch = None
+    _build = None
+
     def __post_init__(self) -> None:
         self.class_names = tuple(self.class_names)
-        self.device = next(self.net.parameters()).device
-        #: The PyTorch network, also on another runtime: Grad-CAM needs its gradients.
-        self.torch_net = self.net
+        self._torch = self._torch if self._net is None else self._net
+        # A deferred network is built on the CPU, where model files are loaded (map_location).
+        self.device = torch.device("cpu") if self._net is None else next(self._net.parameters()).device
+        #: The window named by ``window``: what pre-processing turns HU into 8 bits with.
+        self.window_spec = get_window(self.window)
 
     # Saving and loading ------------------------------------------------------------
 
@@ -94,7 +110,7 @@ class SliceClassifier:
         """The model file content: tensors, dicts, lists, strings and numbers only."""
         return {
             "arch": self.arch,
-            "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "state_dict": cpu_state(self.torch_net),
             "class_names": list(self.class_names),
             "window": self.window,
             "resolution": {"resize": self.resize, "crop": self.crop},
@@ -123,22 +139,14 @@ class SliceClassifier:
         except (KeyError, TypeError) as exc:
             raise ModelError(f"bit model file lacks {exc}", where) from None
         get_window(window)
-        # Built without memory on the meta device, then given the file's tensors: a random
-        # initialisation that the weights would overwrite took 5 s of a BiT-R50x1's load.
-        with torch.device("meta"):
-            net = build_network(arch, len(class_names))
-        try:
-            net.load_state_dict(state, assign=True)
-            _check_materialised(net)
-        except RuntimeError as exc:
-            raise ModelError(f"weights do not fit {arch}: {str(exc).splitlines()[0]}", where) from None
-        net.eval()
-        return cls(net=net, arch=arch, resize=resize, crop=crop, class_names=class_names,
-                   window=window, crop_rule=record.get("crop_rule", "box"),
-                   init=record.get("init", ""), trained_on=record.get("trained_on", {}),
-                   training=record.get("training", {}),
-                   version=record.get("version") or record.get("covidct_version") or "",
-                   file=record.get("file", {}))
+        model = cls(net=None, arch=arch, resize=resize, crop=crop, class_names=class_names,
+                    window=window, crop_rule=record.get("crop_rule", "box"),
+                    init=record.get("init", ""), trained_on=record.get("trained_on", {}),
+                    training=record.get("training", {}),
+                    version=record.get("version") or record.get("covidct_version") or "",
+                    file=record.get("file", {}))
+        model._build = partial(_network_from_state, arch, len(class_names), state, where)
+        return model
 
     def to(self, device: str | torch.device) -> "SliceClassifier":
         self.device = torch.device(device)
@@ -183,7 +191,7 @@ class SliceClassifier:
 
     def pixels(self, scan: Scan, k: int) -> np.ndarray:
         """Scan slice ``k`` as this model reads it: 8-bit, lung window for HU scans."""
-        return slice_pixels(scan.voxels[k], scan.is_hu)
+        return slice_pixels(scan.voxels[k], scan.is_hu, self.window_spec)
 
     def predict_pixels(self, slices: Sequence[np.ndarray], boxes: Sequence[Sequence[int]]) -> np.ndarray:
         """Class probabilities (n, C) of 8-bit slices cropped to their boxes."""
@@ -196,7 +204,9 @@ class SliceClassifier:
 
     def predict(self, scan: Scan) -> Prediction:
         """Per-slice and patient-level probabilities for an axial scan (see the module doc)."""
-        if self.window != COVIDX_LUNG.name:
+        # 8-bit pictures come in the COVIDx lung window; a model trained in another window
+        # could read HU scans only, so it is refused rather than fed pictures it never saw.
+        if self.window_spec is not COVIDX_LUNG:
             raise ModelError(f"model was trained with window {self.window!r}; scans are prepared "
                              f"with {COVIDX_LUNG.name!r}", self.file.get("name"))
         scan.require_axial("the BiT slice classifier")
@@ -204,7 +214,7 @@ class SliceClassifier:
         indices, found = lung_slices(scan, self.max_slices)  # refuses implausible scans
         selected = time.perf_counter()
         pixels = [self.pixels(scan, int(k)) for k in indices]
-        boxes = [scan_body_box(p) for p in pixels]
+        boxes = [scan_body_box(p, self.window_spec) for p in pixels]
         cropped = time.perf_counter()
         probs = self.predict_pixels(pixels, boxes)
         done = time.perf_counter()
@@ -249,7 +259,7 @@ class SliceClassifier:
         for row in order[:n_slices]:
             k = int(prediction.slice_indices[row])
             pixels = self.pixels(scan, k)
-            box = scan_body_box(pixels)
+            box = scan_body_box(pixels, self.window_spec)
             cam = slice_gradcam(self, pixels, box, class_index=called)
             # The lung outline, so a reader sees whether the heat is in the lung.
             outline = crop_box(lungs.labels[k], box) > 0
@@ -284,8 +294,8 @@ class SliceClassifier:
         slice's own grid in [0, 1] (zero outside the box): the web viewer's overlay."""
         from ..explain.gradcam import slice_gradcam
 
-        pixels = slice_pixels(values, is_hu)
-        box = scan_body_box(pixels)
+        pixels = slice_pixels(values, is_hu, self.window_spec)
+        box = scan_body_box(pixels, self.window_spec)
         cam = slice_gradcam(self, pixels, box, class_index=class_index)["cam"]
         x0, y0, x1, y1 = box
         full = np.zeros(pixels.shape, dtype=np.float32)
@@ -313,8 +323,7 @@ class SliceClassifier:
                  out_dir: str | Path | None = None) -> dict[str, Any] | None:
         from ..explain.localisation import gradcam_localisation
 
-        split_file, _ = covidx_split(data, split)
-        return gradcam_localisation(self, split_file, split_file.parent / "images", scores)
+        return gradcam_localisation(self, *covidx_split(data, split), scores)
 
     def write_gallery(self, data: str | Path, split: str, scores: Scores, cases,
                       out_dir: Path) -> dict[str, Any]:
@@ -334,3 +343,44 @@ def _progress(iterable, desc: str):
     from tqdm import tqdm
 
     return tqdm(iterable, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+
+
+def _active_network(self: SliceClassifier) -> torch.nn.Module:
+    return self._net if self._net is not None else self.torch_net
+
+
+def _set_active_network(self: SliceClassifier, net) -> None:
+    self._net = net
+
+
+def _torch_network(self: SliceClassifier) -> torch.nn.Module:
+    if self._torch is None and self._build is not None:
+        self._torch, self._build = self._build(), None
+    return self._torch
+
+
+def _set_torch_network(self: SliceClassifier, net) -> None:
+    self._torch = net
+
+
+# Properties set after the dataclass is made, so that its generated __init__ assigns through them.
+SliceClassifier._net = None
+SliceClassifier.net = property(_active_network, _set_active_network,
+                               doc="The network prediction runs (see the class doc).")
+SliceClassifier.torch_net = property(_torch_network, _set_torch_network,
+                                     doc="The PyTorch network, built on first use.")
+
+
+def _network_from_state(arch: str, num_classes: int, state: dict[str, Any],
+                        where: str | None) -> torch.nn.Module:
+    """The network of a model file: built without memory on the meta device, then given the
+    file's tensors (a random initialisation that the weights overwrite took 5 s of a
+    BiT-R50x1's load)."""
+    with torch.device("meta"):
+        net = build_network(arch, num_classes)
+    try:
+        net.load_state_dict(state, assign=True)
+        _check_materialised(net)
+    except RuntimeError as exc:
+        raise ModelError(f"weights do not fit {arch}: {str(exc).splitlines()[0]}", where) from None
+    return net.eval()

@@ -38,6 +38,7 @@ from .. import __version__
 from ..atomic import atomic_path, write_json, write_text
 from ..constants import SLICE_CLASSES
 from ..covidx import class_counts, read_split
+from ..devices import choose_device
 from ..errors import CovidctError, ModelError
 from .data import (COVIDxDataset, EvalTransform, StepBatchSampler, TrainTransform, collate,
                    find_synthetic_marker, mixup, mixup_lambda, normalize, subsample_per_class)
@@ -121,9 +122,7 @@ class _Proc:
 
 def _setup_process(device_pref: str) -> _Proc:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() and device_pref != "cpu"
-    if device_pref == "cuda" and not torch.cuda.is_available():
-        raise CovidctError("--device cuda requested but no CUDA device is available")
+    cuda = choose_device(device_pref).type == "cuda"
     if world == 1:
         return _Proc(device=torch.device("cuda" if cuda else "cpu"))
     import torch.distributed as dist
@@ -441,23 +440,9 @@ def _bar(config: TrainConfig, proc: _Proc, start: int, total: int):
                 file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``torchrun ... -m covidct.slices.train ARGS`` (same options as train2d)."""
-    import argparse
-
-    from ..cli.train2d import add_arguments, run
-
-    parser = argparse.ArgumentParser(prog="python -m covidct.slices.train",
-                                     description="covidct train2d, for torchrun")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        return int(run(args) or 0)
-    except CovidctError as exc:
-        print(f"covidct: error: {exc}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``torchrun ... -m covidct.slices.train ARGS``: the options are train2d's, so the CLI parses
+    # them. Only the program file runs this; importing the library never reaches the CLI.
+    from covidct.cli.train2d import torchrun_main
+
+    sys.exit(torchrun_main())

@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_dir
-from ..constants import SLICE_CLASSES, SYNTHETIC_NOTICE, SYNTHETIC_TAG, VOLUME_CLASS_FOLDERS
+from ..constants import SLICE_CLASSES, SPLITS, SYNTHETIC_NOTICE, SYNTHETIC_TAG, VOLUME_CLASS_FOLDERS
+from ..covidx import IMAGES_DIR, SPLIT_SUFFIX, split_path
 from ..errors import CovidctError
 from ..scan import Scan
 from ..windowing import COVIDX_LUNG, body_box
@@ -39,7 +40,6 @@ from .findings import LESION_NAMES
 from .patient import VISIBLE_LESION_MM2, Patient, make_patient
 from .settings import FORMATS, CohortSettings  # noqa: F401  (re-exported: covidct.synth.cohort.CohortSettings)
 
-SPLITS = ("train", "val", "test")
 #: COVIDx CT images are 512x512.
 COVIDX_SIZE = 512
 #: Folder beside covidx/images/ with each slice's lesion mask under the same file name.
@@ -336,7 +336,7 @@ def _write_covidx(folder: Path, patient: Patient, prefix: str) -> list[str]:
     hu = np.stack([_to_covidx_size(scan.voxels[k]) for k in chosen])
     picked = scan.with_voxels(hu, spacing=(scan.spacing[0], *(s * scan.shape[1] / COVIDX_SIZE
                                                                for s in scan.spacing[1:])))
-    images = folder / "images"
+    images = folder / IMAGES_DIR
     staging = images / f".{prefix}.part"
     written = write_png_slices(picked, staging, window=COVIDX_LUNG, prefix=prefix)
     lines = []
@@ -383,7 +383,7 @@ def _write_split_files(folder: Path, lines: dict[str, list[str]]) -> dict[str, d
     counts = {}
     for split in SPLITS:
         text = "".join(line + "\n" for line in lines[split])
-        (folder / f"{split}_COVIDx_CT-2A.txt").write_text(text, encoding="utf-8")
+        split_path(folder, split).write_text(text, encoding="utf-8")
         per_class = {c: 0 for c in SLICE_CLASSES}
         for line in lines[split]:
             per_class[SLICE_CLASSES[int(line.split()[1])]] += 1
@@ -449,12 +449,12 @@ def _readme(summary: CohortSummary) -> str:
         ("patients/<pid>/ct.nii.gz", "the CT in HU (NIfTI)"),
         ("patients/<pid>/lesions.nii.gz", f"lesion labels on the same grid: 0 none, {legend} "
                                           "(1-4 are infection; 5 is a normal variant)"),
-        ("covidx/images/", "COVIDx CT-style PNG slices (lung window center -600 width 1500, "
+        (f"covidx/{IMAGES_DIR}/", "COVIDx CT-style PNG slices (lung window center -600 width 1500, "
                            "512x512, 8-bit), named class_patient_scan_slice.png"),
         ("covidx/lesion_masks/", "each COVIDx slice's infection mask (labels 1-4; 255 "
                                  "lesion, 0 not) under the image's file name, same 512x512 "
                                  "grid, for scoring explanations"),
-        ("covidx/*_COVIDx_CT-2A.txt", "split files as COVIDx: filename class xmin ymin xmax "
+        (f"covidx/*{SPLIT_SUFFIX}", "split files as COVIDx: filename class xmin ymin xmax "
                                       "ymax (0 Normal, 1 CP, 2 NCP; box = body crop); CP/NCP "
                                       "patients contribute slices showing infection, Normal "
                                       "patients slices showing lung"),
@@ -503,6 +503,6 @@ def _readme(summary: CohortSummary) -> str:
 
 def _present(name: str, formats: tuple[str, ...]) -> bool:
     needs = {"patients/<pid>/dicom/": "dicom", "patients/<pid>/ct.nii.gz": "nifti",
-             "patients/<pid>/lesions.nii.gz": "nifti", "covidx/images/": "covidx",
-             "covidx/*_COVIDx_CT-2A.txt": "covidx", "covidx/lesion_masks/": "covidx", "covidctnet/{Control,CAP,Covid}/": "covidctnet"}
+             "patients/<pid>/lesions.nii.gz": "nifti", f"covidx/{IMAGES_DIR}/": "covidx",
+             f"covidx/*{SPLIT_SUFFIX}": "covidx", "covidx/lesion_masks/": "covidx", "covidctnet/{Control,CAP,Covid}/": "covidctnet"}
     return needs.get(name, "") in ("", *formats)

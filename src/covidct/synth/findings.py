@@ -33,7 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .anatomy import LUNGS, Anatomy, grow_tree
+from .anatomy import LUNGS, Anatomy
+from .trees import grow_tree
 from .raster import smooth_field, smoothstep, tubes, unit
 
 GGO, CONSOLIDATION, CRAZY_PAVING, NODULES, ATELECTASIS = 1, 2, 3, 4, 5

@@ -9,7 +9,7 @@ from scipy import ndimage
 from ..constants import SLICE_CLASSES, SYNTHETIC_TAG, VOLUME_CLASSES
 from ..errors import CovidctError
 from ..scan import Scan
-from . import anatomy, findings
+from . import anatomy, findings, trees
 from .raster import Grid
 from .settings import MIN_SLICES
 
@@ -101,9 +101,10 @@ def make_patient(label: str, *, seed: int | np.random.SeedSequence = 0, difficul
             raise CovidctError(str(exc)) from None
     grid = _grid(body, matrix, slice_mm, max_slices, body_rng)
     built = anatomy.build(body, grid, body_rng)
+    trees.add_trees(built, body_rng)
     hu = built.hu
     lesions, found = findings.add_findings(hu, built, label, difficulty, finding_rng)
-    anatomy.draw_trees(hu, built)
+    trees.draw_trees(hu, built)
     _scanner(hu, grid, body, noise_rng)
     scan = Scan(
         voxels=hu, spacing=grid.spacing, units="HU",

@@ -34,19 +34,6 @@ DEFAULT_ROOT = Path("~/.cache/covidct/volumes")
 _OFF = ("off", "none", "0", "false", "no")
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, or of every file under a folder (relative names included)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        digest.update(str(file.relative_to(path) if file != path else file.name).encode())
-        with open(file, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def scan_digest(scan: Scan) -> str:
     """SHA-256 of a scan's voxels and the geometry that gives them meaning."""
     digest = hashlib.sha256()

@@ -15,7 +15,6 @@ is ever on both sides of a split.
 """
 from __future__ import annotations
 
-import csv
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..constants import VOLUME_CLASS_FOLDERS, VOLUME_CLASSES
+from ..constants import SPLITS, VOLUME_CLASS_FOLDERS, VOLUME_CLASSES
 from ..errors import DatasetError
+from ..labels import LABELS_CSV, read_labels
+from ..scanio.common import VOLUME_SUFFIXES, suffix_of, without_scan_suffix
 
-SPLITS = ("train", "val", "test")
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                 "validation": "val", "dev": "val", "test": "test", "holdout": "test"}
 _LABEL_NAMES = {
@@ -34,7 +34,6 @@ _LABEL_NAMES = {
     "cap": "CAP", "cp": "CAP", "pneumonia": "CAP", "common pneumonia": "CAP",
     "covid": "COVID-19", "covid-19": "COVID-19", "covid19": "COVID-19", "ncp": "COVID-19",
 }
-_SCAN_SUFFIXES = (".nii", ".nii.gz", ".zip", ".dcm", ".mha", ".nrrd")
 _TRUE = ("1", "true", "yes", "y")
 
 
@@ -87,8 +86,8 @@ def load_cohort(source: str | os.PathLike, seed: int = 0, val_fraction: float = 
         raise DatasetError("no such data folder or labels file", source)
     if source.is_file():
         cohort = _from_csv(source)
-    elif (source / "labels.csv").is_file():
-        cohort = _from_csv(source / "labels.csv")
+    elif (source / LABELS_CSV).is_file():
+        cohort = _from_csv(source / LABELS_CSV)
         cohort.source = str(source)
     elif _class_folders(source):
         cohort = _from_folders(source)
@@ -117,19 +116,14 @@ def _class_folders(root: Path) -> dict[str, Path]:
 
 
 def _patient_id(entry: Path) -> str:
-    name = entry.name
-    for suffix in _SCAN_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return without_scan_suffix(entry.name)
 
 
 def _from_folders(root: Path) -> Cohort:
     items = []
     for label, folder in _class_folders(root).items():
         for entry in sorted(folder.iterdir()):
-            if entry.name.startswith(".") or (entry.is_file() and
-                                              not entry.name.lower().endswith(_SCAN_SUFFIXES)):
+            if entry.name.startswith(".") or (entry.is_file() and suffix_of(entry) not in VOLUME_SUFFIXES):
                 continue
             items.append(CohortItem(_patient_id(entry), label, entry, ""))
     _check_unique(items, root)
@@ -137,11 +131,7 @@ def _from_folders(root: Path) -> Cohort:
 
 
 def _from_csv(path: Path) -> Cohort:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DatasetError(f"cannot read the labels CSV ({exc})", path) from None
+    rows = read_labels(path)
     columns = set(rows[0]) if rows else set()
     label_column = "volume_label" if "volume_label" in columns else "label"
     if "patient_id" not in columns or label_column not in columns:

@@ -16,15 +16,17 @@ import numpy as np
 
 from ..checks import require_coverage
 from ..constants import METHOD_COVIDCTNET, VOLUME_CLASSES
+from ..devices import cpu_state
+from ..digest import file_digest
 from ..errors import ModelError
 from ..models import save_model_file
 from ..prediction import Prediction, Scores
 from ..scan import Scan
-from ..lungs import MAP_THRESHOLD, _percent, lung_report, resample_nearest, scan_lungs
-from .cache import ArrayCache, file_digest, scan_digest, weights_digest
+from ..lungs import MAP_THRESHOLD, _percent, lung_report, scan_lungs
+from .cache import ArrayCache, scan_digest, weights_digest
 from .infection import cnn_input
 from .mapback import map_on_scan_slices
-from .preprocess import canonical_flips, check_scan, preprocess_volume
+from .preprocess import check_scan, lung_grid, preprocess_volume
 from .settings import INPUT_INFECTION, VolumeSettings
 
 log = logging.getLogger(__name__)
@@ -103,8 +105,8 @@ class CovidCTNet:
             "name": self.info.get("name", "covidctnet"),
             "settings": self.settings.to_dict(),
             "class_names": list(self.class_names),
-            "classifier": _cpu_state(self.classifier),
-            "denoiser": None if self.denoiser is None else _cpu_state(self.denoiser),
+            "classifier": cpu_state(self.classifier),
+            "denoiser": None if self.denoiser is None else cpu_state(self.denoiser),
             "training": self.training,
         }
 
@@ -230,7 +232,8 @@ class CovidCTNet:
         for warning in own:  # the reader has logged its own warnings already
             log.warning("%s", warning)
         warnings = own + list(scan.metadata.get("warnings", []) or [])
-        content = scan_digest(scan)
+        # The digest only names cache entries: hashing a 300-slice scan is not done for none.
+        content = scan_digest(scan) if self.cache.enabled else "uncached"
         volume, volume_cache = self.volume(scan, content)
         timings["preprocess"] = time.perf_counter() - start
         mark = time.perf_counter()
@@ -426,20 +429,6 @@ class CovidCTNet:
         fov = scan.shape[2] * scan.spacing[2] if scan.geometry_known else None
         lungs = lung_grid(scan_lungs(scan), scan, volume.shape)
         return write_pictures(prediction, volume, Path(out_dir), fov_mm=fov, lungs=lungs)
-
-
-def lung_grid(mask, scan: Scan, shape: tuple[int, ...]) -> np.ndarray:
-    """The lung mask (0/1 float32) on the network's grid: canonical orientation, then
-    nearest-neighbour resampling to ``shape`` (both span the whole scan)."""
-    labels = mask.labels
-    for axis, flip in enumerate(canonical_flips(scan.direction)):
-        if flip:
-            labels = np.flip(labels, axis=axis)
-    return resample_nearest(labels > 0, tuple(shape)).astype(np.float32)
-
-
-def _cpu_state(module) -> dict[str, Any]:
-    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
 def _scan_info(scan: Scan, volume: np.ndarray, warnings: list[str],

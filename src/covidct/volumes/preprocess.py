@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ScanError
+from ..lungs import resample_nearest
 from ..scan import Scan
 from ..windowing import COVIDX_LUNG, get_window
 from .settings import VolumeSettings
@@ -146,3 +147,14 @@ def resize_depth(volume: np.ndarray, depth: int) -> np.ndarray:
         return volume
     return resize(volume, (depth, *volume.shape[1:]), order=1, anti_aliasing=True,
                   preserve_range=True).astype(np.float32)
+
+
+def lung_grid(mask, scan: Scan, shape: tuple[int, ...]) -> np.ndarray:
+    """The lung mask (0/1 float32) on the network's grid: canonical orientation, then
+    nearest-neighbour resampling to ``shape`` (both span the whole scan)."""
+    labels = mask.labels
+    for axis, flip in enumerate(canonical_flips(scan.direction)):
+        if flip:
+            labels = np.flip(labels, axis=axis)
+    # Resampled first, compared after: the same mask without a scan-sized boolean copy.
+    return (resample_nearest(labels, tuple(shape)) > 0).astype(np.float32)

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..atomic import write_json
 from ..constants import DISCLAIMER, SYNTHETIC_NOTICE, VOLUME_CLASSES
+from ..devices import choose_device, cpu_state
 from ..errors import DatasetError, ModelError
 from .data import Cohort, CohortItem, load_cohort
 from .infection import denoise_indices
@@ -44,11 +45,11 @@ class TrainConfig:
     stage: str = "all"
     binary: bool = False
     seed: int = 0
-    # pre-processing and network sizes (the method's defaults)
-    slice_size: int = 128
-    volume_slices: int = 50
-    max_denoised_slices: int = 100
-    denoiser_width: int = 32
+    # pre-processing and network sizes (the method's defaults, from VolumeSettings)
+    slice_size: int = VolumeSettings.slice_size
+    volume_slices: int = VolumeSettings.volume_slices
+    max_denoised_slices: int = VolumeSettings.max_denoised_slices
+    denoiser_width: int = VolumeSettings.denoiser_width
     # stage "denoiser"
     denoiser_epochs: int = 10
     denoiser_batch_size: int = 5
@@ -128,7 +129,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         config = _fit_to_denoiser(config, _denoiser_path(config, run))
     _check_resume(run, config)
     write_json(run.config, {**config.to_dict(), "settings": config.settings().to_dict()})
-    device = _device(config.device)
+    device = choose_device(config.device)
     cache = ArrayCache(config.cache_dir) if config.cache_dir else ArrayCache.default()
     cohort = load_cohort(config.data, config.seed, config.val_fraction, config.test_fraction)
     summary = run.read_summary()
@@ -233,8 +234,7 @@ def train_denoiser(config: TrainConfig, run: RunFolder, cohort: Cohort, cache, d
              "best_epoch": loop.best_epoch, "best_loss": loop.best_loss,
              "stopped_early": loop.stopped_early, "seconds": loop.seconds,
              "synthetic": bool(synthetic or val_synthetic)}
-    run.save_denoiser({k: v.detach().cpu() for k, v in model.state_dict().items()},
-                      settings.to_dict(), facts)
+    run.save_denoiser(cpu_state(model), settings.to_dict(), facts)
     return model, facts
 
 
@@ -478,7 +478,7 @@ class _EpochLoop:
         monitored = val_loss if val_loss is not None else train_loss
         if self.best_loss is None or monitored < self.best_loss:
             self.best_loss, self.best_epoch, self.bad_epochs = monitored, self.epoch, 0
-            self.run.save_checkpoint(f"{self.stage}-best", {"model": _cpu_state(model),
+            self.run.save_checkpoint(f"{self.stage}-best", {"model": cpu_state(model),
                                                             "epoch": self.epoch})
         else:
             self.bad_epochs += 1
@@ -487,7 +487,7 @@ class _EpochLoop:
                           "val_accuracy": val_accuracy, "seconds": round(seconds, 3)})
         self.run.write_history(self.stage, self.rows)
         self.run.save_checkpoint(f"{self.stage}-last", {
-            "model": _cpu_state(model), "optimizer": optimizer.state_dict(), "epoch": self.epoch,
+            "model": cpu_state(model), "optimizer": optimizer.state_dict(), "epoch": self.epoch,
             "best_loss": self.best_loss, "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early,
             "seconds": self.seconds})
@@ -502,25 +502,7 @@ class _EpochLoop:
         model.load_state_dict(state["model"])
 
 
-def _cpu_state(model) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
 # -- helpers ----------------------------------------------------------------------------------
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ModelError(f"unknown device {name!r}; use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("--device cuda was asked for, but no CUDA GPU is available")
-    return device
-
 
 def _check_resume(run: RunFolder, config: TrainConfig) -> None:
     import json

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterable
 
 from ..errors import CovidctError, ScanError
-from ..scanio.common import natural_key
+from ..scanio.common import NIFTI_SUFFIXES, SCAN_SUFFIXES, ZIP_SUFFIX, natural_key, suffix_of
 
 #: Upload kinds, as stored in the job record.
 KIND_ZIP, KIND_NIFTI, KIND_PICTURES, KIND_DICOM = "dicom-zip", "nifti", "pictures", "dicom"
@@ -28,7 +28,7 @@ _CHUNK = 1024 * 1024
 #: Name stem of an unpacked zip member (``member-00003.dcm``: the third file by name).
 MEMBER_PREFIX = "member-"
 #: Suffixes a zip member keeps when unpacked (the readers tell pictures and NIfTI by them).
-_KEPT_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".nii.gz")
+_KEPT_SUFFIXES = tuple(s for s in SCAN_SUFFIXES if s != ZIP_SUFFIX)
 _PICTURE_MAGIC = {".png": (b"\x89PNG\r\n\x1a\n",), ".jpg": (b"\xff\xd8\xff",),
                   ".jpeg": (b"\xff\xd8\xff",)}
 
@@ -50,11 +50,6 @@ class Upload:
     kind: str
     n_files: int
     n_bytes: int
-
-
-def suffix_of(name: str) -> str:
-    lower = name.lower()
-    return ".nii.gz" if lower.endswith(".nii.gz") else Path(lower).suffix
 
 
 def save_upload(files: Iterable[tuple[str, BinaryIO]], work_root: Path, *, max_bytes: int,
@@ -108,9 +103,9 @@ def _kind_of(names: list[str]) -> str:
     suffixes = [suffix_of(n or "") for n in names]
     kinds = set()
     for name, suffix in zip(names, suffixes):
-        if suffix == ".zip":
+        if suffix == ZIP_SUFFIX:
             kinds.add(KIND_ZIP)
-        elif suffix in (".nii", ".nii.gz"):
+        elif suffix in NIFTI_SUFFIXES:
             kinds.add(KIND_NIFTI)
         elif suffix in _PICTURE_MAGIC:
             kinds.add(KIND_PICTURES)

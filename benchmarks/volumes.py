@@ -5,8 +5,8 @@ made in memory). Measured: the method's pre-processing route vs the fast path, B
 the capped and on all 1-mm slices, the 3D CNN, and a whole ``predict`` with the cache off,
 with the process's peak memory. Networks have random weights: timing does not depend on them.
 
-    python -m covidct.volumes.bench [--slices 300] [--size 512] [--threads 2] [--full]
-    python -m covidct.volumes.bench --predict-only     # peak memory of one prediction
+    python -m benchmarks.volumes [--slices 300] [--size 512] [--threads 2] [--full]
+    python -m benchmarks.volumes --predict-only     # peak memory of one prediction
 """
 from __future__ import annotations
 
@@ -70,13 +70,13 @@ def predict_only(n_slices: int = 300, size: int = 512, pixel_mm: float = 0.625,
     ``runtime`` (see covidct.export), and with ``path`` reading that series included."""
     import torch
 
-    from ..export import to_runtime
-    from ..scanio import load_scan
-    from .bcdunet import BCDUNet
-    from .cache import ArrayCache
-    from .phantom import benchmark_series
-    from .pipeline import CovidCTNet
-    from .settings import VolumeSettings
+    from covidct.export import to_runtime
+    from covidct.scanio import load_scan
+    from covidct.synth.phantom import benchmark_series
+    from covidct.volumes.bcdunet import BCDUNet
+    from covidct.volumes.cache import ArrayCache
+    from covidct.volumes.pipeline import CovidCTNet
+    from covidct.volumes.settings import VolumeSettings
 
     torch.set_num_threads(threads)
     settings = settings or VolumeSettings()
@@ -103,13 +103,13 @@ def run(n_slices: int = 300, size: int = 512, pixel_mm: float = 0.625, slice_mm:
     use small networks."""
     import torch
 
-    from .bcdunet import BCDUNet
-    from .cache import ArrayCache
-    from .infection import denoise, denoise_indices
-    from .phantom import benchmark_series
-    from .pipeline import CovidCTNet
-    from .preprocess import preprocess_reference, preprocess_volume
-    from .settings import VolumeSettings
+    from covidct.synth.phantom import benchmark_series
+    from covidct.volumes.bcdunet import BCDUNet
+    from covidct.volumes.cache import ArrayCache
+    from covidct.volumes.infection import denoise, denoise_indices
+    from covidct.volumes.pipeline import CovidCTNet
+    from covidct.volumes.preprocess import preprocess_reference, preprocess_volume
+    from covidct.volumes.settings import VolumeSettings
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
