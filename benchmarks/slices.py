@@ -43,8 +43,9 @@ def inference(sizes: Sizes, threads: int, peak: float, workdir: Path) -> dict[st
     start = time.perf_counter()
     onnx_path = export_network(folded, (1, 3, crop, crop), {0: "batch"}, workdir / "bit.onnx")
     export_s = time.perf_counter() - start
-    session = OnnxNetwork(onnx_path, threads)
-    int8_session = OnnxNetwork(_int8_graph(onnx_path, sizes), threads)
+    # max_batch=0: each call runs the batch it is given (prediction caps it, see MAX_BATCH).
+    session = OnnxNetwork(onnx_path, threads, max_batch=0)
+    int8_session = OnnxNetwork(_int8_graph(onnx_path, sizes), threads, max_batch=0)
     inputs = {n: torch.randn(n, 3, crop, crop) for n in (1, batch)}
     channels_last = {n: x.contiguous(memory_format=torch.channels_last) for n, x in inputs.items()}
 

@@ -58,6 +58,31 @@ def test_bit_export_cli_and_parity(bit_file, tmp_path):
     assert reference.std(1).min() > 1e-3  # a real test: the head is not uniform
 
 
+def test_onnx_calls_are_capped_to_max_batch_with_the_same_outputs(bit_file, tmp_path):
+    """Prediction runs ONNX Runtime one item per call (memory: the runtime's arena keeps the
+    largest batch it saw); the outputs are those of one whole-batch call."""
+    path = export.export_model(load_model(bit_file), tmp_path / "bit.onnx")["classifier"]
+    x = torch.randn(5, 3, 64, 64)
+    capped = export.OnnxNetwork(path, threads=1)
+    sizes = []
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def run(self, names, feeds):
+            sizes.append(len(feeds["input"]))
+            return self.inner.run(names, feeds)
+
+    capped.session = Counting(capped.session)
+    whole = export.OnnxNetwork(path, threads=1, max_batch=0)(x)
+    out = capped(x)
+    assert sizes == [export.MAX_BATCH] * (5 // export.MAX_BATCH) + (
+        [5 % export.MAX_BATCH] if 5 % export.MAX_BATCH else [])
+    assert out.shape == whole.shape == (5, 3)
+    assert (torch.softmax(out, 1) - torch.softmax(whole, 1)).abs().max().item() < 1e-6
+
+
 def test_weight_standardization_folding_is_exact(bit_file):
     model = load_model(bit_file)
     folded = export.fold_weight_standardization(model.net)
@@ -85,6 +110,40 @@ def test_bit_predict_on_onnx_runtime_matches_torch(bit_file, make_hu_volume):
     assert len(cached) == 1
     load_model(bit_file, runtime="onnx", threads=1)
     assert sorted(export.cache_root().glob("bit-*.onnx")) == cached
+
+
+def test_onnx_predict_from_a_cached_graph_never_builds_the_torch_network(bit_file, make_hu_volume,
+                                                                         tmp_path):
+    """A BiT model file loads without its PyTorch network; on ONNX Runtime with the graph in
+    the cache, a fresh process predicts without building it, so timm (and torchvision,
+    torch._dynamo: seconds of start-up) is never imported; same answer as PyTorch."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from covidct.scanio import load_scan, save_scan
+
+    scan = make_hu_volume(shape=(10, 96, 96))
+    path = save_scan(scan, tmp_path / "scan.nii.gz")
+    load_model(bit_file, runtime="onnx", threads=1)  # exports into the test's cache
+    code = ("import json, sys\n"
+            "from covidct.models import load_model\n"
+            "from covidct.scanio import load_scan\n"
+            f"model = load_model({str(bit_file)!r}, runtime='onnx', threads=1)\n"
+            f"probs = model.predict(load_scan({str(path)!r})).probabilities\n"
+            "print(json.dumps({'timm': 'timm' in sys.modules, 'built': model._torch is not None,\n"
+            "                  'probs': [float(p) for p in probs]}))\n")
+    src = str(Path(export.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["timm"] is False and out["built"] is False
+    reference = load_model(bit_file).predict(load_scan(path)).probabilities
+    assert np.abs(np.array(out["probs"]) - reference).max() < PARITY
 
 
 def test_covidctnet_export_both_networks_and_parity(covidctnet_file, tmp_path, make_hu_volume,

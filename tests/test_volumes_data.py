@@ -162,3 +162,31 @@ def test_digests_follow_content_and_geometry(tmp_path):
     touch(folder / "2.dcm", "two")
     assert file_digest(folder) != first
     assert file_digest(folder / "1.dcm") != file_digest(folder / "2.dcm")
+
+
+def test_training_augmentation_flips_and_shifts_without_inventing_content():
+    """Each input is flipped left-right or not and shifted by at most the bound (zero fill);
+    what stays in view is the input's own content, and draws vary between inputs."""
+    from covidct.volumes.train import augment
+
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 6, 10, 12)).astype(np.float32) + 1.0  # no zeros of its own
+    out = augment(x, np.random.default_rng(1), shift=2)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    flipped = 0
+    for item, moved in zip(x, out):
+        found = None
+        for flip in (False, True):
+            source = item[..., ::-1] if flip else item
+            for dz in range(-2, 3):
+                for dy in range(-2, 3):
+                    for dx in range(-2, 3):
+                        back = np.roll(moved, (-dz, -dy, -dx), axis=(0, 1, 2))
+                        kept = back > 0
+                        if kept.mean() > 0.4 and np.array_equal(back[kept], source[kept]):
+                            found = flip
+        assert found is not None
+        flipped += found
+    assert 0 < flipped < len(x)
+    for item, same in zip(x, augment(x, np.random.default_rng(2), shift=0)):
+        assert np.array_equal(same, item) or np.array_equal(same, item[..., ::-1])

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from covidct.volumes.bcdunet import BCDUNet, BiConvLSTM  # noqa: E402
+from covidct.volumes.bcdunet import BCDUNet, BiConvLSTM, ConvLSTMCell  # noqa: E402
 from covidct.volumes.cnn3d import CNN3D, flattened_size  # noqa: E402
 
 
@@ -95,6 +95,25 @@ def test_biconvlstm_reads_both_directions():
     for cell in (fuse.forward_cell, fuse.backward_cell):
         assert cell.input_conv.weight.grad.abs().sum() > 0
         assert cell.hidden_conv.weight.grad.abs().sum() > 0  # the second step is recurrent
+
+
+def test_convlstm_is_the_textbook_cell_from_zero_state():
+    """The cell skips the first step's forget gate and recurrent term (both meet zeros): the
+    result is the full LSTM recurrence from h = c = 0, and so are the gradients."""
+    torch.manual_seed(0)
+    cell = ConvLSTMCell(4, 6)
+    sequence = [torch.randn(2, 4, 8, 8) for _ in range(3)]
+    h = c = torch.zeros(2, 6, 8, 8)
+    for x in sequence:
+        i, f, g, o = (cell.input_conv(x) + cell.hidden_conv(h)).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+    expected = torch.autograd.grad(h.sum(), [cell.input_conv.weight, cell.input_conv.bias])
+    out = cell(sequence)
+    torch.testing.assert_close(out, h, rtol=0, atol=1e-6)
+    got = torch.autograd.grad(out.sum(), [cell.input_conv.weight, cell.input_conv.bias])
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_bcdunet_overfits_a_handful_of_slices():

@@ -106,3 +106,40 @@ def test_half_the_slices_get_noise_and_the_rest_stay_clean():
     np.testing.assert_array_equal(inputs[~noisy], slices[~noisy])
     changed = np.abs(inputs[noisy] - slices[noisy]).reshape(5, -1).mean(axis=1)
     assert np.all(changed > 0.01)
+
+
+def _chest_slice(size: int = 48) -> np.ndarray:
+    """A pre-processed-looking slice: soft-tissue body (0.74) holding two aerated lungs (0.1)
+    with a vessel (0.75) in one of them, air (0) outside."""
+    yy, xx = np.mgrid[:size, :size] / size
+    body = ((yy - 0.5) / 0.45) ** 2 + ((xx - 0.5) / 0.48) ** 2 < 1
+    lungs = (((yy - 0.5) / 0.3) ** 2 + ((np.abs(xx - 0.5) - 0.22) / 0.16) ** 2) < 1
+    vessel = ((yy - 0.45) ** 2 + (xx - 0.3) ** 2) < 0.03 ** 2
+    return np.where(body, np.where(lungs & ~vessel, 0.1, 0.74), 0.0).astype(np.float32)
+
+
+def test_opacity_pseudo_infection_is_denser_blobs_inside_the_lungs_only():
+    """Opacities make lung denser (never darker), up to consolidation, only on aerated lung
+    (vessels and the body stay), and cover a bounded share of it."""
+    from covidct.windowing import COVIDCTNET
+
+    clean = _chest_slice()
+    air = perlin.air_in_body(clean) > 0
+    slices = np.repeat(clean[None], 40, axis=0)
+    inputs, noisy = PseudoInfection().apply(slices, np.random.default_rng(0), fraction=1.0,
+                                            region=perlin.NOISE_LUNGS, kind=perlin.NOISE_OPACITY)
+    assert noisy.all()
+    change = inputs - slices
+    assert change.min() >= -1e-6                      # infection is denser than lung, not darker
+    np.testing.assert_array_equal(change[:, ~air], 0)  # body, vessel and outside untouched
+    dense = COVIDCTNET.to_unit(np.array([-100.0]))[0]
+    peaks = inputs[:, air].max(axis=1)
+    assert (peaks > dense).sum() >= 5                  # some reach consolidation density
+    assert (peaks < dense).sum() >= 5                  # and some stay ground glass
+    cover = (change[:, air] > 0.05).mean(axis=1)
+    assert 0.01 < cover.mean() < 0.4 and cover.max() < 0.6
+
+
+def test_unknown_noise_kind_is_refused():
+    with pytest.raises(ValueError, match="noise kind"):
+        PseudoInfection().apply(np.zeros((2, 8, 8), np.float32), np.random.default_rng(0), kind="x")

@@ -81,6 +81,19 @@ def synth_denoiser_run(volumes_env, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def opacity_denoiser_run(synth_denoiser_run):
+    """The same cohort's denoiser trained as the demo trains it: opacity pseudo-infection
+    in the lungs."""
+    data, first = synth_denoiser_run
+    run = first.parent / "opacity-run"
+    train3d("--data", str(data), "--out", str(run), "--stage", "denoiser",
+            "--denoiser-epochs", "6", "--denoiser-lr", "3e-3", "--slices-per-scan", "64",
+            "--denoiser-batch-size", "4", "--noise-region", "lungs", "--noise-kind", "opacity",
+            *TINY)
+    return data, run
+
+
+@pytest.fixture(scope="session")
 def phantom_cohort(tmp_path_factory):
     """Planted-lesion phantoms as NIfTI files in the method's Control/CAP/Covid folders."""
     from covidct.scanio import save_scan
@@ -146,6 +159,33 @@ def test_denoiser_reconstruction_error_is_larger_on_lesions_than_on_healthy_lung
     assert np.mean(lesion_errors) > 1.2 * np.mean(healthy_errors), (lesion_errors, healthy_errors)
     # The map keeps what the denoiser removed: denser-than-normal lesions come out positive.
     assert np.mean(lesion_signed) > np.mean(healthy_signed) + 0.02
+
+
+@pytest.mark.slow
+def test_infection_map_singles_out_lesions_inside_the_lungs(opacity_denoiser_run):
+    """The map scored against the generator's truth (what `evaluate` reports): lesion voxels
+    rank above healthy lung voxels, and both classes' lesions score above healthy lung.
+    The bound is what this tiny run reaches (voxel AUC 0.60 at 40 px, width 8, 6 epochs),
+    less a margin: a map at chance, or one whose sign is wrong, fails."""
+    from covidct.volumes.pipeline import CovidCTNet
+    from covidct.volumes.truth import score_map, truth_on_grid
+
+    data, run = opacity_denoiser_run
+    denoiser, saved, _ = load_denoiser_file(run / "denoiser.pt")
+    settings = VolumeSettings(**{**saved, "volume_slices": 34})
+    net = CovidCTNet.build(settings, denoiser=denoiser)
+    with open(data / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    maps, truths, labels = [], [], []
+    for row in rows:
+        maps.append(net.input_for_file(data / row["nifti"])[0])
+        truths.append(truth_on_grid(data / row["lesions"], data / row["lungs"], settings))
+        labels.append(row["volume_label"])
+    result = score_map(maps, truths, labels)
+    assert result["auc"] > 0.56, result
+    healthy = result["per_class"]["Control"]["mean_on_healthy_lung"]
+    for label in ("CAP", "COVID-19"):
+        assert result["per_class"][label]["mean_on_lesions"] > healthy, result
 
 
 def test_denoiser_run_folder(synth_denoiser_run):
@@ -242,6 +282,21 @@ def test_unfit_scans_fail_with_a_clear_error(model):
     with pytest.raises(ScanError, match="modality"):
         model.predict(Scan(scan.voxels, spacing=scan.spacing, units="HU",
                            metadata={"modality": "PT"}))
+
+
+def test_without_a_cache_the_scan_is_not_hashed(model, monkeypatch):
+    """The scan's digest names cache entries only: with the cache off, prediction skips it
+    and gives the same probabilities."""
+    from covidct.volumes.cache import ArrayCache
+
+    scan, _ = chest_phantom("COVID-19", seed=995, **PHANTOM_GEOMETRY)
+    reference = model.predict(scan)
+    monkeypatch.setattr(model, "cache", ArrayCache(None))
+    monkeypatch.setattr("covidct.volumes.pipeline.scan_digest",
+                        lambda scan: pytest.fail("hashed the scan without a cache"))
+    uncached = model.predict(scan)
+    assert uncached.scan["cache"] == {"volume": "miss", "input": "miss"}
+    np.testing.assert_allclose(uncached.probabilities, reference.probabilities, rtol=0, atol=1e-6)
 
 
 def test_second_prediction_hits_the_cache(model, monkeypatch):

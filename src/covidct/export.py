@@ -158,6 +158,14 @@ def model_metadata(model) -> dict[str, Any]:
 
 # Runtime -----------------------------------------------------------------------------------
 
+#: Items per ONNX Runtime call, whatever batch the caller passes (0 = the caller's batch). On
+#: a 2-core CPU one 480-px BiT slice (or one 128-px BCDU-Net slice) already keeps both
+#: threads busy: batch 1 ran at least as fast as 4 or 16 per item (row 1 of BENCHMARKS.md:
+#: 1.76 vs 1.70 slices/s; batch 16 took ~30% more CPU time per slice under load), while the
+#: runtime's memory arena grows with the largest batch it has seen and keeps it: a
+#: BiT-R50x1 session peaked at 2.4 GB RSS after a batch of 16, 0.9 GB at batch 1.
+MAX_BATCH = 1
+
 def session_options(threads: int | None = None):
     """ONNX Runtime options: every graph optimisation, ``threads`` intra-op threads
     (default: torch's thread count, i.e. what the PyTorch runtime would use)."""
@@ -183,12 +191,14 @@ class OnnxNetwork(torch.nn.Module):
     code that asks ``next(net.parameters()).device`` keeps working.
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None,
+                 max_batch: int = MAX_BATCH):
         import onnxruntime as ort
         import torch
 
         super().__init__()
         self.path = Path(path)
+        self.max_batch = max_batch
         try:
             self.session = ort.InferenceSession(str(self.path), session_options(threads),
                                                 providers=["CPUExecutionProvider"],
@@ -202,7 +212,12 @@ class OnnxNetwork(torch.nn.Module):
         import torch
 
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        step = self.max_batch if self.max_batch > 0 else max(1, len(array))
+        if len(array) <= step:
+            return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        parts = [self.session.run(None, {self.input_name: array[i:i + step]})[0]
+                 for i in range(0, len(array), step)]
+        return torch.from_numpy(np.concatenate(parts))
 
 
 def cache_root() -> Path:

@@ -595,7 +595,7 @@ def resample_nearest(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def map_share(labels: np.ndarray, infection_map: np.ndarray, threshold: float = MAP_THRESHOLD) -> float:
     """Percent of the lung (labels resampled onto the map's grid) where the map exceeds
     ``threshold``."""
-    lung = resample_nearest(labels > 0, infection_map.shape)
+    lung = resample_nearest(labels, infection_map.shape) > 0
     return _percent((lung & (infection_map > threshold)).sum(), lung.sum())
 
 

@@ -1,9 +1,15 @@
-"""One file per trained model, loaded by one function for both methods.
+"""The public model interface: what a model is (:class:`Model`), one file per trained model,
+and one place that finds and loads them for both methods.
 
 A model file is a ``torch.save``d dict that carries everything prediction needs:
 architecture, weights, class names, the intensity window, input resolution, crop rule,
 a summary of the training data (synthetic or not) and the covidct version. Prediction can
 therefore never apply a different pre-processing than training did.
+
+:func:`load_model` (``runtime=``, ``threads=``) reads one file; :func:`find_model`,
+:func:`find_models` and :func:`load_models` find ``<dir>/<method>.pt`` in ``--model(s)``,
+``$COVIDCT_MODELS`` or the demo's models. The method's own module is imported only when its
+file is read (``_LOADERS``), so ``covidct --help`` never imports torch.
 """
 from __future__ import annotations
 

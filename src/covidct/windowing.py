@@ -32,12 +32,17 @@ class Window:
 
     def to_unit(self, hu: np.ndarray) -> np.ndarray:
         """HU -> float32 in [0, 1]."""
-        out = (np.asarray(hu, dtype=np.float32) - self.low) / np.float32(self.width)
+        # One new float32 array, the rest in place (the same arithmetic as
+        # (hu - low) / width, clipped): this runs over whole scans.
+        out = np.subtract(hu, np.float32(self.low), dtype=np.float32)
+        np.divide(out, np.float32(self.width), out=out)
         return np.clip(out, 0.0, 1.0, out=out)
 
     def to_uint8(self, hu: np.ndarray) -> np.ndarray:
         """HU -> uint8 0-255 (rounded), as the COVIDx CT PNGs were made."""
-        return np.rint(self.to_unit(hu) * 255.0).astype(np.uint8)
+        unit = self.to_unit(hu)
+        unit *= np.float32(255.0)
+        return np.rint(unit, out=unit).astype(np.uint8)
 
     def from_uint8(self, pixels: np.ndarray) -> np.ndarray:
         """Approximate HU from a picture made with this window (saturated ends stay at the ends)."""

@@ -56,6 +56,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
     g.add_argument("--patience", type=int, default=10,
                    help="stop after this many epochs without a lower validation loss (default 10)")
+    g.add_argument("--augment", action="store_true",
+                   help="random left-right flips and small shifts of the training inputs "
+                        "(the method: none)")
+    g.add_argument("--weight-decay", type=float, default=0.0,
+                   help="Adam's L2 penalty on the 3D CNN (default 0, as the method)")
+    g.add_argument("--mask-input", action="store_true",
+                   help="the 3D CNN reads infection maps inside the lung mask (covidct.lungs; "
+                        "the paper has no lung mask)")
     g.add_argument("--standardise-inputs", action="store_true",
                    help="scale the 3D CNN's input to SD 1 on the training scans (the factor is "
                         "saved in the model; default: as the method, unscaled infection maps, "
@@ -81,6 +89,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--noise-region", choices=("slice", "lungs"), default="slice",
                    help="where the Perlin pseudo-infection goes: the whole slice (default, the "
                         "method's code) or only the air inside the body (the lungs)")
+    g.add_argument("--noise-kind", choices=("additive", "opacity"), default="additive",
+                   help="how the pseudo-infection changes a slice: the noise added as it is "
+                        "(default, the method) or thresholded into blobs blended towards "
+                        "ground-glass to consolidation density")
     g.add_argument("--denoiser-width", type=int, default=DEFAULTS.denoiser_width,
                    help=f"BCDU-Net base channels (default {DEFAULTS.denoiser_width}: 32-64-128-256 "
                         "as the method)")

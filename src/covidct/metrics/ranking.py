@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import sparse
-from sklearn.metrics import roc_curve as _sk_roc_curve
 
 from ._inputs import safe_div
 
@@ -100,7 +99,11 @@ def roc_points(positive, scores) -> dict[str, list] | None:
     positive = np.asarray(positive, dtype=bool)
     if positive.all() or not positive.any():
         return None
-    fpr, tpr, thresholds = _sk_roc_curve(positive, scores, drop_intermediate=True)
+    # Imported here: scikit-learn takes 1-1.5 s of CPU to import, which every `covidct
+    # predict` paid through the metrics package (patient aggregation) without drawing a curve.
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thresholds = roc_curve(positive, scores, drop_intermediate=True)
     return {
         "fpr": [float(v) for v in fpr],
         "tpr": [float(v) for v in tpr],

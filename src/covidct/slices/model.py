@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -66,9 +67,16 @@ __all__ = ["SliceClassifier", "DEFAULT_ARCH", "TINY_ARCH", "MAX_SLICES", "aggreg
 
 @dataclass
 class SliceClassifier:
-    """A trained BiT slice classifier with its pre-processing (what a model file holds)."""
+    """A trained BiT slice classifier with its pre-processing (what a model file holds).
 
-    net: torch.nn.Module
+    ``net`` is the network prediction runs: the PyTorch one, or an ONNX Runtime stand-in
+    after :func:`covidct.export.to_runtime`; ``torch_net`` is always the PyTorch one
+    (Grad-CAM, export). A classifier loaded from its file builds its PyTorch network on
+    first use: building it imports timm, and with it torchvision and torch._dynamo (2.5-4 s
+    of CPU), which prediction on ONNX Runtime from an already exported graph never needs.
+    """
+
+    net: torch.nn.Module | None = field(repr=False, compare=False)
     arch: str
     resize: int
     crop: int
@@ -90,11 +98,16 @@ class SliceClassifier:
     #: ``covidct export --int8`` quantizes this classifier.
     quantizable: bool = True
 
+    # Not dataclass fields (no annotation): the PyTorch network once built, and how to build
+    # it while it is not (set by from_payload).
+    _torch = None
+    _build = None
+
     def __post_init__(self) -> None:
         self.class_names = tuple(self.class_names)
-        self.device = next(self.net.parameters()).device
-        #: The PyTorch network, also on another runtime: Grad-CAM needs its gradients.
-        self.torch_net = self.net
+        self._torch = self._torch if self._net is None else self._net
+        # A deferred network is built on the CPU, where model files are loaded (map_location).
+        self.device = torch.device("cpu") if self._net is None else next(self._net.parameters()).device
         #: The window named by ``window``: what pre-processing turns HU into 8 bits with.
         self.window_spec = get_window(self.window)
 
@@ -104,7 +117,7 @@ class SliceClassifier:
         """The model file content: tensors, dicts, lists, strings and numbers only."""
         return {
             "arch": self.arch,
-            "state_dict": cpu_state(self.net),
+            "state_dict": cpu_state(self.torch_net),
             "class_names": list(self.class_names),
             "window": self.window,
             "resolution": {"resize": self.resize, "crop": self.crop},
@@ -131,22 +144,14 @@ class SliceClassifier:
         except (KeyError, TypeError) as exc:
             raise ModelError(f"bit model file lacks {exc}", where) from None
         get_window(window)
-        # Built without memory on the meta device, then given the file's tensors: a random
-        # initialisation that the weights would overwrite took 5 s of a BiT-R50x1's load.
-        with torch.device("meta"):
-            net = build_network(arch, len(class_names))
-        try:
-            net.load_state_dict(state, assign=True)
-            _check_materialised(net)
-        except RuntimeError as exc:
-            raise ModelError(f"weights do not fit {arch}: {str(exc).splitlines()[0]}", where) from None
-        net.eval()
-        return cls(net=net, arch=arch, resize=resize, crop=crop, class_names=class_names,
-                   window=window, crop_rule=record.get("crop_rule", "box"),
-                   init=record.get("init", ""), trained_on=record.get("trained_on", {}),
-                   training=record.get("training", {}),
-                   version=record.get("version") or record.get("covidct_version") or "",
-                   file=record.get("file", {}))
+        model = cls(net=None, arch=arch, resize=resize, crop=crop, class_names=class_names,
+                    window=window, crop_rule=record.get("crop_rule", "box"),
+                    init=record.get("init", ""), trained_on=record.get("trained_on", {}),
+                    training=record.get("training", {}),
+                    version=record.get("version") or record.get("covidct_version") or "",
+                    file=record.get("file", {}))
+        model._build = partial(_network_from_state, arch, len(class_names), state, where)
+        return model
 
     def to(self, device: str | torch.device) -> "SliceClassifier":
         self.device = torch.device(device)
@@ -328,3 +333,44 @@ def _progress(iterable, desc: str):
     from tqdm import tqdm
 
     return tqdm(iterable, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+
+
+def _active_network(self: SliceClassifier) -> torch.nn.Module:
+    return self._net if self._net is not None else self.torch_net
+
+
+def _set_active_network(self: SliceClassifier, net) -> None:
+    self._net = net
+
+
+def _torch_network(self: SliceClassifier) -> torch.nn.Module:
+    if self._torch is None and self._build is not None:
+        self._torch, self._build = self._build(), None
+    return self._torch
+
+
+def _set_torch_network(self: SliceClassifier, net) -> None:
+    self._torch = net
+
+
+# Properties set after the dataclass is made, so that its generated __init__ assigns through them.
+SliceClassifier._net = None
+SliceClassifier.net = property(_active_network, _set_active_network,
+                               doc="The network prediction runs (see the class doc).")
+SliceClassifier.torch_net = property(_torch_network, _set_torch_network,
+                                     doc="The PyTorch network, built on first use.")
+
+
+def _network_from_state(arch: str, num_classes: int, state: dict[str, Any],
+                        where: str | None) -> torch.nn.Module:
+    """The network of a model file: built without memory on the meta device, then given the
+    file's tensors (a random initialisation that the weights overwrite took 5 s of a
+    BiT-R50x1's load)."""
+    with torch.device("meta"):
+        net = build_network(arch, num_classes)
+    try:
+        net.load_state_dict(state, assign=True)
+        _check_materialised(net)
+    except RuntimeError as exc:
+        raise ModelError(f"weights do not fit {arch}: {str(exc).splitlines()[0]}", where) from None
+    return net.eval()

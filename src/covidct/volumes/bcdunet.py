@@ -11,6 +11,7 @@ Channel widths scale with ``base`` (32 in the method) so tests can build a narro
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -42,17 +43,26 @@ class ConvLSTMCell(nn.Module):
         self.hidden_conv = nn.Conv2d(hidden, 4 * hidden, kernel, padding=kernel // 2, bias=False)
 
     def forward(self, sequence: list[torch.Tensor]) -> torch.Tensor:
-        # The input convolution of every step in one call: the steps are independent there.
-        steps = self.input_conv(torch.cat(sequence, 0)).chunk(len(sequence), 0)
+        # The first step starts from zero state: no recurrent term, and its forget gate
+        # multiplies a zero cell, so that quarter of its input convolution is not computed
+        # (a tenth of the cell's work; the ConvLSTMs are two thirds of BCDU-Net's FLOPs).
         h = c = None
-        for gates in steps:
-            if h is not None:  # the first step starts from zero state: no recurrent term
-                gates = gates + self.hidden_conv(h)
-            i, f, g, o = gates.chunk(4, 1)
-            i, o, g = torch.sigmoid(i), torch.sigmoid(o), torch.tanh(g)
-            c = i * g if c is None else torch.sigmoid(f) * c + i * g
-            h = o * torch.tanh(c)
+        for x in sequence:
+            if c is None:
+                i, g, o = self._first_gates(x).chunk(3, 1)
+                c = torch.sigmoid(i) * torch.tanh(g)
+            else:
+                i, f, g, o = (self.input_conv(x) + self.hidden_conv(h)).chunk(4, 1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
         return h
+
+    def _first_gates(self, x: torch.Tensor) -> torch.Tensor:
+        """The input, cell and output gates (not the forget gate) of the input convolution."""
+        n, conv = self.hidden, self.input_conv
+        weight = torch.cat([conv.weight[:n], conv.weight[2 * n:]])
+        bias = None if conv.bias is None else torch.cat([conv.bias[:n], conv.bias[2 * n:]])
+        return F.conv2d(x, weight, bias, padding=conv.padding)
 
 
 class BiConvLSTM(nn.Module):

@@ -23,6 +23,16 @@ REFERENCE_SIZE = 128
 #: Where pseudo-infection goes: the whole slice (the method's code) or the lungs only.
 NOISE_SLICE, NOISE_LUNGS = "slice", "lungs"
 NOISE_REGIONS = (NOISE_SLICE, NOISE_LUNGS)
+#: How pseudo-infection changes a slice: the method adds the signed noise image
+#: ("additive"); "opacity" thresholds it into blobs and blends them towards an opacity's
+#: density, as infection replaces aerated lung with denser material (see :meth:`opacity`).
+NOISE_ADDITIVE, NOISE_OPACITY = "additive", "opacity"
+NOISE_KINDS = (NOISE_ADDITIVE, NOISE_OPACITY)
+#: The densities an "opacity" pseudo-infection takes, in HU: faint ground glass up to
+#: consolidation (radiological ranges: GGO about -750 to -300 HU, consolidation above).
+OPACITY_HU = (-700.0, 50.0)
+#: Share of the slice's aerated lung an "opacity" pseudo-infection covers, drawn uniformly.
+OPACITY_COVER = (0.03, 0.35)
 #: Below this value of the CovidCTNet window ([-1000, 400] HU -> [0, 1]), about -580 HU, a
 #: voxel is air or aerated lung.
 AIR_LEVEL = 0.3
@@ -96,26 +106,56 @@ class PseudoInfection:
         seed = int(rng.integers(0, 1000))
         return perlin_noise(shape, scale, self.octaves, persistence, self.lacunarity, seed)
 
+    def opacity(self, unit_slice: np.ndarray, where: np.ndarray,
+                rng: np.random.Generator) -> np.ndarray:
+        """``unit_slice`` (CovidCTNet window) with Perlin-shaped opacities blended in.
+
+        The noise image is thresholded at the quantile that leaves a random share
+        (OPACITY_COVER) of ``where`` above it; a soft edge turns that into blobs of irregular
+        outline (the noise's octaves), blended towards one random density in OPACITY_HU.
+        Additive noise, whose negative half makes lung darker than air and whose positive half
+        stays below soft-tissue density, teaches a denoiser neither the sign nor the density
+        of dense consolidation; the blend covers both.
+        """
+        from ..windowing import COVIDCTNET
+
+        noise = self.draw(unit_slice.shape, rng)
+        inside = noise[where > 0]
+        if inside.size == 0:
+            return unit_slice.copy()
+        spread = float(inside.std()) or 1.0
+        level = float(np.quantile(inside, 1.0 - rng.uniform(*OPACITY_COVER)))
+        alpha = np.clip((noise - level) / (0.5 * spread), 0.0, 1.0) * where
+        target = float(COVIDCTNET.to_unit(np.array([rng.uniform(*OPACITY_HU)]))[0])
+        return unit_slice + alpha * (np.float32(target) - unit_slice)
+
     def apply(self, slices: np.ndarray, rng: np.random.Generator,
-              fraction: float = 0.5, region: str = NOISE_SLICE) -> tuple[np.ndarray, np.ndarray]:
-        """Noisy copies of (N, H, W) ``slices``: a random ``fraction`` of them get noise added,
+              fraction: float = 0.5, region: str = NOISE_SLICE,
+              kind: str = NOISE_ADDITIVE) -> tuple[np.ndarray, np.ndarray]:
+        """Noisy copies of (N, H, W) ``slices``: a random ``fraction`` of them get noise,
         over the whole slice (``region="slice"``, the method's code) or only where the slice
-        shows air inside the body (``"lungs"``, see :func:`air_in_body`).
+        shows air inside the body (``"lungs"``, see :func:`air_in_body`); added as it is
+        (``kind="additive"``, the method) or as blended opacities (``"opacity"``).
 
         Returns (inputs, noisy_flags); the training target stays the clean slices.
         """
         if region not in NOISE_REGIONS:
             raise ValueError(f"unknown noise region {region!r}; choose from {', '.join(NOISE_REGIONS)}")
+        if kind not in NOISE_KINDS:
+            raise ValueError(f"unknown noise kind {kind!r}; choose from {', '.join(NOISE_KINDS)}")
         slices = np.asarray(slices, dtype=np.float32)
         n = len(slices)
         noisy = np.zeros(n, dtype=bool)
         noisy[rng.permutation(n)[:int(round(fraction * n))]] = True
         inputs = slices.copy()
         for k in np.flatnonzero(noisy):
-            noise = self.draw(slices.shape[1:], rng)
-            inputs[k] += noise if region == NOISE_SLICE else noise * air_in_body(slices[k])
+            where = np.ones(slices.shape[1:], np.float32) if region == NOISE_SLICE \
+                else air_in_body(slices[k])
+            if kind == NOISE_OPACITY:
+                inputs[k] = self.opacity(slices[k], where, rng)
+            else:
+                inputs[k] += self.draw(slices.shape[1:], rng) * where
         return inputs, noisy
-
 
 
 def air_in_body(unit_slice: np.ndarray) -> np.ndarray:

@@ -239,7 +239,8 @@ class CovidCTNet:
         for warning in own:  # the reader has logged its own warnings already
             log.warning("%s", warning)
         warnings = own + list(scan.metadata.get("warnings", []) or [])
-        content = scan_digest(scan)
+        # The digest only names cache entries: hashing a 300-slice scan is not done for none.
+        content = scan_digest(scan) if self.cache.enabled else "uncached"
         volume, volume_cache = self.volume(scan, content)
         timings["preprocess"] = time.perf_counter() - start
         mark = time.perf_counter()

@@ -156,4 +156,5 @@ def lung_grid(mask, scan: Scan, shape: tuple[int, ...]) -> np.ndarray:
     for axis, flip in enumerate(canonical_flips(scan.direction)):
         if flip:
             labels = np.flip(labels, axis=axis)
-    return resample_nearest(labels > 0, tuple(shape)).astype(np.float32)
+    # Resampled first, compared after: the same mask without a scan-sized boolean copy.
+    return (resample_nearest(labels, tuple(shape)) > 0).astype(np.float32)

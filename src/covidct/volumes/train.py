@@ -28,7 +28,7 @@ from ..devices import choose_device, cpu_state
 from ..errors import DatasetError, ModelError
 from .data import Cohort, CohortItem, load_cohort
 from .infection import denoise_indices
-from .perlin import NOISE_REGIONS, PseudoInfection
+from .perlin import NOISE_KINDS, NOISE_REGIONS, PseudoInfection
 from .pipeline import BINARY_CLASSES, CovidCTNet
 from .runfolder import RunFolder, load_denoiser_file
 from .settings import INPUT_INFECTION, INPUT_VOLUME, VolumeSettings
@@ -62,6 +62,9 @@ class TrainConfig:
     #: a small denoiser trained with "slice" noise did not single out lesions (voxel AUC about
     #: 0.5 vs the lesion masks); with "lungs" it did (README, "What make demo does").
     noise_region: str = "slice"
+    #: "additive": the noise image added as it is (the method); "opacity": thresholded into
+    #: blobs blended towards ground-glass to consolidation density (perlin.PseudoInfection.opacity).
+    noise_kind: str = "additive"
     denoiser_file: str | None = None  # reuse a denoiser.pt instead of the run's own
     # stage "classifier"
     epochs: int = 100
@@ -70,6 +73,13 @@ class TrainConfig:
     patience: int = 10
     ablation: bool = True
     standardise_inputs: bool = False  # scale the 3D CNN's input to SD 1 (see VolumeSettings.input_scale)
+    #: Random left-right flips and shifts of up to ``augment_shift`` voxels (every axis) of
+    #: each training input, drawn anew every epoch (the method: none). On a few dozen
+    #: patients the published 3D CNN memorises them within a few epochs without it.
+    augment: bool = False
+    augment_shift: int = 2
+    weight_decay: float = 0.0         # Adam's L2 penalty on the 3D CNN (the method: none)
+    mask_input: bool = False          # the main 3D CNN reads lung-masked maps (VolumeSettings)
     #: Also train the 3D CNN on lung-masked infection maps (covidct.lungs; not in the paper).
     lung_ablation: bool = False
     # data and machinery
@@ -85,10 +95,14 @@ class TrainConfig:
             raise ModelError(f"unknown stage {self.stage!r}; choose from {', '.join(STAGES)}")
         if min(self.epochs, self.batch_size, self.denoiser_batch_size) < 1 or self.denoiser_epochs < 1:
             raise ModelError("epochs and batch sizes must be at least 1")
+        if self.augment_shift < 0 or self.weight_decay < 0:
+            raise ModelError("augment_shift and weight_decay must not be negative")
         if not 0.0 <= self.noisy_fraction <= 1.0:
             raise ModelError("noisy_fraction must be in [0, 1]")
         if self.noise_region not in NOISE_REGIONS:
             raise ModelError(f"noise_region must be one of {', '.join(NOISE_REGIONS)}")
+        if self.noise_kind not in NOISE_KINDS:
+            raise ModelError(f"noise_kind must be one of {', '.join(NOISE_KINDS)}")
 
     def settings(self, input_kind: str = INPUT_INFECTION) -> VolumeSettings:
         return VolumeSettings(slice_size=self.slice_size, volume_slices=self.volume_slices,
@@ -101,7 +115,7 @@ class TrainConfig:
 
 #: Settings a resumed run must share with the run it continues.
 _RESUME_KEYS = ("binary", "seed", "slice_size", "volume_slices", "max_denoised_slices",
-                "denoiser_width", "noisy_fraction", "noise_region", "slices_per_scan")
+                "denoiser_width", "noisy_fraction", "noise_region", "noise_kind", "slices_per_scan")
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -130,7 +144,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         denoiser = denoiser.to(device)  # the infection maps of the whole cohort run here
         if config.denoiser_file:
             summary["denoiser"] = {**facts, "file": str(path)}
-        main = _new_model(config, INPUT_INFECTION, denoiser, cache)
+        main = _new_model(config, INPUT_INFECTION, denoiser, cache, mask_input=config.mask_input)
         summary["classifier"] = train_classifier(config, run, cohort, main, "classifier", device,
                                                  run.model)
         if config.ablation:
@@ -173,9 +187,9 @@ def train_denoiser(config: TrainConfig, run: RunFolder, cohort: Cohort, cache, d
     noise = PseudoInfection()
     # Fixed once, as the method: the same half of the slices carries noise in every epoch.
     inputs, noisy = noise.apply(clean, np.random.default_rng([config.seed, 1]),
-                                config.noisy_fraction, config.noise_region)
+                                config.noisy_fraction, config.noise_region, config.noise_kind)
     val_inputs, _ = noise.apply(val_clean, np.random.default_rng([config.seed, 2]),
-                                config.noisy_fraction, config.noise_region)
+                                config.noisy_fraction, config.noise_region, config.noise_kind)
 
     torch.manual_seed(config.seed)
     model = BCDUNet(settings.denoiser_width).to(device)
@@ -260,12 +274,13 @@ def train_classifier(config: TrainConfig, run: RunFolder, cohort: Cohort, net: C
         net.settings = replace(net.settings, input_scale=_unit_sd_scale(x_train))
     scale = np.float32(net.settings.input_scale)
     cnn = net.classifier.to(device)
-    optimizer = torch.optim.Adam(cnn.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(cnn.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
-    def batches(x: np.ndarray, y: np.ndarray, order: np.ndarray):
+    def batches(x: np.ndarray, y: np.ndarray, order: np.ndarray, rng=None):
         for start in range(0, len(order), config.batch_size):
             idx = order[start:start + config.batch_size]
-            yield (torch.from_numpy(x[idx] * scale)[:, None].to(device),
+            xb = x[idx] if rng is None else augment(x[idx], rng, config.augment_shift)
+            yield (torch.from_numpy(xb * scale)[:, None].to(device),
                    torch.from_numpy(y[idx]).long().to(device), len(idx))
 
     def validate() -> tuple[float | None, float | None]:
@@ -286,9 +301,10 @@ def train_classifier(config: TrainConfig, run: RunFolder, cohort: Cohort, net: C
     for epoch in loop:
         torch.manual_seed(config.seed * 1000 + epoch)
         order = np.random.default_rng([config.seed, 4, epoch]).permutation(len(y_train))
+        rng = np.random.default_rng([config.seed, 5, epoch]) if config.augment else None
         cnn.train()
         total = 0.0
-        for xb, yb, n in batches(x_train, y_train, order):
+        for xb, yb, n in batches(x_train, y_train, order, rng):
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(cnn(xb), yb)
             loss.backward()
@@ -320,6 +336,21 @@ def train_classifier(config: TrainConfig, run: RunFolder, cohort: Cohort, net: C
     net.save(model_path)
     results["synthetic"] = net.training["synthetic"]
     return results
+
+
+def augment(x: np.ndarray, rng: np.random.Generator, shift: int) -> np.ndarray:
+    """(N, D, H, W) inputs, each flipped left-right with probability 1/2 and shifted by up to
+    ``shift`` voxels along every axis (zero fill): the findings' side and exact position
+    carry no class, so the 3D CNN should not learn them."""
+    out = np.zeros_like(x)
+    for k, item in enumerate(x):
+        if rng.random() < 0.5:
+            item = item[..., ::-1]
+        moves = rng.integers(-shift, shift + 1, size=3) if shift else np.zeros(3, int)
+        src = tuple(slice(max(0, -m), n - max(0, m)) for m, n in zip(moves, item.shape))
+        dst = tuple(slice(max(0, m), n - max(0, -m)) for m, n in zip(moves, item.shape))
+        out[k][dst] = item[src]
+    return out
 
 
 def _unit_sd_scale(x: np.ndarray) -> float:
