@@ -19,9 +19,13 @@ from typing import Any
 from ..atomic import write_text
 from ..constants import METHOD_BIT, METHOD_COVIDCTNET, SLICE_CLASSES, VOLUME_CLASS_FOLDERS
 from ..covidx import split_path
+from ..demo import DemoSettings, _headline, _in_demo_cache, bit_train_config
 from ..errors import CovidctError
+from ..evaluation import metrics_for, score
 from ..models import load_model
+from ..slices.train import train as train_slice_classifier
 from ..synth.cohort import SETTINGS_FILE, CohortSettings, _settings_json, generate_cohort
+from ..volumes.train import TrainConfig as VolumeTrainConfig, train as train_covidctnet
 
 COHORTS = "cohorts"
 #: Only the layouts the two methods read (no DICOM, no separate NIfTI): quicker to write.
@@ -123,23 +127,16 @@ def sweeps_of(params: dict[str, Any]) -> str:
 
 
 def _demo_settings(params: dict[str, Any]):
-    # lazy: imports sklearn, which this module does not need on import
-    from ..demo import DemoSettings
-
     names = DemoSettings.__dataclass_fields__
     return DemoSettings(**{k: v for k, v in params.items() if k in names})
 
 
 def _train_bit(params, cohort: Path, split: Path, out: Path):
-    # lazy: imports sklearn, which this module does not need on import
-    from ..demo import bit_train_config
-    from ..slices.train import train
-
     config = bit_train_config(_demo_settings(params), split, cohort / "covidx", out, False,
                               "covidct experiment learning-curve")
     summary = _finished(out)
     if summary is None:
-        summary = train(config).summary
+        summary = train_slice_classifier(config).summary
     return load_model(out / "model.pt"), {
         "train_slices": summary["data"]["train"]["slices"], "val_acc": summary.get("best_val_acc"),
         "train_seconds": summary.get("train_seconds_this_session")}
@@ -154,16 +151,12 @@ def _finished(out: Path) -> dict[str, Any] | None:
 
 
 def _train_covidctnet(params, labels: Path, out: Path, experiment: Path):
-    # lazy: imports sklearn, which this module does not need on import
-    from ..demo import _in_demo_cache
-    from ..volumes.train import TrainConfig, train
-
     # The demo's CovidCTNet settings carry TrainConfig's own names.
-    fixed = {k: v for k, v in params.items()
-             if k in TrainConfig.__dataclass_fields__ and k not in ("data", "out", "ablation")}
-    summary = train(TrainConfig(data=str(labels), out=str(out), ablation=False, device="cpu",
-                                cache_dir=str(experiment / ".cache"), resume=True,
-                                progress=False, **fixed))
+    fixed = {k: v for k, v in params.items() if k in VolumeTrainConfig.__dataclass_fields__
+             and k not in ("data", "out", "ablation")}
+    summary = train_covidctnet(VolumeTrainConfig(
+        data=str(labels), out=str(out), ablation=False, device="cpu",
+        cache_dir=str(experiment / ".cache"), resume=True, progress=False, **fixed))
     classifier = summary.get("classifier") or {}
     return _in_demo_cache(load_model(out / "model.pt"), experiment), {
         "epochs_run": classifier.get("epochs_run"), "val_loss": classifier.get("best_loss")}
@@ -171,10 +164,6 @@ def _train_covidctnet(params, labels: Path, out: Path, experiment: Path):
 
 def _test_figures(model, data: Path, params: dict[str, Any]) -> dict[str, Any]:
     """Patient-level accuracy and COVID-vs-rest AUC on the test patients, with 95% CIs."""
-    # lazy: imports sklearn, which this module does not need on import
-    from ..demo import _headline
-    from ..evaluation import metrics_for, score
-
     metrics = metrics_for(score(model, data, "test"), n_boot=int(params["n_boot"]),
                           seed=int(params["seed"]))
     head = _headline(metrics)

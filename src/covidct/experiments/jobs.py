@@ -16,8 +16,11 @@ from ..constants import BIT_INITS, SLICE_CLASSES, VOLUME_CLASSES
 from ..covidx import class_counts, read_split, write_split
 from ..devices import choose_device
 from ..errors import CovidctError
+from ..evaluation import metrics_for
+from ..metrics.tables import figure_parts
 from ..models import load_model
 from ..slices.schedule import parse_resolution, parse_schedule
+from ..slices.train import TrainConfig, train
 from ..slices.weights import resolve
 from ..volumes.data import load_cohort
 from ..volumes.train import TrainConfig as VolumeTrainConfig, train as train_covidctnet
@@ -91,10 +94,6 @@ def _train_images(data: ExperimentData, per_class: int | None) -> int:
 
 
 def run_slice_job(params: dict[str, Any], run_dir: Path, data: ExperimentData) -> dict[str, Any]:
-    # lazy: imports sklearn, which this module does not need on import
-    from ..evaluation import metrics_for
-    from ..slices.train import TrainConfig, train
-
     scale = params["scale"]
     resize, crop = resolution_of(params["resolution"], scale)
     per_class = per_class_of(params.get("per_class"))
@@ -157,9 +156,6 @@ def _val_curve(out: Path) -> list[list[float]]:
 
 
 def _value(figure: Any) -> float | None:
-    # lazy: imports sklearn, which this module does not need on import
-    from ..metrics.tables import figure_parts
-
     value = figure_parts(figure)[0]
     return None if value is None else float(value)
 
@@ -191,9 +187,6 @@ def _slice_row(params, summary, metrics, init, init_note, resolution, schedule, 
 
 
 def _ci(figure: Any, index: int) -> float | None:
-    # lazy: imports sklearn, which this module does not need on import
-    from ..metrics.tables import figure_parts
-
     value = figure_parts(figure)[index]
     return None if value is None else float(value)
 
