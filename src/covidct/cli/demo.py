@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    # lazy: keeps scipy, sklearn, numpy off the `covidct --help` path
+    # lazy: keeps scipy, numpy off the `covidct --help` path
     from ..demo import DemoSettings, run_demo
 
     overrides = {k: v for k, v in (("patients", args.patients), ("difficulty", args.difficulty))

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # lazy: keeps scipy, sklearn, numpy off the `covidct --help` path
+    # lazy: keeps scipy, numpy off the `covidct --help` path
     from ..evaluation import evaluate
     from ..explain.localisation import localisation_lines
     from ..metrics import format_table2, format_table3

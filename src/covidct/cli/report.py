@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # lazy: keeps scipy, sklearn, matplotlib off the `covidct --help` path
+    # lazy: keeps matplotlib, scipy, numpy off the `covidct --help` path
     from ..report import build_report
 
     path = build_report(args.dir, args.out, title=args.title)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..demo import DemoSettings
 from ..slices.schedule import RESOLUTIONS, SCHEDULES
 from ..volumes.train import TrainConfig as VolumeTrainConfig
 
@@ -138,9 +139,6 @@ CURVE_SETTINGS: dict[str, Any] = {"val_patients": 12, "test_patients": 24, "max_
 def curve_settings() -> dict[str, Any]:
     """The demo's sizes for both methods (one place: covidct.demo.DemoSettings), the held-out
     split sizes and the cohorts' slice cap; the grid sets patients and difficulty."""
-    # lazy: imports sklearn, which this module does not need on import
-    from ..demo import DemoSettings
-
     demo = DemoSettings().to_dict()
     for name in ("patients", "difficulty"):
         demo.pop(name)

@@ -53,7 +53,7 @@ def explain_evaluation(model: Any, data: str | os.PathLike, split: str, eval_dir
     scored (the same arguments as :func:`covidct.evaluation.evaluate`). Returns the
     ``explain.json`` content (paths are relative to ``eval_dir``).
     """
-    # lazy: imports scipy, sklearn, which this module does not need on import
+    # lazy: imports scipy, which this module does not need on import
     from ..evaluation import load_scores
 
     eval_dir = Path(eval_dir)
@@ -147,7 +147,7 @@ def _cohort_paths(data: str | os.PathLike, split: str) -> dict[str, Path]:
 
 def _stored_names(eval_dir: Path):
     """Names as the evaluation in ``eval_dir`` stored them (see evaluation.item_namer)."""
-    # lazy: imports scipy, sklearn, which this module does not need on import
+    # lazy: imports scipy, which this module does not need on import
     from ..evaluation import item_namer
 
     return item_namer(eval_dir)

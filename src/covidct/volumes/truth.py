@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..metrics.ranking import roc_auc
 from ..scanio import load_scan
 from .infection import denoise_indices
 from .preprocess import resample_to_grid, resize_depth
@@ -54,9 +55,6 @@ def score_map(maps: list[np.ndarray], truths: list[Truth], labels: list[str]) ->
     scans pooled (scans without lesions add healthy voxels); ``per_class``: mean map value on
     lesion and on healthy lung voxels per class, and the number of scans.
     """
-    # lazy: imports sklearn, which this module does not need on import
-    from ..metrics.ranking import roc_auc
-
     values, positive = [], []
     per_class: dict[str, dict[str, list[np.ndarray]]] = {}
     for infection, truth, label in zip(maps, truths, labels):
