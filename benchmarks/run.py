@@ -67,12 +67,12 @@ def covidctnet(sizes: Sizes, threads: int, peak: float) -> dict[str, Any]:
 
     from covidct.export import to_runtime
     from . import volumes as bench
-    from covidct.volumes.bcdunet import BCDUNet
-    from covidct.volumes.cache import ArrayCache
-    from covidct.volumes.cnn3d import CNN3D
+    from covidct.covidctnet.bcdunet import BCDUNet
+    from covidct.covidctnet.cache import ArrayCache
+    from covidct.covidctnet.cnn3d import CNN3D
     from covidct.synth.phantom import benchmark_series
-    from covidct.volumes.pipeline import CovidCTNet
-    from covidct.volumes.settings import VolumeSettings
+    from covidct.covidctnet.pipeline import CovidCTNet
+    from covidct.covidctnet.settings import VolumeSettings
 
     settings = VolumeSettings(**sizes.volume_settings)
     n_slices, matrix = sizes.volume
@@ -127,7 +127,7 @@ def _predict_memory_subprocess(n_slices: int, matrix: int, threads: int,
 
 def _predict_only(spec: str) -> int:
     from . import volumes as bench
-    from covidct.volumes.settings import VolumeSettings
+    from covidct.covidctnet.settings import VolumeSettings
 
     args = json.loads(spec)
     result = bench.predict_only(args["slices"], args["size"], threads=args["threads"],

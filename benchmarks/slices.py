@@ -22,7 +22,7 @@ from .common import Sizes, best_time, forward_flops, sync
 
 def _resize_for(crop: int) -> int:
     """The BiT-HyperRule resize of a crop size (the paper's pairs; else x1.125 rounded to 8)."""
-    from covidct.slices.schedule import RESOLUTIONS
+    from covidct.bit.schedule import RESOLUTIONS
 
     pair = RESOLUTIONS.get(str(crop))
     return pair[0] if pair else int(math.ceil(crop * 1.125 / 8) * 8)
@@ -33,7 +33,7 @@ def _resize_for(crop: int) -> int:
 def inference(sizes: Sizes, threads: int, peak: float, workdir: Path) -> dict[str, Any]:
     """Slices/s of the slice classifier on each CPU path, with FLOP utilisation."""
     from covidct.export import OnnxNetwork, export_network, fold_weight_standardization
-    from covidct.slices.model import build_network
+    from covidct.bit.model import build_network
 
     torch.manual_seed(0)
     net = build_network(sizes.arch).eval()
@@ -103,8 +103,8 @@ def _int8_graph(onnx_path: Path, sizes: Sizes) -> Path:
     SYNTHETIC benchmark series prepared as prediction prepares them (weights are random:
     this measures speed; tests/test_int8.py checks the answers of a trained model)."""
     from covidct.quantize import int8_path, quantize_graph
-    from covidct.slices.data import EvalTransform, crop_box, normalize
-    from covidct.slices.model import scan_body_box, slice_pixels
+    from covidct.bit.slice_data import EvalTransform, crop_box, normalize
+    from covidct.bit.model import scan_body_box, slice_pixels
     from covidct.synth.phantom import benchmark_series
 
     scan = benchmark_series(*sizes.series)
@@ -124,7 +124,7 @@ def patient_level(sizes: Sizes, threads: int, row1: dict[str, Any], workdir: Pat
     """Read a DICOM series, choose slices, crop, batch, score on ONNX Runtime, aggregate."""
     from covidct.export import to_runtime
     from covidct.scanio import load_scan, save_scan
-    from covidct.slices.model import (SliceClassifier, slice_pixels, build_network, lung_slices,
+    from covidct.bit.model import (SliceClassifier, slice_pixels, build_network, lung_slices,
                                       scan_body_box)
     from covidct.synth.phantom import benchmark_series
 
@@ -162,8 +162,8 @@ def capped_vs_every_slice(sizes: Sizes, threads: int, workdir: Path) -> dict[str
     tiny BiT trained here on a SYNTHETIC cohort (the rule is what is compared, not the net)."""
     from covidct.models import load_model
     from covidct.scanio import load_scan
-    from covidct.slices.model import TINY_ARCH, slice_pixels, scan_body_box
-    from covidct.slices.train import TrainConfig, train
+    from covidct.bit.model import TINY_ARCH, slice_pixels, scan_body_box
+    from covidct.bit.train import TrainConfig, train
     from covidct.synth.cohort import CohortSettings, generate_cohort
 
     root = workdir / "cohort"
@@ -222,8 +222,8 @@ def loader(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     in one process (= one DataLoader worker)."""
     from PIL import Image
 
-    from covidct.slices.data import COVIDxDataset, TrainTransform
-    from covidct.slices.model import scan_body_box
+    from covidct.bit.slice_data import COVIDxDataset, TrainTransform
+    from covidct.bit.model import scan_body_box
     from covidct.synth.phantom import benchmark_series
     from covidct.windowing import COVIDX_LUNG
 
@@ -256,8 +256,8 @@ def loader(sizes: Sizes, workdir: Path) -> dict[str, Any]:
 def training(sizes: Sizes, device: str, peak: float, gflops_per_image: float) -> dict[str, Any]:
     """Training images/s of the slice classifier (SGD step, cross-entropy) and model FLOP
     utilisation (3 x forward FLOPs per image: forward, input and weight gradients).
-    On CUDA: bf16 autocast + channels-last, as `covidct train2d --amp --channels-last`."""
-    from covidct.slices.model import build_network
+    On CUDA: bf16 autocast + channels-last, as `covidct train-bit --amp --channels-last`."""
+    from covidct.bit.model import build_network
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"

@@ -86,12 +86,12 @@ def model_files(sizes: Sizes, work: Path) -> dict[str, Path]:
     """bit.pt (the benchmark's architecture and crop) and covidctnet.pt, random weights."""
     import torch
 
-    from covidct.slices.model import SliceClassifier, build_network
-    from covidct.volumes.bcdunet import BCDUNet
-    from covidct.volumes.pipeline import CovidCTNet
-    from covidct.volumes.settings import VolumeSettings
+    from covidct.bit.model import SliceClassifier, build_network
+    from covidct.covidctnet.bcdunet import BCDUNet
+    from covidct.covidctnet.pipeline import CovidCTNet
+    from covidct.covidctnet.settings import VolumeSettings
 
-    from .slices import _resize_for
+    from .bit import _resize_for
 
     folder = work / "models"
     folder.mkdir(parents=True, exist_ok=True)

@@ -73,10 +73,10 @@ def predict_only(n_slices: int = 300, size: int = 512, pixel_mm: float = 0.625,
     from covidct.export import to_runtime
     from covidct.scanio import load_scan
     from covidct.synth.phantom import benchmark_series
-    from covidct.volumes.bcdunet import BCDUNet
-    from covidct.volumes.cache import ArrayCache
-    from covidct.volumes.pipeline import CovidCTNet
-    from covidct.volumes.settings import VolumeSettings
+    from covidct.covidctnet.bcdunet import BCDUNet
+    from covidct.covidctnet.cache import ArrayCache
+    from covidct.covidctnet.pipeline import CovidCTNet
+    from covidct.covidctnet.settings import VolumeSettings
 
     torch.set_num_threads(threads)
     settings = settings or VolumeSettings()
@@ -104,12 +104,12 @@ def run(n_slices: int = 300, size: int = 512, pixel_mm: float = 0.625, slice_mm:
     import torch
 
     from covidct.synth.phantom import benchmark_series
-    from covidct.volumes.bcdunet import BCDUNet
-    from covidct.volumes.cache import ArrayCache
-    from covidct.volumes.infection import denoise, denoise_indices
-    from covidct.volumes.pipeline import CovidCTNet
-    from covidct.volumes.preprocess import preprocess_reference, preprocess_volume
-    from covidct.volumes.settings import VolumeSettings
+    from covidct.covidctnet.bcdunet import BCDUNet
+    from covidct.covidctnet.cache import ArrayCache
+    from covidct.covidctnet.infection_maps import denoise, denoise_indices
+    from covidct.covidctnet.pipeline import CovidCTNet
+    from covidct.covidctnet.preprocess import preprocess_reference, preprocess_volume
+    from covidct.covidctnet.settings import VolumeSettings
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

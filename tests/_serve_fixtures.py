@@ -23,10 +23,10 @@ def serve_models_dir(tmp_path_factory) -> Path:
     """bit.pt (tiny ResNet-v2, 40 px) and covidctnet.pt (40 px, 34 slices, width-8 BCDU-Net)."""
     import torch
 
-    from covidct.slices.model import TINY_ARCH, SliceClassifier, build_network
-    from covidct.volumes.bcdunet import BCDUNet
-    from covidct.volumes.pipeline import CovidCTNet
-    from covidct.volumes.settings import VolumeSettings
+    from covidct.bit.model import TINY_ARCH, SliceClassifier, build_network
+    from covidct.covidctnet.bcdunet import BCDUNet
+    from covidct.covidctnet.pipeline import CovidCTNet
+    from covidct.covidctnet.settings import VolumeSettings
 
     folder = tmp_path_factory.mktemp("serve-models")
     torch.manual_seed(7)

@@ -68,7 +68,7 @@ def save_tiny_bit_model(path: Path, seed: int, resize: int, crop: int) -> Path:
     BiT's zeros, so its outputs are not uniform; saved as a model file at ``path``."""
     import torch
 
-    from covidct.slices.model import TINY_ARCH, SliceClassifier, build_network
+    from covidct.bit.model import TINY_ARCH, SliceClassifier, build_network
 
     torch.manual_seed(seed)
     net = build_network(TINY_ARCH)
@@ -83,9 +83,9 @@ def save_tiny_covidctnet_model(path: Path, seed: int = 7) -> Path:
     model file at ``path``: seconds to run, for tests of what prediction writes."""
     import torch
 
-    from covidct.volumes.bcdunet import BCDUNet
-    from covidct.volumes.pipeline import CovidCTNet
-    from covidct.volumes.settings import VolumeSettings
+    from covidct.covidctnet.bcdunet import BCDUNet
+    from covidct.covidctnet.pipeline import CovidCTNet
+    from covidct.covidctnet.settings import VolumeSettings
 
     torch.manual_seed(seed)
     CovidCTNet.build(VolumeSettings(slice_size=40, volume_slices=34, denoiser_width=8),
@@ -124,10 +124,10 @@ def save_tiny_covidctnet_model(path: Path) -> Path:
     weights, saved as a model file at ``path``: fast enough for end-to-end tests."""
     import torch
 
-    from covidct.volumes.bcdunet import BCDUNet
-    from covidct.volumes.cache import ArrayCache
-    from covidct.volumes.pipeline import CovidCTNet
-    from covidct.volumes.settings import VolumeSettings
+    from covidct.covidctnet.bcdunet import BCDUNet
+    from covidct.covidctnet.cache import ArrayCache
+    from covidct.covidctnet.pipeline import CovidCTNet
+    from covidct.covidctnet.settings import VolumeSettings
 
     torch.manual_seed(0)
     settings = VolumeSettings(slice_size=40, volume_slices=34, denoiser_width=8)

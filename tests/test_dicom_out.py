@@ -268,9 +268,9 @@ def test_infection_map_returns_to_the_scan_grid_where_the_network_saw_it():
     """A map made from the pre-processed volume itself lands back on the scan's bright blob,
     also for a scan stored feet-first and right-to-left (the canonical flips are undone)."""
     from covidct.scan import Scan
-    from covidct.volumes.infection import map_to_scan_grid
-    from covidct.volumes.preprocess import preprocess_volume, resize_depth
-    from covidct.volumes.settings import VolumeSettings
+    from covidct.covidctnet.infection_maps import map_to_scan_grid
+    from covidct.covidctnet.preprocess import preprocess_volume, resize_depth
+    from covidct.covidctnet.settings import VolumeSettings
 
     settings = VolumeSettings(slice_size=40, volume_slices=34)
     voxels = np.full((20, 64, 64), -1000.0, np.float32)

@@ -94,7 +94,7 @@ def test_rerun_skips_finished_runs(resolution_run, capsys):
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_from_its_checkpoint(env, synthetic_cohort):
-    from covidct.slices.train import TrainConfig, train
+    from covidct.bit.train import TrainConfig, train
 
     overrides = small(mixup=[True], resolution=["36,32"])
     specs = expand(make_plan(PRESETS["resolution"], "tiny", overrides), "tiny")
@@ -264,7 +264,7 @@ def test_find_data_takes_the_kaggle_layout_and_names_what_is_missing(tmp_path):
 def test_covidctnet_patient_cap_draws_whole_patients_per_class(synthetic_cohort, tmp_path):
     from covidct.experiments import find_data
     from covidct.experiments.jobs import patient_subset
-    from covidct.volumes.data import load_cohort
+    from covidct.covidctnet.volume_data import load_cohort
 
     data = find_data(synthetic_cohort, "volumes")
     params = {"max_patients_per_class": 2, "seed": 1, "val_fraction": 0.15, "test_fraction": 0.15}

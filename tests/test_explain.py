@@ -13,7 +13,7 @@ from covidct.explain.cases import select_cases
 from covidct.explain.curves import plot_training_curves, read_history
 from covidct.explain.features import neighbour_agreement, plot_tsne, tsne_embedding
 from covidct.explain.gradcam import gradcam
-from covidct.explain.infection import infection_figure, projections, slice_overlay, top_slices
+from covidct.explain.infection_pictures import infection_figure, projections, slice_overlay, top_slices
 from covidct.explain.plotting import blend_heat, figure_bytes
 
 # A toy classifier with planted features ---------------------------------------------------
@@ -207,7 +207,7 @@ def _tiny_covidx(root, n_patients=6, slices=3, size=48):
 def test_explain_evaluation_writes_gallery_tsne_and_features(tmp_path):
     from covidct.evaluation import evaluate
     from covidct.explain import explain_evaluation
-    from covidct.slices.model import TINY_ARCH, SliceClassifier, build_network
+    from covidct.bit.model import TINY_ARCH, SliceClassifier, build_network
 
     torch.manual_seed(0)
     data = _tiny_covidx(tmp_path / "data")
@@ -250,10 +250,10 @@ def test_explain_evaluation_for_covidctnet_writes_infection_gallery_and_tsne(tmp
     from covidct.evaluation import evaluate
     from covidct.explain import explain_evaluation
     from covidct.scanio import save_scan
-    from covidct.volumes.bcdunet import BCDUNet
-    from covidct.volumes.cache import ArrayCache
-    from covidct.volumes.pipeline import CovidCTNet
-    from covidct.volumes.settings import VolumeSettings
+    from covidct.covidctnet.bcdunet import BCDUNet
+    from covidct.covidctnet.cache import ArrayCache
+    from covidct.covidctnet.pipeline import CovidCTNet
+    from covidct.covidctnet.settings import VolumeSettings
 
     torch.manual_seed(0)
     data = tmp_path / "cohort"

@@ -35,7 +35,7 @@ def bit_file(tmp_path_factory, onnx_cache):
 
 @pytest.fixture(scope="module")
 def covidctnet_file(tmp_path_factory, onnx_cache):
-    """A small CovidCTNet (as tests/test_volumes_pipeline.py sizes it), random weights."""
+    """A small CovidCTNet (as tests/test_covidctnet_pipeline.py sizes it), random weights."""
     return save_tiny_covidctnet_model(tmp_path_factory.mktemp("covidctnet") / "covidctnet.pt")
 
 

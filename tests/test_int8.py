@@ -38,8 +38,8 @@ def cli(env, *args, timeout=300):
 def trained(tmp_path_factory):
     """A tiny BiT trained briefly on a SYNTHETIC cohort split by patient (half train, half
     test): a model whose calls mean something, unlike a random head's near-ties."""
-    from covidct.slices.model import TINY_ARCH
-    from covidct.slices.train import TrainConfig, train
+    from covidct.bit.model import TINY_ARCH
+    from covidct.bit.train import TrainConfig, train
     from covidct.synth.cohort import CohortSettings, generate_cohort
 
     root = tmp_path_factory.mktemp("int8") / "cohort"
@@ -139,9 +139,9 @@ def test_default_runtime_gives_torch_answers_for_both_methods(env, tmp_path, mak
     on one SYNTHETIC scan: same calls, probabilities within 1e-3."""
     from conftest import save_tiny_bit_model
     from covidct.scanio import save_scan
-    from covidct.volumes.bcdunet import BCDUNet
-    from covidct.volumes.pipeline import CovidCTNet
-    from covidct.volumes.settings import VolumeSettings
+    from covidct.covidctnet.bcdunet import BCDUNet
+    from covidct.covidctnet.pipeline import CovidCTNet
+    from covidct.covidctnet.settings import VolumeSettings
 
     bit = save_tiny_bit_model(tmp_path / "bit.pt", seed=2, resize=40, crop=32)
     torch.manual_seed(0)

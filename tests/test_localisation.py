@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from covidct.synth import CohortSettings, generate_cohort
-from covidct.volumes.settings import VolumeSettings
-from covidct.volumes.truth import score_map, truth_on_grid
+from covidct.covidctnet.settings import VolumeSettings
+from covidct.covidctnet.truth import score_map, truth_on_grid
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ def thin_wall():
 
 
 def test_slice_classifier_keeps_every_lesion_slice_of_a_thin_chest_wall(thin_wall):
-    from covidct.slices.model import lung_slices
+    from covidct.bit.model import lung_slices
 
     chosen, found = lung_slices(thin_wall.scan, max_slices=10 ** 9)
     lesion = set(thin_wall.lesion_slices().tolist())
@@ -32,9 +32,9 @@ def test_slice_classifier_keeps_every_lesion_slice_of_a_thin_chest_wall(thin_wal
 def test_covidctnet_reports_its_map_inside_the_lungs(thin_wall):
     import torch
 
-    from covidct.volumes.bcdunet import BCDUNet
-    from covidct.volumes.pipeline import CovidCTNet, lung_grid
-    from covidct.volumes.settings import VolumeSettings
+    from covidct.covidctnet.bcdunet import BCDUNet
+    from covidct.covidctnet.pipeline import CovidCTNet, lung_grid
+    from covidct.covidctnet.settings import VolumeSettings
 
     torch.manual_seed(0)
     settings = VolumeSettings(slice_size=40, volume_slices=34, denoiser_width=4,
@@ -125,10 +125,10 @@ def test_lung_masked_ablation_row_reads_masked_inputs_from_files(tmp_path):
     import torch
 
     from covidct.synth.cohort import CohortSettings, generate_cohort
-    from covidct.volumes.bcdunet import BCDUNet
-    from covidct.volumes.cache import ArrayCache
-    from covidct.volumes.settings import INPUT_INFECTION
-    from covidct.volumes.train import TrainConfig, _comparison, _new_model
+    from covidct.covidctnet.bcdunet import BCDUNet
+    from covidct.covidctnet.cache import ArrayCache
+    from covidct.covidctnet.settings import INPUT_INFECTION
+    from covidct.covidctnet.train import TrainConfig, _comparison, _new_model
 
     cohort = tmp_path / "cohort"
     generate_cohort(cohort, CohortSettings(patients=1, seed=9, matrix=96, slice_mm=(5.0, 5.0),

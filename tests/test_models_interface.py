@@ -45,7 +45,7 @@ def test_describe_has_one_shape_for_both_methods(models):
 
 def test_results_come_back_per_scan_slice(models):
     # A scan whose direction flips every axis: the map must still land on the right slices.
-    from covidct.volumes.mapback import map_slice_of
+    from covidct.covidctnet.mapback import map_slice_of
 
     scan = build_hu_volume((24, 64, 64), spacing=(2.5, 1.2, 1.2), seed=5)
     scan.direction = -np.eye(3)

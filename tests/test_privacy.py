@@ -169,7 +169,7 @@ def test_library_warnings_are_summarised_once_without_uids(tmp_path, run_cli):
 def test_cache_clear_removes_only_covidct_entries(tmp_path, run_cli):
     import numpy as np
 
-    from covidct.volumes.cache import ArrayCache
+    from covidct.covidctnet.cache import ArrayCache
 
     cache = ArrayCache(tmp_path / "cache")
     cache.save(ArrayCache.key("volume", "x", {}), np.zeros(3))

@@ -56,7 +56,7 @@ def fabricate_demo(root: Path, with_roc: bool = True) -> Path:
     write_json(run / "config.json", {
         "arch": "resnetv2_tiny_bit", "init": "random", "resize": 72, "crop": 64,
         "schedule": [5, 20, 40, 60], "batch_size": 8, "lr": 0.003,
-        "command": "covidct train2d cohort/train_COVIDx_CT-2A.txt --out runs/bit",
+        "command": "covidct train-bit cohort/train_COVIDx_CT-2A.txt --out runs/bit",
         "versions": {"covidct": "0.1.0", "torch": "2.14.1", "python": "3.11"},
         "data": {"train": {"split": "train_COVIDx_CT-2A.txt", "slices": 120, "patients": 6,
                            "per_class": {"Normal": 40, "CP": 40, "NCP": 40}}, "synthetic": True}})

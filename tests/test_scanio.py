@@ -106,7 +106,7 @@ def test_dicom_slices_sorted_by_position_not_file_name(tmp_path, make_hu_volume)
     np.testing.assert_array_equal(load_scan(tmp_path / "s").voxels, np.rint(scan.voxels))
 
 
-def test_slices_stored_head_first_sort_along_the_normal(tmp_path, make_hu_volume):
+def test_bit_stored_head_first_sort_along_the_normal(tmp_path, make_hu_volume):
     """A series whose z axis points down (direction column -S) is still ordered along its normal."""
     scan = make_hu_volume((6, 24, 24), (2.0, 1.0, 1.0), seed=4)
     flipped = scan.with_voxels(scan.voxels, direction=np.diag([1.0, 1.0, -1.0]))

@@ -226,7 +226,7 @@ def test_slice_limit_answers_422(tmp_path, serve_models):
         _refused(post(c, nifti_file(tmp_path / "s.nii.gz")), 422, "12 axial slices, more than the 8")
 
 
-def test_slices_over_the_pixel_limit_are_refused_from_their_headers(tmp_path, serve_models):
+def test_bit_over_the_pixel_limit_are_refused_from_their_headers(tmp_path, serve_models):
     limit = dict(max_slice_pixels=48 * 48)  # the test scans have 64x64 slices
     with TestClient(make_app(tmp_path / "d", serve_models, **limit)) as c:
         too_big = "64x64 pixels, more than the 2,304 pixels a slice may have"
@@ -296,7 +296,7 @@ def test_unknown_jobs_slices_and_options(client, tmp_path):
 
 
 def test_busy_server_answers_503(tmp_path, serve_models):
-    from covidct.web.jobs import QUEUED
+    from covidct.web.worker import QUEUED
 
     with TestClient(make_app(tmp_path / "d", serve_models, max_pending=1)) as c:
         c.app.state.store.create("nifti", 1)  # one job already waiting

@@ -174,7 +174,7 @@ def test_cohort_layout_and_labels(cohort):
     assert (cohort / "montage.png").is_file()
 
 
-def test_volumes_reload_with_geometry_and_lesion_masks(cohort):
+def test_covidctnet_reload_with_geometry_and_lesion_masks(cohort):
     from covidct.scanio import load_scan
 
     r = next(r for r in _labels(cohort) if r["label"] == "NCP")

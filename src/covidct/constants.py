@@ -20,7 +20,7 @@ VOLUME_CLASSES = ("Control", "CAP", "COVID-19")
 VOLUME_CLASS_FOLDERS = ("Control", "CAP", "Covid")
 
 #: The COVID-19 class of each method (the positive class of the COVID-vs-rest view).
-COVID_CLASS = {"slices": "NCP", "volumes": "COVID-19"}
+COVID_CLASS = {"bit": "NCP", "covidctnet": "COVID-19"}
 
 DISCLAIMER = (
     "Research use only: covidct is not a medical device and its output is not a diagnosis."
@@ -37,6 +37,6 @@ METHOD_BIT = "bit"
 METHOD_COVIDCTNET = "covidctnet"
 METHODS = (METHOD_BIT, METHOD_COVIDCTNET)
 
-#: The slice classifier's initialisations (Zhao et al., Table 3); covidct.slices.weights
+#: The slice classifier's initialisations (Zhao et al., Table 3); covidct.bit.weights
 #: says which weight file or hub tag each one is.
 BIT_INITS = ("random", "bit-s", "bit-m", "bit-m-s", "bit-m-c")

@@ -4,8 +4,8 @@ One call, :func:`run_demo`, does what a user of the two papers would do on their
 at sizes that fit a 2-core CPU in minutes::
 
     cohort/               covidct synth: phantoms with Normal / CP / NCP findings, split by patient
-    runs/bit/             covidct train2d: the BiT slice classifier (tiny BiT-layout ResNet-v2, low resolution)
-    runs/covidctnet/      covidct train3d: BCDU-Net denoiser + 3D CNN (and the no-BCDU-Net ablation)
+    runs/bit/             covidct train-bit: the BiT slice classifier (tiny BiT-layout ResNet-v2, low resolution)
+    runs/covidctnet/      covidct train-covidctnet: BCDU-Net denoiser + 3D CNN (and the no-BCDU-Net ablation)
     models/{bit,covidctnet}.pt       the trained models (covidct predict finds them here)
     evaluation/{bit,covidctnet}/     covidct evaluate + explanations on the held-out test patients
     prediction/<patient>/            covidct predict of one held-out DICOM series with both methods
@@ -45,8 +45,8 @@ SUMMARY_FILE = "demo.json"
 @dataclass(frozen=True)
 class DemoSettings:
     """Overrides of the methods' defaults that make the demo fit a 2-core CPU in under 10
-    minutes; everything not named here is the method's default (covidct.slices.train and
-    covidct.volumes.train TrainConfig)."""
+    minutes; everything not named here is the method's default (covidct.bit.train and
+    covidct.covidctnet.train TrainConfig)."""
 
     patients: int = 60                # 20 per class: 36 train, 12 val, 12 test patients
     difficulty: float = 0.0           # large, typical lesions (--difficulty for harder ones)
@@ -224,7 +224,7 @@ def _bit_done(run: Path) -> bool:
 
 
 def _train_bit(covidx: Path, run: Path, settings: DemoSettings, progress: bool) -> None:
-    from .slices.train import train
+    from .bit.train import train
 
     train(bit_train_config(settings, split_path(covidx, "train"), covidx, run, progress,
                            "covidct demo"))
@@ -234,7 +234,7 @@ def bit_train_config(settings: DemoSettings, train_split: Path, covidx: Path, ru
                      progress: bool, command: str):
     """The slice classifier's training at demo size (also the learning-curve experiment's):
     ``train_split`` may be a subset of the patients of ``covidx``'s training split."""
-    from .slices.train import TrainConfig
+    from .bit.train import TrainConfig
 
     # The demo's bit_* settings are its overrides of the slice classifier's TrainConfig fields.
     overrides = {k[len("bit_"):]: v for k, v in asdict(settings).items() if k.startswith("bit_")}
@@ -260,7 +260,7 @@ def _covidctnet_done(run: Path) -> bool:
 
 def _train_covidctnet(cohort: Path, run: Path, out: Path, settings: DemoSettings,
                       progress: bool) -> None:
-    from .volumes.train import TrainConfig, train
+    from .covidctnet.train import TrainConfig, train
 
     # The demo's settings named as TrainConfig fields are its overrides of the method's defaults.
     names = {f.name for f in dataclass_fields(TrainConfig)}

@@ -29,16 +29,16 @@ MODEL_FORMAT_VERSION = 1
 
 #: method -> "module:callable" building a model object from the loaded payload.
 _LOADERS = {
-    "bit": "covidct.slices.model:SliceClassifier.from_payload",
-    "covidctnet": "covidct.volumes.pipeline:CovidCTNet.from_payload",
+    "bit": "covidct.bit.model:SliceClassifier.from_payload",
+    "covidctnet": "covidct.covidctnet.pipeline:CovidCTNet.from_payload",
 }
 
 
 class Model(Protocol):
     """What every trained covidct model is, whatever its method (the one interface callers use).
 
-    :class:`covidct.slices.model.SliceClassifier` (method ``bit``) and
-    :class:`covidct.volumes.pipeline.CovidCTNet` (method ``covidctnet``) implement it. Code
+    :class:`covidct.bit.model.SliceClassifier` (method ``bit``) and
+    :class:`covidct.covidctnet.pipeline.CovidCTNet` (method ``covidctnet``) implement it. Code
     outside a method's own package uses only these names, never asks which method it
     holds, and gets every result in the scan's own geometry (slice indices of the scan, maps
     per scan slice), so it never retraces a method's pre-processing.
@@ -216,7 +216,7 @@ def find_model(method: str, search: Sequence[str | os.PathLike] | None = None) -
             return candidate
     where = ", ".join(str(d) for d in dirs)
     raise ModelError(f"no trained {method} model found in {where}; pass --model FILE "
-                     "(train one with covidct train2d/train3d, or run make demo)")
+                     "(train one with covidct train-bit/train-covidctnet, or run make demo)")
 
 
 def find_models(folder: str | os.PathLike | None = None) -> list[Path]:
@@ -231,7 +231,7 @@ def find_models(folder: str | os.PathLike | None = None) -> list[Path]:
     if not found:
         where = folder or ", ".join(str(d) for d in model_dirs())
         raise ModelError(f"no trained model (bit.pt or covidctnet.pt) in {where}; pass --models DIR "
-                         "(train one with covidct train2d/train3d, or run make demo)")
+                         "(train one with covidct train-bit/train-covidctnet, or run make demo)")
     return found
 
 

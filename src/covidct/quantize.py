@@ -51,7 +51,7 @@ def training_inputs(model, split_file: str | os.PathLike, image_dir: str | os.Pa
     import torch
 
     # lazy: imports torch, PIL, which this module does not need on import
-    from .slices.data import COVIDxDataset, EvalTransform, normalize
+    from .bit.slice_data import COVIDxDataset, EvalTransform, normalize
 
     dataset = COVIDxDataset(split_file, image_dir, EvalTransform(model.crop))
     picks = np.unique(np.round(np.linspace(0, len(dataset) - 1, min(n, len(dataset)))).astype(int))

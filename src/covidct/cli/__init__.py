@@ -17,7 +17,7 @@ from ..errors import CovidctError
 from ..privacy import set_show_paths
 
 #: Command modules, in the order `covidct --help` lists them.
-COMMANDS = ("demo", "info", "synth", "train2d", "train3d", "predict", "evaluate", "report", "serve", "experiment",
+COMMANDS = ("demo", "info", "synth", "train_bit", "train_covidctnet", "predict", "evaluate", "report", "serve", "experiment",
             "export", "predict_batch", "dicom_node", "cache")
 
 EPILOG = f"""\

@@ -9,7 +9,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "cache", help="show or clear the cache of pre-processed volumes and infection maps",
         description="CovidCTNet caches pre-processed volumes and infection maps (derived patient "
                     "images, files 0600 in 0700 folders) for training: $COVIDCT_CACHE, else "
-                    "~/.cache/covidct/volumes. Prediction uses no persistent cache unless "
+                    "~/.cache/covidct/covidctnet. Prediction uses no persistent cache unless "
                     "$COVIDCT_CACHE names a folder. `covidct cache clear` removes covidct's "
                     "entries (nothing else) from it.")
     p.add_argument("action", choices=("info", "clear"), nargs="?", default="info")
@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     # lazy: keeps numpy off the `covidct --help` path
-    from ..volumes.cache import clear, location
+    from ..covidctnet.cache import clear, location
 
     root = Path(args.dir).expanduser() if args.dir else location()
     if root is None:

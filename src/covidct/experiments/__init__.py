@@ -7,7 +7,7 @@ both methods on SYNTHETIC cohorts it makes, :mod:`.curve`). Each run of a grid i
 ``OUT/<experiment>/runs/``; see :mod:`.runner` for the folder layout, :mod:`.grid` for
 overrides, :mod:`.outputs` and :mod:`.figures` for what is written.
 """
-from .data import ExperimentData, find_data
+from .datasets import ExperimentData, find_data
 from .grid import parse_set, read_config
 from .presets import PRESETS, SCALES, Preset
 from .runner import EXPERIMENT_FILE, Outcome, run_experiment

@@ -23,9 +23,9 @@ from ..demo import DemoSettings, _headline, _in_demo_cache, bit_train_config
 from ..errors import CovidctError
 from ..evaluation import metrics_for, score
 from ..models import load_model
-from ..slices.train import train as train_slice_classifier
+from ..bit.train import train as train_slice_classifier
 from ..synth.cohort import SETTINGS_FILE, CohortSettings, _settings_json, generate_cohort
-from ..volumes.train import TrainConfig as VolumeTrainConfig, train as train_covidctnet
+from ..covidctnet.train import TrainConfig as VolumeTrainConfig, train as train_covidctnet
 
 COHORTS = "cohorts"
 #: Only the layouts the two methods read (no DICOM, no separate NIfTI): quicker to write.

@@ -19,12 +19,12 @@ from ..errors import CovidctError
 from ..evaluation import metrics_for
 from ..metrics.tables import figure_parts
 from ..models import load_model
-from ..slices.schedule import parse_resolution, parse_schedule
-from ..slices.train import TrainConfig, train
-from ..slices.weights import resolve
-from ..volumes.data import load_cohort
-from ..volumes.train import TrainConfig as VolumeTrainConfig, train as train_covidctnet
-from .data import ExperimentData
+from ..bit.schedule import parse_resolution, parse_schedule
+from ..bit.train import TrainConfig, train
+from ..bit.weights import resolve
+from ..covidctnet.volume_data import load_cohort
+from ..covidctnet.train import TrainConfig as VolumeTrainConfig, train as train_covidctnet
+from .datasets import ExperimentData
 from .presets import HYPERRULE, HYPERRULE_SMALL, TINY_RESOLUTIONS, TINY_SCHEDULES
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..demo import DemoSettings
-from ..slices.schedule import RESOLUTIONS, SCHEDULES
-from ..volumes.train import TrainConfig as VolumeTrainConfig
+from ..bit.schedule import RESOLUTIONS, SCHEDULES
+from ..covidctnet.train import TrainConfig as VolumeTrainConfig
 
 SCALES = ("paper", "tiny")
 #: What a preset trains on: COVIDx-format slices or CT volumes given by --data, or (the
@@ -30,7 +30,7 @@ PAPER_SLICE_SETTINGS: dict[str, Any] = {
     "val_every": 1000, "max_val": None, "max_test": None, "workers": 4, "device": "auto",
     "n_boot": 1000,
 }
-#: CovidCTNet at the method's scale (Javaheri et al.): these covidct.volumes.train defaults,
+#: CovidCTNet at the method's scale (Javaheri et al.): these covidct.covidctnet.train defaults,
 #: read from its TrainConfig, are what an experiment records and may override.
 PAPER_VOLUME_SETTINGS: dict[str, Any] = {
     **{k: getattr(VolumeTrainConfig, k) for k in (

@@ -30,7 +30,7 @@ from ..constants import SYNTHETIC_NOTICE
 from ..errors import CovidctError
 from . import jobs
 from .curve import COHORTS, run_curve_job
-from .data import ExperimentData, find_data
+from .datasets import ExperimentData, find_data
 from .grid import RunSpec, expand, make_plan, run_id
 from .presets import KIND_COHORTS, KIND_SLICES, PRESETS, SCALES, Preset
 

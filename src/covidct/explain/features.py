@@ -68,7 +68,7 @@ def dataset_features(classifier: Any, split_file, image_dir, max_items: int | No
     names) of the sampled slices, pre-processed exactly as evaluation does.
     """
     # lazy: imports PIL, which this module does not need on import
-    from ..slices.data import COVIDxDataset, EvalTransform, collate
+    from ..bit.slice_data import COVIDxDataset, EvalTransform, collate
 
     dataset = COVIDxDataset(split_file, image_dir, EvalTransform(int(classifier.crop)))
     chosen = sample_indices(dataset.labels, max_items, seed)

@@ -1,7 +1,7 @@
 """Grad-CAM heat maps with the maintained pytorch-grad-cam library, for any CNN classifier.
 
 :func:`gradcam` is the generic core; :func:`slice_gradcam` applies it to a trained
-:class:`covidct.slices.model.SliceClassifier` on one 8-bit slice with exactly the model's
+:class:`covidct.bit.model.SliceClassifier` on one 8-bit slice with exactly the model's
 evaluation pre-processing (body box crop, resize to the crop size, BiT normalisation), and
 returns the map at the resolution of the cropped slice so it can be laid over it.
 
@@ -74,7 +74,7 @@ def default_target_layer(network: nn.Module) -> nn.Module:
 def slice_tensor(classifier: Any, pixels: np.ndarray) -> torch.Tensor:
     """A cropped 8-bit slice as the classifier's (3, crop, crop) float evaluation input."""
     # lazy: imports PIL, which this module does not need on import
-    from ..slices.data import EvalTransform
+    from ..bit.slice_data import EvalTransform
 
     return network_input(EvalTransform(int(classifier.crop))(np.asarray(pixels, dtype=np.uint8))[None])[0]
 
@@ -86,7 +86,7 @@ def network_input(images: torch.Tensor) -> torch.Tensor:
     finishes them (BiT scaling to [-1, 1], three channels); float batches are final already.
     """
     # lazy: imports PIL, which this module does not need on import
-    from ..slices import data
+    from ..bit import slice_data as data
 
     normalize = getattr(data, "normalize", None)
     if images.dtype == torch.uint8 and normalize is not None:
@@ -112,7 +112,7 @@ def slice_gradcam(classifier: Any, pixels: np.ndarray, box: Sequence[int] | None
     "probabilities": (C,), "class_index": explained class}``.
     """
     # lazy: imports PIL, which this module does not need on import
-    from ..slices.data import crop_box
+    from ..bit.slice_data import crop_box
 
     pixels = np.asarray(pixels)
     if pixels.ndim != 2:

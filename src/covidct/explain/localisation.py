@@ -3,7 +3,7 @@
 * CovidCTNet: the infection map against the phantom's lesion mask inside its lungs
   (``patients/<pid>/lesions.nii.gz`` and ``lungs.nii.gz``, labels.csv columns ``lesions`` and
   ``lungs``): the voxel-level ROC AUC, and the mean map value on lesions and on healthy lung
-  per class (see :mod:`covidct.volumes.truth`).
+  per class (see :mod:`covidct.covidctnet.truth`).
 * The slice classifier: for correctly called CP and NCP slices, the share of the Grad-CAM
   mass that falls on the slice's lesions (``covidx/lesion_masks/<image name>``, cropped with
   the same body box the classifier read), next to the share of the crop the lesions cover
@@ -23,7 +23,7 @@ import numpy as np
 from ..atomic import write_bytes
 from ..covidx import read_split
 from ..labels import labels_path, read_labels
-from ..volumes.settings import INPUT_INFECTION
+from ..covidctnet.settings import INPUT_INFECTION
 from .plotting import figure_bytes
 
 LOCALISATION_PNG = "localisation.png"
@@ -52,7 +52,7 @@ def infection_localisation(model: Any, data: str | os.PathLike, split: str,
                            out_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
     """Infection maps of one split against the phantoms' lesion masks (None without truth)."""
     # lazy: imports scipy, which this module does not need on import
-    from ..volumes.truth import score_map, truth_on_grid
+    from ..covidctnet.truth import score_map, truth_on_grid
 
     truth_files = truth_rows(data)
     if truth_files is None or model.settings.input != INPUT_INFECTION:
@@ -82,8 +82,8 @@ def infection_localisation(model: Any, data: str | os.PathLike, split: str,
 def _infection_figure(volume, infection, truth, settings, path: Path, auc) -> str:
     """CT slice, infection map and true lesion mask side by side, on the slice with most lesion."""
     # lazy: imports scipy, which this module does not need on import
-    from ..volumes.infection import denoise_indices
-    from ..volumes.preprocess import resize_depth
+    from ..covidctnet.infection_maps import denoise_indices
+    from ..covidctnet.preprocess import resize_depth
 
     import matplotlib
     matplotlib.use("Agg")
@@ -119,7 +119,7 @@ def gradcam_localisation(classifier: Any, split_file: Path, image_dir: Path, sco
     """Grad-CAM mass on lesions for correctly called CP/NCP slices (None without masks)."""
     # lazy: imports torch, scipy, PIL, which this module does not need on import
     from ..synth.cohort import LESION_MASKS
-    from ..slices.data import crop_box, read_gray
+    from ..bit.slice_data import crop_box, read_gray
     from .gradcam import slice_gradcam
 
     masks = Path(image_dir).parent / LESION_MASKS

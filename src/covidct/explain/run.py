@@ -29,9 +29,9 @@ from ..digest import file_digest
 from ..errors import DatasetError, ModelError
 from ..models import load_model
 from ..scanio import load_scan
-from ..volumes.data import load_cohort
+from ..covidctnet.volume_data import load_cohort
 from .cases import Case, select_cases
-from .infection import infection_figure
+from .infection_pictures import infection_figure
 from .plotting import figure_bytes, png_bytes, save_figure
 
 GRADCAM_DIR = "gradcam"
@@ -114,7 +114,7 @@ def write_gradcam_gallery(classifier: Any, split_file: Path, image_dir: Path, sc
                           out_dir: Path) -> dict[str, Any]:
     """Grad-CAM overlays of the chosen slices, each explaining the class the model called."""
     # lazy: imports torch, PIL, which this module does not need on import
-    from ..slices.data import read_gray
+    from ..bit.slice_data import read_gray
     from .gradcam import gradcam_picture, slice_gradcam
 
     stored = _stored_names(out_dir.parent)
@@ -163,7 +163,7 @@ def scan_arrays(model: Any, path: Path) -> tuple[np.ndarray, np.ndarray, float |
     """
     # lazy: imports scipy, which this module does not need on import
     from ..lungs import scan_lungs
-    from ..volumes.preprocess import lung_grid
+    from ..covidctnet.preprocess import lung_grid
 
     scan = load_scan(path)
     content = "file:" + file_digest(path)

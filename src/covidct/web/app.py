@@ -25,10 +25,10 @@ from ..constants import DISCLAIMER
 from .config import ServeConfig
 from .docs import render_docs
 from .headers import SecurityHeaders
-from .jobs import DONE, FAILED, QUEUED, RUNNING, Busy, JobRunner, JobStore, ModelSet
+from .worker import DONE, FAILED, QUEUED, RUNNING, Busy, JobRunner, JobStore, ModelSet
 from .page import render_page
 from .render import Renderer, RenderError
-from .report import scan_report
+from .scan_report import scan_report
 from .storage import SWEEP_INTERVAL_S, expired_before, make_private, remove_job_files
 from .uploads import UploadError, save_upload, size_limit_text
 

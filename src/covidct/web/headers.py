@@ -12,7 +12,7 @@ import hashlib
 import logging
 from functools import lru_cache
 
-from . import docs, page, report
+from . import docs, page, scan_report
 
 _log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def _hash(text: str) -> str:
 @lru_cache(maxsize=1)
 def content_security_policy() -> str:
     scripts = " ".join(_hash(js) for js in (page.JS,))
-    styles = " ".join(_hash(css) for css in (page.CSS, docs.CSS, report.CSS))
+    styles = " ".join(_hash(css) for css in (page.CSS, docs.CSS, scan_report.CSS))
     return ("default-src 'none'; "
             f"script-src {scripts}; style-src {styles}; "
             "img-src 'self' blob: data:; connect-src 'self'; "

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import CovidctError
-from ..explain.infection import CMAP, FLOOR, normalised_map
+from ..explain.infection_pictures import CMAP, FLOOR, normalised_map
 from ..explain.plotting import blend_heat, resize_to
-from ..volumes.mapback import map_on_scan_slices
+from ..covidctnet.mapback import map_on_scan_slices
 from ..windowing import get_window
 from .storage import write_private
 

@@ -6,7 +6,7 @@ so a changed scan, setting or model can never hit a stale entry. Entries hold ar
 a few de-identified facts only; names are hashes. Each entry is one ``.npz`` written
 atomically, so an interrupted run leaves no half entry behind.
 
-Location: ``$COVIDCT_CACHE`` if set (``off`` disables caching), else ``~/.cache/covidct/volumes``.
+Location: ``$COVIDCT_CACHE`` if set (``off`` disables caching), else ``~/.cache/covidct/covidctnet``.
 The entries are derived patient images, so files are 0600 and folders 0700. Training uses
 the cache by default (it pays on every epoch); a model loaded from its file for prediction
 (``covidct predict``, ``predict-batch``, ``evaluate``, the web app) does not, unless
@@ -30,7 +30,7 @@ from ..scan import Scan
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ROOT = Path("~/.cache/covidct/volumes")
+DEFAULT_ROOT = Path("~/.cache/covidct/covidctnet")
 _OFF = ("off", "none", "0", "false", "no")
 
 

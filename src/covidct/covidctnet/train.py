@@ -26,8 +26,8 @@ from ..atomic import write_json
 from ..constants import DISCLAIMER, SYNTHETIC_NOTICE, VOLUME_CLASSES
 from ..devices import choose_device, cpu_state
 from ..errors import DatasetError, ModelError
-from .data import Cohort, CohortItem, load_cohort
-from .infection import denoise_indices
+from .volume_data import Cohort, CohortItem, load_cohort
+from .infection_maps import denoise_indices
 from .perlin import NOISE_KINDS, NOISE_REGIONS, PseudoInfection
 from .pipeline import BINARY_CLASSES, CovidCTNet
 from .runfolder import RunFolder, load_denoiser_file
@@ -85,7 +85,7 @@ class TrainConfig:
     # data and machinery
     val_fraction: float = 0.15
     test_fraction: float = 0.15
-    cache_dir: str | None = None      # None: $COVIDCT_CACHE or ~/.cache/covidct/volumes
+    cache_dir: str | None = None      # None: $COVIDCT_CACHE or ~/.cache/covidct/covidctnet
     device: str = "auto"
     resume: bool = False
     progress: bool = True

@@ -52,7 +52,7 @@ from ..prediction import Prediction, Scores
 from ..scan import Scan
 from ..lungs import lung_report, scan_lungs
 from ..windowing import COVIDX_LUNG, get_window
-from .data import COVIDxDataset, EvalTransform, collate, crop_box, find_synthetic_marker
+from .slice_data import COVIDxDataset, EvalTransform, collate, crop_box, find_synthetic_marker
 # Re-exported: model files, scripts and tests name them from here.
 from .inputs import (MAX_SLICES, aggregation_rule, covidx_split, lung_slices,  # noqa: F401
                      scan_body_box, scan_summary, slice_pixels)

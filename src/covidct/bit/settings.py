@@ -1,7 +1,7 @@
 """The slice classifier's training settings, with the paper's defaults, written once.
 
-Torch-free, so that ``covidct train2d --help`` shows these defaults without importing the
-training code (as :mod:`covidct.volumes.settings` does for CovidCTNet).
+Torch-free, so that ``covidct train-bit --help`` shows these defaults without importing the
+training code (as :mod:`covidct.covidctnet.settings` does for CovidCTNet).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 import pytest
 
 from covidct.errors import CovidctError
-from covidct.slices.schedule import (RESOLUTIONS, SCHEDULES, learning_rate, parse_resolution,
+from covidct.bit.schedule import (RESOLUTIONS, SCHEDULES, learning_rate, parse_resolution,
                                      parse_schedule)
 
 

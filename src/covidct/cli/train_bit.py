@@ -1,4 +1,4 @@
-"""`covidct train2d`: fine-tune the BiT slice classifier on COVIDx-format data."""
+"""`covidct train-bit`: fine-tune the BiT slice classifier on COVIDx-format data."""
 from __future__ import annotations
 
 import argparse
@@ -10,14 +10,14 @@ from pathlib import Path
 from ..constants import BIT_INITS as INITS
 from ..covidx import IMAGES_DIR, SPLIT_SUFFIX, split_path
 from ..errors import CovidctError
-from ..slices.schedule import (DEFAULT_RESOLUTION, DEFAULT_SCHEDULE, RESOLUTIONS, SCHEDULES,
+from ..bit.schedule import (DEFAULT_RESOLUTION, DEFAULT_SCHEDULE, RESOLUTIONS, SCHEDULES,
                                parse_resolution, parse_schedule)
-from ..slices.settings import TINY_ARCH, TrainConfig
+from ..bit.settings import TINY_ARCH, TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train2d", help="fine-tune the BiT slice classifier on COVIDx CT slices",
+        "train-bit", aliases=["train2d"], help="fine-tune the BiT slice classifier on COVIDx CT slices",
         description="Fine-tune a BiT ResNet-v2 on COVIDx-format slices (split files "
                     "'filename class xmin ymin xmax ymax' and an images/ folder), step-based with "
                     f"the BiT-HyperRule (SGD, momentum {TrainConfig.momentum}, warm-up then 10x "
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "Defaults are the paper's main setting "
                     f"({TrainConfig.init}, {TrainConfig.resize}/{TrainConfig.crop} px, "
                     f"{TrainConfig.schedule[-1]:,} steps, batch {TrainConfig.batch_size}). "
-                    "Multi-GPU: torchrun --nproc_per_node N -m covidct.slices.train SAME OPTIONS.",
+                    "Multi-GPU: torchrun --nproc_per_node N -m covidct.bit.train SAME OPTIONS.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_arguments(p)
     p.set_defaults(func=run)
@@ -120,9 +120,9 @@ def config_from_args(args: argparse.Namespace):
 
 
 def torchrun_main(argv: list[str] | None = None) -> int:
-    """Entry point for ``torchrun ... -m covidct.slices.train ARGS`` (same options as train2d)."""
-    parser = argparse.ArgumentParser(prog="python -m covidct.slices.train",
-                                     description="covidct train2d, for torchrun")
+    """Entry point for ``torchrun ... -m covidct.bit.train ARGS`` (same options as train2d)."""
+    parser = argparse.ArgumentParser(prog="python -m covidct.bit.train",
+                                     description="covidct train-bit, for torchrun")
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -134,7 +134,7 @@ def torchrun_main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..slices.train import train  # lazy: imports torch; `train2d --help` must not
+    from ..bit.train import train  # lazy: imports torch; `train2d --help` must not
 
     result = train(config_from_args(args))
     summary = result.summary

@@ -7,11 +7,11 @@ import pytest
 
 from covidct.errors import ScanError
 from covidct.scan import Scan
-from covidct.volumes.infection import denoise_indices
+from covidct.covidctnet.infection_maps import denoise_indices
 from covidct.synth.phantom import chest_phantom
-from covidct.volumes.preprocess import (WINDOWED_WARNING, check_scan, preprocess_reference,
+from covidct.covidctnet.preprocess import (WINDOWED_WARNING, check_scan, preprocess_reference,
                                         preprocess_volume, resize_depth)
-from covidct.volumes.settings import VolumeSettings
+from covidct.covidctnet.settings import VolumeSettings
 from covidct.windowing import COVIDX_LUNG
 
 pytest.importorskip("torch")

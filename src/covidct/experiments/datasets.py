@@ -6,7 +6,7 @@ Accepted ``--data`` folders:
   images folder (``images/``, or ``2A_images/`` as the Kaggle release names it);
 - a ``covidct synth`` cohort: its ``covidx/`` subfolder for the slice experiments, the
   folder itself (``labels.csv``) for CovidCTNet;
-- for CovidCTNet also the method's folder per class, or a labels CSV (see ``covidct train3d``).
+- for CovidCTNet also the method's folder per class, or a labels CSV (see ``covidct train-covidctnet``).
 
 A README carrying the synthetic tag in the folder or just above it marks the data synthetic.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from ..constants import SPLITS
 from ..covidx import IMAGES_DIR, split_path
 from ..errors import DatasetError
-from ..slices.data import find_synthetic_marker
+from ..bit.slice_data import find_synthetic_marker
 from .presets import KIND_SLICES
 
 #: COVIDx CT-2A as downloaded keeps its slices in 2A_images/.
@@ -84,4 +84,4 @@ def _volumes(root: Path) -> ExperimentData:
         raise DatasetError("CovidCTNet needs CT volumes (class folders or labels.csv); "
                            "COVIDx CT-2A holds single slices", root)
     raise DatasetError("no CT volumes: expected Control/ CAP/ Covid/ folders, labels.csv, or a "
-                       "labels CSV (see `covidct train3d --help`)", root)
+                       "labels CSV (see `covidct train-covidctnet --help`)", root)

@@ -12,7 +12,7 @@
 
 Every random choice is a function of (seed, step) (see :mod:`.data`), so ``resume=True``
 continues a killed run from ``last.pt`` and ends with the same weights as an uninterrupted
-run. Multi-GPU: ``torchrun --nproc_per_node N -m covidct.slices.train ...`` (env://
+run. Multi-GPU: ``torchrun --nproc_per_node N -m covidct.bit.train ...`` (env://
 rendezvous; NCCL on CUDA, gloo on CPU); the global batch is split over the processes.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ from ..constants import SLICE_CLASSES
 from ..covidx import class_counts, read_split
 from ..devices import choose_device
 from ..errors import CovidctError, ModelError
-from .data import (COVIDxDataset, EvalTransform, StepBatchSampler, TrainTransform, collate,
+from .slice_data import (COVIDxDataset, EvalTransform, StepBatchSampler, TrainTransform, collate,
                    find_synthetic_marker, mixup, mixup_lambda, normalize, subsample_per_class)
 from .model import SliceClassifier, create_model, infer_logits
 from .schedule import learning_rate
@@ -393,13 +393,13 @@ def _bar(config: TrainConfig, proc: _Proc, start: int, total: int):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=start, desc="train2d", unit="step", dynamic_ncols=True,
+    return tqdm(total=total, initial=start, desc="train-bit", unit="step", dynamic_ncols=True,
                 file=sys.stderr)
 
 
 if __name__ == "__main__":
-    # ``torchrun ... -m covidct.slices.train ARGS``: the options are train2d's, so the CLI parses
+    # ``torchrun ... -m covidct.bit.train ARGS``: the options are train2d's, so the CLI parses
     # them. Only the program file runs this; importing the library never reaches the CLI.
-    from covidct.cli.train2d import torchrun_main
+    from covidct.cli.train_bit import torchrun_main
 
     sys.exit(torchrun_main())

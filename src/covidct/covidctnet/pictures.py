@@ -1,6 +1,6 @@
 """Pictures of one prediction's infection map, written next to its JSON.
 
-The overlays and projections themselves come from :mod:`covidct.explain.infection` (one
+The overlays and projections themselves come from :mod:`covidct.explain.infection_pictures` (one
 drawing of infection maps for the whole project); this module lays them out as two PNGs:
 
 * ``covidctnet-infection-slices.png``: the most affected slices (by the map inside the lung
@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..atomic import atomic_path
-from ..explain.infection import (CMAP, FLOOR, map_scale, normalised_map, projections, slice_overlay,
+from ..explain.infection_pictures import (CMAP, FLOOR, map_scale, normalised_map, projections, slice_overlay,
                                  top_slices, volume_index)
 from ..explain.plotting import blend_heat, draw_outline
 from ..prediction import Prediction

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from covidct.errors import ModelError
-from covidct.slices.model import TINY_ARCH, build_network, create_model
-from covidct.slices.weights import RELEASE_FILES, bit_size, resolve
+from covidct.bit.model import TINY_ARCH, build_network, create_model
+from covidct.bit.weights import RELEASE_FILES, bit_size, resolve
 
 
 @pytest.fixture(autouse=True)

@@ -1,10 +1,10 @@
-"""`covidct train3d`: train CovidCTNet (BCDU-Net denoiser, then the 3D CNN) into a run folder."""
+"""`covidct train-covidctnet`: train CovidCTNet (BCDU-Net denoiser, then the 3D CNN) into a run folder."""
 from __future__ import annotations
 
 import argparse
 
 from ..constants import DISCLAIMER
-from ..volumes.settings import VolumeSettings
+from ..covidctnet.settings import VolumeSettings
 
 #: The method's pre-processing and network sizes, as the help shows them.
 DEFAULTS = VolumeSettings()
@@ -36,7 +36,7 @@ settings): a second run skips pre-processing. {DISCLAIMER}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train3d", help="train CovidCTNet (BCDU-Net + 3D CNN) on CT volumes",
+    p = sub.add_parser("train-covidctnet", aliases=["train3d"], help="train CovidCTNet (BCDU-Net + 3D CNN) on CT volumes",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, metavar="DIR_OR_CSV",
                    help="cohort: class folders (Control/ CAP/ Covid/), a folder with labels.csv, "
@@ -113,7 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--test-fraction", type=float, default=0.15,
                    help="test share per class when the data has no split (default 0.15)")
     g.add_argument("--cache-dir", help="cache of pre-processed arrays (default: $COVIDCT_CACHE or "
-                                       "~/.cache/covidct/volumes)")
+                                       "~/.cache/covidct/covidctnet)")
     g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: all)")
     g.add_argument("--no-progress", dest="progress", action="store_false",
@@ -123,7 +123,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # lazy: keeps scipy, numpy off the `covidct --help` path
-    from ..volumes.train import TrainConfig, train
+    from ..covidctnet.train import TrainConfig, train
 
     if args.threads:
         import torch

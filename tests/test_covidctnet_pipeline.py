@@ -1,4 +1,4 @@
-"""CovidCTNet end to end on SYNTHETIC data, through `covidct train3d`.
+"""CovidCTNet end to end on SYNTHETIC data, through `covidct train-covidctnet`.
 
 Two small runs are trained once per session (tiny networks, few epochs, one thread):
 
@@ -25,12 +25,12 @@ from covidct.constants import VOLUME_CLASSES  # noqa: E402
 from covidct.errors import ScanError  # noqa: E402
 from covidct.models import load_model  # noqa: E402
 from covidct.scan import Scan  # noqa: E402
-from covidct.volumes import preprocess as preprocess_module  # noqa: E402
-from covidct.volumes.infection import denoise  # noqa: E402
+from covidct.covidctnet import preprocess as preprocess_module  # noqa: E402
+from covidct.covidctnet.infection_maps import denoise  # noqa: E402
 from covidct.synth.phantom import chest_phantom  # noqa: E402
-from covidct.volumes.preprocess import preprocess_volume  # noqa: E402
-from covidct.volumes.runfolder import load_denoiser_file  # noqa: E402
-from covidct.volumes.settings import VolumeSettings  # noqa: E402
+from covidct.covidctnet.preprocess import preprocess_volume  # noqa: E402
+from covidct.covidctnet.runfolder import load_denoiser_file  # noqa: E402
+from covidct.covidctnet.settings import VolumeSettings  # noqa: E402
 from covidct.windowing import COVIDX_LUNG  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("volumes-pipeline")
@@ -42,7 +42,7 @@ TINY = ["--slice-size", "40", "--volume-slices", "34", "--denoiser-width", "8",
 
 
 def train3d(*args: str) -> None:
-    assert cli_main(["train3d", *args]) == 0
+    assert cli_main(["train-covidctnet", *args]) == 0
 
 
 @pytest.fixture(scope="session")
@@ -167,8 +167,8 @@ def test_infection_map_singles_out_lesions_inside_the_lungs(opacity_denoiser_run
     rank above healthy lung voxels, and both classes' lesions score above healthy lung.
     The bound is what this tiny run reaches (voxel AUC 0.60 at 40 px, width 8, 6 epochs),
     less a margin: a map at chance, or one whose sign is wrong, fails."""
-    from covidct.volumes.pipeline import CovidCTNet
-    from covidct.volumes.truth import score_map, truth_on_grid
+    from covidct.covidctnet.pipeline import CovidCTNet
+    from covidct.covidctnet.truth import score_map, truth_on_grid
 
     data, run = opacity_denoiser_run
     denoiser, saved, _ = load_denoiser_file(run / "denoiser.pt")
@@ -212,7 +212,7 @@ def test_capped_denoising_matches_denoising_every_slice(synth_denoiser_run):
     import dataclasses
 
     from covidct.scanio import load_scan
-    from covidct.volumes.infection import infection_map
+    from covidct.covidctnet.infection_maps import infection_map
 
     data, run = synth_denoiser_run
     denoiser, saved, _ = load_denoiser_file(run / "denoiser.pt")
@@ -287,12 +287,12 @@ def test_unfit_scans_fail_with_a_clear_error(model):
 def test_without_a_cache_the_scan_is_not_hashed(model, monkeypatch):
     """The scan's digest names cache entries only: with the cache off, prediction skips it
     and gives the same probabilities."""
-    from covidct.volumes.cache import ArrayCache
+    from covidct.covidctnet.cache import ArrayCache
 
     scan, _ = chest_phantom("COVID-19", seed=995, **PHANTOM_GEOMETRY)
     reference = model.predict(scan)
     monkeypatch.setattr(model, "cache", ArrayCache(None))
-    monkeypatch.setattr("covidct.volumes.pipeline.scan_digest",
+    monkeypatch.setattr("covidct.covidctnet.pipeline.scan_digest",
                         lambda scan: pytest.fail("hashed the scan without a cache"))
     uncached = model.predict(scan)
     assert uncached.scan["cache"] == {"volume": "miss", "input": "miss"}
@@ -304,7 +304,7 @@ def test_second_prediction_hits_the_cache(model, monkeypatch):
     first = model.predict(scan)
     assert first.scan["cache"] == {"volume": "miss", "input": "miss"}
     calls = []
-    monkeypatch.setattr("covidct.volumes.pipeline.preprocess_volume",
+    monkeypatch.setattr("covidct.covidctnet.pipeline.preprocess_volume",
                         lambda *a, **k: calls.append(1) or preprocess_module.preprocess_volume(*a, **k))
     second = model.predict(scan)
     assert calls == []
@@ -382,11 +382,11 @@ def test_ablation_binary_mode_and_resume_continue_where_they_stopped(synth_denoi
 
 def test_train3d_refuses_a_missing_or_mismatched_denoiser(synth_denoiser_run, phantom_cohort,
                                                          tmp_path, capsys):
-    rc = cli_main(["train3d", "--data", str(phantom_cohort), "--out", str(tmp_path / "run"),
+    rc = cli_main(["train-covidctnet", "--data", str(phantom_cohort), "--out", str(tmp_path / "run"),
                    "--stage", "classifier", *TINY])
     assert rc == 2
     assert "no trained denoiser" in capsys.readouterr().err
-    rc = cli_main(["train3d", "--data", str(phantom_cohort), "--out", str(tmp_path / "run2"),
+    rc = cli_main(["train-covidctnet", "--data", str(phantom_cohort), "--out", str(tmp_path / "run2"),
                    "--stage", "classifier", "--denoiser", str(synth_denoiser_run[1] / "denoiser.pt"),
                    *TINY, "--slice-size", "48"])
     assert rc == 2
@@ -394,11 +394,14 @@ def test_train3d_refuses_a_missing_or_mismatched_denoiser(synth_denoiser_run, ph
 
 
 def test_train3d_help_explains_the_options(run_cli):
-    rc, out, _ = run_cli("train3d", "--help")
+    rc, out, _ = run_cli("train-covidctnet", "--help")
     assert rc == 0
     for option in ("--stage", "--binary", "--resume", "--denoise-slices", "--no-ablation"):
         assert option in out
     assert "Control/" in out and "summary.json" in out
+    # The former name stays an alias: users' scripts written for `covidct train3d` still run.
+    rc, old, _ = run_cli("train3d", "--help")
+    assert rc == 0 and "--stage" in old and "--denoise-slices" in old
 
 
 def test_cache_folder_holds_only_hashed_array_entries(volumes_env):

@@ -19,7 +19,7 @@ from ..constants import METHOD_COVIDCTNET, VOLUME_CLASSES
 from ..devices import cpu_state
 from ..digest import file_digest
 from ..errors import ModelError
-from ..explain.infection import normalised_map
+from ..explain.infection_pictures import normalised_map
 from ..explain.localisation import infection_localisation
 from ..explain.run import scan_features, write_infection_gallery
 from ..models import save_model_file
@@ -28,8 +28,8 @@ from ..scan import Scan
 from ..lungs import MAP_THRESHOLD, _percent, lung_report, scan_lungs
 from ..scanio import load_scan
 from .cache import ArrayCache, scan_digest, weights_digest
-from .data import load_cohort
-from .infection import cnn_input, map_to_scan_grid
+from .volume_data import load_cohort
+from .infection_maps import cnn_input, map_to_scan_grid
 from .mapback import map_on_scan_slices
 from .preprocess import check_scan, lung_grid, preprocess_volume
 from .settings import INPUT_INFECTION, VolumeSettings

@@ -8,7 +8,7 @@ which is where lesions show. One fixed colour scale (:data:`FULL_SCALE`) is used
 slice, projection and scan, so pictures compare directly.
 
 Map slice d sits at volume slice (d + 0.5) * z / D - 0.5 (the pixel-centre convention of
-the z resize, :mod:`covidct.volumes.mapback`), so overlays are aligned to within a millimetre.
+the z resize, :mod:`covidct.covidctnet.mapback`), so overlays are aligned to within a millimetre.
 """
 from __future__ import annotations
 
@@ -50,9 +50,9 @@ def normalised_map(infection: np.ndarray, scale: float | None = None) -> np.ndar
 
 def volume_index(map_index: int, map_depth: int, volume_depth: int) -> int:
     """The volume slice under infection-map slice ``map_index`` (CovidCTNet's own geometry,
-    :func:`covidct.volumes.mapback.volume_slice_of`)."""
+    :func:`covidct.covidctnet.mapback.volume_slice_of`)."""
     # lazy: imports scipy, which this module does not need on import
-    from ..volumes.mapback import volume_slice_of
+    from ..covidctnet.mapback import volume_slice_of
 
     return volume_slice_of(map_index, map_depth, volume_depth)
 

@@ -9,8 +9,8 @@ import pytest
 from covidct.errors import DatasetError
 from covidct.scan import Scan
 from covidct.digest import file_digest
-from covidct.volumes.cache import ArrayCache, scan_digest
-from covidct.volumes.data import load_cohort
+from covidct.covidctnet.cache import ArrayCache, scan_digest
+from covidct.covidctnet.volume_data import load_cohort
 
 
 def touch(path: Path, text: str = "x") -> Path:
@@ -167,7 +167,7 @@ def test_digests_follow_content_and_geometry(tmp_path):
 def test_training_augmentation_flips_and_shifts_without_inventing_content():
     """Each input is flipped left-right or not and shifted by at most the bound (zero fill);
     what stays in view is the input's own content, and draws vary between inputs."""
-    from covidct.volumes.train import augment
+    from covidct.covidctnet.train import augment
 
     rng = np.random.default_rng(0)
     x = rng.random((16, 6, 10, 12)).astype(np.float32) + 1.0  # no zeros of its own

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from covidct.volumes import perlin
-from covidct.volumes.perlin import PseudoInfection, amplitude_bound, perlin_noise
+from covidct.covidctnet import perlin
+from covidct.covidctnet.perlin import PseudoInfection, amplitude_bound, perlin_noise
 
 
 def correlation_length(image: np.ndarray) -> float:

@@ -108,7 +108,7 @@ def load_denoiser_file(path: str | os.PathLike):
 
     path = Path(path)
     if not path.is_file():
-        raise ModelError("no trained denoiser here; run `covidct train3d --stage denoiser` first "
+        raise ModelError("no trained denoiser here; run `covidct train-covidctnet --stage denoiser` first "
                          "or pass --denoiser FILE", path)
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)

@@ -7,7 +7,7 @@ from PIL import Image
 from covidct.constants import SYNTHETIC_TAG
 from covidct.covidx import SliceRecord
 from covidct.errors import CovidctError, DatasetError
-from covidct.slices.data import (COVIDxDataset, EvalTransform, StepBatchSampler, TrainTransform,
+from covidct.bit.slice_data import (COVIDxDataset, EvalTransform, StepBatchSampler, TrainTransform,
                                  find_synthetic_marker, mixup, mixup_lambda, normalize,
                                  subsample_per_class)
 

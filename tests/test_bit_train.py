@@ -20,8 +20,8 @@ from PIL import Image
 from covidct.constants import DISCLAIMER, SLICE_CLASSES, SYNTHETIC_TAG
 from covidct.errors import CovidctError, DatasetError, ScanError
 from covidct.models import load_model, read_model_file
-from covidct.slices.model import MAX_SLICES, TINY_ARCH
-from covidct.slices.train import TrainConfig, train
+from covidct.bit.model import MAX_SLICES, TINY_ARCH
+from covidct.bit.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -207,13 +207,13 @@ def test_ddp_with_two_gloo_processes_matches_one_process(cohort, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "covidct.slices.train", *map(str, args), "--out", str(tmp_path / "ddp")],
+         "-m", "covidct.bit.train", *map(str, args), "--out", str(tmp_path / "ddp")],
         capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["processes"] == 2
     torch.set_num_threads(1)
-    from covidct.cli.train2d import config_from_args
+    from covidct.cli.train_bit import config_from_args
 
     single = train(config_from_args(_parse([*map(str, args), "--out", str(tmp_path / "one")])))
     a = read_model_file(tmp_path / "ddp" / "model.pt")["state_dict"]
@@ -225,7 +225,7 @@ def test_ddp_with_two_gloo_processes_matches_one_process(cohort, tmp_path):
 def _parse(argv):
     import argparse
 
-    from covidct.cli.train2d import add_arguments
+    from covidct.cli.train_bit import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -243,7 +243,7 @@ def test_missing_image_fails_before_any_training(cohort, tmp_path):
 
 
 def test_command_line_options_map_to_the_config(cohort, tmp_path):
-    from covidct.cli.train2d import config_from_args
+    from covidct.cli.train_bit import config_from_args
 
     config = config_from_args(_parse(["--data", str(cohort), "--out", str(tmp_path / "r")]))
     assert config.train_split.endswith("train_COVIDx_CT-2A.txt")
@@ -262,7 +262,7 @@ def test_command_line_defaults_are_the_config_defaults(cohort, tmp_path):
     """train2d's option defaults are read from TrainConfig, not written twice."""
     from dataclasses import MISSING, fields
 
-    from covidct.cli.train2d import config_from_args
+    from covidct.cli.train_bit import config_from_args
 
     config = config_from_args(_parse(["--data", str(cohort), "--out", str(tmp_path / "r")]))
     differ = {f.name for f in fields(TrainConfig)

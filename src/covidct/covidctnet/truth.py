@@ -18,7 +18,7 @@ import numpy as np
 
 from ..metrics.ranking import roc_auc
 from ..scanio import load_scan
-from .infection import denoise_indices
+from .infection_maps import denoise_indices
 from .preprocess import resample_to_grid, resize_depth
 from .settings import VolumeSettings
 

@@ -95,7 +95,7 @@ def resample_to_grid(scan: Scan, settings: VolumeSettings, values=None) -> np.nd
     """``scan``'s voxels on the pre-processed grid (canonical orientation, S x S in-plane,
     ``spacing_mm`` along z), after ``values`` (a function of a float32 chunk of slices;
     default: the voxels as they are), clipped to [0, 1]. The one geometry the network sees,
-    also used to bring truth masks onto it (see :mod:`covidct.volumes.truth`)."""
+    also used to bring truth masks onto it (see :mod:`covidct.covidctnet.truth`)."""
     import torch
     import torch.nn.functional as F
 

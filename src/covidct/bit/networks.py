@@ -8,7 +8,7 @@ import torch
 
 from ..constants import SLICE_CLASSES
 from ..errors import ModelError
-from .data import normalize
+from .slice_data import normalize
 from .settings import DEFAULT_ARCH, TINY_ARCH
 from .weights import WeightsSource, load_weights, resolve, zero_head
 

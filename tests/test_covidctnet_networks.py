@@ -7,8 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from covidct.volumes.bcdunet import BCDUNet, BiConvLSTM, ConvLSTMCell  # noqa: E402
-from covidct.volumes.cnn3d import CNN3D, flattened_size  # noqa: E402
+from covidct.covidctnet.bcdunet import BCDUNet, BiConvLSTM, ConvLSTMCell  # noqa: E402
+from covidct.covidctnet.cnn3d import CNN3D, flattened_size  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
