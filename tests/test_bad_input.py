@@ -137,20 +137,21 @@ def test_method_all_writes_what_could_run_and_says_why_not(tmp_path, run_cli, mo
 
 
 def test_covidctnet_needs_enough_lung_along_z():
-    from covidct.checks import MIN_LUNG_MM, require_coverage
+    from covidct.checks import MIN_LUNG_MM, check_scan, require_lung_extent
     from covidct.scan import Scan
 
     two = build_hu_volume((2, 64, 64), spacing=(1.0, 0.7, 0.7))
-    with pytest.raises(ScanError, match=f"at least {MIN_LUNG_MM:.0f} mm of lung along z.*2 mm"):
-        require_coverage(two, "covidctnet")
-    require_coverage(two, "bit")  # one lung slice is enough for the slice classifier
+    with pytest.raises(ScanError, match=f"CovidCTNet needs at least {MIN_LUNG_MM:.0f} mm of "
+                                        "lung along z.*2 mm"):
+        require_lung_extent(two, "CovidCTNet")
+    check_scan(two)  # one lung slice is enough for the slice classifier
     enough = build_hu_volume((16, 64, 64), spacing=(2.5, 0.7, 0.7))
-    require_coverage(enough, "covidctnet")
+    require_lung_extent(enough, "CovidCTNet")
     assert any("only 40 mm of lung" in w for w in enough.metadata["warnings"])
     pictures = Scan(np.repeat(build_hu_volume((2, 64, 64)).voxels, 1, 0), (1, 1, 1), "HU",
                     geometry_known=False)
     with pytest.raises(ScanError, match="at least 3 lung slices when the slice spacing is unknown"):
-        require_coverage(pictures, "covidctnet")
+        require_lung_extent(pictures, "CovidCTNet")
 
 
 def test_original_axial_series_is_preferred_over_a_larger_reformat(tmp_path):

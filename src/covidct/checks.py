@@ -13,10 +13,11 @@ A model gives a confident-looking label for anything it is fed, garbage included
 * **lungs**: some slice is a lung slice (see :func:`air_lung_slices`, replaceable through
   ``lung_finder``).
 
-:func:`require_coverage` then states what each method needs: the slice classifier at least
-one lung slice; CovidCTNet at least ``MIN_LUNG_MM`` (30 mm) of lung along z, with a warning
-below ``PARTIAL_LUNG_MM`` (150 mm; whole adult lungs span about 200-300 mm), or, when the
-slice spacing is unknown, ``MIN_LUNG_SLICES`` (3) lung slices and a warning.
+:func:`check_scan` is all the slice classifier needs (one lung slice); a method that reads
+the lungs as a volume (CovidCTNet) then calls :func:`require_lung_extent`: at least
+``MIN_LUNG_MM`` (30 mm) of lung along z, with a warning below ``PARTIAL_LUNG_MM`` (150 mm;
+whole adult lungs span about 200-300 mm), or, when the slice spacing is unknown,
+``MIN_LUNG_SLICES`` (3) lung slices and a warning.
 
 What is doubtful but usable (unknown spacing, filled voxels, partial coverage) becomes a
 warning in ``scan.metadata["warnings"]``, which every output carries.
@@ -28,7 +29,6 @@ from typing import Callable
 
 import numpy as np
 
-from .constants import METHOD_BIT, METHOD_COVIDCTNET
 from .errors import ScanError
 from .scan import Scan
 from .windowing import COVIDX_LUNG, body_mask
@@ -188,27 +188,29 @@ def _check_body(scan: Scan) -> None:
                     "the picture", scan.source or None)
 
 
-def require_coverage(scan: Scan, method: str) -> Plausibility:
-    """Refuse, for ``method``, a scan that does not show enough lung; warn on partial cover."""
+def require_lung_extent(scan: Scan, who: str, min_mm: float = MIN_LUNG_MM,
+                        partial_mm: float = PARTIAL_LUNG_MM,
+                        min_slices: int = MIN_LUNG_SLICES) -> Plausibility:
+    """Refuse, for a method (``who``, as messages name it) that reads the lungs as a volume, a
+    scan with under ``min_mm`` of lung along z (``min_slices`` lung slices when the spacing is
+    unknown); warn below ``partial_mm``. A method that reads single slices needs no more than
+    :func:`check_scan` (one lung slice)."""
     checked = check_scan(scan)
-    if method == METHOD_BIT:
-        return checked  # at least one lung slice: check_scan found one
-    if method == METHOD_COVIDCTNET:
-        extent = checked.lung_extent_mm
-        n_lung = int(checked.lung_slices.sum())
-        if not scan.geometry_known:
-            if n_lung < MIN_LUNG_SLICES:
-                raise ScanError(f"CovidCTNet needs a volume: at least {MIN_LUNG_SLICES} lung "
-                                f"slices when the slice spacing is unknown; this scan has "
-                                f"{n_lung}", scan.source or None)
-            _add_warnings(scan, ["slice spacing unknown: how much of the lungs the scan covers "
-                                 "cannot be measured"])
-        elif extent < MIN_LUNG_MM:
-            raise ScanError(
-                f"CovidCTNet needs at least {MIN_LUNG_MM:.0f} mm of lung along z for a "
-                f"patient-level call; this scan shows {extent:.0f} mm "
-                f"({n_lung} lung slice(s))", scan.source or None)
-        elif extent < PARTIAL_LUNG_MM:
-            _add_warnings(scan, [f"only {extent:.0f} mm of lung along z (whole lungs span about "
-                                 "200-300 mm): disease outside the scanned part is not seen"])
+    extent = checked.lung_extent_mm
+    n_lung = int(checked.lung_slices.sum())
+    if not scan.geometry_known:
+        if n_lung < min_slices:
+            raise ScanError(f"{who} needs a volume: at least {min_slices} lung "
+                            f"slices when the slice spacing is unknown; this scan has "
+                            f"{n_lung}", scan.source or None)
+        _add_warnings(scan, ["slice spacing unknown: how much of the lungs the scan covers "
+                             "cannot be measured"])
+    elif extent < min_mm:
+        raise ScanError(
+            f"{who} needs at least {min_mm:.0f} mm of lung along z for a "
+            f"patient-level call; this scan shows {extent:.0f} mm "
+            f"({n_lung} lung slice(s))", scan.source or None)
+    elif extent < partial_mm:
+        _add_warnings(scan, [f"only {extent:.0f} mm of lung along z (whole lungs span about "
+                             "200-300 mm): disease outside the scanned part is not seen"])
     return checked

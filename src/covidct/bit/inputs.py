@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checks import require_coverage
-from ..constants import METHOD_BIT
+from ..checks import check_scan
 from ..covidx import LAYOUT, covidx_paths
 from ..errors import DatasetError
 from ..lungs import LUNG_SLICE_MM2, scan_lungs
@@ -28,8 +27,8 @@ def aggregation_rule(max_slices: int = MAX_SLICES) -> str:
 
 def lung_slices(scan: Scan, max_slices: int = MAX_SLICES) -> tuple[np.ndarray, bool]:
     """Indices of the slices to score, and whether the lung mask found any (see module doc).
-    The scan must first pass :func:`covidct.checks.require_coverage` (plausible, lungs found)."""
-    require_coverage(scan, METHOD_BIT)
+    The scan must first pass :func:`covidct.checks.check_scan` (plausible, lungs found)."""
+    check_scan(scan)
     chosen = scan_lungs(scan).lung_slices()
     found = chosen.size > 0
     if not found:

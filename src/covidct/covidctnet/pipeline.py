@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checks import require_coverage
+from ..checks import require_lung_extent
 from ..constants import METHOD_COVIDCTNET, VOLUME_CLASSES
 from ..devices import cpu_state
 from ..digest import file_digest
@@ -235,7 +235,7 @@ class CovidCTNet:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         own = check_scan(scan)
-        require_coverage(scan, self.method)  # plausible, with enough lung (covidct.checks)
+        require_lung_extent(scan, "CovidCTNet")  # plausible, with enough lung (covidct.checks)
         for warning in own:  # the reader has logged its own warnings already
             log.warning("%s", warning)
         warnings = own + list(scan.metadata.get("warnings", []) or [])

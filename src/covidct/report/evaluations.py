@@ -284,8 +284,22 @@ def _safe_figure(draw, caption: str, how: str, what: str) -> str:
     return figure(img(data, "image/svg+xml", caption), caption, how)
 
 
+#: The explanation each method's evaluation writes (its model's ``overlay``), for evaluations
+#: whose outputs do not say (no gallery and no explain.json).
+_OVERLAYS = {METHOD_BIT: "gradcam", METHOD_COVIDCTNET: "infection"}
+
+
+def _overlay_of(ev: Evaluation) -> str:
+    """The gallery kind the evaluation's own outputs name (explain.json's keys and the gallery
+    folders are the model's overlay name), else the method's."""
+    for kind in (*ev.galleries, *(ev.explain or {})):
+        if kind in _OVERLAYS.values():
+            return kind
+    return _OVERLAYS.get(ev.method, "gradcam")
+
+
 def gallery_html(ev: Evaluation) -> str:
-    kind = "gradcam" if ev.method == METHOD_BIT else "infection"
+    kind = _overlay_of(ev)
     title = "Grad-CAM gallery" if kind == "gradcam" else "Infection-map gallery"
     index = ev.galleries.get(kind)
     if not index:
