@@ -91,7 +91,7 @@ def model_files(sizes: Sizes, work: Path) -> dict[str, Path]:
     from covidct.covidctnet.pipeline import CovidCTNet
     from covidct.covidctnet.settings import VolumeSettings
 
-    from .bit import _resize_for
+    from .slices import _resize_for
 
     folder = work / "models"
     folder.mkdir(parents=True, exist_ok=True)
