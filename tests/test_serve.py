@@ -83,6 +83,10 @@ def test_dicom_zip_upload_gives_the_models_result_and_slice_pictures(client, ser
     assert len(result["slice_scores"]["bit"]) == len(result["slice_scores"]["covidctnet"]) == 12
     assert {"read_scan", "bit", "covidctnet"} <= set(result["timings_s"])
     assert result["models"]["bit"]["arch"] == "resnetv2_tiny_bit"
+    # The page draws each method from the model's own description, not from its name.
+    assert result["display"]["bit"]["overlay"] == "gradcam"
+    assert result["display"]["covidctnet"]["overlay"] == "infection"
+    assert {v["strip_scale"] for v in result["display"].values()} == {"probability", "relative"}
     base = f"/api/scans/{job['id']}/slices/6.png"
     pictures = {o: client.get(base, params={"overlay": o}) for o in ("none", "gradcam", "infection")}
     for overlay, answer in pictures.items():
@@ -172,6 +176,13 @@ def test_jobs_stored_by_earlier_versions_in_one_viewer_npz_still_show(tmp_path, 
     shutil.rmtree(folder / "render")
     with TestClient(make_app(data, serve_models)) as second:
         assert second.get(url).content == before
+        # Results stored before the page drew from the models' descriptions get them served.
+        store = second.app.state.store
+        stored = store.get(job["id"])["result"]
+        stored.pop("display")
+        store.update(job["id"], result=stored)
+        shown = second.get(f"/api/scans/{job['id']}").json()["result"]["display"]
+        assert shown["covidctnet"]["overlay"] == "infection" and "strip_label" in shown["bit"]
     # ... and so do those that kept it so in viewer/*.npy with a viewer.json note.
     (folder / "viewer").mkdir()
     for name in ("voxels", "infection"):

@@ -55,6 +55,11 @@ class Model(Protocol):
     #: Name of its explanation pictures: the evaluation gallery's folder and the web viewer's
     #: overlay (``"gradcam"`` for the slice classifier, ``"infection"`` for CovidCTNet).
     overlay: str
+    #: How the web page shows it, so the page never asks which method it holds: ``title``,
+    #: ``overlay_label`` (the overlay menu), ``strip_label`` and ``strip_scale`` of its per-slice
+    #: scores (``"probability"``: drawn as is; ``"relative"``: scaled to the scan's highest
+    #: slice) and ``colour`` ("r,g,b").
+    display: dict[str, str]
     #: Whether ``covidct export --int8`` applies (an int8 classifier graph can replace its own).
     quantizable: bool
 

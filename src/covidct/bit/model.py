@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -97,6 +97,11 @@ class SliceClassifier:
     overlay: str = "gradcam"
     #: ``covidct export --int8`` quantizes this classifier.
     quantizable: bool = True
+    #: How the web page shows it (covidct.models.Model.display).
+    display: ClassVar[dict[str, str]] = {
+        "title": "slice classifier", "overlay_label": "Grad-CAM (slice classifier)",
+        "strip_label": "slice classifier COVID-19 probability (grey: slice not scored)",
+        "strip_scale": "probability", "colour": "192,57,43"}
 
     # Not dataclass fields (no annotation): the PyTorch network once built, and how to build
     # it while it is not (set by from_payload).

@@ -50,6 +50,10 @@ class CovidCTNet:
     overlay = INPUT_INFECTION
     #: Its infection maps stay float32 (``covidct export --int8`` is for the slice classifier).
     quantizable = False
+    #: How the web page shows it (covidct.models.Model.display).
+    display = {"title": "CovidCTNet", "overlay_label": "infection map (CovidCTNet)",
+               "strip_label": "CovidCTNet infection burden (relative)",
+               "strip_scale": "relative", "colour": "230,126,34"}
 
     def __init__(self, classifier, denoiser, settings: VolumeSettings,
                  class_names: tuple[str, ...] = VOLUME_CLASSES,

@@ -28,6 +28,7 @@ from .headers import SecurityHeaders
 from .worker import DONE, FAILED, QUEUED, RUNNING, Busy, JobRunner, JobStore, ModelSet
 from .page import render_page
 from .render import Renderer, RenderError
+from .result import display_of
 from .scan_report import scan_report
 from .storage import SWEEP_INTERVAL_S, expired_before, make_private, remove_job_files
 from .uploads import UploadError, save_upload, size_limit_text
@@ -215,6 +216,9 @@ def create_app(config: ServeConfig, models: Sequence[Any]) -> FastAPI:
         job = store.get(job_id) if job_id.isalnum() else None
         if job is None:
             raise HTTPException(404, "no such scan job")
+        result = job.get("result")
+        if isinstance(result, dict) and "display" not in result:  # stored by an earlier version
+            result["display"] = display_of(result.get("methods") or {}, model_set)
         return job
 
     def _finished(job_id: str) -> dict[str, Any]:

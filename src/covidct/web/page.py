@@ -163,8 +163,10 @@ function show(res) {
   // Controls
   $('window-box').hidden = res.scan.units !== 'HU';
   const sel = $('overlay-select'); sel.innerHTML = '<option value="none">none</option>';
-  if (res.methods.bit) sel.innerHTML += '<option value="gradcam">Grad-CAM (slice classifier)</option>';
-  if (res.methods.covidctnet && res.slice_scores.covidctnet) sel.innerHTML += '<option value="infection">infection map (CovidCTNet)</option>';
+  for (const [method, view] of Object.entries(res.display || {})) {
+    if (!res.methods[method] || !res.slice_scores[method]) continue;
+    const opt = document.createElement('option'); opt.value = view.overlay; opt.textContent = view.overlay_label; sel.appendChild(opt);
+  }
   sel.value = sel.options.length > 1 ? sel.options[1].value : 'none';
   $('slice-slider').max = nSlices - 1;
   current = bestSlice(); $('slice-slider').value = current;
@@ -172,7 +174,10 @@ function show(res) {
 }
 
 function bestSlice() {
-  const s = result.slice_scores.bit || result.slice_scores.covidctnet || [];
+  // The slice a probability-scaled method scores highest, else the first method's.
+  const rows = Object.entries(result.slice_scores);
+  const pick = rows.find(([m]) => view(m).strip_scale === 'probability') || rows[0];
+  const s = pick ? pick[1] : [];
   let best = Math.floor(nSlices / 2), top = -1;
   s.forEach((v, k) => { if (v !== null && v > top) { top = v; best = k; } });
   return best;
@@ -213,7 +218,7 @@ $('window-select').addEventListener('change', showSlice);
 $('opacity').addEventListener('input', (e) => { $('overlay-img').style.opacity = e.target.value / 100; });
 
 // The per-slice score strip: one row per method, darker = more evidence for COVID-19.
-const COLORS = {bit: [192, 57, 43], covidctnet: [230, 126, 34]};
+function view(method) { return (result.display || {})[method] || {strip_scale: 'relative', strip_label: method, colour: '60,60,160'}; }
 function drawStrip() {
   const c = $('strip'), ctx = c.getContext('2d');
   c.width = c.clientWidth * devicePixelRatio; c.height = c.clientHeight * devicePixelRatio;
@@ -221,17 +226,17 @@ function drawStrip() {
   const rows = Object.entries(result.slice_scores), w = c.width / nSlices, h = c.height / Math.max(1, rows.length);
   rows.forEach(([method, scores], r) => {
     const peak = Math.max(1e-9, ...scores.filter((v) => v !== null));
-    const col = COLORS[method] || [60, 60, 160];
+    const col = view(method).colour;
     scores.forEach((v, k) => {
       if (v === null) { ctx.fillStyle = '#eceff3'; }
-      else { const a = method === 'bit' ? v : v / peak; ctx.fillStyle = `rgba(${col},${0.08 + 0.92 * a})`; }
+      else { const a = view(method).strip_scale === 'relative' ? v / peak : v; ctx.fillStyle = `rgba(${col},${0.08 + 0.92 * a})`; }
       ctx.fillRect(k * w, r * h, Math.max(1, w - 0.5), h - 1);
     });
   });
   ctx.strokeStyle = '#13293d'; ctx.lineWidth = 2 * devicePixelRatio;
   ctx.strokeRect(current * w, 1, Math.max(2, w), c.height - 2);
   $('strip-legend').textContent = rows.map(([m], r) => 'row ' + (r + 1) + ': ' +
-      (m === 'bit' ? 'slice classifier COVID-19 probability (grey: slice not scored)' : 'CovidCTNet infection burden (relative)')).join(' | ');
+      view(m).strip_label).join(' | ');
 }
 $('strip').addEventListener('click', (e) => { const r = e.target.getBoundingClientRect(); setSlice(Math.floor((e.clientX - r.left) / r.width * nSlices)); });
 window.addEventListener('resize', () => { if (result) drawStrip(); });

@@ -69,6 +69,12 @@ def slice_scores(predictions: dict[str, Any], models: Any) -> dict[str, list[flo
     return out
 
 
+def display_of(methods: Any, models: Any) -> dict[str, dict[str, str]]:
+    """Each method's :attr:`covidct.models.Model.display`, which the page draws from."""
+    return {m: {**models.get(m).display, "overlay": models.get(m).overlay}
+            for m in methods if models.get(m) is not None}
+
+
 def build_result(job_id: str, scan, predictions: dict[str, Any], errors: dict[str, str],
                  timings: dict[str, float], upload: Upload, show_phi: bool,
                  models: Any) -> dict[str, Any]:
@@ -85,6 +91,7 @@ def build_result(job_id: str, scan, predictions: dict[str, Any], errors: dict[st
         "methods": methods,
         "errors": errors,
         "slice_scores": slice_scores(predictions, models),
+        "display": display_of(predictions, models),
         "models": {m: p.model for m, p in predictions.items()},
         "timings_s": timings,
     }
