@@ -158,19 +158,30 @@ def save_model_file(path: str | os.PathLike, method: str, payload: dict[str, Any
     return Path(path)
 
 
-def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
-    import torch
+def read_record(path: str | os.PathLike, fmt: str, missing: str, unreadable: str,
+                wrong: str) -> dict[str, Any]:
+    """A torch-saved dict whose ``format`` is ``fmt`` (model and denoiser files), or a
+    ModelError with the given wording naming the file."""
+    import torch  # lazy: keeps torch off `covidct --help`
 
     path = Path(path)
     if not path.is_file():
-        raise ModelError("model file not found", path)
+        raise ModelError(missing, path)
     try:
-        # weights_only: a model file from elsewhere must not be able to run code on load.
+        # weights_only: a file from elsewhere must not be able to run code on load.
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelError(f"not a readable covidct model file ({type(exc).__name__})", path) from None
-    if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
-        raise ModelError("not a covidct model file (no covidct-model header)", path)
+        raise ModelError(f"{unreadable} ({type(exc).__name__})", path) from None
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        raise ModelError(wrong, path)
+    return record
+
+
+def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    record = read_record(path, MODEL_FORMAT, "model file not found",
+                         "not a readable covidct model file",
+                         "not a covidct model file (no covidct-model header)")
     if record.get("format_version", 0) > MODEL_FORMAT_VERSION:
         raise ModelError("model file was written by a newer covidct; upgrade covidct", path)
     if record.get("method") not in _LOADERS:

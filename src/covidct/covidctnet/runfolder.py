@@ -19,6 +19,7 @@ from typing import Any
 
 from ..atomic import atomic_path, write_json, write_text
 from ..errors import ModelError
+from ..models import read_record
 
 HISTORY_COLUMNS = ("stage", "epoch", "train_loss", "val_loss", "val_accuracy", "seconds")
 DENOISER_FORMAT = "covidctnet-denoiser"
@@ -101,21 +102,13 @@ class RunFolder:
 
 def load_denoiser_file(path: str | os.PathLike):
     """(BCDUNet, settings dict, facts) from a run's denoiser.pt."""
-    import torch
-
     # lazy: imports torch, which this module does not need on import
     from .bcdunet import BCDUNet
 
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError("no trained denoiser here; run `covidct train-covidctnet --stage denoiser` first "
-                         "or pass --denoiser FILE", path)
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelError(f"not a readable denoiser file ({type(exc).__name__})", path) from None
-    if not isinstance(record, dict) or record.get("format") != DENOISER_FORMAT:
-        raise ModelError("not a CovidCTNet denoiser file", path)
+    record = read_record(path, DENOISER_FORMAT,
+                         "no trained denoiser here; run `covidct train-covidctnet --stage denoiser` "
+                         "first or pass --denoiser FILE",
+                         "not a readable denoiser file", "not a CovidCTNet denoiser file")
     model = BCDUNet(int(record["settings"]["denoiser_width"]))
     model.load_state_dict(record["state_dict"])
     return model.eval(), dict(record["settings"]), dict(record.get("facts") or {})
