@@ -291,8 +291,9 @@ def _digest(folder: Path) -> dict[str, str]:
 def test_same_seed_writes_identical_files(tmp_path):
     settings = CohortSettings(patients=2, seed=4, matrix=64, slice_mm=(5.0, 5.0), max_slices=10,
                               formats=("nifti", "covidx"))
-    generate_cohort(tmp_path / "a", settings, progress=False)
-    generate_cohort(tmp_path / "b", settings, progress=False)
+    # One process and two worker processes (patients finishing out of order) write the same.
+    generate_cohort(tmp_path / "a", settings, progress=False, workers=1)
+    generate_cohort(tmp_path / "b", settings, progress=False, workers=2)
     a, b = _digest(tmp_path / "a"), _digest(tmp_path / "b")
     assert a == b and any(k.endswith(".png") for k in a) and any(k.endswith(".nii.gz") for k in a)
     assert not (tmp_path / "a" / "patients" / "SYN0001" / "dicom").exists()   # formats honoured
@@ -314,6 +315,7 @@ def test_same_seed_writes_identical_files(tmp_path):
     (("--difficulty", "2"), "--difficulty"),
     (("--formats", "dicom,jpeg"), "--formats"),
     (("--split", "0", "0", "0"), "--split"),
+    (("--workers", "0"), "--workers"),
 ])
 def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, args, words):
     from covidct.cli import main

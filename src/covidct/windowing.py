@@ -86,9 +86,34 @@ def body_mask(slice_2d: np.ndarray, units: str = "windowed",
         raise ScanError(f"body crop needs a 2D slice, got shape {img.shape}")
     hu = img if units == "HU" else window.from_uint8(img)
     tissue = hu > _BODY_HU
-    if not tissue.any():
+    box = _tissue_box(tissue)
+    if box is None:
         return tissue
     radius = max(1, round(min(img.shape) / 128))
+    mask = np.zeros_like(tissue)
+    mask[box] = _body_in(tissue[box], radius)
+    return mask
+
+
+def _tissue_box(tissue: np.ndarray) -> tuple[slice, slice] | None:
+    """The tissue's bounding box plus one background pixel each side (within the image).
+
+    Everything outside is background, so the body is found in the box alone, identically and
+    several times faster: the opening pads with background as the image edge does; every
+    background region reaching the image edge reaches the box's edge (through the ring of
+    background round the tissue), so hole filling agrees; taxicab distances in a rectangle
+    are the plain ones.
+    """
+    rows = np.flatnonzero(tissue.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(tissue.any(axis=0))
+    h, w = tissue.shape
+    return (slice(max(0, rows[0] - 1), min(h, rows[-1] + 2)),
+            slice(max(0, cols[0] - 1), min(w, cols[-1] + 2)))
+
+
+def _body_in(tissue: np.ndarray, radius: int) -> np.ndarray:
     opened = _box_opening(tissue, 2 * radius + 1)
     labels, n = ndimage.label(opened if opened.any() else tissue)
     if n == 0:
@@ -115,9 +140,11 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     labels, n = ndimage.label(~mask)
     if n == 0:
         return mask.copy()
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    outside = np.isin(labels, edge[edge > 0])
-    return ~outside
+    outside = np.zeros(n + 1, dtype=bool)   # a lookup table: much faster than np.isin
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        outside[edge] = True
+    outside[0] = False
+    return ~outside[labels]
 
 
 def body_box(slice_2d: np.ndarray, units: str = "windowed",

@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="harder anatomy for testing lung masks, comma-separated from: "
                         "thin-wall,off-centre,fov-edge,stomach-gas,table-close; each patient gets "
                         "each listed variant with probability 0.5 (default: none)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes making patients at once; any number writes the same files "
+                        "(default: one per core, at most 4)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -69,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
     ).check()
-    summary = generate_cohort(args.out, settings, progress=not args.no_progress)
+    summary = generate_cohort(args.out, settings, progress=not args.no_progress,
+                              workers=args.workers)
     for line in summary.lines():
         print(line)
     return 0

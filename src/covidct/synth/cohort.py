@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -160,18 +162,37 @@ def assign_splits(labels: list[str], fractions: tuple[float, float, float],
     return out
 
 
+#: Most worker processes a cohort is written with by default: each holds one phantom (about
+#: a gigabyte at --matrix 512), so more would trade memory for little.
+MAX_WORKERS = 4
+
+
+def default_workers(patients: int) -> int:
+    """One process per available core, at most MAX_WORKERS and at most one per patient."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS, patients))
+
+
 def generate_cohort(out: str | os.PathLike, settings: CohortSettings = CohortSettings(), *,
-                    progress: bool = True) -> CohortSummary:
+                    progress: bool = True, workers: int | None = None) -> CohortSummary:
     """Generate and write a SYNTHETIC cohort into ``out`` (atomically; see the module doc).
 
     ``out`` may already hold an earlier cohort (it is replaced); any other non-empty folder
-    is refused rather than deleted.
+    is refused rather than deleted. Patients are made in ``workers`` processes (default
+    :func:`default_workers`); every patient has its own random stream and is gathered in
+    order, so any number of workers writes the same bytes.
     """
     from tqdm import tqdm
 
     settings.check()
     out = Path(out)
     _refuse_foreign(out)
+    workers = default_workers(settings.patients) if workers is None else int(workers)
+    if workers < 1:
+        raise CovidctError(f"--workers must be at least 1, got {workers}")
     cohort_rng = np.random.default_rng(np.random.SeedSequence(int(settings.seed), spawn_key=(0,)))
     labels = assign_classes(settings.patients, cohort_rng)
     splits = assign_splits(labels, settings.split, cohort_rng)
@@ -179,25 +200,17 @@ def generate_cohort(out: str | os.PathLike, settings: CohortSettings = CohortSet
     covidx_lines: dict[str, list[str]] = {s: [] for s in SPLITS}
     montage: list[tuple[str, str, np.ndarray]] = []
     with atomic_dir(out) as tmp:
-        bar = tqdm(total=settings.patients, desc="synth", unit="patient", file=sys.stderr,
-                   disable=not progress)
-        for i, (label, split) in enumerate(zip(labels, splits)):
-            number = i + 1
-            pid = f"SYN{number:04d}"
-            bar.set_postfix_str(f"{pid} {label}")
-            patient = make_patient(label, seed=patient_seed(settings.seed, i),
-                                   difficulty=settings.difficulty,
-                                   matrix=settings.matrix, slice_mm=settings.slice_mm,
-                                   max_slices=settings.max_slices,
-                                   variants=patient_variants(settings, i))
-            record, lines = _write_patient(tmp, patient, pid, number, split, settings)
-            covidx_lines[split] += lines
-            summary.records.append(record)
-            if len(montage) < MONTAGE_PATIENTS:
-                montage.append((pid, label, _representative(patient)))
-            del patient
-            bar.update(1)
-        bar.close()
+        jobs = [_Job(tmp, settings, i, label, split)
+                for i, (label, split) in enumerate(zip(labels, splits))]
+        with tqdm(total=settings.patients, desc="synth", unit="patient", file=sys.stderr,
+                  disable=not progress) as bar, _patients_made(jobs, workers) as done:
+            for job, (record, lines, representative) in zip(jobs, done):
+                covidx_lines[job.split] += lines
+                summary.records.append(record)
+                if representative is not None:
+                    montage.append((record.patient_id, record.label, representative))
+                bar.set_postfix_str(f"{record.patient_id} {record.label}")
+                bar.update(1)
         if "covidx" in settings.formats:
             summary.covidx_counts = _write_split_files(tmp / "covidx", covidx_lines)
         _write_labels(tmp / "labels.csv", summary.records)
@@ -206,6 +219,57 @@ def generate_cohort(out: str | os.PathLike, settings: CohortSettings = CohortSet
                                          encoding="utf-8")
         (tmp / "README.md").write_text(_readme(summary), encoding="utf-8")
     return summary
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One patient to make and write (picklable: it travels to a worker process)."""
+
+    root: Path
+    settings: CohortSettings
+    index: int
+    label: str
+    split: str
+
+
+@contextmanager
+def _patients_made(jobs: list[_Job], workers: int):
+    """Yield an iterator of _make_and_write's results, in the order of ``jobs``."""
+    if workers == 1 or len(jobs) <= 1:
+        yield map(_make_and_write, jobs)
+        return
+    # spawn, not fork: the caller may hold threads (tqdm's monitor, PyTorch's pools) whose
+    # locks a forked child would inherit held.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(min(workers, len(jobs)), initializer=_one_thread_each) as pool:
+        yield pool.imap(_make_and_write, jobs)
+
+
+_limits = None
+
+
+def _one_thread_each() -> None:
+    """The workers share the cores: one BLAS thread each, or they would oversubscribe them."""
+    global _limits
+    from threadpoolctl import threadpool_limits
+
+    _limits = threadpool_limits(limits=1)
+
+
+def _make_and_write(job: _Job) -> tuple[PatientRecord, list[str], np.ndarray | None]:
+    """Make patient ``job.index`` from its own random stream and write it: its record, its
+    COVIDx split-file lines, and its montage tile (the first MONTAGE_PATIENTS only)."""
+    settings = job.settings
+    number = job.index + 1
+    patient = make_patient(job.label, seed=patient_seed(settings.seed, job.index),
+                           difficulty=settings.difficulty,
+                           matrix=settings.matrix, slice_mm=settings.slice_mm,
+                           max_slices=settings.max_slices,
+                           variants=patient_variants(settings, job.index))
+    record, lines = _write_patient(job.root, patient, f"SYN{number:04d}", number, job.split,
+                                   settings)
+    tile = _representative(patient) if job.index < MONTAGE_PATIENTS else None
+    return record, lines, tile
 
 
 def _refuse_foreign(out: Path) -> None:
