@@ -122,6 +122,69 @@ def load_limit(cores: int | None = None) -> float:
     return (cores or os.cpu_count() or 1) / 2
 
 
+# The load average cannot judge a row: the benchmark's own threads are runnable too, so on 2
+# cores a row at 2 threads lifts the 1-minute average to 1.3-2.0 by itself. A row is judged
+# instead by the CPU time the rest of the machine used while it ran: the kernel's busy time
+# for all CPUs (/proc/stat) minus this process's and its reaped children's CPU time.
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    wall_s: float              # time.monotonic()
+    busy_s: float | None       # all CPUs' busy time since boot (None: no /proc/stat)
+    own_s: float               # CPU time of this process and the children it has reaped
+
+
+def parse_proc_stat(text: str, ticks_per_s: float) -> float:
+    """All CPUs' busy seconds from /proc/stat: user, nice, system, irq, softirq and steal
+    (a hypervisor's stolen time slows the run too); not idle or iowait. Guest time is
+    already inside user."""
+    fields = next(line for line in text.splitlines() if line.startswith("cpu "))
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields.split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / ticks_per_s
+
+
+def cpu_snapshot() -> CpuSnapshot:
+    import resource
+
+    own = sum(getattr(resource.getrusage(who), field) for who in
+              (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for field in ("ru_utime", "ru_stime"))
+    try:
+        with open("/proc/stat") as fh:
+            busy = parse_proc_stat(fh.read(), os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, StopIteration):
+        busy = None
+    return CpuSnapshot(time.monotonic(), busy, own)
+
+
+def other_cpu(before: CpuSnapshot, after: CpuSnapshot) -> float | None:
+    """Cores the rest of the machine kept busy, on average, between two snapshots (None when
+    /proc/stat is missing). Children still running at ``after`` count as others: a row that
+    leaves one behind is judged strictly, never leniently."""
+    if before.busy_s is None or after.busy_s is None:
+        return None
+    wall = max(after.wall_s - before.wall_s, 1e-9)
+    others = (after.busy_s - before.busy_s) - (after.own_s - before.own_s)
+    return round(max(0.0, others) / wall, 3)
+
+
+def other_cpu_limit(cores: int | None = None) -> float:
+    """The most cores other jobs may keep busy, on average, during a trustworthy row: a
+    quarter of the machine. Tighter than the start rule (half the cores of load average)
+    because CPU time understates demand: while the run holds every core, the scheduler gives
+    another runnable job only its share, so half the cores of demand shows as less."""
+    return (cores or os.cpu_count() or 1) / 4
+
+
+def row_loaded(others: float | None, limit: float, load_before: float | None = None,
+               load_limit_: float | None = None) -> bool:
+    """Was a row disturbed? By the other jobs' CPU time during it when known; else (no
+    /proc/stat) by the load average at its start, the old rule, which the run's own threads
+    from the previous row can trip."""
+    if others is not None:
+        return others > limit
+    return load_before is not None and load_limit_ is not None and load_before > load_limit_
+
+
 def wait_for_quiet(limit: float, timeout_s: float, poll_s: float = 15.0) -> list[float]:
     """Wait up to ``timeout_s`` for the 1-minute load average to fall to ``limit``; the load then."""
     deadline = time.monotonic() + timeout_s

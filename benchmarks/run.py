@@ -17,9 +17,12 @@ a local Dask cluster).
 Every scan is a SYNTHETIC phantom; timings are the best of a few calls.
 
 Load: a run refuses to start (exit 3) when the 1-minute load average is above half the
-cores (--max-load), unless --allow-loaded, which marks every row LOADED; a run that ends
-above it is marked LOADED too (and exits 3 without --allow-loaded, after writing its
-JSON). Every row records the load average at its start and end.
+cores (--max-load), unless --allow-loaded, which marks every row LOADED. Once running, the
+load average measures the benchmark's own threads too, so each row is judged by the CPU time
+other processes used while it ran (from /proc/stat, less this process's and its children's
+own): a row during which they kept more than a quarter of the cores busy on average
+(--max-other-cpu) is marked LOADED, and so is the run (exit 3 without --allow-loaded, after
+writing its JSON). Every row records that figure and the load average at its start and end.
 """
 from __future__ import annotations
 
@@ -37,8 +40,9 @@ from typing import Any
 from typing import Callable
 
 from . import lungs, slices, startup, web
-from .common import (EXTRA_ROWS, FULL, TINY, Sizes, best_time, forward_flops, load_average,
-                     load_limit, machine, matmul_peak_gflops, wait_for_quiet)
+from .common import (EXTRA_ROWS, FULL, TINY, Sizes, best_time, cpu_snapshot, forward_flops,
+                     load_average, load_limit, machine, matmul_peak_gflops, other_cpu,
+                     other_cpu_limit, row_loaded, wait_for_quiet)
 
 DEFAULT_ROWS = "1,2,3,4,5,6,7,8,9,10"
 
@@ -141,7 +145,7 @@ def _predict_only(spec: str) -> int:
 
 def run(sizes: Sizes, threads: int, device: str = "cpu", workdir: Path | None = None,
         rows: tuple[str, ...] = tuple(DEFAULT_ROWS.split(",")),
-        max_load: float | None = None) -> dict[str, Any]:
+        max_load: float | None = None, max_other: float | None = None) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
@@ -153,15 +157,19 @@ def run(sizes: Sizes, threads: int, device: str = "cpu", workdir: Path | None = 
                                   "command": "python -m benchmarks.run " + " ".join(sys.argv[1:])}
         seconds = result["section_s"] = {}
         loads = result["section_load"] = {}
+        others = result["section_other_cpu"] = {}
         result["max_load"] = load_limit() if max_load is None else max_load
+        result["max_other_cpu"] = other_cpu_limit() if max_other is None else max_other
 
         def timed(name, fn, *args):
-            start, before = time.perf_counter(), load_average()[0]
+            start, before, cpu = time.perf_counter(), load_average()[0], cpu_snapshot()
             result[name] = fn(*args)
+            others[name] = other_cpu(cpu, cpu_snapshot())
             seconds[name] = round(time.perf_counter() - start, 1)
             loads[name] = [before, load_average()[0]]
             print(f"benchmarks: {name} done in {seconds[name]} s (load {loads[name][0]} -> "
-                  f"{loads[name][1]})", file=sys.stderr, flush=True)
+                  f"{loads[name][1]}; other processes {others[name]} cores)",
+                  file=sys.stderr, flush=True)
             return result[name]
 
         peak = timed("peak_gflops", matmul_peak_gflops, sizes.matmul_n)
@@ -195,8 +203,11 @@ def run(sizes: Sizes, threads: int, device: str = "cpu", workdir: Path | None = 
             if row in rows:
                 timed(name, measure, sizes, threads, work)
     result["machine"]["load_average_end"] = load_average()
-    result["loaded"] = max(result["machine"]["load_average_start"][0],
-                           result["machine"]["load_average_end"][0]) > result["max_load"]
+    # The start is judged by the load average (nothing of ours ran yet), the rows by the
+    # other processes' CPU time (the end's load average is mostly our own last row).
+    result["loaded_at_start"] = result["machine"]["load_average_start"][0] > result["max_load"]
+    result["loaded"] = result["loaded_at_start"] or any(
+        _row_loaded(result, name) for name in result["section_load"])
     result["wall_s"] = time.perf_counter() - started
     return result
 
@@ -213,14 +224,27 @@ def _peak_cell(v: dict[str, Any]) -> str:
     return f"{_pct(v['peak_fraction'])} of {v['local_peak_gflops']:.0f} GFLOP/s measured just before"
 
 
-def _load_cell(result: dict[str, Any], section: str) -> str:
-    """The 1-minute load average at the row's start and end; LOADED above the limit."""
+def _row_loaded(result: dict[str, Any], section: str) -> bool:
+    """Did other processes disturb this row? (see benchmarks.common.row_loaded)"""
     load = result.get("section_load", {}).get(section)
-    limit = result.get("max_load", float("inf"))
+    others = result.get("section_other_cpu", {}).get(section)
+    if others is None and "section_other_cpu" not in result and load is not None:
+        # a result from before other-CPU was recorded: the old rule, start or end
+        return max(load) > result.get("max_load", float("inf"))
+    return row_loaded(others, result.get("max_other_cpu", float("inf")),
+                      load[0] if load else None, result.get("max_load"))
+
+
+def _load_cell(result: dict[str, Any], section: str) -> str:
+    """The 1-minute load average at the row's start and end and the cores other processes
+    kept busy during it; LOADED when those exceed the limit (or the whole run started loaded)."""
+    load = result.get("section_load", {}).get(section)
     if load is None:
         return "LOADED (not recorded)" if result.get("loaded") else "not recorded"
-    flag = "LOADED " if result.get("loaded") or max(load) > limit else ""
-    return f"{flag}{load[0]:.1f} -> {load[1]:.1f}"
+    loaded = result.get("loaded_at_start", result.get("loaded")) or _row_loaded(result, section)
+    others = result.get("section_other_cpu", {}).get(section)
+    other_text = f"; others {others:.2f} cores" if others is not None else ""
+    return f"{'LOADED ' if loaded else ''}{load[0]:.1f} -> {load[1]:.1f}{other_text}"
 
 
 def _goal(met: bool, text: str) -> str:
@@ -368,11 +392,14 @@ def markdown(result: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['isa'])}), {m['threads']} threads; "
         f"Python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}. Load average "
         f"{m['load_average_start']} at the start and {m['load_average_end']} at the end; limit "
-        f"{result.get('max_load', 'n/a')} (half the cores). "
+        f"{result.get('max_load', 'n/a')} (half the cores) at the start. "
         + ("**LOADED: other jobs shared the CPU, so these figures are not what a user of a "
            "quiet machine sees; only ratios measured in the same run compare.**"
-           if result.get("loaded") else "Quiet at the start and the end of the run.")
-        + " The last column is each row's 1-minute load average at its start and end.", "",
+           if result.get("loaded") else "Quiet at the start and during every row.")
+        + " The last column is each row's 1-minute load average at its start and end (which "
+        "counts the benchmark's own threads) and the cores other processes kept busy during "
+        "it (CPU time from /proc/stat less the run's own); a row is LOADED when those exceed "
+        f"{result.get('max_other_cpu', 'n/a')} (a quarter of the cores).", "",
         *[f"Rerun later and merged (`--merge`): `{r['command'].strip()}` ({', '.join(r['rows'])}); "
           f"load average {r['machine']['load_average_start']} -> {r['machine'].get('load_average_end')}.\n"
           for r in result.get("reruns", [])],
@@ -426,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-load", type=float, default=None,
                         help="highest 1-minute load average for a trustworthy run (default: "
                              "half the cores)")
+    parser.add_argument("--max-other-cpu", type=float, default=None, metavar="CORES",
+                        help="most cores other processes may keep busy, on average, during a "
+                             "row before it is marked LOADED (default: a quarter of the cores)")
     parser.add_argument("--allow-loaded", action="store_true",
                         help="run even above --max-load, marking every row LOADED")
     parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
@@ -466,14 +496,18 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     result = run(TINY if args.tiny else FULL, args.threads, args.device,
                  Path(args.workdir) if args.workdir else None,
-                 tuple(r.strip() for r in args.rows.split(",")), limit)
+                 tuple(r.strip() for r in args.rows.split(",")), limit, args.max_other_cpu)
     if args.merge:
         earlier = json.loads(Path(args.merge).read_text())
         earlier.setdefault("section_load", {}).update(result["section_load"])
+        earlier.setdefault("section_other_cpu", {}).update(result["section_other_cpu"])
         earlier["loaded"] = bool(earlier.get("loaded", True) or result["loaded"])
+        earlier["loaded_at_start"] = bool(earlier.get("loaded_at_start", earlier["loaded"])
+                                          or result["loaded_at_start"])
+        earlier.setdefault("max_other_cpu", result["max_other_cpu"])
         merged = {k: v for k, v in result.items() if k not in (
             "machine", "command", "sizes", "section_s", "wall_s", "section_load", "loaded",
-            "max_load")}
+            "max_load", "section_other_cpu", "loaded_at_start", "max_other_cpu")}
         if "inference" not in merged:  # row 1's fractions were taken against the earlier peak
             merged.pop("peak_gflops", None)
         earlier.update(merged)
@@ -488,10 +522,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json(args.json, result)
     if result["loaded"] and not args.allow_loaded:
-        print(f"benchmarks: the load average rose above {limit} during the run "
-              f"({result['machine']['load_average_end']} at the end): every row is marked "
-              f"LOADED; {'measurements kept in ' + args.json if args.json else 'not'} written "
-              "as a report. Rerun on a quiet machine.", file=sys.stderr)
+        busy = {k: v for k, v in result.get("section_other_cpu", {}).items()
+                if v is not None and v > result["max_other_cpu"]}
+        print(f"benchmarks: other processes kept more than {result['max_other_cpu']} cores "
+              f"busy during {', '.join(f'{k} ({v})' for k, v in busy.items()) or 'some rows'}: "
+              f"those rows are marked LOADED; "
+              f"{'measurements kept in ' + args.json if args.json else 'not'} written as a "
+              "report. Rerun on a quiet machine.", file=sys.stderr)
         return 3
     if args.md:
         write_text(args.md, report)
