@@ -112,6 +112,29 @@ def test_bit_predict_on_onnx_runtime_matches_torch(bit_file, make_hu_volume):
     assert sorted(export.cache_root().glob("bit-*.onnx")) == cached
 
 
+def test_a_changed_exporter_misses_the_cache(bit_file, make_hu_volume, monkeypatch):
+    """The cached graph's name carries the exporter's version: a new export format or covidct
+    version exports afresh instead of serving the graph the old code wrote."""
+    import covidct
+
+    scan = make_hu_volume(shape=(6, 64, 64))
+    first = load_model(bit_file, runtime="onnx", threads=1)
+    before = set(export.cache_root().glob("bit-*.onnx"))
+    assert before and export.export_key() in "".join(p.name for p in before)
+    for name, value in (("EXPORT_FORMAT", export.EXPORT_FORMAT + 1), ("__version__", "99.0")):
+        key = export.export_key()
+        monkeypatch.setattr(export if name == "EXPORT_FORMAT" else covidct, name, value)
+        assert export.export_key() != key
+        model = load_model(bit_file, runtime="onnx", threads=1)
+        after = set(export.cache_root().glob("bit-*.onnx"))
+        new = after - before
+        assert len(new) == 1 and export.export_key() in next(iter(new)).name, (before, after)
+        assert model.net.path in new   # the fresh export is the one used
+        before = after
+        assert np.abs(model.predict(scan).probabilities
+                      - first.predict(scan).probabilities).max() < 1e-6
+
+
 def test_onnx_predict_from_a_cached_graph_never_builds_the_torch_network(bit_file, make_hu_volume,
                                                                          tmp_path):
     """A BiT model file loads without its PyTorch network; on ONNX Runtime with the graph in

@@ -15,8 +15,9 @@ folding removes it from the graph: part of why ONNX Runtime is faster on a CPU.
 ``to_runtime(model, "onnx")`` (or ``covidct.load_model(path, runtime="onnx")``) hands the model
 :class:`OnnxNetwork` objects for its networks (:meth:`covidct.models.Model.use_networks`), callable like the torch modules they replace,
 so ``predict``/``score_dataset`` run unchanged. Exported graphs are cached by the model
-file's SHA-256 under ``$COVIDCT_CACHE/onnx`` (default ``~/.cache/covidct/onnx``), so only
-the first ONNX prediction with a given model pays for the export (seconds).
+file's SHA-256 and the exporter's version (:func:`export_key`) under ``$COVIDCT_CACHE/onnx``
+(default ``~/.cache/covidct/onnx``), so only the first ONNX prediction with a given model
+pays for the export (seconds), and a changed exporter never serves an old graph.
 Grad-CAM and training need the PyTorch runtime.
 """
 from __future__ import annotations
@@ -50,6 +51,9 @@ OPSET = 17
 #: Suffix of the BCDU-Net graph written next to a CovidCTNet's 3D CNN graph.
 DENOISER_SUFFIX = ".bcdunet.onnx"
 _CACHE_DEFAULT = Path("~/.cache/covidct/onnx")
+#: Version of what export_model writes. Raise it whenever a change to the export (folding,
+#: graph surgery, names, inputs) would make a graph cached by the old code wrong or stale.
+EXPORT_FORMAT = 1
 
 
 # Export ------------------------------------------------------------------------------------
@@ -231,6 +235,23 @@ def _model_sha(model) -> str | None:
     return (model.file or {}).get("sha256")
 
 
+def export_key() -> str:
+    """What the exported graphs depend on besides the model file: the export format, the
+    opset, covidct's version and the torch exporter's. Part of every cached graph's name."""
+    import hashlib
+
+    from . import __version__
+
+    parts = {"format": EXPORT_FORMAT, "opset": OPSET, "covidct": __version__,
+             "torch": torch.__version__}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _cache_path(model, sha: str) -> Path:
+    """The float graph cached for a model file with this digest (by this exporter)."""
+    return cache_root() / f"{model.method}-{sha}-x{export_key()}.onnx"
+
+
 def choose_runtime(model, runtime: str = "auto") -> str:
     """The runtime ``runtime`` means for ``model``: "auto" is ONNX Runtime when it is installed
     (the same answers as PyTorch: tests/test_export.py checks both methods' probabilities to
@@ -289,7 +310,7 @@ def _cached_int8(model, require_pass: bool) -> Path | None:
     sha = _model_sha(model)
     if sha is None:
         return None
-    path = int8_path(cache_root() / f"{model.method}-{sha}.onnx")
+    path = int8_path(_cache_path(model, sha))
     if not path.is_file():
         return None
     if require_pass and not (read_parity(path) or {}).get("passed"):
@@ -309,7 +330,7 @@ def _cached_export(model) -> dict[str, Path]:
 
         folder = Path(tempfile.mkdtemp(prefix="covidct-onnx-"))
         return export_model(model, folder / f"{model.method}.onnx")
-    target = cache_root() / f"{model.method}-{sha}.onnx"
+    target = _cache_path(model, sha)
     paths = output_paths(model, target)
     if all(p.is_file() for p in paths.values()):
         return paths
