@@ -37,7 +37,7 @@ from ..constants import SLICE_CLASSES, SPLITS, SYNTHETIC_NOTICE, SYNTHETIC_TAG, 
 from ..covidx import IMAGES_DIR, SPLIT_SUFFIX, split_path
 from ..errors import CovidctError
 from ..scan import Scan
-from ..scanio import write_dicom_series, write_nifti, write_png_slices
+from ..scanio import write_dicom_series, write_nifti
 from ..windowing import COVIDX_LUNG, body_box
 from .findings import LESION_NAMES
 from .patient import VISIBLE_LESION_MM2, Patient, make_patient
@@ -390,27 +390,20 @@ def _to_covidx_size(hu_slice: np.ndarray) -> np.ndarray:
 
 def _write_covidx(folder: Path, patient: Patient, prefix: str) -> list[str]:
     """PNG slices named class_patient_scan_slice.png and their split-file lines."""
-    chosen = covidx_slice_indices(patient)
-    if chosen.size == 0:
-        return []
-    scan = patient.scan
-    hu = np.stack([_to_covidx_size(scan.voxels[k]) for k in chosen])
-    picked = scan.with_voxels(hu, spacing=(scan.spacing[0], *(s * scan.shape[1] / COVIDX_SIZE
-                                                               for s in scan.spacing[1:])))
+    from ..scanio.images import write_png
+
     images = folder / IMAGES_DIR
-    staging = images / f".{prefix}.part"
-    written = write_png_slices(picked, staging, window=COVIDX_LUNG, prefix=prefix)
     lines = []
     class_id = SLICE_CLASSES.index(patient.label)
-    for j, (k, path) in enumerate(zip(chosen, written)):
-        # write_png_slices numbers the picked slices 0..n-1 with a hyphen; COVIDx names
-        # carry the slice's own index after an underscore.
+    infection = patient.infection  # a property that labels the whole volume: once, not per slice
+    for k in covidx_slice_indices(patient):
+        # COVIDx names carry the slice's own index after an underscore.
         name = f"{prefix}_{int(k):04d}.png"
-        os.replace(path, images / name)
-        xmin, ymin, xmax, ymax = body_box(COVIDX_LUNG.to_uint8(hu[j]))
+        pixels = COVIDX_LUNG.to_uint8(_to_covidx_size(patient.scan.voxels[k]))
+        write_png(images / name, pixels, synthetic=patient.scan.synthetic)
+        xmin, ymin, xmax, ymax = body_box(pixels)
         lines.append(f"{name} {class_id} {xmin} {ymin} {xmax} {ymax}")
-        _write_lesion_png(folder / LESION_MASKS / name, patient.infection[k])
-    shutil.rmtree(staging, ignore_errors=True)
+        _write_lesion_png(folder / LESION_MASKS / name, infection[k])
     return lines
 
 
