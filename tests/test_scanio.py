@@ -87,6 +87,24 @@ def test_dicom_uids_follow_the_given_series_uid(tmp_path, make_hu_volume):
     assert pydicom.dcmread(tmp_path / "a" / "slice-0001.dcm").SeriesInstanceUID == uid
 
 
+@pytest.mark.parametrize("extra", [{}, {"InstitutionName": "Hôpital Å", "StationName": "CT1"},
+                                   {"SmallestImagePixelValue": 0}])   # "US or SS": pydicom's path
+def test_dicom_series_encoder_writes_what_pydicom_writes(tmp_path, make_hu_volume, monkeypatch,
+                                                         extra):
+    """Shared elements are encoded once per series; every file must still be byte for byte
+    what pydicom's save_as writes (non-ASCII text under ISO_IR 100 included)."""
+    from covidct.scanio import dicom_write
+
+    scan = make_hu_volume(shape=(4, 16, 16))
+    kwargs = dict(patient_id="P1", patient_name="Müller^Zoë", series_uid="1.2.826.0.1.3680043.2.1",
+                  extra=extra)
+    fast = write_dicom_series(scan, tmp_path / "fast", **kwargs)
+    monkeypatch.setattr(dicom_write._SeriesEncoder, "can_encode", staticmethod(lambda base: False))
+    plain = write_dicom_series(scan, tmp_path / "plain", **kwargs)
+    assert [p.read_bytes() for p in fast] == [p.read_bytes() for p in plain]
+    assert pydicom.dcmread(fast[1]).PatientName == "Müller^Zoë"
+
+
 def test_dicom_slices_sorted_by_position_not_file_name(tmp_path, make_hu_volume):
     scan = make_hu_volume((10, 32, 32), (3.0, 0.8, 0.8), seed=3)
     files = write_dicom_series(scan, tmp_path / "s")

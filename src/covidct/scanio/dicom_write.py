@@ -8,7 +8,10 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.charset import default_encoding
 from pydicom.datadict import tag_for_keyword
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID,
                          generate_uid)
 
@@ -52,11 +55,55 @@ def write_dicom_series(scan: Scan, folder: str | os.PathLike, *, patient_id: str
         setattr(base, keyword, value)
     folder = Path(folder)
     names = [f"slice-{k + 1:04d}.dcm" for k in range(scan.n_slices)]
+    shared = _SeriesEncoder(base) if _SeriesEncoder.can_encode(base) else None
     with atomic_dir(folder) as tmp:
         for k, name in enumerate(names):
-            ds = _slice_dataset(base, scan, k, stored[k], series_uid)
-            ds.save_as(tmp / name, enforce_file_format=True)
+            own = _slice_elements(scan, k, stored[k], series_uid)
+            if shared is None:
+                _whole(base, own).save_as(tmp / name, enforce_file_format=True)
+            else:
+                (tmp / name).write_bytes(shared.file_bytes(own))
     return [folder / name for name in names]
+
+
+class _SeriesEncoder:
+    """Encodes a slice's file as ``Dataset.save_as(enforce_file_format=True)`` would, byte for
+    byte, but encodes the series' shared elements once rather than once per slice (pydicom's
+    per-element encoding was most of the time of writing a series).
+
+    Explicit VR little endian; every element is encoded by pydicom itself
+    (``write_data_element``), and a dataset's elements are concatenated in tag order, which
+    is all ``write_dataset`` does for a dataset without group lengths or ambiguous VRs.
+    """
+
+    @staticmethod
+    def can_encode(base: Dataset) -> bool:
+        """False when an element needs the dataset-wide pass: an ambiguous VR ("US or SS",
+        resolved from other elements) or a group length (skipped); ``extra`` can bring one."""
+        return all(" or " not in base[tag].VR and not (tag.element == 0 and tag.group > 6)
+                   for tag in base.keys())
+
+    def __init__(self, base: Dataset):
+        self.base = base
+        self.charset = base.get("SpecificCharacterSet", default_encoding)
+        self.shared = {tag: self._element(base[tag]) for tag in base.keys()}
+
+    def _element(self, elem) -> bytes:
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_data_element(fp, elem, self.charset)
+        return fp.getvalue()
+
+    def file_bytes(self, own: Dataset) -> bytes:
+        """The whole file of base's elements and ``own``'s (which take precedence) with
+        ``own.file_meta`` (completed in place, as save_as completes its copy)."""
+        meta = DicomBytesIO()
+        meta.is_little_endian, meta.is_implicit_VR = True, False
+        write_file_meta_info(meta, own.file_meta, enforce_standard=True)
+        parts = [b"\x00" * 128, b"DICM", meta.getvalue()]
+        for tag in sorted({*self.shared, *own.keys()}):
+            parts.append(self._element(own[tag]) if tag in own else self.shared[tag])
+        return b"".join(parts)
 
 
 def _check_extra(extra: dict[str, Any]) -> None:
@@ -121,18 +168,27 @@ def _series_dataset(scan: Scan, *, patient_id: str, patient_name: str, series_de
     return ds
 
 
-def _slice_dataset(base: Dataset, scan: Scan, k: int, pixels: np.ndarray,
-                   series_uid: str) -> Dataset:
+def _whole(base: Dataset, own: Dataset) -> Dataset:
+    """One slice's dataset: the series' elements and its own, with its file meta."""
     # Shares base's (never mutated again) elements: copying them for every slice costs time.
     ds = Dataset()
     ds.update(base)
+    ds.update(own)
+    ds.file_meta = own.file_meta
+    return ds
+
+
+def _slice_elements(scan: Scan, k: int, pixels: np.ndarray, series_uid: str) -> Dataset:
+    """What differs between the series' slices (and the file meta)."""
+    ds = Dataset()
     sop_uid = generate_uid(entropy_srcs=[series_uid, "instance", str(k)])
     position = np.asarray(scan.origin) + scan.direction[:, 2] * scan.spacing[0] * k
     ds.SOPInstanceUID = sop_uid
     ds.InstanceNumber = k + 1
     ds.ImagePositionPatient = [_ds(v) for v in position]
     ds.SliceLocation = _ds(float(position @ scan.direction[:, 2]))
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<i2").tobytes()
+    # OW stated, as save_as would resolve "OB or OW" for 16-bit pixels (no dataset-wide pass)
+    ds.add_new(0x7FE00010, "OW", np.ascontiguousarray(pixels, dtype="<i2").tobytes())
     ds.file_meta = _file_meta(sop_uid)
     return ds
 
