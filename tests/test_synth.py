@@ -310,6 +310,27 @@ def test_same_seed_writes_identical_files(tmp_path):
     assert (foreign / "keep.txt").read_text() == "precious"
 
 
+def test_a_worker_that_cannot_start_is_an_error_not_a_hang(tmp_path):
+    """A script without a main guard makes each spawned worker rerun it and die: the cohort
+    fails at once with a one-line reason, and nothing is left behind."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import sys\n"
+        "from covidct.synth.cohort import CohortSettings, generate_cohort\n"
+        "generate_cohort(sys.argv[1], CohortSettings(patients=2, matrix=32, slice_mm=(5.0, 5.0),"
+        " max_slices=8, formats=('nifti',)), progress=False, workers=2)\n")
+    out = tmp_path / "cohort"
+    proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True,
+                          timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    assert proc.returncode != 0 and "rerun with --workers 1" in proc.stderr
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("args, words", [
     (("--patients", "0"), "--patients"),
     (("--difficulty", "2"), "--difficulty"),

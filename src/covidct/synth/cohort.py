@@ -238,11 +238,29 @@ def _patients_made(jobs: list[_Job], workers: int):
     if workers == 1 or len(jobs) <= 1:
         yield map(_make_and_write, jobs)
         return
+    from concurrent.futures import ProcessPoolExecutor
+
     # spawn, not fork: the caller may hold threads (tqdm's monitor, PyTorch's pools) whose
-    # locks a forked child would inherit held.
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(jobs)), initializer=_one_thread_each) as pool:
-        yield pool.imap(_make_and_write, jobs)
+    # locks a forked child would inherit held. An executor, not multiprocessing.Pool: a
+    # worker that dies breaks it (an error) instead of being replaced forever (a hang).
+    pool = ProcessPoolExecutor(min(workers, len(jobs)), initializer=_one_thread_each,
+                               mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield _unbroken(pool.map(_make_and_write, jobs))
+    finally:
+        # patients not started are dropped; running ones finish before the folder goes
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _unbroken(results):
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        yield from results
+    except BrokenProcessPool:
+        raise CovidctError("a worker process making patients died (out of memory? or a script "
+                           "calling generate_cohort without `if __name__ == \"__main__\":`); "
+                           "rerun with --workers 1 (nothing was written)") from None
 
 
 _limits = None
