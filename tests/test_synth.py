@@ -310,6 +310,26 @@ def test_same_seed_writes_identical_files(tmp_path):
     assert (foreign / "keep.txt").read_text() == "precious"
 
 
+def test_workers_keep_the_callers_private_file_modes(tmp_path):
+    """private_files() is per thread; worker processes must write with the caller's modes."""
+    import stat
+
+    from covidct.atomic import private_files
+
+    settings = CohortSettings(patients=2, seed=4, matrix=32, slice_mm=(5.0, 5.0), max_slices=8,
+                              formats=("nifti", "covidx"))
+    with private_files():
+        generate_cohort(tmp_path / "one", settings, progress=False, workers=1)
+        generate_cohort(tmp_path / "two", settings, progress=False, workers=2)
+
+    def modes(folder):
+        return {str(p.relative_to(folder)): stat.S_IMODE(p.stat().st_mode)
+                for p in folder.rglob("*") if p.is_file()}
+
+    one, two = modes(tmp_path / "one"), modes(tmp_path / "two")
+    assert one == two and one["patients/SYN0001/ct.nii.gz"] == 0o600
+
+
 def test_a_worker_that_cannot_start_is_an_error_not_a_hang(tmp_path):
     """A script without a main guard makes each spawned worker rerun it and die: the cohort
     fails at once with a one-line reason, and nothing is left behind."""

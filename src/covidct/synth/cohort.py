@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, is_private, private_files
 from ..constants import SLICE_CLASSES, SPLITS, SYNTHETIC_NOTICE, SYNTHETIC_TAG, VOLUME_CLASS_FOLDERS
 from ..covidx import IMAGES_DIR, SPLIT_SUFFIX, split_path
 from ..errors import CovidctError
@@ -200,7 +200,7 @@ def generate_cohort(out: str | os.PathLike, settings: CohortSettings = CohortSet
     covidx_lines: dict[str, list[str]] = {s: [] for s in SPLITS}
     montage: list[tuple[str, str, np.ndarray]] = []
     with atomic_dir(out) as tmp:
-        jobs = [_Job(tmp, settings, i, label, split)
+        jobs = [_Job(tmp, settings, i, label, split, is_private())
                 for i, (label, split) in enumerate(zip(labels, splits))]
         with tqdm(total=settings.patients, desc="synth", unit="patient", file=sys.stderr,
                   disable=not progress) as bar, _patients_made(jobs, workers) as done:
@@ -230,6 +230,7 @@ class _Job:
     index: int
     label: str
     split: str
+    private: bool   # atomic.private_files() is per thread: the worker must enter it again
 
 
 @contextmanager
@@ -277,6 +278,9 @@ def _one_thread_each() -> None:
 def _make_and_write(job: _Job) -> tuple[PatientRecord, list[str], np.ndarray | None]:
     """Make patient ``job.index`` from its own random stream and write it: its record, its
     COVIDx split-file lines, and its montage tile (the first MONTAGE_PATIENTS only)."""
+    if job.private and not is_private():
+        with private_files():
+            return _make_and_write(job)
     settings = job.settings
     number = job.index + 1
     patient = make_patient(job.label, seed=patient_seed(settings.seed, job.index),
