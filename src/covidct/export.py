@@ -238,7 +238,7 @@ def choose_runtime(model, runtime: str = "auto") -> str:
     ``covidct export --int8`` left a graph for this model file whose parity check passed
     (models whose ``int8_auto`` is true); else PyTorch. "onnx-int8" runs the network of the
     model's ``int8_role`` on int8 (the slice classifier, CovidCTNet's BCDU-Net), the others
-    on float32 ONNX."""
+    on float32 ONNX; a CovidCTNet without an exported int8 BCDU-Net runs float32 (warned)."""
     if runtime not in RUNTIME_CHOICES:
         raise ModelError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIME_CHOICES)}")
     if runtime == "auto":
@@ -250,6 +250,12 @@ def choose_runtime(model, runtime: str = "auto") -> str:
             return "onnx-int8"
         return "onnx"
     if runtime == "onnx-int8" and not model.int8_role:
+        return "onnx"
+    if runtime == "onnx-int8" and not model.int8_auto and not _cached_int8(model, require_pass=False):
+        # An opt-in int8 network (CovidCTNet's BCDU-Net) nobody exported: float32, as before
+        # it existed, so `--method all --runtime onnx-int8` still runs the int8 classifier.
+        log.warning("%s: no int8 graph for this model file (covidct export MODEL --int8 "
+                    "--calibration DATA makes one); running float32", model.method)
         return "onnx"
     return runtime
 
