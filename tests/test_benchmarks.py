@@ -37,6 +37,7 @@ def test_tiny_benchmarks_produce_every_row(tmp_path, monkeypatch):
     volumes = result["covidctnet"]
     assert volumes["memory"].get("peak_rss_during_predict_gb", 0) > 0, volumes["memory"]
     assert volumes["predict_onnx_s"] > 0 and volumes["preprocess_fast_s"] > 0
+    assert volumes["int8_denoiser"]["int8_vs_float32"] > 0
     assert result["loader"]["images_per_s_per_worker"] > 0
     assert result["training_cpu"]["images_per_s"] > 0 and "training_cuda" not in result
     assert patient["baseline_every_slice_eager_s"] > 0  # run, not estimated

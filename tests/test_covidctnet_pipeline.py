@@ -409,3 +409,63 @@ def test_cache_folder_holds_only_hashed_array_entries(volumes_env):
     assert names and all(n.endswith(".npz") and "-" in n for n in names)
     assert not any("Covid" in n or "Control" in n for n in names)
     assert os.environ["COVIDCT_CACHE"] == str(volumes_env)
+
+
+# -- int8 BCDU-Net (opt-in runtime) ------------------------------------------------------------
+
+#: Parity of the int8 denoiser on the SYNTHETIC phantoms' held-out (test) patients. The bars
+#: are the slice classifier's (same call, median probability difference <= 0.02), the call
+#: only where float32's is clear (top-two margin >= 0.1: a near tie is a coin either way),
+#: and the infection maps within a fifth of their spread on average (measured: ~0.1).
+INT8_CLEAR_MARGIN = 0.1
+
+
+@pytest.mark.slow
+def test_int8_denoiser_is_opt_in_and_keeps_the_calls(model, phantom_run, phantom_cohort,
+                                                     volumes_env, tmp_path, run_cli):
+    from covidct import quantize
+    from covidct.export import OnnxNetwork
+    from covidct.covidctnet.infection_maps import infection_map
+
+    env = {"COVIDCT_CACHE": str(volumes_env)}
+    model_path = phantom_run / "model.pt"
+    out = tmp_path / "model.onnx"
+    rc, stdout, stderr = run_cli("export", model_path, "--out", out, "--int8",
+                                 "--calibration", phantom_cohort, timeout=300, extra_env=env)
+    assert rc == 0, stderr
+    int8 = tmp_path / "model.bcdunet.int8.onnx"
+    assert int8.is_file() and "int8 denoiser" in stdout and "infection maps" in stdout
+    recorded = quantize.read_parity(int8)
+    assert recorded["scans"] >= 4 and recorded["calibration_slices"] >= 16
+    assert recorded["passed"] == (recorded["same_call"] >= quantize.MIN_AGREEMENT
+                                  and recorded["median_prob_diff"] <= quantize.MAX_MEDIAN_DIFF)
+
+    test = [Path(i.path) for i in model.cohort(phantom_cohort).split("test")]
+    check = quantize.denoiser_parity(model, tmp_path / "model.bcdunet.onnx", int8, test, threads=1)
+    assert check["median_prob_diff"] <= quantize.MAX_MEDIAN_DIFF, check
+    assert 0 < check["map_max_abs_diff"], check  # a different graph indeed
+    assert check["map_mean_abs_diff"] <= 0.2 * check["map_std"], check
+    nets = [OnnxNetwork(p, 1) for p in (tmp_path / "model.bcdunet.onnx", int8)]
+    clear = same = 0
+    for path in test:
+        volume, _ = model.volume_for_file(path)
+        probs = [model.classify(infection_map(volume, n, model.settings)[None])[0] for n in nets]
+        top2 = np.sort(probs[0])[-2:]
+        if top2[1] - top2[0] >= INT8_CLEAR_MARGIN:
+            clear += 1
+            same += probs[0].argmax() == probs[1].argmax()
+    assert clear >= len(test) // 2, "the test model makes too few clear calls"
+    assert same == clear, (same, clear, check)
+
+    # predict: only --runtime onnx-int8 runs it; auto keeps the float32 denoiser.
+    scan = test[0]
+    for runtime, shown in (("onnx-int8", "onnx-int8"), ("auto", "onnx")):
+        rc, _, stderr = run_cli("predict", scan, "--model", model_path, "--runtime", runtime,
+                                "--no-pictures", "--out", tmp_path / runtime, timeout=300,
+                                extra_env=env)
+        assert rc == 0, stderr
+        assert f"covidctnet: runtime {shown}" in stderr
+    # The two runtimes' maps are cached apart (same weights, other maps).
+    results = {r: json.loads((tmp_path / r / "summary.json").read_text())["results"]["covidctnet"]
+               for r in ("onnx-int8", "auto")}
+    assert results["onnx-int8"]["probabilities"] != results["auto"]["probabilities"]

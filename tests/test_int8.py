@@ -163,3 +163,24 @@ def test_default_runtime_gives_torch_answers_for_both_methods(env, tmp_path, mak
         assert a["label"] == b["label"]
         pa, pb = (np.array(list(r["probabilities"].values())) for r in (a, b))
         assert np.abs(pa - pb).max() < 1e-3
+
+
+def test_covidctnet_int8_needs_its_training_data(tmp_path, env, make_hu_volume):
+    """CovidCTNet's int8 denoiser is opt-in and made from its training cohort: without one,
+    one line saying how (no traceback); asked for before it exists, float32 with a warning
+    saying how (as before it existed, so `--method all --runtime onnx-int8` still runs)."""
+    from conftest import save_tiny_covidctnet_model
+    from covidct.scanio import save_scan
+
+    model = save_tiny_covidctnet_model(tmp_path / "covidctnet.pt")
+    rc, _, stderr = cli(env, "export", model, "--out", tmp_path / "cc.onnx", "--int8")
+    assert rc == 2 and "--calibration DATA" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "cc.bcdunet.int8.onnx").exists()
+    rc, _, stderr = cli(env, "export", model, "--out", tmp_path / "cc.onnx", "--int8",
+                        "--calibration", tmp_path / "no-such-cohort")
+    assert rc == 2 and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
+    scan = save_scan(make_hu_volume(shape=(20, 64, 64), seed=4), tmp_path / "scan.nii.gz")
+    rc, _, stderr = cli(env, "predict", scan, "--model", model, "--runtime", "onnx-int8")
+    assert "export MODEL --int8" in stderr and "--calibration DATA" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert rc == 0 and "covidctnet: runtime onnx" in stderr and "runtime onnx-int8" not in stderr

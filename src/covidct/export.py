@@ -256,8 +256,10 @@ def choose_runtime(model, runtime: str = "auto") -> str:
     """The runtime ``runtime`` means for ``model``: "auto" is ONNX Runtime when it is installed
     (the same answers as PyTorch: tests/test_export.py checks both methods' probabilities to
     1e-4, and `covidct predict` to 1e-3), with the slice classifier on int8 when
-    ``covidct export --int8`` left a graph for this model file whose parity check passed;
-    else PyTorch. "onnx-int8" quantizes the slice classifier only (CovidCTNet runs float32)."""
+    ``covidct export --int8`` left a graph for this model file whose parity check passed
+    (models whose ``int8_auto`` is true); else PyTorch. "onnx-int8" runs the network of the
+    model's ``int8_role`` on int8 (the slice classifier, CovidCTNet's BCDU-Net), the others
+    on float32 ONNX; a CovidCTNet without an exported int8 BCDU-Net runs float32 (warned)."""
     if runtime not in RUNTIME_CHOICES:
         raise ModelError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIME_CHOICES)}")
     if runtime == "auto":
@@ -265,10 +267,16 @@ def choose_runtime(model, runtime: str = "auto") -> str:
 
         if importlib.util.find_spec("onnxruntime") is None:
             return "torch"
-        if model.quantizable and _cached_int8(model, require_pass=True):
+        if model.int8_auto and _cached_int8(model, require_pass=True):
             return "onnx-int8"
         return "onnx"
-    if runtime == "onnx-int8" and not model.quantizable:
+    if runtime == "onnx-int8" and not model.int8_role:
+        return "onnx"
+    if runtime == "onnx-int8" and not model.int8_auto and not _cached_int8(model, require_pass=False):
+        # An opt-in int8 network (CovidCTNet's BCDU-Net) nobody exported: float32, as before
+        # it existed, so `--method all --runtime onnx-int8` still runs the int8 classifier.
+        log.warning("%s: no int8 graph for this model file (covidct export MODEL --int8 "
+                    "--calibration DATA makes one); running float32", model.method)
         return "onnx"
     return runtime
 
@@ -278,28 +286,30 @@ def to_runtime(model, runtime: str = "onnx", threads: int | None = None,
     """The same model object with its networks running on ``runtime`` ("torch" is a no-op;
     "auto": see :func:`choose_runtime`).
 
-    ``onnx_path``: an exported classifier graph to use (its denoiser graph next to it, its
-    int8 graph too for "onnx-int8"); otherwise the model is exported into the ONNX cache
-    (once per model file; a model not loaded from a file is exported to a temporary folder).
+    ``onnx_path``: an exported classifier graph to use (its denoiser graph next to it, the
+    int8 graph of the model's ``int8_role`` too for "onnx-int8"); otherwise the model is
+    exported into the ONNX cache (once per model file; a model not loaded from a file is
+    exported to a temporary folder).
     """
     runtime = choose_runtime(model, runtime)
     if runtime == "torch":
         return model
+    role = model.int8_role
     if onnx_path is not None:
         paths = output_paths(model, onnx_path)
         if runtime == "onnx-int8":
-            paths["classifier"] = int8_path(onnx_path)
+            paths[role] = int8_path(paths[role])
         missing = [p for p in paths.values() if not p.is_file()]
         if missing:
             raise ModelError("exported ONNX graph not found (run covidct export first)", missing[0])
     else:
         paths = _cached_export(model)
         if runtime == "onnx-int8":
-            paths["classifier"] = _cached_int8(model, require_pass=False) or _no_int8(model)
+            paths[role] = _cached_int8(model, require_pass=False) or _no_int8(model)
     if runtime == "onnx-int8":
-        if not (read_parity(paths["classifier"]) or {}).get("passed"):
+        if not (read_parity(paths[role]) or {}).get("passed"):
             log.warning("the int8 graph %s did not pass (or has no) parity check against "
-                        "float32; its calls may differ", paths["classifier"].name)
+                        "float32; its calls may differ", paths[role].name)
     model.use_networks({role: OnnxNetwork(paths[role], threads) for role in roles(model)}, runtime)
     return model
 
@@ -308,9 +318,9 @@ def _cached_int8(model, require_pass: bool) -> Path | None:
     """The int8 graph `covidct export --int8` cached for this model file (None if there is
     none, or, with ``require_pass``, if its parity check failed)."""
     sha = _model_sha(model)
-    if sha is None:
+    if sha is None or not model.int8_role:
         return None
-    path = int8_path(_cache_path(model, sha))
+    path = int8_path(output_paths(model, _cache_path(model, sha))[model.int8_role])
     if not path.is_file():
         return None
     if require_pass and not (read_parity(path) or {}).get("passed"):
@@ -319,8 +329,10 @@ def _cached_int8(model, require_pass: bool) -> Path | None:
 
 
 def _no_int8(model):
-    raise ModelError("no int8 graph for this model file: run `covidct export MODEL --int8 "
-                     "--calibration TRAIN_SPLIT --images DIR` first", (model.file or {}).get("name"))
+    how = ("--calibration TRAIN_SPLIT --images DIR" if model.int8_role == "classifier"
+           else "--calibration DATA")
+    raise ModelError(f"no int8 graph for this model file: run `covidct export MODEL --int8 "
+                     f"{how}` first", (model.file or {}).get("name"))
 
 
 def _cached_export(model) -> dict[str, Path]:
@@ -348,7 +360,7 @@ def cache_int8(model, int8_graph: str | os.PathLike) -> Path | None:
     if sha is None:
         return None
     paths = _cached_export(model)
-    target = int8_path(paths["classifier"])
+    target = int8_path(paths[model.int8_role])
     for source, dest in ((parity_path(int8_graph), parity_path(target)), (Path(int8_graph), target)):
         with atomic_path(dest) as tmp:  # the graph last: its presence means both are there
             shutil.copyfile(source, tmp)

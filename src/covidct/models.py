@@ -60,8 +60,12 @@ class Model(Protocol):
     #: scores (``"probability"``: drawn as is; ``"relative"``: scaled to the scan's highest
     #: slice) and ``colour`` ("r,g,b").
     display: dict[str, str]
-    #: Whether ``covidct export --int8`` applies (an int8 classifier graph can replace its own).
-    quantizable: bool
+    #: The network ``covidct export --int8`` quantizes (a role of :meth:`networks`:
+    #: ``"classifier"`` for the slice classifier, ``"denoiser"`` for CovidCTNet's BCDU-Net;
+    #: None: none), and whether ``--runtime auto`` runs that int8 graph once its parity check
+    #: passed (``int8_auto``; else only ``--runtime onnx-int8`` does).
+    int8_role: str | None
+    int8_auto: bool
 
     def describe(self) -> dict[str, Any]:
         """Provenance without patient data: ``name``, ``method``, ``file`` (a dict as above),

@@ -13,8 +13,14 @@ the graph's metadata (``covidct_int8_parity``) and beside it (``.parity.json``),
 both are copied into the ONNX cache under the model file's digest; ``--runtime auto``
 (the CLI default) runs the int8 graph only when that check passed, else float32 ONNX.
 
-Only the slice classifier is quantized: CovidCTNet's BCDU-Net outputs an image (an
-infection map) whose small differences a call cannot summarise, so it stays float32.
+CovidCTNet (opt-in, not the default): ``covidct export COVIDCTNET.pt --int8 --calibration
+DATA`` quantizes its BCDU-Net denoiser the same way (convolutions and up-convolutions, the
+ConvLSTM gates' too; the gates' sigmoid/tanh products and sums stay float32), calibrated on
+the denoised slices of half of the training scans of DATA (the cohort it was trained on),
+and checked on the other half end to end: the same scan call from the 3D CNN with either
+denoiser, and how far the infection maps moved (recorded, see :func:`denoiser_parity`).
+``predict --runtime onnx-int8`` runs it; ``--runtime auto`` keeps CovidCTNet's float32
+denoiser (the model's ``int8_auto``), because a map is more than a call.
 """
 from __future__ import annotations
 
@@ -41,6 +47,13 @@ CALIBRATION_SLICES = 256
 #: Only the matrix products are quantized; BiT's group norms and the residual additions stay
 #: float32 (quantizing them cost agreement and buys nothing: they are not where time goes).
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
+#: BCDU-Net's products: its convolutions (ConvLSTM gates included) and up-convolutions.
+DENOISER_OPS = ("Conv", "ConvTranspose")
+#: Denoised slices fed to the calibration (evenly over the calibration scans): the calibrator
+#: keeps every intermediate tensor of every slice in memory.
+DENOISER_CALIBRATION_SLICES = 64
+#: Training scans read for CovidCTNet's int8 export, half to calibrate, half to check.
+DENOISER_SCANS = 16
 PARITY_KEY = "covidct_int8_parity"
 
 
@@ -60,8 +73,10 @@ def training_inputs(model, split_file: str | os.PathLike, image_dir: str | os.Pa
 
 
 def quantize_graph(float_path: str | os.PathLike, out: str | os.PathLike,
-                   calibration: np.ndarray) -> Path:
-    """Static int8 quantization of a float classifier graph, calibrated on ``calibration``."""
+                   calibration: np.ndarray, ops: tuple[str, ...] = QUANTIZED_OPS) -> Path:
+    """Static int8 quantization of the ``ops`` nodes of a float graph (a classifier, or with
+    :data:`DENOISER_OPS` BCDU-Net), calibrated on ``calibration``; its first and last such
+    nodes stay float32 (see :func:`_first_and_last_products`)."""
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -79,8 +94,9 @@ def quantize_graph(float_path: str | os.PathLike, out: str | os.PathLike,
         try:
             quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
             quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
-                            nodes_to_exclude=_first_and_last_products(prepared), activation_type=QuantType.QUInt8,
+                            op_types_to_quantize=list(ops), per_channel=True,
+                            nodes_to_exclude=_first_and_last_products(prepared, ops),
+                            activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8,
                             extra_options={"ActivationSymmetric": False,
                                            "WeightSymmetric": True})
@@ -89,13 +105,13 @@ def quantize_graph(float_path: str | os.PathLike, out: str | os.PathLike,
     return Path(out)
 
 
-def _first_and_last_products(graph_path: Path) -> list[str]:
-    """The stem convolution (it reads the image, whose 8-bit range a uint8 copy would
-    coarsen again) and the classification head (its outputs are the logits): kept float32,
-    as is usual for quantized CNNs; together a few percent of the FLOPs."""
+def _first_and_last_products(graph_path: Path, ops: tuple[str, ...] = QUANTIZED_OPS) -> list[str]:
+    """The first product (it reads the image, whose 8-bit range a uint8 copy would coarsen
+    again) and the last (the classifier's logits, BCDU-Net's output image): kept float32, as
+    is usual for quantized CNNs; together a few percent of the FLOPs."""
     import onnx
 
-    nodes = [n.name for n in onnx.load(str(graph_path)).graph.node if n.op_type in QUANTIZED_OPS]
+    nodes = [n.name for n in onnx.load(str(graph_path)).graph.node if n.op_type in ops]
     return sorted({nodes[0], nodes[-1]}) if nodes else []
 
 
@@ -124,22 +140,104 @@ def export_int8(model, float_path: str | os.PathLike, inputs: np.ndarray,
                 threads: int | None = None) -> tuple[Path, dict[str, Any]]:
     """Quantize ``float_path`` (the model's exported classifier) on every other training slice
     of ``inputs``, check it on the others, and record the check in the graph's metadata."""
-    import onnx
-
-    if not model.quantizable:
-        raise ModelError("--int8 applies to the slice classifier (bit) only; CovidCTNet's "
-                         "infection maps stay float32")
+    if model.int8_role != "classifier":
+        raise ModelError(f"the {model.method} model quantizes its {model.int8_role}, not a "
+                         "slice classifier (see export_int8_denoiser)")
     if len(inputs) < 2:
         raise ModelError("int8 calibration needs at least 2 training slices")
     calibrate, held_out = inputs[0::2], inputs[1::2]
     out = int8_path(float_path)
     quantize_graph(float_path, out, calibrate)
     check = {**parity(float_path, out, held_out, threads), "calibration_slices": len(calibrate)}
+    return _record_check(out, check), check
+
+
+def _record_check(out: Path, check: dict[str, Any]) -> Path:
+    """Store a parity check in the int8 graph's metadata and beside it."""
+    import onnx
+
     graph = onnx.load(str(out))
     entry = graph.metadata_props.add()
     entry.key, entry.value = PARITY_KEY, json.dumps(check)
     write_json(parity_path(out), check)
     with atomic_path(out) as tmp:
         onnx.save(graph, str(tmp))
-    return out, check
+    return out
+
+
+# CovidCTNet's BCDU-Net ---------------------------------------------------------------------
+
+def training_scans(model, data: str | os.PathLike, n: int = DENOISER_SCANS) -> list[Path]:
+    """Up to ``n`` scans of the training split of ``data`` (split as the model's training
+    split it), evenly spread over it."""
+    items = model.cohort(data).split("train")
+    if len(items) < 2:
+        raise ModelError("int8 calibration needs at least 2 training scans", data)
+    picks = np.unique(np.round(np.linspace(0, len(items) - 1, min(n, len(items)))).astype(int))
+    return [Path(items[int(i)].path) for i in picks]
+
+
+def denoised_slices(model, scan_path: Path) -> np.ndarray:
+    """The pre-processed slices of one scan file that its infection map sends through the
+    denoiser, as the denoiser reads them: (k, 1, S, S) float32."""
+    from .covidctnet.infection_maps import denoise_indices
+
+    volume, _ = model.volume_for_file(scan_path)
+    chosen = volume[denoise_indices(len(volume), model.settings.max_denoised_slices)]
+    return np.ascontiguousarray(chosen[:, None], dtype=np.float32)
+
+
+def export_int8_denoiser(model, float_path: str | os.PathLike, data: str | os.PathLike,
+                         scans: int = DENOISER_SCANS,
+                         threads: int | None = None) -> tuple[Path, dict[str, Any]]:
+    """Quantize a CovidCTNet's exported BCDU-Net graph on the denoised slices of every other
+    training scan of ``data`` and check it end to end on the others (:func:`denoiser_parity`)."""
+    if model.int8_role != "denoiser":
+        raise ModelError(f"the {model.method} model has no denoiser to quantize")
+    paths = training_scans(model, data, scans)
+    calibrate, held_out = paths[0::2], paths[1::2]
+    slices = np.concatenate([denoised_slices(model, p) for p in calibrate])
+    picks = np.unique(np.round(np.linspace(0, len(slices) - 1,
+                                           min(DENOISER_CALIBRATION_SLICES, len(slices)))).astype(int))
+    out = int8_path(float_path)
+    quantize_graph(float_path, out, slices[picks], DENOISER_OPS)
+    check = {**denoiser_parity(model, float_path, out, held_out, threads),
+             "calibration_scans": len(calibrate), "calibration_slices": int(len(picks))}
+    return _record_check(out, check), check
+
+
+def denoiser_parity(model, float_path: str | os.PathLike, int8: str | os.PathLike,
+                    scans: list[Path], threads: int | None = None) -> dict[str, Any]:
+    """A CovidCTNet's calls with its float32 vs int8 denoiser on ``scans`` (the same 3D CNN
+    reads both infection maps), and how far the maps moved, in units of the float maps'
+    spread (their standard deviation over all voxels of the checked scans)."""
+    # lazy: imports torch, which this module does not need on import
+    from .covidctnet.infection_maps import infection_map
+    from .export import OnnxNetwork
+
+    networks = (OnnxNetwork(float_path, threads), OnnxNetwork(int8, threads))
+    probabilities, maps = ([], []), ([], [])
+    for path in scans:
+        volume, _ = model.volume_for_file(path)
+        lungs = (model._lungs_for_file(path, model._file_content(path))
+                 if model.settings.mask_input else 1.0)
+        for net, probs, found in zip(networks, probabilities, maps):
+            array = infection_map(volume, net, model.settings) * lungs
+            found.append(array)
+            probs.append(model.classify(array[None])[0])
+    reference, quantized = (np.stack(p) for p in probabilities)
+    gap = np.abs(reference - quantized).max(1)
+    same = float(np.mean(reference.argmax(1) == quantized.argmax(1)))
+    difference = np.abs(np.concatenate(maps[0]) - np.concatenate(maps[1]))
+    spread = float(np.concatenate(maps[0]).std()) or 1.0
+    median = float(np.median(gap))
+    return {"scans": len(scans), "same_call": same, "median_prob_diff": median,
+            "max_prob_diff": float(gap.max()),
+            "map_max_abs_diff": float(difference.max()),
+            "map_p99_abs_diff": float(np.quantile(difference, 0.99)),
+            "map_mean_abs_diff": float(difference.mean()), "map_std": spread,
+            "passed": same >= MIN_AGREEMENT and median <= MAX_MEDIAN_DIFF,
+            "rule": f"same scan call on >= {MIN_AGREEMENT:.0%} of held-out training scans and "
+                    f"median probability difference <= {MAX_MEDIAN_DIFF}; map differences "
+                    "recorded, not judged"}
 

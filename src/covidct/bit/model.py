@@ -95,8 +95,10 @@ class SliceClassifier:
     runtime: str = "torch"
     #: Its explanation pictures (covidct.models.Model.overlay).
     overlay: str = "gradcam"
-    #: ``covidct export --int8`` quantizes this classifier.
-    quantizable: bool = True
+    #: ``covidct export --int8`` quantizes this classifier; ``--runtime auto`` uses it once
+    #: its parity check passed (covidct.models.Model.int8_role).
+    int8_role: str | None = "classifier"
+    int8_auto: bool = True
     #: How the web page shows it (covidct.models.Model.display).
     display: ClassVar[dict[str, str]] = {
         "title": "slice classifier", "overlay_label": "Grad-CAM (slice classifier)",

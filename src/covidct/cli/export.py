@@ -21,17 +21,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="FILE",
                    help="output file (default: the model file's name with .onnx)")
     p.add_argument("--int8", action="store_true",
-                   help="also write <stem>.int8.onnx: the slice classifier statically quantized "
-                        "to int8, calibrated on training slices (--calibration, --images) and "
-                        "checked against float32 on held-out ones; cached so that `covidct "
-                        "predict` (--runtime auto or onnx-int8) uses it for this model file")
-    p.add_argument("--calibration", default=None, metavar="SPLIT",
-                   help="with --int8: a COVIDx-format training split file (filename class box)")
+                   help="also write an int8 graph: the slice classifier (<stem>.int8.onnx) or "
+                        "CovidCTNet's BCDU-Net (<stem>.bcdunet.int8.onnx) statically quantized, "
+                        "calibrated on training data (--calibration) and checked against float32 "
+                        "on held-out training data; cached so that `covidct predict --runtime "
+                        "onnx-int8` uses it for this model file (--runtime auto too for the "
+                        "slice classifier, once its check passed)")
+    p.add_argument("--calibration", default=None, metavar="SPLIT_OR_DATA",
+                   help="with --int8: bit: a COVIDx-format training split file (filename class "
+                        "box); covidctnet: the cohort it was trained on (train-covidctnet --data; "
+                        "its training split is read)")
     p.add_argument("--images", default=None, metavar="DIR",
-                   help="with --int8: the folder of the split's PNG slices")
+                   help="with --int8, bit: the folder of the split's PNG slices")
     p.add_argument("--calibration-slices", type=int, default=None, metavar="N",
-                   help="with --int8: training slices read, half to calibrate, half to check "
-                        "(default 256)")
+                   help="with --int8: training slices (bit, default 256) or scans (covidctnet, "
+                        "default 16) read, half to calibrate, half to check")
     p.set_defaults(func=run)
 
 
@@ -40,26 +44,50 @@ def run(args: argparse.Namespace) -> int:
     from ..export import export_model
     from ..models import load_model
 
-    if args.int8 and not (args.calibration and args.images):
+    model = load_model(args.model)
+    if args.int8 and model.int8_role == "classifier" and not (args.calibration and args.images):
         raise CovidctError("--int8 needs --calibration TRAIN_SPLIT and --images DIR (the "
                            "training slices it is calibrated on)")
-    model = load_model(args.model)
+    if args.int8 and not args.calibration:
+        raise CovidctError("--int8 needs --calibration DATA (the cohort the model was trained "
+                           "on; its training scans calibrate the int8 denoiser)")
     out = Path(args.out) if args.out else Path(args.model).with_suffix(".onnx")
     written = export_model(model, out, args.format)
     for role, path in written.items():
         print(f"{role}: {path}")
     if args.int8:
-        # lazy: keeps torch, numpy off the `covidct --help` path
-        from ..export import cache_int8
-        from ..quantize import CALIBRATION_SLICES, export_int8, training_inputs
-
-        inputs = training_inputs(model, args.calibration, args.images,
-                                 args.calibration_slices or CALIBRATION_SLICES)
-        path, check = export_int8(model, written["classifier"], inputs)
-        cache_int8(model, path)
-        print(f"int8 classifier: {path}")
-        print(f"int8 check on {check['slices']} held-out training slices: same call on "
-              f"{check['same_call']:.1%}, median probability difference "
-              f"{check['median_prob_diff']:.4f} -> {'passed' if check['passed'] else 'FAILED'}"
-              f"{'' if check['passed'] else ' (predict --runtime auto keeps float32)'}")
+        _int8(args, model, written)
     return 0
+
+
+def _int8(args: argparse.Namespace, model, written: dict) -> None:
+    # lazy: keeps torch, numpy off the `covidct --help` path
+    from ..errors import ModelError
+    from ..export import cache_int8
+    from .. import quantize
+
+    role = model.int8_role
+    if role == "classifier":
+        inputs = quantize.training_inputs(model, args.calibration, args.images,
+                                          args.calibration_slices or quantize.CALIBRATION_SLICES)
+        path, check = quantize.export_int8(model, written["classifier"], inputs)
+        held_out = f"{check['slices']} held-out training slices"
+    elif role == "denoiser" and role in written:
+        path, check = quantize.export_int8_denoiser(
+            model, written["denoiser"], args.calibration,
+            args.calibration_slices or quantize.DENOISER_SCANS)
+        held_out = f"{check['scans']} held-out training scans"
+    else:
+        raise ModelError(f"this {model.method} model has no network --int8 applies to", args.model)
+    cache_int8(model, path)
+    print(f"int8 {role}: {path}")
+    print(f"int8 check on {held_out}: same call on {check['same_call']:.1%}, median "
+          f"probability difference {check['median_prob_diff']:.4f} -> "
+          f"{'passed' if check['passed'] else 'FAILED'}")
+    if role == "denoiser":
+        print(f"infection maps, int8 vs float32: mean |difference| {check['map_mean_abs_diff']:.4f}, "
+              f"99th percentile {check['map_p99_abs_diff']:.4f}, max {check['map_max_abs_diff']:.4f} "
+              f"(map standard deviation {check['map_std']:.4f}); `predict --runtime onnx-int8` "
+              "runs it, --runtime auto keeps float32")
+    elif not check["passed"]:
+        print("predict --runtime auto keeps float32")

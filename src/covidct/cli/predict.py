@@ -13,7 +13,8 @@ RUNTIME_HELP = ("auto (default): ONNX Runtime where installed (same answers as P
                 "faster on a CPU; each model is exported once and cached), with the slice "
                 "classifier on int8 when `covidct export --int8` made a graph for this model "
                 "file that passed its parity check; torch: PyTorch; onnx: ONNX Runtime float32; "
-                "onnx-int8: the slice classifier on int8 (needs covidct export --int8). "
+                "onnx-int8: the slice classifier, or CovidCTNet's BCDU-Net, on int8 (needs "
+                "covidct export --int8; CovidCTNet's maps move a little, see README). "
                 "Pictures (Grad-CAM) always use PyTorch")
 
 

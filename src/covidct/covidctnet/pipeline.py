@@ -48,8 +48,10 @@ class CovidCTNet:
     method = METHOD_COVIDCTNET
     #: Its explanation pictures (covidct.models.Model.overlay).
     overlay = INPUT_INFECTION
-    #: Its infection maps stay float32 (``covidct export --int8`` is for the slice classifier).
-    quantizable = False
+    #: ``covidct export --int8`` quantizes its BCDU-Net (covidct.quantize); opt-in
+    #: (``--runtime onnx-int8``), not the default: the map, not only the call, moves.
+    int8_role = "denoiser"
+    int8_auto = False
     #: How the web page shows it (covidct.models.Model.display).
     display = {"title": "CovidCTNet", "overlay_label": "infection map (CovidCTNet)",
                "strip_label": "CovidCTNet infection burden (relative)",
@@ -166,8 +168,11 @@ class CovidCTNet:
 
     def use_networks(self, swapped: dict[str, Any], runtime: str) -> None:
         if self.denoiser is not None:
-            # Infection-map cache keys name the denoiser's weights: keep the torch digest.
-            self._weights_key()
+            # Infection-map cache keys name the denoiser's weights: keep the torch digest,
+            # marked when an int8 denoiser (other maps from the same weights) takes over.
+            self._denoiser_digest = self._weights_key().removesuffix(":int8")
+            if runtime == "onnx-int8" and "denoiser" in swapped:
+                self._denoiser_digest += ":int8"
         self.classifier = swapped["classifier"]
         if "denoiser" in swapped:
             self.denoiser = swapped["denoiser"]
