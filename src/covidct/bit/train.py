@@ -41,7 +41,8 @@ from ..covidx import class_counts, read_split
 from ..devices import choose_device
 from ..errors import CovidctError, ModelError
 from .slice_data import (COVIDxDataset, EvalTransform, StepBatchSampler, TrainTransform, collate,
-                   find_synthetic_marker, mixup, mixup_lambda, normalize, subsample_per_class)
+                   find_synthetic_marker, fits_in_memory, mixup, mixup_lambda, normalize,
+                   subsample_per_class)
 from .model import SliceClassifier, create_model, infer_logits
 from .schedule import learning_rate
 from .settings import TrainConfig
@@ -129,7 +130,8 @@ def _prepare_data(config: TrainConfig, proc: _Proc) -> _Data:
     records = read_split(config.train_split)
     if config.max_train_per_class:
         records = subsample_per_class(records, config.max_train_per_class, config.seed)
-    train = COVIDxDataset(records, config.images, TrainTransform(config.resize, config.crop))
+    train = COVIDxDataset(records, config.images, TrainTransform(config.resize, config.crop),
+                          keep_prepared=fits_in_memory(len(records), config.resize))
     summary: dict[str, Any] = {"train": _split_summary(records, config.train_split)}
     val = None
     if config.val_split:
@@ -141,7 +143,8 @@ def _prepare_data(config: TrainConfig, proc: _Proc) -> _Data:
         val_images = config.val_images or config.images
         COVIDxDataset(val_records, val_images, check=True)  # fail now, not at the first validation
         val = COVIDxDataset(val_records[proc.rank::proc.world], val_images,
-                            EvalTransform(config.crop), check=False)
+                            EvalTransform(config.crop), check=False,
+                            keep_prepared=fits_in_memory(len(val_records), config.crop))
         summary["val"] = _split_summary(val_records, config.val_split)
     synthetic = config.synthetic
     if synthetic is None:
