@@ -125,6 +125,21 @@ def test_balanced_sampler_draws_classes_evenly():
     assert np.all(np.abs(shares - 1 / 3) < 0.05)
 
 
+def test_patient_balanced_sampler_draws_the_patients_of_a_class_evenly():
+    # class 1: a lobar patient with 67 slices and a segmental one with 14 (a synthetic cohort's CP)
+    labels = np.array([0] * 30 + [1] * 67 + [1] * 14)
+    patients = ["N1"] * 30 + ["L"] * 67 + ["S"] * 14
+    draw = lambda sampler: [patients[i] for step in range(300) for i, _ in sampler.step_items(step)]
+    by_slice = draw(StepBatchSampler(labels, 32, 300, seed=0, balanced=True))
+    by_patient = draw(StepBatchSampler(labels, 32, 300, seed=0, balanced=True, patients=patients))
+    assert by_slice.count("L") > 4 * by_slice.count("S")              # as many as its slices
+    assert abs(by_patient.count("L") / by_patient.count("S") - 1) < 0.1  # one patient, one share
+    assert abs(by_patient.count("N1") / len(by_patient) - 0.5) < 0.03     # classes still even
+    again = StepBatchSampler(labels, 32, 300, seed=0, balanced=True, patients=patients)
+    assert again.step_items(7) == StepBatchSampler(labels, 32, 300, seed=0, balanced=True,
+                                                   patients=patients).step_items(7)
+
+
 def test_mixup_mixes_images_and_labels_with_the_same_lambda():
     torch.manual_seed(0)
     x = torch.randn(6, 3, 4, 4)

@@ -240,7 +240,7 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
     def __init__(self, labels: np.ndarray, batch_size: int, total_steps: int, seed: int,
                  start_step: int = 0, rank: int = 0, world: int = 1, batch_split: int = 1,
-                 balanced: bool = False):
+                 balanced: bool = False, patients: Sequence[str] | None = None):
         per_rank, rest = divmod(batch_size, world)
         if rest or per_rank % batch_split:
             raise CovidctError(
@@ -251,6 +251,11 @@ class StepBatchSampler(torch.utils.data.Sampler):
         self.start, self.rank, self.world = start_step, rank, world
         self.split, self.balanced = batch_split, balanced
         self._by_class = [np.flatnonzero(self.labels == c) for c in np.unique(self.labels)]
+        # ``patients`` (with ``balanced``): a class's draw picks one of its patients first, then
+        # one of that patient's slices, so a patient with 67 slices weighs no more than one with 14.
+        self._by_patient = None if patients is None else [
+            [members[np.asarray(patients)[members] == p] for p in np.unique(np.asarray(patients)[members])]
+            for members in self._by_class]
         self._perm: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.int64))
 
     def __len__(self) -> int:
@@ -285,7 +290,13 @@ class StepBatchSampler(torch.utils.data.Sampler):
     def _balanced(self, step: int) -> list[int]:
         rng = np.random.default_rng([self.seed, 104729, step])
         classes = rng.integers(0, len(self._by_class), size=self.batch_size)
-        return [self._by_class[c][rng.integers(0, len(self._by_class[c]))] for c in classes]
+        if self._by_patient is None:
+            return [self._by_class[c][rng.integers(0, len(self._by_class[c]))] for c in classes]
+        out = []
+        for c in classes:
+            patient = self._by_patient[c][rng.integers(0, len(self._by_patient[c]))]
+            out.append(patient[rng.integers(0, len(patient))])
+        return out
 
 
 def _mix_seed(seed: int, position: int) -> int:

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 HISTORY_FIELDS = ("step", "loss", "lr", "images_per_s", "data_wait_s", "val_loss", "val_acc")
 #: Settings that must not change when a run is resumed.
 _RESUME_KEYS = ("arch", "init", "resize", "crop", "schedule", "batch_size", "lr", "momentum",
-                "mixup_alpha", "balanced", "seed", "max_train_per_class", "train_split")
+                "mixup_alpha", "balanced", "balance_patients", "seed", "max_train_per_class", "train_split")
 
 
 @dataclass
@@ -257,7 +257,8 @@ def _train(config: TrainConfig, proc: _Proc) -> RunResult:
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[proc.device.index] if proc.device.type == "cuda" else None)
     sampler = StepBatchSampler(data.train.labels, config.batch_size, config.total_steps, config.seed,
-                               start, proc.rank, proc.world, config.batch_split, config.balanced)
+                               start, proc.rank, proc.world, config.batch_split, config.balanced,
+                               [r.patient for r in data.train.records] if config.balance_patients else None)
     loader = torch.utils.data.DataLoader(
         data.train, batch_sampler=sampler, num_workers=config.workers, collate_fn=collate,
         pin_memory=proc.device.type == "cuda", persistent_workers=False)
@@ -365,6 +366,7 @@ def _finish(config: TrainConfig, net: torch.nn.Module, data: _Data, weights: str
     training = {"weights_from": chosen, "init": weights, "schedule": list(config.schedule),
                 "batch_size": config.batch_size, "lr": config.lr,
                 "mixup_alpha": config.mixup_alpha, "balanced": config.balanced,
+                "balance_patients": config.balance_patients,
                 "seed": config.seed, "best_step": best["step"], "best_val_acc": best["val_acc"]
                 if best["step"] is not None else None}
     classifier = SliceClassifier(net=net, arch=config.arch, resize=config.resize, crop=config.crop,
