@@ -7,9 +7,10 @@ from PIL import Image
 from covidct.constants import SYNTHETIC_TAG
 from covidct.covidx import SliceRecord
 from covidct.errors import CovidctError, DatasetError
+from covidct.bit import slice_data
 from covidct.bit.slice_data import (COVIDxDataset, EvalTransform, StepBatchSampler, TrainTransform,
-                                 find_synthetic_marker, mixup, mixup_lambda, normalize,
-                                 subsample_per_class)
+                                 find_synthetic_marker, fits_in_memory, mixup, mixup_lambda,
+                                 normalize, subsample_per_class)
 
 
 def _write_slices(folder, n=4, size=48):
@@ -44,6 +45,31 @@ def test_train_transform_is_reproducible_per_seed_and_flips(tmp_path):
     directions = {bool(t(pixels, np.random.default_rng(s))[0, 0, -1] > t(pixels, np.random.default_rng(s))[0, 0, 0])
                   for s in range(20)}
     assert directions == {True, False}  # some crops flipped, some not
+
+
+@pytest.mark.parametrize("transform", [TrainTransform(40, 32), EvalTransform(24)])
+def test_kept_slices_give_the_same_items_and_are_decoded_once(tmp_path, monkeypatch, transform):
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    records = []
+    for i in range(3):  # textured slices, so a wrong crop or a stale picture would show
+        Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(tmp_path / "images" / f"P{i}_1.png")
+        records.append(SliceRecord(f"P{i}_1.png", i, (3, 5, 44, 40)))
+    plain = COVIDxDataset(records, tmp_path / "images", transform)
+    kept = COVIDxDataset(records, tmp_path / "images", transform, keep_prepared=True)
+    reads = []
+    real_read = slice_data.read_gray
+    monkeypatch.setattr(slice_data, "read_gray", lambda path: reads.append(path) or real_read(path))
+    items = [(i % 3, seed) for seed, i in enumerate(range(12))]  # 4 epochs, new augmentation each
+    for item in items:
+        a, b = plain[item], kept[item]
+        assert torch.equal(a[0], b[0]) and a[1] == b[1]
+    assert len(reads) == len(items) + 3  # the plain dataset reads every time, the kept one once each
+
+
+def test_slices_are_kept_at_demo_size_not_for_all_of_covidx():
+    assert fits_in_memory(1602, 72)            # the demo's 36 training patients: 8 MB
+    assert not fits_in_memory(358_000, 512)    # COVIDx CT at the paper's resolution: 94 GB
 
 
 def test_missing_images_fail_before_training_naming_the_first_few(tmp_path):
@@ -97,6 +123,21 @@ def test_balanced_sampler_draws_classes_evenly():
     drawn = np.array([labels[i] for batch in sampler for i, _ in batch])
     shares = np.bincount(drawn, minlength=3) / drawn.size
     assert np.all(np.abs(shares - 1 / 3) < 0.05)
+
+
+def test_patient_balanced_sampler_draws_the_patients_of_a_class_evenly():
+    # class 1: a lobar patient with 67 slices and a segmental one with 14 (a synthetic cohort's CP)
+    labels = np.array([0] * 30 + [1] * 67 + [1] * 14)
+    patients = ["N1"] * 30 + ["L"] * 67 + ["S"] * 14
+    draw = lambda sampler: [patients[i] for step in range(300) for i, _ in sampler.step_items(step)]
+    by_slice = draw(StepBatchSampler(labels, 32, 300, seed=0, balanced=True))
+    by_patient = draw(StepBatchSampler(labels, 32, 300, seed=0, balanced=True, patients=patients))
+    assert by_slice.count("L") > 4 * by_slice.count("S")              # as many as its slices
+    assert abs(by_patient.count("L") / by_patient.count("S") - 1) < 0.1  # one patient, one share
+    assert abs(by_patient.count("N1") / len(by_patient) - 0.5) < 0.03     # classes still even
+    again = StepBatchSampler(labels, 32, 300, seed=0, balanced=True, patients=patients)
+    assert again.step_items(7) == StepBatchSampler(labels, 32, 300, seed=0, balanced=True,
+                                                   patients=patients).step_items(7)
 
 
 def test_mixup_mixes_images_and_labels_with_the_same_lambda():

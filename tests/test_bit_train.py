@@ -301,3 +301,13 @@ def test_trains_on_the_project_synthetic_cohort_and_flags_it(request, tmp_path):
 
         prediction = model.predict(load_scan(patients[0]))
         assert prediction.synthetic and np.isclose(prediction.probabilities.sum(), 1.0)
+
+
+def test_balance_patients_without_balanced_is_refused_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "covidct", "train-bit", "--data", str(tmp_path),
+                           "--out", str(tmp_path / "run"), "--balance-patients"],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--balance-patients" in proc.stderr and "--balanced" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

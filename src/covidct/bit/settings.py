@@ -36,6 +36,7 @@ class TrainConfig:
     momentum: float = 0.9
     mixup_alpha: float = 0.1                # 0 disables mixup
     balanced: bool = False                  # class-balanced sampling (the paper did not)
+    balance_patients: bool = False          # with balanced: patients of a class drawn equally
     workers: int = 4
     val_every: int = 100
     max_val: int | None = None              # validate on a fixed random subset of this size
@@ -54,6 +55,9 @@ class TrainConfig:
         self.schedule = tuple(int(s) for s in self.schedule)
         if self.batch_size < 1 or self.batch_split < 1 or self.val_every < 1:
             raise CovidctError("batch size, batch split and --val-every must be positive")
+        if self.balance_patients and not self.balanced:
+            raise CovidctError("--balance-patients balances the patients within each class of "
+                               "--balanced sampling; give both")
 
     @property
     def total_steps(self) -> int:

@@ -41,7 +41,8 @@ from ..covidx import class_counts, read_split
 from ..devices import choose_device
 from ..errors import CovidctError, ModelError
 from .slice_data import (COVIDxDataset, EvalTransform, StepBatchSampler, TrainTransform, collate,
-                   find_synthetic_marker, mixup, mixup_lambda, normalize, subsample_per_class)
+                   find_synthetic_marker, fits_in_memory, mixup, mixup_lambda, normalize,
+                   subsample_per_class)
 from .model import SliceClassifier, create_model, infer_logits
 from .schedule import learning_rate
 from .settings import TrainConfig
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 HISTORY_FIELDS = ("step", "loss", "lr", "images_per_s", "data_wait_s", "val_loss", "val_acc")
 #: Settings that must not change when a run is resumed.
 _RESUME_KEYS = ("arch", "init", "resize", "crop", "schedule", "batch_size", "lr", "momentum",
-                "mixup_alpha", "balanced", "seed", "max_train_per_class", "train_split")
+                "mixup_alpha", "balanced", "balance_patients", "seed", "max_train_per_class", "train_split")
 
 
 @dataclass
@@ -129,7 +130,8 @@ def _prepare_data(config: TrainConfig, proc: _Proc) -> _Data:
     records = read_split(config.train_split)
     if config.max_train_per_class:
         records = subsample_per_class(records, config.max_train_per_class, config.seed)
-    train = COVIDxDataset(records, config.images, TrainTransform(config.resize, config.crop))
+    train = COVIDxDataset(records, config.images, TrainTransform(config.resize, config.crop),
+                          keep_prepared=fits_in_memory(len(records), config.resize))
     summary: dict[str, Any] = {"train": _split_summary(records, config.train_split)}
     val = None
     if config.val_split:
@@ -141,7 +143,8 @@ def _prepare_data(config: TrainConfig, proc: _Proc) -> _Data:
         val_images = config.val_images or config.images
         COVIDxDataset(val_records, val_images, check=True)  # fail now, not at the first validation
         val = COVIDxDataset(val_records[proc.rank::proc.world], val_images,
-                            EvalTransform(config.crop), check=False)
+                            EvalTransform(config.crop), check=False,
+                            keep_prepared=fits_in_memory(len(val_records), config.crop))
         summary["val"] = _split_summary(val_records, config.val_split)
     synthetic = config.synthetic
     if synthetic is None:
@@ -254,7 +257,8 @@ def _train(config: TrainConfig, proc: _Proc) -> RunResult:
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[proc.device.index] if proc.device.type == "cuda" else None)
     sampler = StepBatchSampler(data.train.labels, config.batch_size, config.total_steps, config.seed,
-                               start, proc.rank, proc.world, config.batch_split, config.balanced)
+                               start, proc.rank, proc.world, config.batch_split, config.balanced,
+                               [r.patient for r in data.train.records] if config.balance_patients else None)
     loader = torch.utils.data.DataLoader(
         data.train, batch_sampler=sampler, num_workers=config.workers, collate_fn=collate,
         pin_memory=proc.device.type == "cuda", persistent_workers=False)
@@ -362,6 +366,7 @@ def _finish(config: TrainConfig, net: torch.nn.Module, data: _Data, weights: str
     training = {"weights_from": chosen, "init": weights, "schedule": list(config.schedule),
                 "batch_size": config.batch_size, "lr": config.lr,
                 "mixup_alpha": config.mixup_alpha, "balanced": config.balanced,
+                "balance_patients": config.balance_patients,
                 "seed": config.seed, "best_step": best["step"], "best_val_acc": best["val_acc"]
                 if best["step"] is not None else None}
     classifier = SliceClassifier(net=net, arch=config.arch, resize=config.resize, crop=config.crop,

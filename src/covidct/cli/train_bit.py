@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="validate on a fixed random subset of N slices (quicker validation)")
     data.add_argument("--balanced", action="store_true",
                       help="class-balanced sampling (the paper samples uniformly over slices)")
+    data.add_argument("--balance-patients", action="store_true",
+                      help="with --balanced: draw a class's patients equally, then one of the "
+                           "patient's slices (patients with many slices no longer dominate)")
     data.add_argument("--synthetic", action="store_true", default=None,
                       help="mark the training data as synthetic (detected from the data folder's "
                            "README otherwise)")
@@ -111,6 +114,7 @@ def config_from_args(args: argparse.Namespace):
         resize=resize, crop=crop, schedule=parse_schedule(args.schedule),
         batch_size=args.batch_size, batch_split=args.batch_split, lr=args.lr,
         mixup_alpha=0.0 if args.no_mixup else TrainConfig.mixup_alpha, balanced=args.balanced,
+        balance_patients=args.balance_patients,
         workers=args.workers,
         val_every=args.val_every, max_val=args.max_val,
         max_train_per_class=args.max_train_per_class, seed=args.seed, device=args.device,
