@@ -334,16 +334,19 @@ def train_classifier(config: TrainConfig, run: RunFolder, cohort: Cohort, net: C
         order = np.random.default_rng([config.seed, 4, epoch]).permutation(len(y_train))
         rng = np.random.default_rng([config.seed, 5, epoch]) if config.augment else None
         cnn.train()
-        total = 0.0
+        total = seen = 0.0
         for step, (xb, yb, n) in enumerate(batches(x_train, y_train, order, rng)):
+            if n == 1 and config.cnn_norm == "batch":
+                continue  # BatchNorm cannot train on one sample; it is in the next epoch's order
             warmup(epoch * steps_per_epoch + step)
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(cnn(xb), yb)
             loss.backward()
             optimizer.step()
             total += loss.item() * n
+            seen += n
         val_loss, val_accuracy = validate()
-        loop.end_epoch(cnn, optimizer, total / len(y_train), val_loss, val_accuracy)
+        loop.end_epoch(cnn, optimizer, total / max(seen, 1), val_loss, val_accuracy)
     loop.load_best(cnn)
     net.classifier = cnn.cpu().eval()
 
