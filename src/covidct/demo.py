@@ -85,8 +85,9 @@ class DemoSettings:
     # BatchNorm after each 3D CNN convolution, Adam 1e-3 reached over a 3-epoch warm-up (the
     # method: no normalisation, 1e-4). Without them the CNN sat at ln 3 for about 50 epochs;
     # with them it left it within 40 on the validation patients: best validation loss / accuracy
-    # / COVID-vs-rest AUC 1.11 / 0.42 / 0.50 -> 0.93 / 0.67 / 0.88 (seed 0) and 1.08 / 0.58 /
-    # 0.69 -> 0.97 / 0.58 / 0.88 (seed 1), same denoisers (README, "Second round")
+    # / COVID-vs-rest AUC 1.11 / 0.42 / 0.50 -> 0.93 / 0.67 / 0.88 (seed 0), 1.08 / 0.58 /
+    # 0.69 -> 0.97 / 0.58 / 0.88 (seed 1), 1.07 / 0.42 / 0.66 -> 1.04 / 0.58 / 0.66 (seed 2),
+    # same denoisers (README, "Second round")
     cnn_norm: str = "batch"
     lr: float = 1e-3
     lr_warmup_epochs: int = 3
