@@ -14,7 +14,7 @@ demo:
 test:
 	@./scripts/browser.sh
 	@./scripts/dicom-tools.sh
-	@$(PY) -m pytest -q -n 2 --dist loadgroup tests
+	@$(PY) -m pytest -q -rs -n 2 --dist loadgroup tests
 
 # The full run on this machine (about 20 min on 2 quiet cores), written to BENCHMARKS.md and
 # its JSON. It waits up to 10 min for the load average to fall to half the cores, refuses to
