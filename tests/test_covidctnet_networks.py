@@ -144,3 +144,22 @@ def test_bcdunet_overfits_a_handful_of_slices():
         optimizer.step()
     after = error()
     assert after < 0.25 * before, (before, after)
+
+
+@pytest.mark.parametrize("norm,layer", [("batch", nn.BatchNorm3d), ("group", nn.GroupNorm)])
+def test_cnn3d_normalisation_option_adds_one_layer_per_convolution(norm, layer):
+    model = CNN3D(input_shape=(34, 48, 48), norm=norm)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv3d)]
+    norms = [m for m in model.modules() if isinstance(m, layer)]
+    assert len(norms) == len(convs) == 10
+    # each normalisation sits between its convolution and the ReLU
+    kinds = [type(m) for m in model.features]
+    for k, kind in enumerate(kinds):
+        if kind is nn.Conv3d:
+            assert kinds[k + 1] is layer and kinds[k + 2] is nn.ReLU
+    model.train()
+    assert model(torch.rand(3, 1, 34, 48, 48)).shape == (3, 3)
+    plain = CNN3D(input_shape=(34, 48, 48))
+    assert not any(isinstance(m, (nn.BatchNorm3d, nn.GroupNorm)) for m in plain.modules())
+    with pytest.raises(ValueError, match="normalisation"):
+        CNN3D(norm="layer")

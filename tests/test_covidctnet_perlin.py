@@ -143,3 +143,52 @@ def test_opacity_pseudo_infection_is_denser_blobs_inside_the_lungs_only():
 def test_unknown_noise_kind_is_refused():
     with pytest.raises(ValueError, match="noise kind"):
         PseudoInfection().apply(np.zeros((2, 8, 8), np.float32), np.random.default_rng(0), kind="x")
+
+
+def _wall_contact(region: np.ndarray, lung: np.ndarray) -> float:
+    """Share of the lung's border with the body that ``region`` covers."""
+    from scipy import ndimage
+
+    border = lung & ~ndimage.binary_erosion(lung)
+    return float(region[border].mean())
+
+
+def test_lobar_pseudo_infection_fills_part_of_one_lung_against_the_wall():
+    """A lobar consolidation: consolidation density, within one lung, a bounded share of it,
+    and it reaches the chest wall over a stretch (what opacity blobs rarely do)."""
+    from scipy import ndimage
+
+    from covidct.windowing import COVIDCTNET
+
+    clean = _chest_slice()
+    air = perlin.air_in_body(clean)
+    labels, count = ndimage.label(air > 0)
+    assert count == 2
+    dense = COVIDCTNET.to_unit(np.array([-100.0]))[0]
+    rng = np.random.default_rng(0)
+    contacts = []
+    for _ in range(20):
+        out = PseudoInfection().lobar(clean, air, rng)
+        region = (out - clean > 0.3) & (air > 0)
+        assert region.any()
+        hit = {int(v) for v in np.unique(labels[region])}
+        assert len(hit) == 1                                   # one lung
+        lung = labels == hit.pop()
+        assert 0.1 < region[lung].mean() < 0.75                # part of it, not all
+        assert np.percentile(out[region], 50) > dense          # consolidation density
+        assert np.all(out[labels == 0][clean[labels == 0] < 0.05] == 0)  # outside the body stays air
+        contacts.append(_wall_contact(region, lung))
+    assert np.median(contacts) > 0.1
+
+
+def test_lobar_kind_mixes_lobar_consolidations_and_opacities():
+    clean = _chest_slice()
+    slices = np.repeat(clean[None], 40, axis=0)
+    inputs, noisy = PseudoInfection().apply(slices, np.random.default_rng(1), fraction=1.0,
+                                            region=perlin.NOISE_LUNGS, kind=perlin.NOISE_LOBAR)
+    air = perlin.air_in_body(clean) > 0
+    dense = (inputs - slices > 0.3) & air
+    share = dense.reshape(40, -1).sum(1) / air.sum()
+    # a lobar consolidation turns at least a tenth of the aerated lung dense; opacities of
+    # ground-glass density none of it: both kinds appear
+    assert (share > 0.1).sum() >= 8 and (share == 0).sum() >= 3

@@ -64,6 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--mask-input", action="store_true",
                    help="the 3D CNN reads infection maps inside the lung mask (covidct.lungs; "
                         "the paper has no lung mask)")
+    g.add_argument("--cnn-norm", choices=("none", "batch", "group"), default="none",
+                   help="normalisation after each 3D CNN convolution (default none, as the "
+                        "method; saved in the model)")
+    g.add_argument("--lr-warmup-epochs", type=int, default=0,
+                   help="raise the learning rate linearly to --lr over this many epochs "
+                        "(default 0, as the method)")
     g.add_argument("--standardise-inputs", action="store_true",
                    help="scale the 3D CNN's input to SD 1 on the training scans (the factor is "
                         "saved in the model; default: as the method, unscaled infection maps, "
@@ -89,10 +95,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--noise-region", choices=("slice", "lungs"), default="slice",
                    help="where the Perlin pseudo-infection goes: the whole slice (default, the "
                         "method's code) or only the air inside the body (the lungs)")
-    g.add_argument("--noise-kind", choices=("additive", "opacity"), default="additive",
+    g.add_argument("--noise-kind", choices=("additive", "opacity", "lobar"), default="additive",
                    help="how the pseudo-infection changes a slice: the noise added as it is "
-                        "(default, the method) or thresholded into blobs blended towards "
-                        "ground-glass to consolidation density")
+                        "(default, the method), thresholded into blobs blended towards "
+                        "ground-glass to consolidation density (opacity), or half of the "
+                        "noisy slices so and half with a lobar consolidation against the "
+                        "chest wall (lobar)")
+    g.add_argument("--fresh-noise", action="store_true",
+                   help="draw the pseudo-infection anew every epoch (default: once, as the method)")
+    g.add_argument("--noise-weight", type=float, default=1.0,
+                   help="weight of the pixels the pseudo-infection changed in the denoiser's "
+                        "loss (default 1: all pixels alike, as the method)")
     g.add_argument("--denoiser-width", type=int, default=DEFAULTS.denoiser_width,
                    help=f"BCDU-Net base channels (default {DEFAULTS.denoiser_width}: 32-64-128-256 "
                         "as the method)")

@@ -27,12 +27,19 @@ NOISE_REGIONS = (NOISE_SLICE, NOISE_LUNGS)
 #: ("additive"); "opacity" thresholds it into blobs and blends them towards an opacity's
 #: density, as infection replaces aerated lung with denser material (see :meth:`opacity`).
 NOISE_ADDITIVE, NOISE_OPACITY = "additive", "opacity"
-NOISE_KINDS = (NOISE_ADDITIVE, NOISE_OPACITY)
+#: "lobar": half of the noisy slices as "opacity", half with a lobar consolidation (see
+#: :meth:`PseudoInfection.lobar`).
+NOISE_LOBAR = "lobar"
+NOISE_KINDS = (NOISE_ADDITIVE, NOISE_OPACITY, NOISE_LOBAR)
 #: The densities an "opacity" pseudo-infection takes, in HU: faint ground glass up to
 #: consolidation (radiological ranges: GGO about -750 to -300 HU, consolidation above).
 OPACITY_HU = (-700.0, 50.0)
 #: Share of the slice's aerated lung an "opacity" pseudo-infection covers, drawn uniformly.
 OPACITY_COVER = (0.03, 0.35)
+#: Lobar consolidation: its density in HU and the share of one lung's aerated area it fills.
+LOBAR_HU = (-80.0, 40.0)
+LOBAR_COVER = (0.2, 0.6)
+
 #: Below this value of the CovidCTNet window ([-1000, 400] HU -> [0, 1]), about -580 HU, a
 #: voxel is air or aerated lung.
 AIR_LEVEL = 0.3
@@ -129,13 +136,49 @@ class PseudoInfection:
         target = float(COVIDCTNET.to_unit(np.array([rng.uniform(*OPACITY_HU)]))[0])
         return unit_slice + alpha * (np.float32(target) - unit_slice)
 
+    def lobar(self, unit_slice: np.ndarray, where: np.ndarray,
+              rng: np.random.Generator) -> np.ndarray:
+        """``unit_slice`` with one lung's far part, along a random direction, turned to
+        consolidation density: a dense region that fills part of a lobe and meets the chest
+        wall, with an irregular (Perlin) border towards the aerated rest.
+
+        Perlin blobs fall inside the lung and rarely reach the pleura over a long stretch; a
+        denoiser trained on them only keeps a dense region that merges with the chest wall or
+        the mediastinum as if it were wall, and so leaves CAP's lobar consolidation out of the
+        infection map.
+        """
+        from scipy import ndimage
+
+        from ..windowing import COVIDCTNET
+
+        labels, count = ndimage.label(where > 0)
+        if count == 0:
+            return unit_slice.copy()
+        sizes = np.bincount(labels.ravel())[1:].astype(np.float64)
+        lung = labels == 1 + int(rng.choice(count, p=sizes / sizes.sum()))
+        # vessels and the partial-volume rim at the wall belong to the lobe as well: without
+        # them a dark line would part the consolidation from the chest wall
+        lung = ndimage.binary_dilation(ndimage.binary_fill_holes(lung), iterations=1)
+        angle = rng.uniform(0.0, 2.0 * np.pi)
+        rows, cols = np.indices(unit_slice.shape, dtype=np.float32)
+        along = rows * np.float32(np.sin(angle)) + cols * np.float32(np.cos(angle))
+        inside = along[lung]
+        spread = float(inside.std()) or 1.0
+        # the border: a straight cut (a fissure) made irregular by the noise
+        along = along + self.draw(unit_slice.shape, rng) * np.float32(spread)
+        level = float(np.quantile(along[lung], 1.0 - rng.uniform(*LOBAR_COVER)))
+        alpha = np.clip((along - level) / (0.1 * spread), 0.0, 1.0) * lung
+        target = float(COVIDCTNET.to_unit(np.array([rng.uniform(*LOBAR_HU)]))[0])
+        return unit_slice + alpha * (np.float32(target) - unit_slice)
+
     def apply(self, slices: np.ndarray, rng: np.random.Generator,
               fraction: float = 0.5, region: str = NOISE_SLICE,
               kind: str = NOISE_ADDITIVE) -> tuple[np.ndarray, np.ndarray]:
         """Noisy copies of (N, H, W) ``slices``: a random ``fraction`` of them get noise,
         over the whole slice (``region="slice"``, the method's code) or only where the slice
         shows air inside the body (``"lungs"``, see :func:`air_in_body`); added as it is
-        (``kind="additive"``, the method) or as blended opacities (``"opacity"``).
+        (``kind="additive"``, the method), as blended opacities (``"opacity"``) or half of
+        them as opacities and half as lobar consolidations (``"lobar"``).
 
         Returns (inputs, noisy_flags); the training target stays the clean slices.
         """
@@ -151,7 +194,9 @@ class PseudoInfection:
         for k in np.flatnonzero(noisy):
             where = np.ones(slices.shape[1:], np.float32) if region == NOISE_SLICE \
                 else air_in_body(slices[k])
-            if kind == NOISE_OPACITY:
+            if kind == NOISE_LOBAR and rng.random() < 0.5:
+                inputs[k] = self.lobar(slices[k], where, rng)
+            elif kind in (NOISE_OPACITY, NOISE_LOBAR):
                 inputs[k] = self.opacity(slices[k], where, rng)
             else:
                 inputs[k] += self.draw(slices.shape[1:], rng) * where

@@ -84,7 +84,7 @@ class CovidCTNet:
         # lazy: imports torch, which this module does not need on import
         from .cnn3d import CNN3D
 
-        return cls(CNN3D(len(class_names), settings.volume_shape), denoiser, settings,
+        return cls(CNN3D(len(class_names), settings.volume_shape, norm=settings.cnn_norm), denoiser, settings,
                    tuple(class_names), **kwargs)
 
     @classmethod
@@ -96,7 +96,7 @@ class CovidCTNet:
         try:
             settings = VolumeSettings.from_dict(dict(record["settings"]))
             class_names = tuple(record["class_names"])
-            classifier = CNN3D(len(class_names), settings.volume_shape)
+            classifier = CNN3D(len(class_names), settings.volume_shape, norm=settings.cnn_norm)
             classifier.load_state_dict(record["classifier"])
             denoiser = None
             if record.get("denoiser") is not None:
@@ -206,9 +206,9 @@ class CovidCTNet:
         """The (volume_slices, S, S) infection map or plain volume, before any lung mask."""
         if self.settings.input != INPUT_INFECTION:
             return cnn_input(volume, None, self.settings), "n/a"
-        # input_scale and mask_input do not change the map itself: leave them out of the key.
+        # input_scale, mask_input and cnn_norm do not change the map itself: leave them out of the key.
         settings = {k: v for k, v in self.settings.to_dict().items()
-                    if k not in ("input_scale", "mask_input")}
+                    if k not in ("input_scale", "mask_input", "cnn_norm")}
         key = ArrayCache.key("infection", content, {**settings, "denoiser": self._weights_key()})
         cached = self.cache.load(key)
         if cached is not None:

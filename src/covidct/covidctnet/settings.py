@@ -14,6 +14,9 @@ from ..errors import ModelError
 #: Fig. 1) the plain pre-processed volume without BCDU-Net and Perlin noise.
 INPUT_INFECTION = "infection"
 INPUT_VOLUME = "volume"
+#: The 3D CNN's normalisation options (cnn3d.NORMS; repeated here so that reading settings
+#: does not import torch).
+CNN_NORMS = ("none", "batch", "group")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,9 @@ class VolumeSettings:
     #: Multiply the 3D CNN's input by the lung mask (covidct.lungs) on its grid. The method
     #: has no lung mask (False); True is this project's variant, with an ablation row.
     mask_input: bool = False
+    #: Normalisation after each of the 3D CNN's convolutions: "none" (the method), "batch"
+    #: or "group" (cnn3d.CNN3D; this project's variant).
+    cnn_norm: str = "none"
 
     def __post_init__(self) -> None:
         # BCDU-Net pools three times (multiples of 8); the 3D CNN's unpadded first conv and
@@ -46,6 +52,8 @@ class VolumeSettings:
             raise ModelError(f"volume_slices must be >= 34, got {self.volume_slices}")
         if self.input not in (INPUT_INFECTION, INPUT_VOLUME):
             raise ModelError(f"unknown 3D CNN input {self.input!r}")
+        if self.cnn_norm not in CNN_NORMS:
+            raise ModelError(f"unknown cnn_norm {self.cnn_norm!r}; choose from {', '.join(CNN_NORMS)}")
         if not self.input_scale > 0:
             raise ModelError(f"input_scale must be positive, got {self.input_scale}")
         if self.spacing_mm <= 0 or self.max_denoised_slices < 0:

@@ -36,6 +36,9 @@ from .settings import INPUT_INFECTION, INPUT_VOLUME, VolumeSettings
 log = logging.getLogger(__name__)
 
 STAGES = ("denoiser", "classifier", "all")
+#: A pixel whose pseudo-infection changed it by more than this (CovidCTNet window, ~14 HU)
+#: counts as changed for ``noise_weight``.
+NOISE_CHANGED = 0.01
 
 
 @dataclass
@@ -63,8 +66,18 @@ class TrainConfig:
     #: 0.5 vs the lesion masks); with "lungs" it did (README, "What make demo does").
     noise_region: str = "slice"
     #: "additive": the noise image added as it is (the method); "opacity": thresholded into
-    #: blobs blended towards ground-glass to consolidation density (perlin.PseudoInfection.opacity).
+    #: blobs blended towards ground-glass to consolidation density (perlin.PseudoInfection.opacity);
+    #: "lobar": half of them so, half as a lobar consolidation (PseudoInfection.lobar).
     noise_kind: str = "additive"
+    #: Draw the pseudo-infection anew every epoch (which slices and what noise), instead of
+    #: once (the method). A few hundred control slices with one fixed noise draw let a
+    #: denoiser learn those draws rather than what infection looks like.
+    fresh_noise: bool = False
+    #: Weight of the pixels the pseudo-infection changed in the denoiser's loss (1: every
+    #: pixel alike, as the method). The changed pixels are a few per cent of all; a small
+    #: denoiser trained for a few hundred steps learnt to copy its input (it has skip
+    #: connections) and barely removed them, so the map did not single out lesions.
+    noise_weight: float = 1.0
     denoiser_file: str | None = None  # reuse a denoiser.pt instead of the run's own
     # stage "classifier"
     epochs: int = 100
@@ -80,6 +93,11 @@ class TrainConfig:
     augment_shift: int = 2
     weight_decay: float = 0.0         # Adam's L2 penalty on the 3D CNN (the method: none)
     mask_input: bool = False          # the main 3D CNN reads lung-masked maps (VolumeSettings)
+    #: Normalisation after each 3D CNN convolution (VolumeSettings.cnn_norm; the method: none).
+    cnn_norm: str = "none"
+    #: Raise the 3D CNN's learning rate linearly from lr / steps to lr over this many epochs
+    #: (the method: 0, no warm-up); lets a normalised network start at a higher rate.
+    lr_warmup_epochs: int = 0
     #: Also train the 3D CNN on lung-masked infection maps (covidct.lungs; not in the paper).
     lung_ablation: bool = False
     # data and machinery
@@ -95,10 +113,13 @@ class TrainConfig:
             raise ModelError(f"unknown stage {self.stage!r}; choose from {', '.join(STAGES)}")
         if min(self.epochs, self.batch_size, self.denoiser_batch_size) < 1 or self.denoiser_epochs < 1:
             raise ModelError("epochs and batch sizes must be at least 1")
-        if self.augment_shift < 0 or self.weight_decay < 0:
-            raise ModelError("augment_shift and weight_decay must not be negative")
+        if not self.noise_weight > 0:
+            raise ModelError("noise_weight must be positive")
+        if self.augment_shift < 0 or self.weight_decay < 0 or self.lr_warmup_epochs < 0:
+            raise ModelError("augment_shift, weight_decay and lr_warmup_epochs must not be negative")
         if not 0.0 <= self.noisy_fraction <= 1.0:
             raise ModelError("noisy_fraction must be in [0, 1]")
+        self.settings()  # refuses an unknown cnn_norm (and bad sizes) before any work
         if self.noise_region not in NOISE_REGIONS:
             raise ModelError(f"noise_region must be one of {', '.join(NOISE_REGIONS)}")
         if self.noise_kind not in NOISE_KINDS:
@@ -107,7 +128,8 @@ class TrainConfig:
     def settings(self, input_kind: str = INPUT_INFECTION) -> VolumeSettings:
         return VolumeSettings(slice_size=self.slice_size, volume_slices=self.volume_slices,
                               max_denoised_slices=self.max_denoised_slices,
-                              denoiser_width=self.denoiser_width, input=input_kind)
+                              denoiser_width=self.denoiser_width, input=input_kind,
+                              cnn_norm=self.cnn_norm)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,7 +137,8 @@ class TrainConfig:
 
 #: Settings a resumed run must share with the run it continues.
 _RESUME_KEYS = ("binary", "seed", "slice_size", "volume_slices", "max_denoised_slices",
-                "denoiser_width", "noisy_fraction", "noise_region", "noise_kind", "slices_per_scan")
+                "denoiser_width", "noisy_fraction", "noise_region", "noise_kind", "slices_per_scan",
+                "fresh_noise", "noise_weight")
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -198,7 +221,10 @@ def train_denoiser(config: TrainConfig, run: RunFolder, cohort: Cohort, cache, d
     def step_loss(x: np.ndarray, y: np.ndarray) -> torch.Tensor:
         xt = torch.from_numpy(x)[:, None].to(device)
         yt = torch.from_numpy(y)[:, None].to(device)
-        return F.binary_cross_entropy_with_logits(model.logits(xt), yt)
+        weight = None
+        if config.noise_weight != 1.0:
+            weight = 1.0 + (config.noise_weight - 1.0) * ((xt - yt).abs() > NOISE_CHANGED).float()
+        return F.binary_cross_entropy_with_logits(model.logits(xt), yt, weight=weight)
 
     def evaluate() -> tuple[float | None, float | None]:
         if not len(val_clean):
@@ -215,6 +241,9 @@ def train_denoiser(config: TrainConfig, run: RunFolder, cohort: Cohort, cache, d
     for epoch in loop:
         torch.manual_seed(config.seed * 1000 + epoch)
         order = np.random.default_rng([config.seed, 3, epoch]).permutation(len(clean))
+        if config.fresh_noise and epoch:
+            inputs, _ = noise.apply(clean, np.random.default_rng([config.seed, 1, epoch]),
+                                    config.noisy_fraction, config.noise_region, config.noise_kind)
         model.train()
         total = 0.0
         for start in range(0, len(order), config.denoiser_batch_size):
@@ -275,6 +304,8 @@ def train_classifier(config: TrainConfig, run: RunFolder, cohort: Cohort, net: C
     scale = np.float32(net.settings.input_scale)
     cnn = net.classifier.to(device)
     optimizer = torch.optim.Adam(cnn.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = -(-len(y_train) // config.batch_size)
+    warmup = _warmup(optimizer, config.lr, config.lr_warmup_epochs * steps_per_epoch)
 
     def batches(x: np.ndarray, y: np.ndarray, order: np.ndarray, rng=None):
         for start in range(0, len(order), config.batch_size):
@@ -303,15 +334,19 @@ def train_classifier(config: TrainConfig, run: RunFolder, cohort: Cohort, net: C
         order = np.random.default_rng([config.seed, 4, epoch]).permutation(len(y_train))
         rng = np.random.default_rng([config.seed, 5, epoch]) if config.augment else None
         cnn.train()
-        total = 0.0
-        for xb, yb, n in batches(x_train, y_train, order, rng):
+        total = seen = 0.0
+        for step, (xb, yb, n) in enumerate(batches(x_train, y_train, order, rng)):
+            if n == 1 and config.cnn_norm == "batch":
+                continue  # BatchNorm cannot train on one sample; it is in the next epoch's order
+            warmup(epoch * steps_per_epoch + step)
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(cnn(xb), yb)
             loss.backward()
             optimizer.step()
             total += loss.item() * n
+            seen += n
         val_loss, val_accuracy = validate()
-        loop.end_epoch(cnn, optimizer, total / len(y_train), val_loss, val_accuracy)
+        loop.end_epoch(cnn, optimizer, total / max(seen, 1), val_loss, val_accuracy)
     loop.load_best(cnn)
     net.classifier = cnn.cpu().eval()
 
@@ -336,6 +371,16 @@ def train_classifier(config: TrainConfig, run: RunFolder, cohort: Cohort, net: C
     net.save(model_path)
     results["synthetic"] = net.training["synthetic"]
     return results
+
+
+def _warmup(optimizer, lr: float, steps: int):
+    """A function of the global step that sets the linear warm-up's learning rate (a
+    function of the step, not a stateful scheduler, so that --resume needs nothing saved)."""
+    def set_rate(step: int) -> None:
+        rate = lr * min(1.0, (step + 1) / steps) if steps else lr
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+    return set_rate
 
 
 def augment(x: np.ndarray, rng: np.random.Generator, shift: int) -> np.ndarray:
