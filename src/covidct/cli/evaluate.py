@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate", help="accuracy, per-class Sn/Sp/PPV/NPV, AUC with 95%% CIs on a labelled split",
         description="Score a trained model on one split of a labelled dataset and report accuracy and, "
-                    "per class, sensitivity, specificity, PPV, NPV, F1 and ROC AUC, with 95%% confidence "
+                    "per class, sensitivity, specificity, PPV, NPV, F1 and ROC AUC, with 95% confidence "
                     "intervals from bootstrap resampling of patients. The slice classifier reports "
                     "slice-level and patient-level results side by side. Writes results.json, "
                     "results.csv and scores.npz into --out; on a covidct synth cohort (true lungs "

@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Search DIR recursively for training runs (config.json + history.csv), evaluations "
                     "(results.json, scores.npz, Grad-CAM/infection galleries, t-SNE), dataset folders "
                     "(labels.csv, COVIDx split files) and example predictions, and write one HTML file "
-                    "with every table (95%% CIs), figure and picture embedded: it opens offline and can "
+                    "with every table (95% CIs), figure and picture embedded: it opens offline and can "
                     "be shared. Synthetic data are flagged by a banner at the top; the file holds no "
                     "patient names, IDs or dates.")
     p.add_argument("dir", metavar="DIR", help="the demo or experiment folder to report on")
