@@ -70,7 +70,7 @@ class DemoSettings:
     # 0.83/1.00, 0.58/0.88; patient-balanced sampling 0.92/1.00, 0.67/1.00, 0.33/0.94. None
     # is better on every seed: validation slices stay at 0.57-0.66 on seeds 1 and 2 (0.80-0.85
     # on seed 0), i.e. the limit is what the network generalises from 12 patients per class,
-    # not steps, resolution, mixup or sampling (README, "The slice classifier on three seeds")
+    # not steps, resolution, mixup or sampling (DEMO.md, "The slice classifier on three seeds")
     # CovidCTNet at small size: 48-pixel slices, 40-slice volumes (all 40 through BCDU-Net,
     # none averaged away), a narrower BCDU-Net
     slice_size: int = 48
@@ -84,7 +84,7 @@ class DemoSettings:
     # pseudo-infection as Perlin-shaped opacities from ground glass to consolidation (the
     # method adds the signed noise, which never looks like consolidation: the denoiser kept
     # CAP's consolidation: map voxel AUC 0.68, CAP 0.55 on the validation patients; with
-    # opacities 0.70, CAP 0.61: README, "CovidCTNet's map, checked against truth")
+    # opacities 0.70, CAP 0.61: DEMO.md, "CovidCTNet's map, checked against truth")
     noise_kind: str = "opacity"
     epochs: int = 40
     batch_size: int = 8               # 5 steps per epoch on 36 training patients
@@ -94,7 +94,7 @@ class DemoSettings:
     # with them it left it within 40 on the validation patients: best validation loss / accuracy
     # / COVID-vs-rest AUC 1.11 / 0.42 / 0.50 -> 0.93 / 0.67 / 0.88 (seed 0), 1.08 / 0.58 /
     # 0.69 -> 0.97 / 0.58 / 0.88 (seed 1), 1.07 / 0.42 / 0.66 -> 1.04 / 0.58 / 0.66 (seed 2),
-    # same denoisers (README, "Second round")
+    # same denoisers (DEMO.md, "Second round")
     cnn_norm: str = "batch"
     lr: float = 1e-3
     lr_warmup_epochs: int = 3
@@ -105,7 +105,7 @@ class DemoSettings:
     # it memorised the 36 training patients within 5 epochs (best validation loss 1.13,
     # accuracy 0.42); with them 1.06 and 0.50 on the same maps, 1.12 and 0.33 on the opacity
     # denoiser's (validation patients, seed 0): it no longer memorises, but the maps do not
-    # yet carry the classes (README, "CovidCTNet's map, checked against truth")
+    # yet carry the classes (DEMO.md, "CovidCTNet's map, checked against truth")
     augment: bool = True
     n_boot: int = 1000
 
