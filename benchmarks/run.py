@@ -253,13 +253,47 @@ def _row_loaded(result: dict[str, Any], section: str) -> bool:
                       load[0] if load else None, result.get("max_load"))
 
 
+def _started_loaded(result: dict[str, Any], section: str) -> bool:
+    """Did the run that measured this row start on a loaded machine? A merged report holds
+    rows of several runs, each judged by its own start."""
+    own = result.get("section_started_loaded", {}).get(section)
+    return bool(result.get("loaded_at_start", result.get("loaded")) if own is None else own)
+
+
+def merge_results(earlier: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """``earlier`` updated with the rows run now (``--merge``): each row keeps the load figures
+    and the start state of the run that measured it."""
+    started = earlier.setdefault("section_started_loaded", {})
+    for section in earlier.get("section_load", {}):
+        started.setdefault(section, bool(earlier.get("loaded_at_start", earlier.get("loaded", True))))
+    started.update({section: bool(result["loaded_at_start"]) for section in result["section_load"]})
+    if "section_other_cpu" not in earlier:  # rows measured before other-CPU was recorded
+        earlier["section_other_cpu"] = {section: None for section in earlier.get("section_load", {})}
+    earlier.setdefault("section_load", {}).update(result["section_load"])
+    earlier["section_other_cpu"].update(result["section_other_cpu"])
+    earlier["loaded_at_start"] = any(started.values())
+    earlier.setdefault("max_other_cpu", result["max_other_cpu"])
+    merged = {k: v for k, v in result.items() if k not in (
+        "machine", "command", "sizes", "section_s", "wall_s", "section_load", "loaded",
+        "max_load", "section_other_cpu", "loaded_at_start", "max_other_cpu")}
+    if "inference" not in merged:  # row 1's fractions were taken against the earlier peak
+        merged.pop("peak_gflops", None)
+    earlier.update(merged)
+    earlier["loaded"] = any(_started_loaded(earlier, s) or _row_loaded(earlier, s)
+                            for s in earlier["section_load"])
+    earlier.setdefault("reruns", []).append({"command": result["command"],
+                                             "machine": result["machine"],
+                                             "rows": sorted(merged)})
+    return earlier
+
+
 def _load_cell(result: dict[str, Any], section: str) -> str:
     """The 1-minute load average at the row's start and end and the cores other processes
     kept busy during it; LOADED when those exceed the limit (or the whole run started loaded)."""
     load = result.get("section_load", {}).get(section)
     if load is None:
         return "LOADED (not recorded)" if result.get("loaded") else "not recorded"
-    loaded = result.get("loaded_at_start", result.get("loaded")) or _row_loaded(result, section)
+    loaded = _started_loaded(result, section) or _row_loaded(result, section)
     others = result.get("section_other_cpu", {}).get(section)
     other_text = f"; others {others:.2f} cores" if others is not None else ""
     return f"{'LOADED ' if loaded else ''}{load[0]:.1f} -> {load[1]:.1f}{other_text}"
@@ -526,23 +560,7 @@ def main(argv: list[str] | None = None) -> int:
                  Path(args.workdir) if args.workdir else None,
                  tuple(r.strip() for r in args.rows.split(",")), limit, args.max_other_cpu)
     if args.merge:
-        earlier = json.loads(Path(args.merge).read_text())
-        earlier.setdefault("section_load", {}).update(result["section_load"])
-        earlier.setdefault("section_other_cpu", {}).update(result["section_other_cpu"])
-        earlier["loaded"] = bool(earlier.get("loaded", True) or result["loaded"])
-        earlier["loaded_at_start"] = bool(earlier.get("loaded_at_start", earlier["loaded"])
-                                          or result["loaded_at_start"])
-        earlier.setdefault("max_other_cpu", result["max_other_cpu"])
-        merged = {k: v for k, v in result.items() if k not in (
-            "machine", "command", "sizes", "section_s", "wall_s", "section_load", "loaded",
-            "max_load", "section_other_cpu", "loaded_at_start", "max_other_cpu")}
-        if "inference" not in merged:  # row 1's fractions were taken against the earlier peak
-            merged.pop("peak_gflops", None)
-        earlier.update(merged)
-        earlier.setdefault("reruns", []).append({"command": result["command"],
-                                                 "machine": result["machine"],
-                                                 "rows": sorted(merged)})
-        result = earlier
+        result = merge_results(json.loads(Path(args.merge).read_text()), result)
     report = markdown(result)
     print(report)
     from covidct.atomic import write_json, write_text

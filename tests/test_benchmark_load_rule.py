@@ -87,3 +87,19 @@ def test_own_cpu_counts_this_process_and_its_reaped_children():
     others = other_cpu(before, after)
     if before.busy_s is not None:  # Linux: the machine's busy time covers ours
         assert after.busy_s - before.busy_s > 0 and others is not None and others >= 0
+
+
+def test_a_merged_report_judges_each_row_by_the_run_that_measured_it():
+    from benchmarks.run import _load_cell, merge_results
+
+    # an earlier run that started loaded (old rule, no other-CPU figures) ...
+    earlier = {"max_load": 1.0, "loaded": True, "loaded_at_start": True,
+               "section_load": {"web": [0.5, 1.9]}, "web": {"s": 21.6}}
+    # ... and rows rerun now on a quiet machine
+    now = {"max_load": 1.0, "max_other_cpu": 0.5, "loaded_at_start": False, "loaded": False,
+           "section_load": {"inference": [1.0, 1.5]}, "section_other_cpu": {"inference": 0.03},
+           "inference": {"x": 1}, "machine": {}, "command": "rerun"}
+    merged = merge_results(earlier, now)
+    assert _load_cell(merged, "inference") == "1.0 -> 1.5; others 0.03 cores"
+    assert _load_cell(merged, "web").startswith("LOADED")
+    assert merged["loaded"] and merged["inference"] == {"x": 1} and merged["web"] == {"s": 21.6}
