@@ -62,7 +62,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import ModelError, ScanError
-from .scan import Scan
+from .scan import Scan, evenly_spaced
 from .windowing import COVIDX_LUNG
 
 #: Lung labels, lungmask's convention.
@@ -658,7 +658,7 @@ def lung_picture(scan: Scan, mask: LungMask, n_slices: int = 4) -> np.ndarray:
     rows = mask.lung_slices()
     if rows.size == 0:
         rows = np.array([scan.n_slices // 2])
-    picks = rows[np.unique(np.round(np.linspace(0, rows.size - 1, min(n_slices, rows.size))).astype(int))]
+    picks = rows[evenly_spaced(rows.size, n_slices)]
     tiles = []
     for k in picks:
         pixels = COVIDX_LUNG.to_uint8(scan.voxels[k]) if scan.is_hu else np.asarray(scan.voxels[k], np.uint8)

@@ -34,6 +34,7 @@ import numpy as np
 
 from .atomic import atomic_path, write_json
 from .errors import ModelError
+from .scan import evenly_spaced
 from .int8_files import int8_path, parity_path, read_parity  # noqa: F401 (read_parity: public here too)
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def training_inputs(model, split_file: str | os.PathLike, image_dir: str | os.Pa
     from .bit.slice_data import COVIDxDataset, EvalTransform, normalize
 
     dataset = COVIDxDataset(split_file, image_dir, EvalTransform(model.crop))
-    picks = np.unique(np.round(np.linspace(0, len(dataset) - 1, min(n, len(dataset)))).astype(int))
+    picks = evenly_spaced(len(dataset), n)
     pixels = torch.stack([dataset[int(i)][0] for i in picks])
     return np.ascontiguousarray(normalize(pixels).numpy(), dtype=np.float32)
 
@@ -173,7 +174,7 @@ def training_scans(model, data: str | os.PathLike, n: int = DENOISER_SCANS) -> l
     items = model.cohort(data).split("train")
     if len(items) < 2:
         raise ModelError("int8 calibration needs at least 2 training scans", data)
-    picks = np.unique(np.round(np.linspace(0, len(items) - 1, min(n, len(items)))).astype(int))
+    picks = evenly_spaced(len(items), n)
     return [Path(items[int(i)].path) for i in picks]
 
 
@@ -197,8 +198,7 @@ def export_int8_denoiser(model, float_path: str | os.PathLike, data: str | os.Pa
     paths = training_scans(model, data, scans)
     calibrate, held_out = paths[0::2], paths[1::2]
     slices = np.concatenate([denoised_slices(model, p) for p in calibrate])
-    picks = np.unique(np.round(np.linspace(0, len(slices) - 1,
-                                           min(DENOISER_CALIBRATION_SLICES, len(slices)))).astype(int))
+    picks = evenly_spaced(len(slices), DENOISER_CALIBRATION_SLICES)
     out = int8_path(float_path)
     quantize_graph(float_path, out, slices[picks], DENOISER_OPS)
     check = {**denoiser_parity(model, float_path, out, held_out, threads),

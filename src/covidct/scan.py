@@ -24,6 +24,14 @@ SAFE_METADATA_KEYS = (
 )
 
 
+def evenly_spaced(n: int, at_most: int) -> np.ndarray:
+    """At most ``at_most`` indices into ``n`` items, spread evenly from the first to the last
+    (all ``n`` when they are no more); slices of a scan, scans of a split, rows of a table."""
+    if n <= at_most:
+        return np.arange(n)
+    return np.unique(np.round(np.linspace(0, n - 1, at_most)).astype(int))
+
+
 @dataclass
 class Scan:
     """A CT volume in (z, y, x) order.

@@ -19,8 +19,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .settings import CNN_NORMS
+
 STAGE_CHANNELS = (8, 16, 32, 64, 128)
-NORMS = ("none", "batch", "group")
+NORMS = CNN_NORMS
 #: GroupNorm's group size (channels per group): 8 gives one group in the first stage.
 GROUP_CHANNELS = 8
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..scan import evenly_spaced
 from .preprocess import resize_depth
 from .settings import INPUT_VOLUME, VolumeSettings
 
@@ -22,7 +23,7 @@ def denoise_indices(n_slices: int, max_slices: int) -> np.ndarray:
     """Evenly spaced slice indices, at most ``max_slices`` of them (0 = all)."""
     if max_slices <= 0 or n_slices <= max_slices:
         return np.arange(n_slices)
-    return np.unique(np.round(np.linspace(0, n_slices - 1, max_slices)).astype(int))
+    return evenly_spaced(n_slices, max_slices)
 
 
 def denoise(slices: np.ndarray, denoiser, batch_size: int = 4) -> np.ndarray:

@@ -14,8 +14,8 @@ from ..errors import ModelError
 #: Fig. 1) the plain pre-processed volume without BCDU-Net and Perlin noise.
 INPUT_INFECTION = "infection"
 INPUT_VOLUME = "volume"
-#: The 3D CNN's normalisation options (cnn3d.NORMS; repeated here so that reading settings
-#: does not import torch).
+#: The 3D CNN's normalisation options (cnn3d.CNN3D's ``norm``), here so that reading settings
+#: does not import torch.
 CNN_NORMS = ("none", "batch", "group")
 
 

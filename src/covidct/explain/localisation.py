@@ -23,6 +23,7 @@ import numpy as np
 from ..atomic import write_bytes
 from ..covidx import read_split
 from ..labels import labels_path, read_labels
+from ..scan import evenly_spaced
 from ..covidctnet.settings import INPUT_INFECTION
 from .plotting import figure_bytes
 
@@ -132,7 +133,7 @@ def gradcam_localisation(classifier: Any, split_file: Path, image_dir: Path, sco
             if scores.y_true[k] in wanted and predicted[k] == scores.y_true[k]]
     if not rows:
         return {"n_slices": 0, "note": "no correctly called CP/NCP slice to score"}
-    rows = [rows[int(i)] for i in np.unique(np.linspace(0, len(rows) - 1, min(limit, len(rows))).round())]
+    rows = [rows[int(i)] for i in evenly_spaced(len(rows), limit)]
     records = {r.filename: r for r in read_split(split_file)}
     share, area, hits = [], [], []
     for k in rows:
