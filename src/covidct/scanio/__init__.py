@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import secrets
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ScanError
@@ -135,16 +138,31 @@ def _note_ignored(files: list[Path], used: list[Path], source: Path) -> None:
                  ignored)
 
 
+@contextmanager
+def _unpack_folder():
+    """A private temporary folder for an archive's members, removed whatever happens.
+
+    Its name is chosen before it exists and the removal is armed before it is made: a SIGTERM
+    (raised as an exception by the CLI) that lands inside tempfile's own mkdtemp, after the
+    folder exists and before anything owns it, left the unpacked copy behind (seen in CI).
+    """
+    root = Path(tempfile.gettempdir()) / f"covidct-zip-{secrets.token_hex(8)}"
+    try:
+        os.mkdir(root, 0o700)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def _load_zip(path: Path, series_uid: str | None, keep_phi: bool) -> Scan:
-    with tempfile.TemporaryDirectory(prefix="covidct-zip-") as tmp:
-        root = Path(tmp)
+    with _unpack_folder() as root:
         _lazy(".archive", "extract_zip")(path, root)
         try:
             scan = _load_folder(root, path, series_uid, keep_phi)
         except ScanError as exc:
             # Name the entry inside the archive, not the temporary copy.
             where = exc.path or str(path)
-            if where.startswith(tmp):
+            if where.startswith(str(root)):
                 inner = f"/{Path(where).relative_to(root)}" if show_paths() else ""
                 where = f"{path}{inner}".rstrip("/.")
             raise ScanError(exc.message, where) from None
