@@ -317,3 +317,20 @@ def test_gradcam_stopping_at_the_target_layer_gives_the_full_graph_map(frozen):
         np.testing.assert_array_equal(got, expected)
     assert not backward_through_stem  # the backward pass stopped at the target layer
     assert all(p.requires_grad == (not frozen) for p in net.parameters())  # left as they were
+
+
+def test_slice_gradcam_of_a_given_class_skips_the_extra_forward_pass():
+    from covidct.bit.model import TINY_ARCH, SliceClassifier, build_network
+    from covidct.explain.gradcam import slice_gradcam
+
+    torch.manual_seed(0)
+    model = SliceClassifier(net=build_network(TINY_ARCH).eval(), arch=TINY_ARCH, resize=72, crop=64)
+    pixels = (np.random.default_rng(0).random((80, 80)) * 255).astype(np.uint8)
+    calls = []
+    model.net.register_forward_hook(lambda *a: calls.append(1))
+    called = slice_gradcam(model, pixels, (4, 4, 75, 75))
+    assert called["probabilities"] is not None and len(calls) == 2  # probabilities + Grad-CAM
+    calls.clear()
+    given = slice_gradcam(model, pixels, (4, 4, 75, 75), class_index=called["class_index"])
+    assert given["probabilities"] is None and len(calls) == 1
+    np.testing.assert_array_equal(given["cam"], called["cam"])

@@ -122,7 +122,8 @@ def slice_gradcam(classifier: Any, pixels: np.ndarray, box: Sequence[int] | None
     ``box`` (xmin, ymin, xmax, ymax, inclusive) crops the slice first, as the COVIDx boxes
     and the automatic body box do; ``class_index`` defaults to the predicted class.
     Returns ``{"pixels": cropped uint8 slice, "cam": (h, w) in [0, 1] at that size,
-    "probabilities": (C,), "class_index": explained class}``.
+    "probabilities": (C,), "class_index": explained class}``; ``probabilities`` is None when
+    ``class_index`` is given (a whole forward pass that no caller of that kind needs).
     """
     # lazy: imports PIL, which this module does not need on import
     from ..bit.slice_data import crop_box
@@ -132,7 +133,7 @@ def slice_gradcam(classifier: Any, pixels: np.ndarray, box: Sequence[int] | None
         raise ValueError(f"expected one 2D slice, got shape {pixels.shape}")
     cropped = crop_box(pixels, box) if box is not None else pixels
     tensor = slice_tensor(classifier, cropped)
-    probabilities = slice_probabilities(classifier, tensor)
+    probabilities = slice_probabilities(classifier, tensor) if class_index is None else None
     target = int(np.argmax(probabilities)) if class_index is None else int(class_index)
     # A model on ONNX Runtime keeps the PyTorch network it came from for gradients.
     net = getattr(classifier, "torch_net", classifier.net)
