@@ -389,11 +389,13 @@ def test_normalised_3d_cnn_with_warm_up_travels_in_its_model_file(synth_denoiser
     train3d("--data", str(phantom_cohort), "--out", str(run), "--stage", "classifier",
             "--denoiser", str(synth_denoiser_run[1] / "denoiser.pt"), "--test-fraction", "0.35",
             "--epochs", "2", "--cnn-norm", "batch", "--lr-warmup-epochs", "1", "--lr", "1e-3",
+            "--lr-schedule", "cosine",
             "--batch-size", "17", "--no-ablation", "--standardise-inputs", *TINY)
     summary = json.loads((run / "summary.json").read_text())
     assert sum(summary["data"]["patients"]["train"].values()) == 18
     config = json.loads((run / "config.json").read_text())
     assert config["cnn_norm"] == "batch" and config["settings"]["cnn_norm"] == "batch"
+    assert config["lr_schedule"] == "cosine"
     model = load_model(run / "model.pt")
     assert model.settings.cnn_norm == "batch"
     norms = [m for m in model.classifier.modules() if isinstance(m, torch.nn.BatchNorm3d)]
@@ -407,6 +409,30 @@ def test_normalised_3d_cnn_with_warm_up_travels_in_its_model_file(synth_denoiser
 
     with pytest.raises(ModelError, match="cnn_norm"):
         TrainConfig(data="d", out="o", cnn_norm="layer")
+    with pytest.raises(ModelError, match="lr_schedule"):
+        TrainConfig(data="d", out="o", lr_schedule="step")
+
+
+def test_learning_rate_warms_up_then_follows_its_schedule():
+    """Linear warm-up to lr, then constant (the method) or a half cosine that ends at zero on
+    the last step and never rises again (a resumed run asks for later steps only)."""
+    from covidct.covidctnet.train import _learning_rate
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+
+    def rates(schedule):
+        set_rate, out = _learning_rate(optimizer, 1e-3, 10, 110, schedule), []
+        for step in range(120):
+            set_rate(step)
+            out.append(optimizer.param_groups[0]["lr"])
+        return np.array(out)
+
+    constant, cosine = rates("constant"), rates("cosine")
+    np.testing.assert_allclose(constant[:10], cosine[:10])
+    np.testing.assert_allclose(constant[:10], 1e-3 * np.arange(1, 11) / 10)
+    assert np.all(constant[10:] == 1e-3)
+    assert cosine[10] == pytest.approx(1e-3) and cosine[60] == pytest.approx(5e-4)
+    assert np.all(np.diff(cosine[10:]) <= 0) and cosine[109] < 1e-6 and np.all(cosine[110:] == 0)
 
 
 def test_train3d_refuses_a_missing_or_mismatched_denoiser(synth_denoiser_run, phantom_cohort,
@@ -426,7 +452,7 @@ def test_train3d_help_explains_the_options(run_cli):
     rc, out, _ = run_cli("train-covidctnet", "--help")
     assert rc == 0
     for option in ("--stage", "--binary", "--resume", "--denoise-slices", "--no-ablation",
-                   "--cnn-norm", "--lr-warmup-epochs", "--noise-weight", "--fresh-noise", "lobar"):
+                   "--cnn-norm", "--lr-warmup-epochs", "--lr-schedule", "--noise-weight", "--fresh-noise", "lobar"):
         assert option in out
     assert "Control/" in out and "summary.json" in out
     # The former name stays an alias: users' scripts written for `covidct train3d` still run.

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..constants import DISCLAIMER
-from ..covidctnet.settings import VolumeSettings
+from ..covidctnet.settings import LR_SCHEDULES, VolumeSettings
 
 #: The method's pre-processing and network sizes, as the help shows them.
 DEFAULTS = VolumeSettings()
@@ -70,6 +70,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr-warmup-epochs", type=int, default=0,
                    help="raise the learning rate linearly to --lr over this many epochs "
                         "(default 0, as the method)")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                   help="after the warm-up: keep --lr (constant, default, as the method) or let "
+                        "it fall along a half cosine to zero at the last of --epochs (cosine; "
+                        "set --patience to --epochs to run them all)")
     g.add_argument("--standardise-inputs", action="store_true",
                    help="scale the 3D CNN's input to SD 1 on the training scans (the factor is "
                         "saved in the model; default: as the method, unscaled infection maps, "

@@ -17,6 +17,8 @@ INPUT_VOLUME = "volume"
 #: The 3D CNN's normalisation options (cnn3d.CNN3D's ``norm``), here so that reading settings
 #: does not import torch.
 CNN_NORMS = ("none", "batch", "group")
+#: The 3D CNN's learning-rate schedules after the warm-up (train.TrainConfig.lr_schedule).
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ Every epoch writes a checkpoint atomically; ``resume`` continues a stage from it
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -31,7 +32,7 @@ from .infection_maps import denoise_indices
 from .perlin import NOISE_KINDS, NOISE_REGIONS, PseudoInfection
 from .pipeline import BINARY_CLASSES, CovidCTNet
 from .runfolder import RunFolder, load_denoiser_file
-from .settings import INPUT_INFECTION, INPUT_VOLUME, VolumeSettings
+from .settings import INPUT_INFECTION, INPUT_VOLUME, LR_SCHEDULES, VolumeSettings
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,10 @@ class TrainConfig:
     #: Raise the 3D CNN's learning rate linearly from lr / steps to lr over this many epochs
     #: (the method: 0, no warm-up); lets a normalised network start at a higher rate.
     lr_warmup_epochs: int = 0
+    #: After the warm-up, keep the rate ("constant", the method) or let it fall along a
+    #: half cosine to zero at the last epoch ("cosine"), so that the last epochs move the
+    #: network little and the best one is not picked from noise.
+    lr_schedule: str = "constant"
     #: Also train the 3D CNN on lung-masked infection maps (covidct.lungs; not in the paper).
     lung_ablation: bool = False
     # data and machinery
@@ -120,6 +125,8 @@ class TrainConfig:
         if not 0.0 <= self.noisy_fraction <= 1.0:
             raise ModelError("noisy_fraction must be in [0, 1]")
         self.settings()  # refuses an unknown cnn_norm (and bad sizes) before any work
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ModelError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}")
         if self.noise_region not in NOISE_REGIONS:
             raise ModelError(f"noise_region must be one of {', '.join(NOISE_REGIONS)}")
         if self.noise_kind not in NOISE_KINDS:
@@ -305,7 +312,8 @@ def train_classifier(config: TrainConfig, run: RunFolder, cohort: Cohort, net: C
     cnn = net.classifier.to(device)
     optimizer = torch.optim.Adam(cnn.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = -(-len(y_train) // config.batch_size)
-    warmup = _warmup(optimizer, config.lr, config.lr_warmup_epochs * steps_per_epoch)
+    warmup = _learning_rate(optimizer, config.lr, config.lr_warmup_epochs * steps_per_epoch,
+                            config.epochs * steps_per_epoch, config.lr_schedule)
 
     def batches(x: np.ndarray, y: np.ndarray, order: np.ndarray, rng=None):
         for start in range(0, len(order), config.batch_size):
@@ -373,11 +381,19 @@ def train_classifier(config: TrainConfig, run: RunFolder, cohort: Cohort, net: C
     return results
 
 
-def _warmup(optimizer, lr: float, steps: int):
-    """A function of the global step that sets the linear warm-up's learning rate (a
-    function of the step, not a stateful scheduler, so that --resume needs nothing saved)."""
+def _learning_rate(optimizer, lr: float, warmup_steps: int, total_steps: int,
+                   schedule: str = "constant"):
+    """A function of the global step that sets the rate: linear warm-up over
+    ``warmup_steps``, then ``lr`` or a half cosine down to zero at ``total_steps`` (a function
+    of the step, not a stateful scheduler, so that --resume needs nothing saved)."""
     def set_rate(step: int) -> None:
-        rate = lr * min(1.0, (step + 1) / steps) if steps else lr
+        if warmup_steps and step < warmup_steps:
+            rate = lr * (step + 1) / warmup_steps
+        elif schedule == "cosine":
+            done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            rate = lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
+        else:
+            rate = lr
         for group in optimizer.param_groups:
             group["lr"] = rate
     return set_rate
