@@ -277,3 +277,60 @@ def test_explain_evaluation_for_covidctnet_writes_infection_gallery_and_tsne(tmp
     with np.load(eval_dir / "features.npz") as saved:
         assert saved["features"].shape == (4, 32) and saved["points"].shape == (4, 2)
     assert summary["tsne"]["n"] == 4 and (eval_dir / "tsne.png").is_file()
+
+
+def _full_graph_gradcam(net, layer, image, class_index):
+    """Grad-CAM with gradients everywhere (input and every weight), as covidct computed it
+    before the backward pass stopped at the target layer."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    x = image[None].clone().requires_grad_(True)
+    with GradCAM(model=net, target_layers=[layer]) as cam:
+        maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])
+    return np.clip(np.nan_to_num(np.asarray(maps[0], dtype=np.float32)), 0, 1)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_gradcam_stopping_at_the_target_layer_gives_the_full_graph_map(frozen):
+    from covidct.bit.model import TINY_ARCH, build_network
+    from covidct.explain.gradcam import default_target_layer
+
+    torch.manual_seed(3)
+    net = build_network(TINY_ARCH).eval()
+    for p in net.head.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    image = torch.rand(3, 64, 64) * 2 - 1
+    layer = default_target_layer(net)
+    assert any(True for _ in layer.parameters())  # the route that stops early
+    reference = [_full_graph_gradcam(net, layer, image, c) for c in (0, 2)]
+    backward_through_stem = []
+    net.stem.register_full_backward_hook(lambda *a: backward_through_stem.append(1))
+    _full_graph_gradcam(net, layer, image, 0)
+    assert backward_through_stem  # the hook sees a full backward pass
+    backward_through_stem.clear()
+    for p in net.parameters():
+        p.requires_grad_(not frozen)
+    for c, expected in zip((0, 2), reference):
+        got = gradcam(net, layer, image, class_index=c)
+        assert got.max() > 0
+        np.testing.assert_array_equal(got, expected)
+    assert not backward_through_stem  # the backward pass stopped at the target layer
+    assert all(p.requires_grad == (not frozen) for p in net.parameters())  # left as they were
+
+
+def test_slice_gradcam_of_a_given_class_skips_the_extra_forward_pass():
+    from covidct.bit.model import TINY_ARCH, SliceClassifier, build_network
+    from covidct.explain.gradcam import slice_gradcam
+
+    torch.manual_seed(0)
+    model = SliceClassifier(net=build_network(TINY_ARCH).eval(), arch=TINY_ARCH, resize=72, crop=64)
+    pixels = (np.random.default_rng(0).random((80, 80)) * 255).astype(np.uint8)
+    calls = []
+    model.net.register_forward_hook(lambda *a: calls.append(1))
+    called = slice_gradcam(model, pixels, (4, 4, 75, 75))
+    assert called["probabilities"] is not None and len(calls) == 2  # probabilities + Grad-CAM
+    calls.clear()
+    given = slice_gradcam(model, pixels, (4, 4, 75, 75), class_index=called["class_index"])
+    assert given["probabilities"] is None and len(calls) == 1
+    np.testing.assert_array_equal(given["cam"], called["cam"])

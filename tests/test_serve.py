@@ -400,3 +400,49 @@ def test_serve_command_serves_whichever_models_exist(tmp_path, serve_models_dir)
 
     shutil.copy(serve_models_dir / "bit.pt", tmp_path / "bit.pt")
     assert [m.method for m in load_served_models(str(tmp_path))] == ["bit"]
+
+
+# -- speed (issue 18): the same answers and pictures by the faster route ----------------------
+
+def test_methods_on_onnx_run_at_once_with_the_sequential_answers(tmp_path, serve_models_dir,
+                                                                  monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from covidct.cli.serve import load_served_models
+    from covidct.models import load_models
+
+    monkeypatch.setenv("COVIDCT_CACHE", str(tmp_path / "cache"))
+    models = load_served_models(str(serve_models_dir), "onnx")
+    assert models.concurrent and [m.runtime for m in models] == ["onnx", "onnx"]
+    zipped = dicom_zip(tmp_path / "a.zip", shape=(16, 64, 64))
+    with TestClient(make_app(tmp_path / "data", models)) as c:
+        job = wait(c, post(c, zipped).json()["id"], timeout=120)
+        assert job["status"] == "done", job
+        for overlay in ("gradcam", "infection"):
+            answer = c.get(f"/api/scans/{job['id']}/slices/8.png", params={"overlay": overlay})
+            assert answer.status_code == 200 and _png_size(answer.content) == (64, 64)
+    one_by_one = load_models((), [serve_models_dir / "bit.pt", serve_models_dir / "covidctnet.pt"],
+                             runtime="onnx")
+    assert not one_by_one.concurrent
+    _assert_matches(job["result"], _direct(one_by_one, tmp_path / "a" / "series"))
+
+
+@pytest.mark.parametrize("shape,is_hu", [((3, 64, 48), True), ((2, 700, 600), True),
+                                         ((3, 40, 40), False)])
+def test_display_voxels_slice_by_slice_equal_the_whole_volume_rule(shape, is_hu):
+    from covidct.explain.plotting import resize_to
+    from covidct.web.viewer import DISPLAY_SIZE, display_voxels
+
+    rng = np.random.default_rng(0)
+    voxels = (rng.uniform(-40000, 40000, shape) if is_hu else rng.uniform(-20, 280, shape)
+              ).astype(np.float32)
+    low, high, dtype = (-32768, 32767, np.int16) if is_hu else (0, 255, np.uint8)
+    scale = DISPLAY_SIZE / max(shape[1:])
+    if scale < 1:
+        size = (round(shape[1] * scale), round(shape[2] * scale))
+        voxels_shown = np.stack([resize_to(v, size) for v in voxels])
+    else:
+        voxels_shown = voxels
+    expected = np.clip(np.rint(voxels_shown), low, high).astype(dtype)
+    got = display_voxels(voxels, is_hu)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)

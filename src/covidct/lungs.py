@@ -607,6 +607,9 @@ _BACKEND: dict[str, Any] = {"backend": "hu", "weights": None}
 _RECENT: dict[int, tuple[Any, LungMask, dict | None]] = {}
 _RECENT_MAX = 2
 _LOCK = threading.Lock()  # the web app predicts in worker threads
+#: Held while a mask or its HU involvement is computed: methods predicting at once (covidct.predict)
+#: ask for the same scan's, and the second must wait for the first one's, not compute it again.
+_COMPUTE_LOCK = threading.RLock()
 
 
 def use_backend(backend: str = "hu", weights: str | os.PathLike | None = None) -> None:
@@ -623,15 +626,16 @@ def scan_lungs(scan: Scan) -> LungMask:
     import weakref
 
     key = id(scan.voxels)
-    with _LOCK:
-        hit = _RECENT.get(key)
-        if hit is not None and hit[0]() is scan.voxels:
-            return hit[1]
-    mask = lung_mask(scan, _BACKEND["backend"], _BACKEND["weights"])
-    with _LOCK:
-        while len(_RECENT) >= _RECENT_MAX:
-            _RECENT.pop(next(iter(_RECENT)))
-        _RECENT[key] = (weakref.ref(scan.voxels), mask, None)
+    with _COMPUTE_LOCK:  # a second caller of the same scan waits for the first one's mask
+        with _LOCK:
+            hit = _RECENT.get(key)
+            if hit is not None and hit[0]() is scan.voxels:
+                return hit[1]
+        mask = lung_mask(scan, _BACKEND["backend"], _BACKEND["weights"])
+        with _LOCK:
+            while len(_RECENT) >= _RECENT_MAX:
+                _RECENT.pop(next(iter(_RECENT)))
+            _RECENT[key] = (weakref.ref(scan.voxels), mask, None)
     return mask
 
 
@@ -639,14 +643,16 @@ def lung_report(scan: Scan) -> dict[str, Any]:
     """What predictions carry about the lungs: the mask's summary and the HU involvement."""
     mask = scan_lungs(scan)
     key = id(scan.voxels)
-    with _LOCK:
-        hit = _RECENT.get(key)
-    measured = hit[2] if hit is not None and hit[1] is mask else None
-    if measured is None:
-        measured = involvement(scan, mask) if mask.found else None
+    # One measurement however many methods ask at once (predict runs them in threads).
+    with _COMPUTE_LOCK:
         with _LOCK:
-            if key in _RECENT and _RECENT[key][1] is mask:
-                _RECENT[key] = (_RECENT[key][0], mask, measured)
+            hit = _RECENT.get(key)
+        measured = hit[2] if hit is not None and hit[1] is mask else None
+        if measured is None:
+            measured = involvement(scan, mask) if mask.found else None
+            with _LOCK:
+                if key in _RECENT and _RECENT[key][1] is mask:
+                    _RECENT[key] = (_RECENT[key][0], mask, measured)
     return {"mask": mask.summary(), "involvement": measured}
 
 

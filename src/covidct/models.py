@@ -255,14 +255,43 @@ def find_models(folder: str | os.PathLike | None = None) -> list[Path]:
     return found
 
 
+class LoadedModels(list):
+    """The models :func:`load_models` loaded; ``concurrent``: they were given a share of the
+    cores each, so that :func:`covidct.predict.predict` runs them on a scan at the same time."""
+
+    def __init__(self, items=(), concurrent: bool = False):
+        super().__init__(items)
+        self.concurrent = concurrent
+
+
+def thread_share(n_models: int, threads: int | None = None) -> int:
+    """ONNX Runtime threads per model when ``n_models`` run at once on ``threads`` (default:
+    PyTorch's, i.e. the cores) in all."""
+    import torch  # lazy: keeps torch off `covidct --help`
+
+    return max(1, (threads or torch.get_num_threads()) // max(1, n_models))
+
+
 def load_models(methods: Sequence[str], paths: Sequence[str | os.PathLike] = (),
                 search: Sequence[str | os.PathLike] | None = None, runtime: str = "torch",
-                threads: int | None = None) -> list[Model]:
-    """Models from explicit files, else the default file of each requested method."""
+                threads: int | None = None, concurrent: bool = False) -> LoadedModels:
+    """Models from explicit files, else the default file of each requested method.
+
+    ``concurrent`` (ONNX Runtime only): the models split ``threads`` (default: the cores)
+    between them and predict at the same time. One network on one thread each runs faster
+    than both networks one after the other on every core (BENCHMARKS.md row 1: 116% against
+    77% of the matmul peak), the two methods cost about the same, and ONNX Runtime gives
+    the same numbers on any thread count (tests/test_predict_concurrent.py).
+    """
     if not paths:
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise ModelError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
         paths = [find_model(m, search) for m in methods]
-    return [load_model(p, runtime, threads) for p in paths]
+    concurrent = concurrent and runtime != "torch" and len(paths) > 1
+    if concurrent:
+        threads = thread_share(len(paths), threads)
+    models = [load_model(p, runtime, threads) for p in paths]
+    # "auto" falls back to PyTorch without onnxruntime: those run one after the other.
+    return LoadedModels(models, concurrent and all(m.runtime != "torch" for m in models))
 

@@ -6,8 +6,9 @@ import logging
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from .atomic import atomic_path, make_dir, private_files, write_json
 from .checks import check_scan
@@ -43,28 +44,52 @@ def predict(scan: Scan | str | os.PathLike, models: Sequence[Model]) -> Predicti
     The scan is checked for plausibility before any model sees it (``ScanError`` if it
     fails). A model that refuses the scan (too little lung for CovidCTNet, ...) is listed in
     ``.refused`` with its reason while the others run; when none can run, the first
-    refusal is raised.
+    refusal is raised. Models that :func:`covidct.models.load_models` loaded ``concurrent``
+    predict at the same time, each in its own thread (same results, in the same order).
     """
-    scan = read_checked(scan)
+    scan = read_checked(scan)  # before the threads: they share its lung mask
     results = Predictions()
     first: ScanError | None = None
-    for model in models:
-        start = time.perf_counter()
-        try:
-            prediction = model.predict(scan)
-        except ScanError as exc:
+    outcomes = run_each(models, lambda model: _timed_predict(model, scan), ScanError,
+                        getattr(models, "concurrent", False))
+    for model, outcome in outcomes:
+        if isinstance(outcome, ScanError):
             if len(models) == 1:
-                raise
-            first = first or exc
-            results.refused[model.method] = exc.message
-            log.debug("%s: not run: %s", model.method, exc.message)
+                raise outcome
+            first = first or outcome
+            results.refused[model.method] = outcome.message
+            log.debug("%s: not run: %s", model.method, outcome.message)
             continue
-        prediction.timings.setdefault("total", time.perf_counter() - start)
-        results.append(prediction)
+        results.append(outcome)
     if not results and first is not None:
         raise ScanError("no method could run: " + "; ".join(
             f"{m}: {r}" for m, r in results.refused.items()), first.path)
     return results
+
+
+def _timed_predict(model: Model, scan: Scan) -> Prediction:
+    start = time.perf_counter()
+    prediction = model.predict(scan)
+    prediction.timings.setdefault("total", time.perf_counter() - start)
+    return prediction
+
+
+def run_each(models: Sequence[Any], call: Callable[[Any], Any], catch: type[Exception],
+             concurrent: bool = False) -> list[tuple[Any, Any]]:
+    """(model, ``call(model)`` or the ``catch`` exception it raised) for each model, in order;
+    with ``concurrent``, each call in its own thread (networks on ONNX Runtime release the
+    GIL). Any other exception is raised once every call has finished."""
+    def attempt(model):
+        try:
+            return call(model)
+        except catch as exc:
+            return exc
+
+    if not concurrent or len(models) < 2:
+        return [(model, attempt(model)) for model in models]
+    with ThreadPoolExecutor(max_workers=len(models), thread_name_prefix="covidct-model") as pool:
+        futures = [pool.submit(attempt, model) for model in models]
+    return [(model, future.result()) for model, future in zip(models, futures)]
 
 
 def check_writable(out_dir: str | os.PathLike) -> Path:

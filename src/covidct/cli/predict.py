@@ -91,7 +91,8 @@ def _predict(args: argparse.Namespace) -> int:
     if args.out:
         check_writable(args.out)
     methods = METHODS if args.method == "all" else (args.method,)
-    models = load_models(methods, args.model, runtime=args.runtime)
+    # Several methods on ONNX Runtime share the cores and predict at the same time.
+    models = load_models(methods, args.model, runtime=args.runtime, concurrent=True)
     for model in models:
         log.info("%s: runtime %s", model.method, model.runtime)
     if args.dicom_out:

@@ -57,9 +57,10 @@ def load_served_models(folder: str | None, runtime: str = "torch") -> list:
     """Every method with a model file in ``folder`` (or the default folders), on ``runtime``;
     none is an error."""
     # lazy: keeps models off the `covidct --help` path
-    from ..models import find_models, load_model
+    from ..models import find_models, load_models
 
-    return [load_model(path, runtime) for path in find_models(folder)]
+    # On ONNX Runtime the methods share the cores and run on an upload at the same time.
+    return load_models((), find_models(folder), runtime=runtime, concurrent=True)
 
 
 def is_loopback(host: str) -> bool:

@@ -36,16 +36,29 @@ def gradcam(network: nn.Module, target_layer: nn.Module, image_tensor: torch.Ten
     if image_tensor.ndim != 4 or image_tensor.shape[0] != 1:
         raise ValueError(f"gradcam needs one (C, H, W) image, got shape {tuple(image_tensor.shape)}")
     parameter = next(network.parameters())
-    # A fresh leaf outside inference mode: the library needs a graph back to the layer even
+    # Grad-CAM needs the gradient at the target layer's output only. With the target layer's
+    # own parameters the only ones that require it, the backward pass stops there instead
+    # of running back through every layer to the weights and the input (for BiT-R50x1 at
+    # 480 px it cost more than the forward pass); the gradient it stops at, and so the map,
+    # is computed by the same operations. A target layer without parameters falls back to a
+    # graph from the input.
+    own = {id(p) for p in target_layer.parameters()}
+    saved = [(p, p.requires_grad) for p in network.parameters()]
+    # A fresh tensor outside inference mode: the library needs a graph back to the layer even
     # when the caller's tensors were made under torch.inference_mode or params are frozen.
     with torch.inference_mode(False), torch.enable_grad():
-        x = image_tensor.detach().clone().to(parameter.device, parameter.dtype).requires_grad_(True)
+        x = image_tensor.detach().clone().to(parameter.device, parameter.dtype)
+        x.requires_grad_(not own)
         was_training = network.training
         try:
+            for p, _ in saved:
+                p.requires_grad_(id(p) in own)
             with GradCAM(model=network, target_layers=[target_layer]) as cam:
                 maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(class_index))])
         finally:
             network.train(was_training)
+            for p, flag in saved:
+                p.requires_grad_(flag)
     out = np.nan_to_num(np.asarray(maps[0], dtype=np.float32), nan=0.0)
     return np.clip(out, 0.0, 1.0)
 
@@ -109,7 +122,8 @@ def slice_gradcam(classifier: Any, pixels: np.ndarray, box: Sequence[int] | None
     ``box`` (xmin, ymin, xmax, ymax, inclusive) crops the slice first, as the COVIDx boxes
     and the automatic body box do; ``class_index`` defaults to the predicted class.
     Returns ``{"pixels": cropped uint8 slice, "cam": (h, w) in [0, 1] at that size,
-    "probabilities": (C,), "class_index": explained class}``.
+    "probabilities": (C,), "class_index": explained class}``; ``probabilities`` is None when
+    ``class_index`` is given (a whole forward pass that no caller of that kind needs).
     """
     # lazy: imports PIL, which this module does not need on import
     from ..bit.slice_data import crop_box
@@ -119,7 +133,7 @@ def slice_gradcam(classifier: Any, pixels: np.ndarray, box: Sequence[int] | None
         raise ValueError(f"expected one 2D slice, got shape {pixels.shape}")
     cropped = crop_box(pixels, box) if box is not None else pixels
     tensor = slice_tensor(classifier, cropped)
-    probabilities = slice_probabilities(classifier, tensor)
+    probabilities = slice_probabilities(classifier, tensor) if class_index is None else None
     target = int(np.argmax(probabilities)) if class_index is None else int(class_index)
     # A model on ONNX Runtime keeps the PyTorch network it came from for gradients.
     net = getattr(classifier, "torch_net", classifier.net)

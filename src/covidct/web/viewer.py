@@ -53,12 +53,14 @@ def display_voxels(voxels: np.ndarray, is_hu: bool) -> np.ndarray:
     scale = DISPLAY_SIZE / max(rows, cols)
     dtype = np.int16 if is_hu else np.uint8
     low, high = (-32768, 32767) if is_hu else (0, 255)
-    if scale >= 1:
-        return np.clip(np.rint(voxels), low, high).astype(dtype)
-    shape = (max(1, round(rows * scale)), max(1, round(cols * scale)))
+    shape = (rows, cols) if scale >= 1 else (max(1, round(rows * scale)), max(1, round(cols * scale)))
     out = np.empty((n, *shape), dtype=dtype)
+    # Slice by slice: whole-volume temporaries (three float32 copies of a 150-slice 512^2
+    # scan) cost more in fresh memory pages than the rounding itself.
+    plane = np.empty(shape, dtype=np.float32)
     for k in range(n):
-        out[k] = np.clip(np.rint(resize_to(voxels[k], shape)), low, high)
+        np.rint(voxels[k] if scale >= 1 else resize_to(voxels[k], shape), out=plane)
+        out[k] = np.clip(plane, low, high, out=plane)
     return out
 
 

@@ -10,6 +10,7 @@ per model serialises calls into a network (Grad-CAM hooks must not see another j
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -19,7 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from ..atomic import jsonable
-from ..errors import CovidctError
+from ..checks import check_scan
+from ..errors import CovidctError, ScanError
+from ..predict import run_each
 from ..scanio import load_scan
 from .config import ServeConfig
 from .result import build_result, public_message
@@ -44,6 +47,8 @@ class ModelSet:
         if not models:
             raise CovidctError("no trained model to serve")
         self.models = {m.method: m for m in models}
+        #: Whether the methods run on a scan at the same time (covidct.models.load_models).
+        self.concurrent = bool(getattr(models, "concurrent", False))
         self.locks = {m.method: threading.Lock() for m in models}
         for model in models:
             # Uploaded scans' intermediates must not outlive the job in a shared cache folder.
@@ -127,15 +132,29 @@ class JobRunner:
             raise CovidctError(f"slices of {cols}x{rows} pixels are larger than the "
                                f"{self.config.max_slice_pixels:,} pixels accepted")
         predictions, errors = {}, {}
-        for method, model in self.models:
-            self.store.update(job_id, stage=f"running {method}")
+        if self.models.concurrent:
+            # Checked here once, so that the methods, running at once, share the lung mask;
+            # a refusal is left to each method to report, as when they run one by one.
+            with contextlib.suppress(ScanError):
+                check_scan(scan)
+            self.store.update(job_id, stage="running " + ", ".join(m for m, _ in self.models))
+
+        def run(model):
+            if not self.models.concurrent:
+                self.store.update(job_id, stage=f"running {model.method}")
             mark = time.perf_counter()
             try:
-                with self.models.locks[method]:
-                    predictions[method] = model.predict(scan)
-            except CovidctError as exc:
-                errors[method] = public_message(exc, upload)
-            timings[method] = time.perf_counter() - mark
+                with self.models.locks[model.method]:
+                    return model.predict(scan)
+            finally:
+                timings[model.method] = time.perf_counter() - mark
+
+        for model, outcome in run_each([m for _, m in self.models], run, CovidctError,
+                                       self.models.concurrent):
+            if isinstance(outcome, CovidctError):
+                errors[model.method] = public_message(outcome, upload)
+            else:
+                predictions[model.method] = outcome
         if not predictions:
             raise CovidctError("; ".join(f"{m}: {e}" for m, e in errors.items()))
         self.store.update(job_id, stage="saving the result")
