@@ -121,6 +121,26 @@ def test_evaluate_scores_the_lung_mask_and_involvement_on_a_synthetic_cohort(tmp
         assert text in page, text
 
 
+def test_a_cohort_without_volumes_is_evaluated_without_lung_scores(tmp_path, run_cli):
+    # `covidct synth --formats covidx` writes slices only: labels.csv has the lungs column but
+    # no lung files; evaluate scores the model and skips lungs.json instead of failing at the end.
+    from conftest import save_tiny_bit_model
+    from covidct.lungs_eval import find_truth
+    from covidct.synth.cohort import CohortSettings, generate_cohort
+
+    cohort = tmp_path / "cohort"
+    generate_cohort(cohort, CohortSettings(patients=3, seed=8, matrix=64, slice_mm=(5.0, 5.0),
+                                           max_slices=20, split=(1.0, 0.0, 0.0),
+                                           formats=("covidx",)), progress=False)
+    assert find_truth(cohort / "covidx") is None
+    model = save_tiny_bit_model(tmp_path / "bit.pt", seed=0, resize=64, crop=64)
+    out = tmp_path / "eval"
+    rc, _, stderr = run_cli("evaluate", cohort / "covidx", "--model", model, "--split", "train",
+                            "--n-boot", "20", "--out", out, timeout=300)
+    assert rc == 0, stderr
+    assert (out / "results.json").is_file() and not (out / "lungs.json").exists()
+
+
 def test_lung_masked_ablation_row_reads_masked_inputs_from_files(tmp_path):
     import torch
 

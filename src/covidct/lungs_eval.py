@@ -34,7 +34,8 @@ def find_truth(data: str | os.PathLike) -> Path | None:
         path = folder / LABELS_CSV
         if path.is_file():
             rows = read_labels(path)
-            if rows and {"lungs", "lesion_fraction"} <= set(rows[0]):
+            # A cohort written without volumes (``--formats covidx``) names no lung files.
+            if rows and {"lungs", "lesion_fraction"} <= set(rows[0]) and any(r["lungs"] for r in rows):
                 return path
     return None
 
