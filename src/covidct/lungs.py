@@ -40,20 +40,22 @@ slices are treated alike):
    bone, and no air the steps above left out. A consolidation filling much of a lobe is
    left to step 6.
 6. Consolidated lung (a lobe or segment without air): tissue of -400-150 HU is added to a
-   lung where it lies on a straight run, sideways (away from the midline) or backwards, from
-   that lung's air to its ribs (bone > 200 HU in a slice within 15 mm: ribs are about 25 mm
+   lung where it lies on a straight run, sideways (away from the midline), backwards or
+   forwards, from that lung's air to its ribs (bone > 200 HU in a slice within 15 mm: ribs are about 25 mm
    apart) of at least ``FILL_MIN_RUN_MM`` (10 mm), and inside the other lung mirrored across
    the midline (the median column of the bone) and grown by ``FILL_MIRROR_MM`` (6 mm): that
    is where a lung should be. The heart and mediastinum lie medial to the lung's air: tissue
    with this lung's air beside it (laterally, in its row) counts on a backward run only
-   within 30 mm of the ribs (a paravertebral consolidation). Bone within ``SPINE_HALF_MM``
+   within 30 mm of the ribs (a paravertebral consolidation), on a forward run (an upper
+   lobe) never. Bone within ``SPINE_HALF_MM``
    of the midline (the vertebral body) is no chest wall. What is added must be more than
    about 2 ``FILL_THICK_MM`` (and 4 working pixels) thick and denser than fat on average
    (``FILL_MIN_HU``, -80 HU): the chest wall that stands off a healthy lung near the apex is
-   a thin sheet of fat and muscle. Limits: a slice with no air left in that
-   lung (the lowest slices of a lower-lobe consolidation), a consolidation in both lungs at
-   the same place (no mirror image) and the front of an upper lobe are not recovered; the
-   back of the heart next to a lower-lobe consolidation can come with it.
+   a thin sheet of fat and muscle. Limits: slices with no air left in that lung (the lowest
+   slices of a lower lobe, the top of an upper lobe) and a consolidation in both lungs at
+   the same place (no mirror image) are not recovered; the back of the heart next to a
+   lower-lobe consolidation can come with it. Windowed 8-bit pictures clip at 150 HU, so
+   they show no bone and this step (like step 5's bone test) adds nothing there.
 7. The labels are copied back (nearest neighbour) to the scan's grid.
 
 Windowed pictures (8-bit PNG/JPG stacks): gray values are mapped back to approximate HU
@@ -102,7 +104,7 @@ CLOSING_PIXEL_MM = 3.5
 BONE_HU = 200.0
 PLEURA_REACH_MM = 30.0
 #: Consolidated lung (step 6): tissue on a straight run of at least FILL_MIN_RUN_MM from a
-#: lung out to its ribs (sideways or backwards), inside the other lung's mirror image grown
+#: lung out to its ribs (sideways, backwards or forwards), inside the other lung's mirror image grown
 #: by FILL_MIRROR_MM, in pieces over 2 FILL_THICK_MM thick and FILL_MIN_ML large. Bone within
 #: SPINE_HALF_MM of the midline is the vertebral body, not a chest wall; a piece's mean HU
 #: must reach FILL_MIN_HU (denser than fat). Chosen on SYNTHETIC
@@ -476,8 +478,18 @@ def _fill_lobes(labels: np.ndarray, hu: np.ndarray, outside: np.ndarray,
         for k in range(grow):
             mirrored = _square(mirrored, np.logical_or) if k % 2 else _cross(mirrored, np.logical_or)
         candidate = tissue[crop] & mirrored
-        if not candidate.any():
+        # Only slices where the candidate is thick enough to pass _thick_parts need the
+        # walks below (a healthy lung's candidate is its partial-volume rim: none).
+        r = _thick_steps(pixel[1])
+        core = candidate
+        for k in range(r):
+            core = _square(core, np.logical_and) if k % 2 else _cross(core, np.logical_and)
+        zs = np.flatnonzero(core.any(axis=(1, 2)))
+        if zs.size == 0:
             continue
+        keep = slice(zs[0], zs[-1] + 1)
+        crop = (slice(z.start + zs[0], z.start + zs[-1] + 1), slice(None), cols)
+        own, candidate = own[keep], candidate[keep]
         code = np.where(own, 1, np.where(wall[crop], 2, 0)).astype(np.int32)
         # Tissue medial to this lung's air in its own row is mediastinum (the heart) unless
         # it lies close to the ribs behind it (a paravertebral consolidation).
@@ -486,12 +498,15 @@ def _fill_lobes(labels: np.ndarray, hu: np.ndarray, outside: np.ndarray,
         else:
             lateral_air = np.logical_or.accumulate(own, axis=2)
         run = np.zeros(own.shape, np.float32)  # longest lung-to-rib run through the voxel
-        for axis, forward, mm in ((2, outwards, pixel[1]), (1, y_to_back, pixel[0])):
+        for axis, forward, mm in ((2, outwards, pixel[1]), (1, y_to_back, pixel[0]),
+                                  (1, not y_to_back, pixel[0])):
             to_wall, d_wall = _first_hit(code, passable[crop], axis, forward)
             to_lung, d_lung = _first_hit(code, passable[crop], axis, not forward)
             ok = candidate & (to_wall == 2) & (to_lung == 1)
-            if axis == 1:
+            if axis == 1 and forward == y_to_back:
                 ok &= ~lateral_air | (d_wall * mm <= PLEURA_REACH_MM)
+            elif axis == 1:  # forwards (an upper lobe): never beside this lung's air
+                ok &= ~lateral_air
             np.maximum(run, np.where(ok, (d_wall + d_lung - 1) * mm, 0), out=run)
         add = run >= FILL_MIN_RUN_MM
         if add.any():
@@ -501,14 +516,18 @@ def _fill_lobes(labels: np.ndarray, hu: np.ndarray, outside: np.ndarray,
         part[add & (part == 0)] = side
 
 
+def _thick_steps(pixel: float) -> int:
+    """Erosion steps of the thickness test: at least two, since at coarse pixels (2.5-3 mm)
+    one step leaves a sheet of chest wall 3 pixels thick."""
+    return max(2, int(round(FILL_THICK_MM / pixel)))
+
+
 def _thick_parts(add: np.ndarray, hu: np.ndarray, pixel: float, slice_mm: float) -> np.ndarray:
     """The parts of ``add`` more than about 2 FILL_THICK_MM (and 4 pixels) thick in-plane,
     in 3D pieces of at least FILL_MIN_ML whose mean is at least FILL_MIN_HU, with the rest
     of ``add`` within twice the erosion of them: a sheet of chest wall inside the ribs
     (thicker near the apex) is not a consolidation."""
-    # At least two erosion steps: at coarse pixels (2.5-3 mm) one step leaves a sheet of
-    # chest wall 3 pixels thick.
-    r = max(2, int(round(FILL_THICK_MM / pixel)))
+    r = _thick_steps(pixel)
     box = _box(add, margin=2 * r + 1)
     core = add[box]
     for k in range(r):
