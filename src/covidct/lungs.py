@@ -34,12 +34,29 @@ slices are treated alike):
 5. Pathology stays inside: per slice and lung, holes are filled (vessels, airway walls,
    central lesions), then a closing with an octagon of ``CLOSING_MM`` (30 mm) radius on a
    grid of 3-4 mm pixels adds the bites that dense tissue took out of the lung outline:
-   juxta-pleural consolidation (0-50 HU) and dense ground glass touching the pleura. A
-   consolidation filling a whole lobe is not recovered. Only tissue voxels
-   of -400-150 HU within ``PLEURA_REACH_MM`` (30 mm) of bone (ribs, spine, sternum: the
-   chest wall) are added, so the hilum and the heart's border are not; no bone, and no air
-   the steps above left out.
-6. The labels are copied back (nearest neighbour) to the scan's grid.
+   juxta-pleural consolidation (0-50 HU) and dense ground glass touching the pleura. Only
+   tissue voxels of -400-150 HU within ``PLEURA_REACH_MM`` (30 mm) of bone (ribs, spine,
+   sternum: the chest wall) are added, so the hilum and the heart's border are not; no
+   bone, and no air the steps above left out. A consolidation filling much of a lobe is
+   left to step 6.
+6. Consolidated lung (a lobe or segment without air): tissue of -400-150 HU is added to a
+   lung where it lies on a straight run, sideways (away from the midline), backwards or
+   forwards, from that lung's air to its ribs (bone > 200 HU in a slice within 15 mm: ribs are about 25 mm
+   apart) of at least ``FILL_MIN_RUN_MM`` (10 mm), and inside the other lung mirrored across
+   the midline (the median column of the bone) and grown by ``FILL_MIRROR_MM`` (6 mm): that
+   is where a lung should be. The heart and mediastinum lie medial to the lung's air: tissue
+   with this lung's air beside it (laterally, in its row) counts on a backward run only
+   within 30 mm of the ribs (a paravertebral consolidation), on a forward run (an upper
+   lobe) never. Bone within ``SPINE_HALF_MM``
+   of the midline (the vertebral body) is no chest wall. What is added must be more than
+   about 2 ``FILL_THICK_MM`` (and 4 working pixels) thick and denser than fat on average
+   (``FILL_MIN_HU``, -80 HU): the chest wall that stands off a healthy lung near the apex is
+   a thin sheet of fat and muscle. Limits: slices with no air left in that lung (the lowest
+   slices of a lower lobe, the top of an upper lobe) and a consolidation in both lungs at
+   the same place (no mirror image) are not recovered; the back of the heart next to a
+   lower-lobe consolidation can come with it. Windowed 8-bit pictures clip at 150 HU, so
+   they show no bone and this step (like step 5's bone test) adds nothing there.
+7. The labels are copied back (nearest neighbour) to the scan's grid.
 
 Windowed pictures (8-bit PNG/JPG stacks): gray values are mapped back to approximate HU
 with the COVIDx lung window ([-1350, 150] HU -> 0-255, :data:`covidct.windowing.COVIDX_LUNG`),
@@ -86,6 +103,18 @@ CLOSING_PIXEL_MM = 3.5
 #: Bone, and how far from it (in-plane) the closing may add tissue to the lung.
 BONE_HU = 200.0
 PLEURA_REACH_MM = 30.0
+#: Consolidated lung (step 6): tissue on a straight run of at least FILL_MIN_RUN_MM from a
+#: lung out to its ribs (sideways, backwards or forwards), inside the other lung's mirror image grown
+#: by FILL_MIRROR_MM, in pieces over 2 FILL_THICK_MM thick and FILL_MIN_ML large. Bone within
+#: SPINE_HALF_MM of the midline is the vertebral body, not a chest wall; a piece's mean HU
+#: must reach FILL_MIN_HU (denser than fat). Chosen on SYNTHETIC
+#: cohorts (lungs_eval) and checked on the real JPG series (nothing added there).
+FILL_MIN_RUN_MM = 10.0
+FILL_MIRROR_MM = 6.0
+FILL_THICK_MM = 4.0
+FILL_MIN_ML = 1.0
+FILL_MIN_HU = -80.0
+SPINE_HALF_MM = 12.0
 #: Working pixel size (mm): the mask is found on every round(WORK_MM / pixel)-th pixel;
 #: pictures without geometry on every (matrix // WORK_PX)-th.
 WORK_MM = 2.0
@@ -209,6 +238,7 @@ def _hu_labels(scan: Scan) -> tuple[np.ndarray, dict[str, Any]]:
         labels[box] = _split_sides(lungs, _x_to_left(scan))
         airway_at_start = _airway_at_start(lungs, gas)
         _close_pleura(labels[box], hu[box], outside[box], pixel, scan.spacing[0])
+        _fill_lobes(labels[box], hu[box], outside[box], pixel, scan.spacing[0], _y_to_back(scan))
     details = {"working_stride": stride, "working_pixel_mm": [round(p, 3) for p in pixel],
                "air_hu": AIR_HU, "gas_hu": GAS_HU, "closing_mm": CLOSING_MM,
                "airway_at_start": airway_at_start}
@@ -316,6 +346,12 @@ def _x_to_left(scan: Scan) -> bool:
     return bool(axis[int(np.argmax(np.abs(axis)))] >= 0)
 
 
+def _y_to_back(scan: Scan) -> bool:
+    """Whether array y runs towards the patient's back (LPS +y); pictures: assumed so."""
+    axis = np.asarray(scan.direction, dtype=float).reshape(3, 3)[:, 1]
+    return bool(axis[int(np.argmax(np.abs(axis)))] >= 0)
+
+
 def _split_sides(lungs: np.ndarray, x_to_left: bool) -> np.ndarray:
     """Label 1 (right) / 2 (left) by a per-slice cut near the lungs' midline."""
     labels = np.zeros(lungs.shape, np.uint8)
@@ -367,6 +403,151 @@ def _close_pleura(labels: np.ndarray, hu: np.ndarray, outside: np.ndarray,
         closed = _fill_holes_2d(_upsample(closed, region.shape, step) | region)
         add = closed & ~region & addable[box] & (labels[box] == 0)
         labels[box][add] = side
+
+
+def _first_hit(code: np.ndarray, passable: np.ndarray, axis: int,
+               forward: bool) -> tuple[np.ndarray, np.ndarray]:
+    """For every voxel, ``code`` (0-3) of the first non-passable voxel met walking along
+    ``axis`` (towards higher indices if ``forward``) from the next voxel on, and how many
+    steps away it is; code 0 where the walk leaves the array. One running maximum of
+    index * 4 + code (no loop, no gather)."""
+    if forward:
+        code, passable = np.flip(code, axis), np.flip(passable, axis)
+    n = code.shape[axis]
+    shape = [1] * code.ndim
+    shape[axis] = n
+    steps = np.arange(n, dtype=np.int32).reshape(shape)
+    last = np.where(passable, np.int32(-4), steps * 4 + code)
+    np.maximum.accumulate(last, axis=axis, out=last)
+    prev = np.full_like(last, -4)  # the last stop strictly before each voxel
+    head = [slice(None)] * code.ndim
+    tail = [slice(None)] * code.ndim
+    head[axis], tail[axis] = slice(0, n - 1), slice(1, n)
+    prev[tuple(tail)] = last[tuple(head)]
+    hit = np.where(prev < 0, 0, prev & 3)
+    dist = steps - (prev >> 2)
+    if forward:
+        hit, dist = np.flip(hit, axis), np.flip(dist, axis)
+    return hit, dist
+
+
+def _fill_lobes(labels: np.ndarray, hu: np.ndarray, outside: np.ndarray,
+                pixel: tuple[float, float], slice_mm: float, y_to_back: bool) -> None:
+    """In place: consolidated lung between a lung and its ribs (step 6 of the module doc)."""
+    xs = np.arange(labels.shape[2])
+    seen = labels.any(axis=(0, 1))
+    centre = {}
+    for side in (RIGHT, LEFT):
+        cols = (labels == side).any(axis=(0, 1)) & seen
+        if not cols.any():
+            return  # one lung only: no mirror image to say where the other should be
+        centre[side] = float(xs[cols].mean())
+    bone = hu > BONE_HU
+    # Ribs are about 25 mm apart: a rib of a nearby slice stands for the wall between ribs.
+    size = 2 * int(round(0.5 * PLEURA_REACH_MM / slice_mm)) + 1
+    bone = ndimage.maximum_filter1d(bone.view(np.uint8), size=size, axis=0).view(bool)
+    tissue = (hu >= AIR_HU) & (hu <= CLOSING_MAX_HU) & ~outside & ~bone & (labels == 0)
+    # Air bronchograms and gas inside a consolidation do not stop a walk (nor are they added).
+    passable = tissue | ((hu < AIR_HU) & ~outside & (labels == 0))
+    # The midline from the bone of the lungs' rows (ribs come in pairs; the table lies
+    # below them), robust to a lung that lost its air. Around it the vertebral body, which
+    # is not a chest wall: the mediastinum lies in front of it.
+    rows = np.flatnonzero((labels > 0).any(axis=(0, 2)))
+    bx = np.nonzero(bone[:, rows[0]:rows[-1] + 1])[2]
+    mid = float(np.median(bx)) if bx.size else 0.5 * (centre[RIGHT] + centre[LEFT])
+    wall = bone & (np.abs(xs - mid) > SPINE_HALF_MM / pixel[1])[None, None, :]
+    grow = max(1, int(round(FILL_MIRROR_MM / pixel[1])))
+    adds = {}
+    for side in (RIGHT, LEFT):
+        # Work on this lung's half of the chest, in the slices that hold this lung.
+        outwards = centre[side] > centre[3 - side]  # the lateral side is towards higher x
+        cut = int(np.clip(round(mid), 0, xs.size))
+        cols = slice(cut, xs.size) if outwards else slice(0, cut)
+        own = labels[:, :, cols] == side
+        zs = np.flatnonzero(own.any(axis=(1, 2)))
+        if zs.size == 0 or cols.start == cols.stop:
+            continue
+        z = slice(zs[0], zs[-1] + 1)
+        crop = (z, slice(None), cols)
+        own = own[z]
+        # Where the other lung, mirrored across the midline, says this lung should be.
+        src = np.round(2 * mid - xs[cols]).astype(int)
+        inside = (src >= 0) & (src < xs.size)
+        mirrored = np.zeros(own.shape, bool)
+        mirrored[:, :, inside] = labels[z][:, :, src[inside]] == 3 - side
+        for k in range(grow):
+            mirrored = _square(mirrored, np.logical_or) if k % 2 else _cross(mirrored, np.logical_or)
+        candidate = tissue[crop] & mirrored
+        # Only slices where the candidate is thick enough to pass _thick_parts need the
+        # walks below (a healthy lung's candidate is its partial-volume rim: none).
+        r = _thick_steps(pixel[1])
+        core = candidate
+        for k in range(r):
+            core = _square(core, np.logical_and) if k % 2 else _cross(core, np.logical_and)
+        zs = np.flatnonzero(core.any(axis=(1, 2)))
+        if zs.size == 0:
+            continue
+        keep = slice(zs[0], zs[-1] + 1)
+        crop = (slice(z.start + zs[0], z.start + zs[-1] + 1), slice(None), cols)
+        own, candidate = own[keep], candidate[keep]
+        code = np.where(own, 1, np.where(wall[crop], 2, 0)).astype(np.int32)
+        # Tissue medial to this lung's air in its own row is mediastinum (the heart) unless
+        # it lies close to the ribs behind it (a paravertebral consolidation).
+        if outwards:
+            lateral_air = np.flip(np.logical_or.accumulate(np.flip(own, 2), axis=2), 2)
+        else:
+            lateral_air = np.logical_or.accumulate(own, axis=2)
+        run = np.zeros(own.shape, np.float32)  # longest lung-to-rib run through the voxel
+        for axis, forward, mm in ((2, outwards, pixel[1]), (1, y_to_back, pixel[0]),
+                                  (1, not y_to_back, pixel[0])):
+            to_wall, d_wall = _first_hit(code, passable[crop], axis, forward)
+            to_lung, d_lung = _first_hit(code, passable[crop], axis, not forward)
+            ok = candidate & (to_wall == 2) & (to_lung == 1)
+            if axis == 1 and forward == y_to_back:
+                ok &= ~lateral_air | (d_wall * mm <= PLEURA_REACH_MM)
+            elif axis == 1:  # forwards (an upper lobe): never beside this lung's air
+                ok &= ~lateral_air
+            np.maximum(run, np.where(ok, (d_wall + d_lung - 1) * mm, 0), out=run)
+        add = run >= FILL_MIN_RUN_MM
+        if add.any():
+            adds[side] = (crop, _thick_parts(add, hu[crop], pixel[1], slice_mm))
+    for side, (crop, add) in adds.items():
+        part = labels[crop]
+        part[add & (part == 0)] = side
+
+
+def _thick_steps(pixel: float) -> int:
+    """Erosion steps of the thickness test: at least two, since at coarse pixels (2.5-3 mm)
+    one step leaves a sheet of chest wall 3 pixels thick."""
+    return max(2, int(round(FILL_THICK_MM / pixel)))
+
+
+def _thick_parts(add: np.ndarray, hu: np.ndarray, pixel: float, slice_mm: float) -> np.ndarray:
+    """The parts of ``add`` more than about 2 FILL_THICK_MM (and 4 pixels) thick in-plane,
+    in 3D pieces of at least FILL_MIN_ML whose mean is at least FILL_MIN_HU, with the rest
+    of ``add`` within twice the erosion of them: a sheet of chest wall inside the ribs
+    (thicker near the apex) is not a consolidation."""
+    r = _thick_steps(pixel)
+    box = _box(add, margin=2 * r + 1)
+    core = add[box]
+    for k in range(r):
+        core = _square(core, np.logical_and) if k % 2 else _cross(core, np.logical_and)
+    out = np.zeros(add.shape, bool)
+    if not core.any():
+        return out
+    parts, n = ndimage.label(core)
+    ml = np.bincount(parts.ravel(), minlength=n + 1) * (pixel * pixel * slice_mm / 1000.0)
+    # A piece must also be denser than fat on average: fat between a healthy lung and its
+    # ribs (extrapleural fat, thicker near the apex) is a long sheet of about -100 HU.
+    mean_hu = np.bincount(parts.ravel(), weights=hu[box].ravel(), minlength=n + 1) \
+        / np.maximum(np.bincount(parts.ravel(), minlength=n + 1), 1)
+    keep = (ml >= FILL_MIN_ML) & (mean_hu >= FILL_MIN_HU)
+    keep[0] = False
+    core = keep[parts]
+    for k in range(2 * r):
+        core = _square(core, np.logical_or) if k % 2 else _cross(core, np.logical_or)
+    out[box] = core & add[box]
+    return out
 
 
 def _upsample(mask: np.ndarray, shape: tuple[int, ...], step: int) -> np.ndarray:

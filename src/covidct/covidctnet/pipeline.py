@@ -313,7 +313,7 @@ class CovidCTNet:
     def _lungs_for_file(self, path: str | os.PathLike, content: str) -> np.ndarray:
         """The lung mask on the network's grid for a scan file (cached by the file's bytes)."""
         shape = self.settings.volume_shape
-        key = ArrayCache.key("lungs", content, {"shape": list(shape), "rule": "hu-v1"})
+        key = ArrayCache.key("lungs", content, {"shape": list(shape), "rule": "hu-v2"})
         cached = self.cache.load(key)
         if cached is not None:
             return cached[0]
