@@ -32,7 +32,10 @@ ablation/model.pt and summary.json (data counts, synthetic flag, validation and 
 of both models side by side, 3-class and COVID-vs-rest).
 
 Pre-processed volumes and infection maps are cached on disk (keyed by scan content and
-settings): a second run skips pre-processing. {DISCLAIMER}
+settings): a second run skips pre-processing. Last (unless --no-int8), model.pt's BCDU-Net is
+quantized to int8 on training scans and checked against float32 on held-out ones (calls and
+infection maps); `covidct predict --runtime auto` runs it only if that check passed (one line
+says which). {DISCLAIMER}
 """
 
 
