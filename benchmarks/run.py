@@ -85,10 +85,17 @@ def covidctnet(sizes: Sizes, threads: int, peak: float) -> dict[str, Any]:
     # The default runtime (ONNX Runtime), reading the DICOM series included, fresh process.
     from covidct.scanio import save_scan
 
-    series = Path(tempfile.mkdtemp(prefix="covidct-bench-series-")) / "series"
+    # Its model file is one whose int8 check (what train-covidctnet ends with) was run: auto
+    # runs the int8 BCDU-Net if that check passed, float32 ONNX if not (the row says which).
+    work = Path(tempfile.mkdtemp(prefix="covidct-bench-series-"))
+    series = work / "series"
     save_scan(benchmark_series(n_slices, matrix), series)
-    out["default_runtime"] = _predict_memory_subprocess(
-        n_slices, matrix, threads, sizes.volume_settings, runtime="auto", path=str(series))
+    checked = bench.checked_model(work / "checked", settings, threads)
+    out["default_runtime"] = {
+        **_predict_memory_subprocess(n_slices, matrix, threads, sizes.volume_settings,
+                                     runtime="auto", path=str(series),
+                                     model_path=checked["model"], onnx_cache=checked["cache"]),
+        "int8_check": checked["int8_check"], "int8_check_s": checked["int8_check_s"]}
     cnn_flops = forward_flops(CNN3D(3, settings.volume_shape).eval(),
                               torch.zeros(1, 1, *settings.volume_shape))
     denoiser_flops = forward_flops(BCDUNet(settings.denoiser_width).eval(),
@@ -111,9 +118,21 @@ def covidctnet(sizes: Sizes, threads: int, peak: float) -> dict[str, Any]:
     out["predict_onnx_timings_s"] = prediction.timings
     out["cnn3d_onnx_s"] = best_time(
         lambda: model.classify(np.zeros((1, *settings.volume_shape), np.float32)), 2)
-    # The opt-in int8 BCDU-Net (`predict --runtime onnx-int8`) against float32, alternating.
+    # The int8 BCDU-Net (`predict --runtime onnx-int8`) against float32, alternating.
     out["int8_denoiser"] = bench.int8_denoiser(n_slices, matrix, threads, settings, rounds=2)
     return out
+
+
+def _int8_check_text(check: dict[str, Any] | None) -> str:
+    """What the default-runtime row's model file's int8 check said (it decides the runtime)."""
+    if not check:
+        return "int8 check not run"
+    if "skipped" in check:
+        return f"no int8: {check['skipped']}"
+    return (f"int8 check {'passed' if check['passed'] else 'FAILED'} on {check['scans']} held-out "
+            f"SYNTHETIC scans, random weights: same call {check['same_call']:.0%}, median prob "
+            f"diff {check['median_prob_diff']:.3f}, map r >= {check['map_lung_correlation_min']:.3f}, "
+            f"p99 <= {check['map_lung_p99_rel_max']:.2f} SD")
 
 
 def int8_denoiser_lines(q: dict[str, Any] | None) -> list[str]:
@@ -122,26 +141,30 @@ def int8_denoiser_lines(q: dict[str, Any] | None) -> list[str]:
         return []
     n = q["slices"]
     return [
-        f"| 4 | BCDU-Net on ONNX Runtime, {n} slices, int8 (opt-in `--runtime onnx-int8`; answers: "
+        f"| 4 | BCDU-Net on ONNX Runtime, {n} slices, int8 (`--runtime onnx-int8`, auto where "
+        f"checked; answers: "
         f"tests/test_covidctnet_pipeline.py) | {q['denoise_s']['float32']:.2f} s "
         f"(float32; CPU {q['denoise_cpu_s']['float32']:.2f} s) | {q['denoise_s']['int8']:.2f} s "
         f"(CPU {q['denoise_cpu_s']['int8']:.2f} s) | {q['int8_vs_float32']:.2f}x "
         f"(CPU {q['int8_vs_float32_cpu']:.2f}x) | | |",
         f"| 4 | CovidCTNet per scan in memory, ONNX Runtime, int8 BCDU-Net | "
         f"{q['predict_s']['float32']:.1f} s (float32 BCDU-Net) | {q['predict_s']['int8']:.1f} s | "
-        f"{q['predict_int8_vs_float32']:.2f}x | | (opt-in; default stays float32) |"]
+        f"{q['predict_int8_vs_float32']:.2f}x | | (the default where its check passed) |"]
 
 
 def _predict_memory_subprocess(n_slices: int, matrix: int, threads: int,
                                overrides: dict[str, Any], runtime: str = "torch",
-                               path: str | None = None) -> dict[str, Any]:
+                               path: str | None = None, model_path: str | None = None,
+                               onnx_cache: str | None = None) -> dict[str, Any]:
     """Peak memory of one prediction, measured in a fresh interpreter (nothing else loaded);
-    with ``path``, reading that series is part of the prediction."""
+    with ``path``, reading that series is part of the prediction; with ``model_path`` that
+    model file, its graphs in ``onnx_cache`` (arrays are never cached)."""
     spec = json.dumps({"slices": n_slices, "size": matrix, "threads": threads,
-                       "settings": overrides, "runtime": runtime, "path": path})
+                       "settings": overrides, "runtime": runtime, "path": path,
+                       "model_path": model_path})
     proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--predict-only-json", spec],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
-                          env=dict(os.environ, COVIDCT_CACHE="off"), timeout=1800)
+                          env=dict(os.environ, COVIDCT_CACHE=onnx_cache or "off"), timeout=1800)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
     return json.loads(proc.stdout)
@@ -154,7 +177,8 @@ def _predict_only(spec: str) -> int:
     args = json.loads(spec)
     result = bench.predict_only(args["slices"], args["size"], threads=args["threads"],
                                 settings=VolumeSettings(**args["settings"]),
-                                runtime=args.get("runtime", "torch"), path=args.get("path"))
+                                runtime=args.get("runtime", "torch"), path=args.get("path"),
+                                model_path=args.get("model_path"))
     print(json.dumps(result))
     return 0
 
@@ -366,7 +390,8 @@ def table(result: dict[str, Any]) -> str:
         d = v.get("default_runtime", {})
         if "predict_total_s" in d:
             ok = d["predict_total_s"] <= 10 and d["peak_rss_during_predict_gb"] < 2
-            add("covidctnet", f"| 4 | CovidCTNet per scan, default runtime ({d.get('runtime')}), reading the "
+            add("covidctnet", f"| 4 | CovidCTNet per scan, default runtime ({d.get('runtime')}; "
+                f"{_int8_check_text(d.get('int8_check'))}), reading the "
                 f"DICOM series included (read {d['read_s']:.1f} s), fresh process | "
                 f"{v['predict_total_s']:.1f} s (PyTorch, scan in memory) | {d['predict_total_s']:.1f} s, "
                 f"peak RSS {d['peak_rss_during_predict_gb']:.2f} GB | "

@@ -8,6 +8,8 @@ with the process's peak memory. Networks have random weights: timing does not de
     python -m benchmarks.volumes [--slices 300] [--size 512] [--threads 2] [--full]
     python -m benchmarks.volumes --predict-only     # peak memory of one prediction
     python -m benchmarks.volumes --int8             # BCDU-Net int8 vs float32 ONNX Runtime
+    python -m benchmarks.volumes --predict-only --default-runtime   # what `--runtime auto`
+        # runs for a model file whose int8 check was run, reading the series included
 """
 from __future__ import annotations
 
@@ -64,14 +66,81 @@ class RssSampler:
         self.peak = max(self.peak, current_rss_gb())
 
 
+#: The SYNTHETIC calibration cohort of :func:`checked_model`: phantoms per class (in the
+#: method's Control/CAP/Covid folders, split as train-covidctnet splits them: 3 training
+#: scans per class, 5 to calibrate and 4 to check) and their geometry (48 1-mm slices each
+#: after pre-processing, every one through BCDU-Net; a matrix of at most twice the model's
+#: slice size, 160 at the method's 128). At the method's size, 6 per class and 64 slices took
+#: 440 CPU s on the loaded 2-core machine, too long beside the row it decides; 4 per class
+#: and 48 slices 84 s wall (quiet, niced), but checked only 3 scans.
+CHECK_PHANTOMS_PER_CLASS = 5
+CHECK_PHANTOM_GEOMETRY = dict(n_slices=12, spacing=(4.0, 2.5, 2.5))
+CHECK_PHANTOM_MAX_SIZE = 160
+
+
+def checked_model(folder, settings=None, threads: int = 2) -> dict[str, Any]:
+    """A CovidCTNet model file (random weights, seed 0, as the other rows use) on which the
+    int8 check that train-covidctnet ends with was actually run: its BCDU-Net quantized on
+    a small SYNTHETIC phantom cohort's training scans and checked against float32 on
+    held-out ones (calls and infection maps, covidct.quantize.denoiser_parity), graphs
+    cached under ``folder/onnx``. Whether ``--runtime auto`` then runs int8 is the check's
+    verdict, not this benchmark's: an untrained network may fail it, and then the default
+    runtime row times float32, as a user's would. Returns the model path, the cache folder
+    (``COVIDCT_CACHE`` for the prediction), the check and its time."""
+    import os
+    from pathlib import Path
+
+    import torch
+
+    from covidct.constants import VOLUME_CLASSES
+    from covidct.models import load_model
+    from covidct.quantize import check_after_training
+    from covidct.scanio import save_scan
+    from covidct.synth.phantom import chest_phantom
+    from covidct.covidctnet.bcdunet import BCDUNet
+    from covidct.covidctnet.pipeline import CovidCTNet
+    from covidct.covidctnet.settings import VolumeSettings
+
+    folder = Path(folder)
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    settings = settings or VolumeSettings()
+    path = CovidCTNet.build(settings, denoiser=BCDUNet(settings.denoiser_width)).save(
+        folder / "covidctnet.pt")
+    cohort = folder / "cohort"
+    for label, name in zip(VOLUME_CLASSES, ("Control", "CAP", "Covid")):
+        for k in range(CHECK_PHANTOMS_PER_CLASS):
+            scan, _ = chest_phantom(label, seed=100 * VOLUME_CLASSES.index(label) + k,
+                                    size=min(CHECK_PHANTOM_MAX_SIZE, 2 * settings.slice_size),
+                                    **CHECK_PHANTOM_GEOMETRY)
+            save_scan(scan, cohort / name / f"{name}{k:02d}.nii.gz")
+    cache = folder / "cache"
+    previous = os.environ.get("COVIDCT_CACHE")
+    os.environ["COVIDCT_CACHE"] = str(cache)
+    try:
+        start = time.perf_counter()
+        check = check_after_training(load_model(path), cohort, threads=threads)
+        seconds = time.perf_counter() - start
+    finally:
+        if previous is None:
+            os.environ.pop("COVIDCT_CACHE", None)
+        else:
+            os.environ["COVIDCT_CACHE"] = previous
+    return {"model": str(path), "cache": str(cache), "int8_check": check, "int8_check_s": seconds}
+
+
 def predict_only(n_slices: int = 300, size: int = 512, pixel_mm: float = 0.625,
                  slice_mm: float = 2.5, threads: int = 2, settings=None, runtime: str = "torch",
-                 path: str | None = None) -> dict[str, Any]:
+                 path: str | None = None, model_path: str | None = None) -> dict[str, Any]:
     """One whole prediction (cache off) and the process's peak memory, nothing else; on
-    ``runtime`` (see covidct.export), and with ``path`` reading that series included."""
+    ``runtime`` (see covidct.export), and with ``path`` reading that series included. With
+    ``model_path`` (a file from :func:`checked_model`, its graphs in ``$COVIDCT_CACHE``)
+    that model file, whose stored int8 check decides what "auto" runs; else a model with
+    random weights built here, never checked (so "auto" runs float32 ONNX)."""
     import torch
 
     from covidct.export import to_runtime
+    from covidct.models import load_model
     from covidct.scanio import load_scan
     from covidct.synth.phantom import benchmark_series
     from covidct.covidctnet.bcdunet import BCDUNet
@@ -81,7 +150,12 @@ def predict_only(n_slices: int = 300, size: int = 512, pixel_mm: float = 0.625,
 
     torch.set_num_threads(threads)
     settings = settings or VolumeSettings()
-    model = CovidCTNet.build(settings, denoiser=BCDUNet(settings.denoiser_width), cache=ArrayCache(None))
+    if model_path:
+        model = load_model(model_path)
+        model.use_cache(None)
+    else:
+        model = CovidCTNet.build(settings, denoiser=BCDUNet(settings.denoiser_width),
+                                 cache=ArrayCache(None))
     model = to_runtime(model, runtime, threads=threads)
     scan = None if path else benchmark_series(n_slices, size, pixel_mm, slice_mm)
     before = current_rss_gb()
@@ -96,6 +170,34 @@ def predict_only(n_slices: int = 300, size: int = 512, pixel_mm: float = 0.625,
             "predict_timings_s": prediction.timings,
             "rss_before_predict_gb": before, "peak_rss_during_predict_gb": memory.peak,
             "scan_voxels_gb": scan.voxels.nbytes / 1024 ** 3}
+
+
+def default_runtime(n_slices: int = 300, size: int = 512, threads: int = 2,
+                    settings=None) -> dict[str, Any]:
+    """:func:`checked_model`, then one prediction of the series written as DICOM and read
+    back, on what ``--runtime auto`` picks for that model file (all in this process)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from covidct.scanio import save_scan
+    from covidct.synth.phantom import benchmark_series
+
+    folder = Path(tempfile.mkdtemp(prefix="covidct-bench-default-"))
+    checked = checked_model(folder, settings, threads)
+    series = folder / "series"
+    save_scan(benchmark_series(n_slices, size), series)
+    previous = os.environ.get("COVIDCT_CACHE")
+    os.environ["COVIDCT_CACHE"] = checked["cache"]
+    try:
+        result = predict_only(n_slices, size, threads=threads, settings=settings, runtime="auto",
+                              path=str(series), model_path=checked["model"])
+    finally:
+        if previous is None:
+            os.environ.pop("COVIDCT_CACHE", None)
+        else:
+            os.environ["COVIDCT_CACHE"] = previous
+    return {**result, **{k: checked[k] for k in ("int8_check", "int8_check_s")}}
 
 
 def run(n_slices: int = 300, size: int = 512, pixel_mm: float = 0.625, slice_mm: float = 2.5,
@@ -222,9 +324,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="only one whole prediction, for its peak memory")
     parser.add_argument("--int8", action="store_true",
                         help="only BCDU-Net int8 vs float32 on ONNX Runtime (and a prediction each)")
+    parser.add_argument("--default-runtime", action="store_true",
+                        help="with --predict-only: the default runtime (--runtime auto) of a model "
+                             "file whose int8 check was run (checked_model), reading the series "
+                             "from disk included; the check in this process too (benchmarks.run "
+                             "predicts in a fresh one)")
     args = parser.parse_args(argv)
     if args.int8:
         result = int8_denoiser(args.slices, args.size, threads=args.threads)
+    elif args.predict_only and args.default_runtime:
+        result = default_runtime(args.slices, args.size, threads=args.threads)
     elif args.predict_only:
         result = predict_only(args.slices, args.size, threads=args.threads)
     else:

@@ -353,7 +353,7 @@ def test_ablation_binary_mode_and_resume_continue_where_they_stopped(synth_denoi
                                                                      phantom_cohort, tmp_path):
     common = ["--data", str(phantom_cohort), "--stage", "classifier", "--binary",
               "--denoiser", str(synth_denoiser_run[1] / "denoiser.pt"), "--test-fraction", "0.35",
-              *TINY]
+              "--no-int8", *TINY]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     # The width given here is not the denoiser's: the run takes the denoiser's own.
     train3d(*common, "--out", str(straight), "--epochs", "2", "--denoiser-width", "16")
@@ -381,7 +381,8 @@ def test_ablation_binary_mode_and_resume_continue_where_they_stopped(synth_denoi
 
 
 def test_normalised_3d_cnn_with_warm_up_travels_in_its_model_file(synth_denoiser_run,
-                                                                   phantom_cohort, tmp_path):
+                                                                   phantom_cohort, tmp_path,
+                                                                   volumes_env, run_cli):
     """--cnn-norm is saved with the model: the loaded model rebuilds the normalisation layers
     (with their running statistics) and predicts exactly as the trained one did. Batches of
     17 from 18 training scans leave a batch of one, which BatchNorm cannot train on."""
@@ -398,6 +399,38 @@ def test_normalised_3d_cnn_with_warm_up_travels_in_its_model_file(synth_denoiser
     assert config["lr_schedule"] == "cosine"
     model = load_model(run / "model.pt")
     assert model.settings.cnn_norm == "batch"
+    _int8_is_the_default_and_answers_as_float32(model, run, tmp_path, run_cli)
+
+
+def _int8_is_the_default_and_answers_as_float32(model, run, tmp_path, run_cli) -> None:
+    """This model's training ended with an int8 check that PASSED (measured: same call 8 of 8,
+    median probability difference 0.012; maps r >= 0.994, 99th percentile <= 0.45 SD; a model
+    trained 2 epochs, near chance, so its probabilities move little): `covidct predict` with
+    the default runtime runs the int8 BCDU-Net and gives float32's answer."""
+    from covidct import export, quantize
+
+    record = quantize.read_parity(export._cached_int8(model, require_pass=False))
+    assert record["passed"] and record["rule_version"] == quantize.DENOISER_RULE_VERSION, record
+    assert export.choose_runtime(model, "auto") == "onnx-int8"
+    scan, _ = chest_phantom("COVID-19", seed=994, **PHANTOM_GEOMETRY)
+    from covidct.scanio import save_scan
+
+    path = save_scan(scan, tmp_path / "scan.nii.gz")
+    results = {}
+    for runtime, shown in (("onnx", "onnx"), (None, "onnx-int8")):
+        chosen = () if runtime is None else ("--runtime", runtime)
+        rc, _, stderr = run_cli("predict", path, "--model", run / "model.pt", *chosen,
+                                "--no-pictures", "--out", tmp_path / shown, timeout=300,
+                                extra_env={"COVIDCT_CACHE": os.environ["COVIDCT_CACHE"]})
+        assert rc == 0, stderr
+        assert f"covidctnet: runtime {shown}" in stderr
+        results[shown] = json.loads((tmp_path / shown / "summary.json").read_text())[
+            "results"]["covidctnet"]
+    # The check bounds the median over scans (0.012 here), not each scan: on this phantom,
+    # from outside the cohort, the largest probability moved 0.043 (float32 0.46 vs 0.29).
+    a, b = (np.array(list(results[r]["probabilities"].values())) for r in ("onnx", "onnx-int8"))
+    assert 0 < np.abs(a - b).max() <= INT8_MAX_SCAN_DIFF, (a, b)
+    assert results["onnx"]["label"] == results["onnx-int8"]["label"], (a, b)
     norms = [m for m in model.classifier.modules() if isinstance(m, torch.nn.BatchNorm3d)]
     assert len(norms) == 10 and all(int(m.num_batches_tracked) > 0 for m in norms)
     scan, _ = chest_phantom("COVID-19", seed=994, **PHANTOM_GEOMETRY)
@@ -461,24 +494,68 @@ def test_train3d_help_explains_the_options(run_cli):
 
 
 def test_cache_folder_holds_only_hashed_array_entries(volumes_env):
-    names = [p.name for p in Path(volumes_env).rglob("*") if p.is_file()]
+    # onnx/: the graphs train-covidctnet's int8 step exported, named by the model file's digest
+    files = [p for p in Path(volumes_env).rglob("*") if p.is_file()]
+    names = [p.name for p in files if p.parent.name != "onnx"]
+    graphs = [p.name for p in files if p.parent.name == "onnx"]
     assert names and all(n.endswith(".npz") and "-" in n for n in names)
-    assert not any("Covid" in n or "Control" in n for n in names)
+    assert all(n.startswith("covidctnet-") for n in graphs)
+    assert not any("Covid" in n or "Control" in n for n in names + graphs)
     assert os.environ["COVIDCT_CACHE"] == str(volumes_env)
 
 
-# -- int8 BCDU-Net (opt-in runtime) ------------------------------------------------------------
+# -- int8 BCDU-Net (the default runtime where its check passed) -------------------------------
 
 #: Parity of the int8 denoiser on the SYNTHETIC phantoms' held-out (test) patients. The bars
 #: are the slice classifier's (same call, median probability difference <= 0.02), the call
 #: only where float32's is clear (top-two margin >= 0.1: a near tie is a coin either way),
 #: and the infection maps within a fifth of their spread on average (measured: ~0.1).
 INT8_CLEAR_MARGIN = 0.1
+#: One scan's largest probability difference, int8 vs float32 BCDU-Net, for a model whose
+#: check passed (the check's median bar is 0.02; single scans go above it).
+INT8_MAX_SCAN_DIFF = 0.1
 
 
 @pytest.mark.slow
-def test_int8_denoiser_is_opt_in_and_keeps_the_calls(model, phantom_run, phantom_cohort,
-                                                     volumes_env, tmp_path, run_cli):
+def test_training_checks_the_int8_denoiser_and_auto_follows_the_stored_check(model, volumes_env):
+    """train-covidctnet ended by quantizing the BCDU-Net on its training scans and checking it
+    on held-out ones (calls and maps); `--runtime auto` runs it exactly when that passed.
+    This model's check FAILS on the calls (measured: same call 8 of 8, but median probability
+    difference 0.050 > 0.02; maps r >= 0.994, 99th percentile <= 0.45 SD): its 3D CNN reads
+    maps scaled to SD 1 and moves with them; so auto stays float32 for it."""
+    from covidct import export, quantize
+
+    cached = export._cached_int8(model, require_pass=False)
+    assert cached is not None and cached.parent == Path(volumes_env) / "onnx"
+    record = quantize.read_parity(cached)
+    assert record["rule_version"] == quantize.DENOISER_RULE_VERSION and record["scans"] >= 4
+    assert record["map_passed"] == (
+        record["map_lung_correlation_min"] >= quantize.MIN_MAP_CORRELATION
+        and record["map_lung_p99_rel_max"] <= quantize.MAX_MAP_P99)
+    assert record["calls_passed"] == (record["same_call"] >= quantize.MIN_AGREEMENT
+                                      and record["median_prob_diff"] <= quantize.MAX_MEDIAN_DIFF)
+    assert record["passed"] == (record["calls_passed"] and record["map_passed"])
+    assert record["map_lung_scans"] == record["scans"]  # the lung mask was found on each
+    assert export.choose_runtime(model, "auto") == ("onnx-int8" if record["passed"] else "onnx")
+    assert export.choose_runtime(model, "onnx-int8") == "onnx-int8"  # asked for: regardless
+
+    # What auto reads is the stored record: passed -> int8; failed, or judged by the
+    # calls-only rule (no rule_version) -> float32.
+    original = quantize.parity_path(cached).read_text()
+    try:
+        for changed, expected in (({**record, "passed": True}, "onnx-int8"),
+                                  ({**record, "passed": False}, "onnx"),
+                                  ({k: v for k, v in record.items() if k != "rule_version"}
+                                   | {"passed": True}, "onnx")):
+            quantize.parity_path(cached).write_text(json.dumps(changed))
+            assert export.choose_runtime(model, "auto") == expected, changed
+    finally:
+        quantize.parity_path(cached).write_text(original)
+
+
+@pytest.mark.slow
+def test_int8_denoiser_keeps_the_calls_and_is_the_default(model, phantom_run, phantom_cohort,
+                                                          volumes_env, tmp_path, run_cli):
     from covidct import quantize
     from covidct.export import OnnxNetwork
     from covidct.covidctnet.infection_maps import infection_map
@@ -493,14 +570,18 @@ def test_int8_denoiser_is_opt_in_and_keeps_the_calls(model, phantom_run, phantom
     assert int8.is_file() and "int8 denoiser" in stdout and "infection maps" in stdout
     recorded = quantize.read_parity(int8)
     assert recorded["scans"] >= 4 and recorded["calibration_slices"] >= 16
-    assert recorded["passed"] == (recorded["same_call"] >= quantize.MIN_AGREEMENT
-                                  and recorded["median_prob_diff"] <= quantize.MAX_MEDIAN_DIFF)
+    assert recorded["passed"] == (recorded["calls_passed"] and recorded["map_passed"])
 
     test = [Path(i.path) for i in model.cohort(phantom_cohort).split("test")]
+    # On patients neither training nor the check saw. This model's check fails on the calls'
+    # median (see above; here too: 0.033 on one run, 10 of 12 calls, the flips near ties), so
+    # asked of it: each scan within INT8_MAX_SCAN_DIFF, the same call wherever float32's is
+    # clear, and maps that pass the map rule.
     check = quantize.denoiser_parity(model, tmp_path / "model.bcdunet.onnx", int8, test, threads=1)
-    assert check["median_prob_diff"] <= quantize.MAX_MEDIAN_DIFF, check
+    assert check["max_prob_diff"] <= INT8_MAX_SCAN_DIFF, check
     assert 0 < check["map_max_abs_diff"], check  # a different graph indeed
     assert check["map_mean_abs_diff"] <= 0.2 * check["map_std"], check
+    assert check["map_passed"], check  # held-out patients' maps alike inside the lungs too
     nets = [OnnxNetwork(p, 1) for p in (tmp_path / "model.bcdunet.onnx", int8)]
     clear = same = 0
     for path in test:
@@ -513,15 +594,19 @@ def test_int8_denoiser_is_opt_in_and_keeps_the_calls(model, phantom_run, phantom
     assert clear >= len(test) // 2, "the test model makes too few clear calls"
     assert same == clear, (same, clear, check)
 
-    # predict: only --runtime onnx-int8 runs it; auto keeps the float32 denoiser.
+    # predict as a user runs it: the default runtime follows the stored check (this model's
+    # fails, see above); --runtime onnx-int8 runs int8 regardless.
+    expected = "onnx-int8" if recorded["passed"] else "onnx"
     scan = test[0]
-    for runtime, shown in (("onnx-int8", "onnx-int8"), ("auto", "onnx")):
-        rc, _, stderr = run_cli("predict", scan, "--model", model_path, "--runtime", runtime,
-                                "--no-pictures", "--out", tmp_path / runtime, timeout=300,
+    for runtime, shown in (("onnx-int8", "onnx-int8"), (None, expected)):
+        chosen = () if runtime is None else ("--runtime", runtime)
+        rc, _, stderr = run_cli("predict", scan, "--model", model_path, *chosen,
+                                "--no-pictures", "--out", tmp_path / f"{runtime}", timeout=300,
                                 extra_env=env)
         assert rc == 0, stderr
         assert f"covidctnet: runtime {shown}" in stderr
-    # The two runtimes' maps are cached apart (same weights, other maps).
+    # int8 maps are cached apart from float32 ones (same weights, other maps).
     results = {r: json.loads((tmp_path / r / "summary.json").read_text())["results"]["covidctnet"]
-               for r in ("onnx-int8", "auto")}
-    assert results["onnx-int8"]["probabilities"] != results["auto"]["probabilities"]
+               for r in ("onnx-int8", "None")}
+    assert (results["onnx-int8"]["probabilities"] == results["None"]["probabilities"]) == \
+        (expected == "onnx-int8")

@@ -23,8 +23,11 @@ TOY = DemoSettings(patients=9, matrix=64, bit_resolution=(40, 32), bit_schedule=
 def demo(tmp_path_factory):
     torch.set_num_threads(1)
     said: list[str] = []
+    mp = pytest.MonkeyPatch()  # the demo's int8 graphs go to the ONNX cache: a private one
+    mp.setenv("COVIDCT_CACHE", str(tmp_path_factory.mktemp("demo-cache")))
     result = run_demo(tmp_path_factory.mktemp("demo") / "out", TOY, progress=False, say=said.append)
-    return result, said
+    yield result, said
+    mp.undo()
 
 
 def test_every_stage_writes_its_output(demo):
@@ -37,8 +40,25 @@ def test_every_stage_writes_its_output(demo):
                  "evaluation/covidctnet/localisation.json", "evaluation/covidctnet/localisation.png",
                  "report.html", "demo.json"):
         assert (out / name).is_file(), name
-    assert len(said) == 14 and said[-1].startswith("[7/7] write the report: done")
+    stages = [line for line in said if line.startswith("[")]
+    assert len(stages) == 16 and said[-1].startswith("[8/8] write the report: done")
     assert result.report == out / "report.html"
+
+
+def test_demo_models_get_checked_int8_graphs(demo):
+    """Both models' int8 graphs were made and checked; `predict --runtime auto` follows each
+    check (float32 where it failed), as for a model from train-bit/train-covidctnet."""
+    from covidct import export, quantize
+    from covidct.models import load_model
+
+    result, said = demo
+    lines = [line for line in said if line.startswith("  ") and "int8" in line]
+    assert [line.split(":")[0].strip() for line in lines] == ["bit", "covidctnet"]
+    for method in ("bit", "covidctnet"):
+        model = load_model(result.out / "models" / f"{method}.pt")
+        record = quantize.read_parity(export._cached_int8(model, require_pass=False))
+        expected = "onnx-int8" if export.passed_check(model, record) else "onnx"
+        assert export.choose_runtime(model, "auto") == expected, (method, record)
 
 
 def test_summary_is_labelled_synthetic_and_names_a_held_out_patient(demo):
@@ -65,7 +85,7 @@ def test_second_run_reuses_every_stage(demo):
     said: list[str] = []
     run_demo(result.out, TOY, progress=False, say=said.append)
     reused = [line for line in said if line.endswith(": reused")]
-    assert len(reused) == 6 and said[-1].startswith("[7/7] write the report: done")
+    assert len(reused) == 7 and said[-1].startswith("[8/8] write the report: done")
     assert (result.out / "models" / "bit.pt").stat().st_mtime == model_time
 
 

@@ -157,7 +157,7 @@ def run_demo(out: str | os.PathLike = "demo-output", settings: DemoSettings = De
     """Run every stage (reusing finished ones) and return the report path and summary."""
     out = Path(out)
     _prepare_folder(out, settings)
-    stages = _Stages(7, say)
+    stages = _Stages(8, say)
     cohort, covidx = out / "cohort", out / "cohort" / "covidx"
     runs, models, evaluation = out / "runs", out / "models", out / "evaluation"
 
@@ -169,6 +169,8 @@ def run_demo(out: str | os.PathLike = "demo-output", settings: DemoSettings = De
     stages.run("train CovidCTNet", _covidctnet_done(runs / METHOD_COVIDCTNET),
                lambda: _train_covidctnet(cohort, runs / METHOD_COVIDCTNET, out, settings, progress))
     _publish(runs / METHOD_COVIDCTNET / "model.pt", models / f"{METHOD_COVIDCTNET}.pt")
+    stages.run("int8 graphs for the default runtime (checked against float32)",
+               _int8_done(models, out), lambda: _int8(cohort, covidx, models, out, say))
     for method, data in ((METHOD_BIT, covidx), (METHOD_COVIDCTNET, cohort)):
         folder = evaluation / method
         stages.run(f"evaluate {method} on the held-out test patients", _evaluated(folder),
@@ -295,6 +297,35 @@ def _train_covidctnet(cohort: Path, run: Path, out: Path, settings: DemoSettings
         data=str(cohort), out=str(run), cache_dir=str(out / ".cache"), device="cpu",
         resume=(run / "config.json").is_file(), progress=progress, **overrides)
     train(config)
+
+
+def _int8_done(models: Path, out: Path) -> bool:
+    """Both models' int8 graphs made and checked (passed or not) for these model files."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        return True  # nothing to make: predict runs float32 (or PyTorch)
+    from .export import _cached_int8
+    from .models import load_model
+
+    return all(_cached_int8(_in_demo_cache(load_model(models / f"{m}.pt"), out),
+                            require_pass=False) is not None
+               for m in (METHOD_BIT, METHOD_COVIDCTNET))
+
+
+def _int8(cohort: Path, covidx: Path, models: Path, out: Path,
+          say: Callable[[str], None]) -> None:
+    """What train-bit and train-covidctnet do last: quantize each model's int8 network on its
+    training data and check it against float32 on held-out training data, so that
+    `covidct predict --runtime auto` runs int8 where the check passed (one line each)."""
+    from .models import load_model
+    from .quantize import check_after_training, check_line
+
+    bit = load_model(models / f"{METHOD_BIT}.pt")
+    say(f"  {METHOD_BIT}: " + check_line(check_after_training(
+        bit, split=split_path(covidx, "train"), images=covidx / IMAGES_DIR)))
+    covidctnet = _in_demo_cache(load_model(models / f"{METHOD_COVIDCTNET}.pt"), out)
+    say(f"  {METHOD_COVIDCTNET}: " + check_line(check_after_training(covidctnet, cohort)))
 
 
 def _evaluated(folder: Path) -> bool:

@@ -34,7 +34,7 @@ import torch
 
 from .atomic import atomic_path
 from .errors import ModelError
-from .int8_files import int8_path, parity_path, read_parity
+from .int8_files import DENOISER_RULE_VERSION, int8_path, parity_path, read_parity
 
 log = logging.getLogger(__name__)
 
@@ -253,13 +253,20 @@ def _cache_path(model, sha: str) -> Path:
 
 
 def choose_runtime(model, runtime: str = "auto") -> str:
-    """The runtime ``runtime`` means for ``model``: "auto" is ONNX Runtime when it is installed
-    (the same answers as PyTorch: tests/test_export.py checks both methods' probabilities to
-    1e-4, and `covidct predict` to 1e-3), with the slice classifier on int8 when
-    ``covidct export --int8`` left a graph for this model file whose parity check passed
-    (models whose ``int8_auto`` is true); else PyTorch. "onnx-int8" runs the network of the
-    model's ``int8_role`` on int8 (the slice classifier, CovidCTNet's BCDU-Net), the others
-    on float32 ONNX; a CovidCTNet without an exported int8 BCDU-Net runs float32 (warned)."""
+    """The runtime ``runtime`` means for ``model``.
+
+    "auto" (the CLI's default) is ONNX Runtime when it is installed, else PyTorch. On ONNX
+    Runtime float32 gives PyTorch's answers (tests/test_export.py checks both methods'
+    probabilities to 1e-4, `covidct predict` to 1e-3); the network of the model's
+    ``int8_role`` runs on int8 instead when an int8 graph made for this very model file (its
+    digest) passed its parity check against float32 on held-out training data
+    (:func:`passed_check`): the slice classifier's (same call on >= 99% of the slices, median
+    probability difference <= 0.02), CovidCTNet's BCDU-Net's (the same on scans, and the
+    infection maps alike inside the lungs, see covidct.quantize.denoiser_parity).
+    ``train-bit``/``train-covidctnet`` make and check that graph when they finish,
+    ``covidct export --int8`` does it for any model file. "onnx-int8" runs the int8 graph
+    whatever its check said (warned if it failed); a CovidCTNet without one runs float32
+    (warned)."""
     if runtime not in RUNTIME_CHOICES:
         raise ModelError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIME_CHOICES)}")
     if runtime == "auto":
@@ -272,9 +279,11 @@ def choose_runtime(model, runtime: str = "auto") -> str:
         return "onnx"
     if runtime == "onnx-int8" and not model.int8_role:
         return "onnx"
-    if runtime == "onnx-int8" and not model.int8_auto and not _cached_int8(model, require_pass=False):
-        # An opt-in int8 network (CovidCTNet's BCDU-Net) nobody exported: float32, as before
-        # it existed, so `--method all --runtime onnx-int8` still runs the int8 classifier.
+    if (runtime == "onnx-int8" and model.int8_role == "denoiser"
+            and not _cached_int8(model, require_pass=False)):
+        # CovidCTNet's int8 BCDU-Net needs its training cohort; where nobody made one, float32
+        # (as before it existed), so `--method all --runtime onnx-int8` still runs the int8
+        # slice classifier.
         log.warning("%s: no int8 graph for this model file (covidct export MODEL --int8 "
                     "--calibration DATA makes one); running float32", model.method)
         return "onnx"
@@ -307,7 +316,7 @@ def to_runtime(model, runtime: str = "onnx", threads: int | None = None,
         if runtime == "onnx-int8":
             paths[role] = _cached_int8(model, require_pass=False) or _no_int8(model)
     if runtime == "onnx-int8":
-        if not (read_parity(paths[role]) or {}).get("passed"):
+        if not passed_check(model, read_parity(paths[role])):
             log.warning("the int8 graph %s did not pass (or has no) parity check against "
                         "float32; its calls may differ", paths[role].name)
     model.use_networks({role: OnnxNetwork(paths[role], threads) for role in roles(model)}, runtime)
@@ -323,9 +332,18 @@ def _cached_int8(model, require_pass: bool) -> Path | None:
     path = int8_path(output_paths(model, _cache_path(model, sha))[model.int8_role])
     if not path.is_file():
         return None
-    if require_pass and not (read_parity(path) or {}).get("passed"):
+    if require_pass and not passed_check(model, read_parity(path)):
         return None
     return path
+
+
+def passed_check(model, record: dict[str, Any] | None) -> bool:
+    """Whether a stored parity record lets ``--runtime auto`` run the int8 graph: it passed,
+    and for CovidCTNet's BCDU-Net it was judged by the rule that checks the maps too (a
+    record of the calls-only rule never qualifies: re-run ``covidct export --int8``)."""
+    if not (record or {}).get("passed"):
+        return False
+    return model.int8_role != "denoiser" or record.get("rule_version") == DENOISER_RULE_VERSION
 
 
 def _no_int8(model):

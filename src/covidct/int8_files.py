@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 INT8_SUFFIX = ".int8.onnx"
+#: The parity rule a CovidCTNet int8 BCDU-Net record must have been judged by for
+#: ``--runtime auto`` to use it: 2 judges the infection map too (covidct.quantize.
+#: denoiser_parity); records of rule 1 (calls only, maps not judged) never qualify.
+DENOISER_RULE_VERSION = 2
 
 
 def int8_path(float_path: str | os.PathLike) -> Path:

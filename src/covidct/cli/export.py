@@ -24,9 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write an int8 graph: the slice classifier (<stem>.int8.onnx) or "
                         "CovidCTNet's BCDU-Net (<stem>.bcdunet.int8.onnx) statically quantized, "
                         "calibrated on training data (--calibration) and checked against float32 "
-                        "on held-out training data; cached so that `covidct predict --runtime "
-                        "onnx-int8` uses it for this model file (--runtime auto too for the "
-                        "slice classifier, once its check passed)")
+                        "on held-out training data (CovidCTNet: its infection maps inside the "
+                        "lungs too); cached so that `covidct predict --runtime auto` uses it for "
+                        "this model file once its check passed (--runtime onnx-int8 regardless)")
     p.add_argument("--calibration", default=None, metavar="SPLIT_OR_DATA",
                    help="with --int8: bit: a COVIDx-format training split file (filename class "
                         "box); covidctnet: the cohort it was trained on (train-covidctnet --data; "
@@ -65,29 +65,23 @@ def _int8(args: argparse.Namespace, model, written: dict) -> None:
     from ..errors import ModelError
     from ..export import cache_int8
     from .. import quantize
+    from ..quantize import check_line
 
     role = model.int8_role
     if role == "classifier":
         inputs = quantize.training_inputs(model, args.calibration, args.images,
                                           args.calibration_slices or quantize.CALIBRATION_SLICES)
         path, check = quantize.export_int8(model, written["classifier"], inputs)
-        held_out = f"{check['slices']} held-out training slices"
     elif role == "denoiser" and role in written:
         path, check = quantize.export_int8_denoiser(
             model, written["denoiser"], args.calibration,
             args.calibration_slices or quantize.DENOISER_SCANS)
-        held_out = f"{check['scans']} held-out training scans"
     else:
         raise ModelError(f"this {model.method} model has no network --int8 applies to", args.model)
     cache_int8(model, path)
     print(f"int8 {role}: {path}")
-    print(f"int8 check on {held_out}: same call on {check['same_call']:.1%}, median "
-          f"probability difference {check['median_prob_diff']:.4f} -> "
-          f"{'passed' if check['passed'] else 'FAILED'}")
     if role == "denoiser":
         print(f"infection maps, int8 vs float32: mean |difference| {check['map_mean_abs_diff']:.4f}, "
               f"99th percentile {check['map_p99_abs_diff']:.4f}, max {check['map_max_abs_diff']:.4f} "
-              f"(map standard deviation {check['map_std']:.4f}); `predict --runtime onnx-int8` "
-              "runs it, --runtime auto keeps float32")
-    elif not check["passed"]:
-        print("predict --runtime auto keeps float32")
+              f"(map standard deviation {check['map_std']:.4f})")
+    print(check_line(check))

@@ -11,10 +11,11 @@ from ..constants import DISCLAIMER, METHODS
 RUNTIME_CHOICES = ("auto", "torch", "onnx", "onnx-int8")
 RUNTIME_HELP = ("auto (default): ONNX Runtime where installed (same answers as PyTorch, "
                 "faster on a CPU; each model is exported once and cached), with the slice "
-                "classifier on int8 when `covidct export --int8` made a graph for this model "
-                "file that passed its parity check; torch: PyTorch; onnx: ONNX Runtime float32; "
-                "onnx-int8: the slice classifier, or CovidCTNet's BCDU-Net, on int8 (needs "
-                "covidct export --int8; CovidCTNet's maps move a little, see README). "
+                "classifier and CovidCTNet's BCDU-Net on int8 where an int8 graph made for "
+                "this model file (by train-bit/train-covidctnet, the demo or covidct export "
+                "--int8) passed its check against float32 (calls; CovidCTNet's infection maps "
+                "too); torch: PyTorch; onnx: ONNX Runtime float32; onnx-int8: the int8 graph "
+                "whatever its check said (a CovidCTNet without one runs float32). "
                 "Pictures (Grad-CAM) always use PyTorch")
 
 

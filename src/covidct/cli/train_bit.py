@@ -96,6 +96,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run_.add_argument("--channels-last", action="store_true",
                       help="channels-last memory format (faster convolutions on recent GPUs)")
     run_.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run_.add_argument("--no-int8", dest="int8", action="store_false",
+                      help="skip the last step: quantizing the classifier to int8 on the "
+                           "training slices and checking it against float32 on held-out ones, "
+                           "which `predict --runtime auto` then runs if the check passed "
+                           "(needs onnxruntime; see covidct export --int8)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -140,7 +145,8 @@ def torchrun_main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     from ..bit.train import train  # lazy: imports torch; `train2d --help` must not
 
-    result = train(config_from_args(args))
+    config = config_from_args(args)
+    result = train(config)
     summary = result.summary
     if not summary.get("finished"):
         print(f"stopped after step {len(result.history)}; continue with --resume --out {args.out}")
@@ -151,4 +157,16 @@ def run(args: argparse.Namespace) -> int:
     tag = " [trained on SYNTHETIC data]" if summary.get("synthetic") else ""
     acc_text = f", best validation accuracy {acc:.4f} at step {summary['best_step']}" if acc is not None else ""
     print(f"model written to {result.model_path}{acc_text}{tag}")
+    if getattr(args, "int8", False):
+        print(int8_after_training(result.model_path, config.train_split, config.images))
     return 0
+
+
+def int8_after_training(model_path, train_split: str, images: str) -> str:
+    """Make and check the int8 classifier of a finished run's model file; one line saying how
+    it went (covidct.quantize.check_after_training)."""
+    from ..models import load_model
+    from ..quantize import check_after_training, check_line
+
+    return check_line(check_after_training(load_model(model_path), split=train_split,
+                                           images=images))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..constants import DISCLAIMER
 from ..covidctnet.settings import LR_SCHEDULES, VolumeSettings
@@ -31,7 +32,10 @@ ablation/model.pt and summary.json (data counts, synthetic flag, validation and 
 of both models side by side, 3-class and COVID-vs-rest).
 
 Pre-processed volumes and infection maps are cached on disk (keyed by scan content and
-settings): a second run skips pre-processing. {DISCLAIMER}
+settings): a second run skips pre-processing. Last (unless --no-int8), model.pt's BCDU-Net is
+quantized to int8 on training scans and checked against float32 on held-out ones (calls and
+infection maps); `covidct predict --runtime auto` runs it only if that check passed (one line
+says which). {DISCLAIMER}
 """
 
 
@@ -135,6 +139,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: all)")
     g.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars")
+    g.add_argument("--no-int8", dest="int8", action="store_false",
+                   help="skip the last step: quantizing the BCDU-Net to int8 on the training "
+                        "scans and checking it against float32 on held-out ones (calls and "
+                        "infection maps), which `predict --runtime auto` then runs if the "
+                        "check passed (needs onnxruntime; see covidct export --int8)")
     p.set_defaults(func=run)
 
 
@@ -158,4 +167,18 @@ def run(args: argparse.Namespace) -> int:
     if "denoiser" in summary and config.stage == "denoiser":
         print(f"  denoiser: best loss {summary['denoiser'].get('best_loss')} "
               f"after {summary['denoiser'].get('epochs_run')} epochs")
+    if args.int8 and config.stage != "denoiser":
+        print(int8_after_training(Path(config.out) / "model.pt", config.data, config.cache_dir))
     return 0
+
+
+def int8_after_training(model_path: Path, data: str, cache_dir: str | None = None) -> str:
+    """Make and check the int8 BCDU-Net of a finished run's model file; one line saying how
+    it went (covidct.quantize.check_after_training)."""
+    from ..models import load_model
+    from ..quantize import check_after_training, check_line
+
+    model = load_model(model_path)
+    if cache_dir:  # the training's pre-processed volumes: not read and resampled again
+        model.use_cache(cache_dir)
+    return check_line(check_after_training(model, data))

@@ -48,10 +48,11 @@ class CovidCTNet:
     method = METHOD_COVIDCTNET
     #: Its explanation pictures (covidct.models.Model.overlay).
     overlay = INPUT_INFECTION
-    #: ``covidct export --int8`` quantizes its BCDU-Net (covidct.quantize); opt-in
-    #: (``--runtime onnx-int8``), not the default: the map, not only the call, moves.
+    #: ``covidct export --int8`` (and train-covidctnet at its end) quantizes its BCDU-Net
+    #: (covidct.quantize); ``--runtime auto`` runs it once its check passed, which judges
+    #: the infection map inside the lungs as well as the call (a map is more than a call).
     int8_role = "denoiser"
-    int8_auto = False
+    int8_auto = True
     #: How the web page shows it (covidct.models.Model.display).
     display = {"title": "CovidCTNet", "overlay_label": "infection map (CovidCTNet)",
                "strip_label": "CovidCTNet infection burden (relative)",
