@@ -5,7 +5,7 @@ at sizes that fit a 2-core CPU in minutes::
 
     cohort/               covidct synth: phantoms with Normal / CP / NCP findings, split by patient
     runs/bit/             covidct train-bit: the BiT slice classifier (tiny BiT-layout ResNet-v2, low resolution)
-    runs/covidctnet/      covidct train-covidctnet: BCDU-Net denoiser + 3D CNN (and the no-BCDU-Net ablation)
+    runs/covidctnet/      covidct train-covidctnet: BCDU-Net denoiser + 3D CNN (--ablation: the no-BCDU-Net ablation)
     models/{bit,covidctnet}.pt       the trained models (covidct predict finds them here)
     evaluation/{bit,covidctnet}/     covidct evaluate + explanations on the held-out test patients
     prediction/<patient>/            covidct predict of one held-out DICOM series with both methods
@@ -117,6 +117,10 @@ class DemoSettings:
     # denoiser's (validation patients, seed 0): it no longer memorises, but the maps do not
     # yet carry the classes (DEMO.md, "CovidCTNet's map, checked against truth")
     augment: bool = True
+    # The method's no-BCDU-Net ablation (the same 3D CNN on plain volumes) took 133 of the
+    # demo's 712 s on a quiet 2-core AVX2 machine (seed 0, 2026-12-04) and is not needed for
+    # its figures: `covidct demo --ablation` (or train-covidctnet, where it stays on) adds it.
+    ablation: bool = False
     n_boot: int = 1000
 
     def to_dict(self) -> dict[str, Any]:
