@@ -118,14 +118,14 @@ def test_int8_export_matches_float32_on_synthetic_test_slices(trained, env, tmp_
 def test_train_bit_ends_with_an_int8_check_that_auto_follows(trained, tmp_path, monkeypatch):
     """What `train-bit` does last (unless --no-int8): the int8 classifier calibrated on the
     training slices, checked on held-out ones, cached for the model file; auto follows it."""
-    from covidct.cli.train_bit import int8_after_training
+    from covidct.quantize import check_model_file
     from covidct.models import load_model
 
     monkeypatch.setenv("COVIDCT_CACHE", str(tmp_path))
     root, model_path = trained
     covidx = root / "covidx"
-    line = int8_after_training(model_path, str(covidx / "train_COVIDx_CT-2A.txt"),
-                               str(covidx / "images"))
+    line = check_model_file(model_path, split=str(covidx / "train_COVIDx_CT-2A.txt"),
+                            images=str(covidx / "images"))
     assert line.startswith("int8 check on ") and len(line.splitlines()) == 1
     model = load_model(model_path)
     cached = export._cached_int8(model, require_pass=False)

@@ -322,14 +322,13 @@ def _int8(cohort: Path, covidx: Path, models: Path, out: Path,
     """What train-bit and train-covidctnet do last: quantize each model's int8 network on its
     training data and check it against float32 on held-out training data, so that
     `covidct predict --runtime auto` runs int8 where the check passed (one line each)."""
-    from .models import load_model
-    from .quantize import check_after_training, check_line
+    from .quantize import check_model_file
 
-    bit = load_model(models / f"{METHOD_BIT}.pt")
-    say(f"  {METHOD_BIT}: " + check_line(check_after_training(
-        bit, split=split_path(covidx, "train"), images=covidx / IMAGES_DIR)))
-    covidctnet = _in_demo_cache(load_model(models / f"{METHOD_COVIDCTNET}.pt"), out)
-    say(f"  {METHOD_COVIDCTNET}: " + check_line(check_after_training(covidctnet, cohort)))
+    say(f"  {METHOD_BIT}: " + check_model_file(models / f"{METHOD_BIT}.pt",
+                                               split=split_path(covidx, "train"),
+                                               images=covidx / IMAGES_DIR))
+    say(f"  {METHOD_COVIDCTNET}: " + check_model_file(models / f"{METHOD_COVIDCTNET}.pt", cohort,
+                                                      cache_dir=out / ".cache"))
 
 
 def _evaluated(folder: Path) -> bool:

@@ -230,6 +230,21 @@ def check_after_training(model, data: str | os.PathLike | None = None,
     return check
 
 
+def check_model_file(path: str | os.PathLike, data: str | os.PathLike | None = None,
+                     split: str | os.PathLike | None = None,
+                     images: str | os.PathLike | None = None,
+                     cache_dir: str | os.PathLike | None = None) -> str:
+    """:func:`check_after_training` for a finished run's model file, as one line
+    (:func:`check_line`). ``cache_dir``: the training's pre-processed volumes (CovidCTNet),
+    so they are not read and resampled again."""
+    from .models import load_model  # lazy: imports torch
+
+    model = load_model(path)
+    if cache_dir:
+        model.use_cache(cache_dir)
+    return check_line(check_after_training(model, data, split=split, images=images))
+
+
 def check_line(check: dict[str, Any]) -> str:
     """One line saying what :func:`check_after_training` found and what auto will run."""
     if "skipped" in check:

@@ -158,15 +158,8 @@ def run(args: argparse.Namespace) -> int:
     acc_text = f", best validation accuracy {acc:.4f} at step {summary['best_step']}" if acc is not None else ""
     print(f"model written to {result.model_path}{acc_text}{tag}")
     if getattr(args, "int8", False):
-        print(int8_after_training(result.model_path, config.train_split, config.images))
+        from ..quantize import check_model_file
+
+        print(check_model_file(result.model_path, split=config.train_split, images=config.images))
     return 0
 
-
-def int8_after_training(model_path, train_split: str, images: str) -> str:
-    """Make and check the int8 classifier of a finished run's model file; one line saying how
-    it went (covidct.quantize.check_after_training)."""
-    from ..models import load_model
-    from ..quantize import check_after_training, check_line
-
-    return check_line(check_after_training(load_model(model_path), split=train_split,
-                                           images=images))

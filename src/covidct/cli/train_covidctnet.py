@@ -168,17 +168,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  denoiser: best loss {summary['denoiser'].get('best_loss')} "
               f"after {summary['denoiser'].get('epochs_run')} epochs")
     if args.int8 and config.stage != "denoiser":
-        print(int8_after_training(Path(config.out) / "model.pt", config.data, config.cache_dir))
+        from ..quantize import check_model_file
+
+        print(check_model_file(Path(config.out) / "model.pt", config.data, cache_dir=config.cache_dir))
     return 0
 
-
-def int8_after_training(model_path: Path, data: str, cache_dir: str | None = None) -> str:
-    """Make and check the int8 BCDU-Net of a finished run's model file; one line saying how
-    it went (covidct.quantize.check_after_training)."""
-    from ..models import load_model
-    from ..quantize import check_after_training, check_line
-
-    model = load_model(model_path)
-    if cache_dir:  # the training's pre-processed volumes: not read and resampled again
-        model.use_cache(cache_dir)
-    return check_line(check_after_training(model, data))
