@@ -51,6 +51,9 @@ def volumes_env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("covidctnet-cache")
     mp = pytest.MonkeyPatch()
     mp.setenv("COVIDCT_CACHE", str(cache))
+    # auto follows the stored int8 check on any CPU here; the CPU rule is tested on its own
+    # (test_auto_keeps_float32_bcdunet_where_int8_is_slow)
+    mp.setenv("COVIDCT_INT8_CPU", "fast")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield cache
@@ -421,11 +424,19 @@ def _int8_is_the_default_and_answers_as_float32(model, run, tmp_path, run_cli) -
         chosen = () if runtime is None else ("--runtime", runtime)
         rc, _, stderr = run_cli("predict", path, "--model", run / "model.pt", *chosen,
                                 "--no-pictures", "--out", tmp_path / shown, timeout=300,
-                                extra_env={"COVIDCT_CACHE": os.environ["COVIDCT_CACHE"]})
+                                extra_env={"COVIDCT_CACHE": os.environ["COVIDCT_CACHE"],
+                                           "COVIDCT_INT8_CPU": "fast"})
         assert rc == 0, stderr
         assert f"covidctnet: runtime {shown}" in stderr
         results[shown] = json.loads((tmp_path / shown / "summary.json").read_text())[
             "results"]["covidctnet"]
+    # On a CPU where int8 is slower than float32 (told so here), the default stays float32
+    # although the check passed.
+    rc, _, stderr = run_cli("predict", path, "--model", run / "model.pt", "--no-pictures",
+                            "--out", tmp_path / "slow-cpu", timeout=300,
+                            extra_env={"COVIDCT_CACHE": os.environ["COVIDCT_CACHE"],
+                                       "COVIDCT_INT8_CPU": "slow"})
+    assert rc == 0 and "covidctnet: runtime onnx\n" in stderr + "\n", stderr
     # The check bounds the median over scans (0.012 here), not each scan: on this phantom,
     # from outside the cohort, the largest probability moved 0.043 (float32 0.46 vs 0.29).
     a, b = (np.array(list(results[r]["probabilities"].values())) for r in ("onnx", "onnx-int8"))
@@ -549,6 +560,37 @@ def test_training_checks_the_int8_denoiser_and_auto_follows_the_stored_check(mod
                                    | {"passed": True}, "onnx")):
             quantize.parity_path(cached).write_text(json.dumps(changed))
             assert export.choose_runtime(model, "auto") == expected, changed
+    finally:
+        quantize.parity_path(cached).write_text(original)
+
+
+def test_auto_keeps_float32_bcdunet_where_int8_is_slow(model, volumes_env, monkeypatch):
+    """A passed check is not enough for CovidCTNet's BCDU-Net: on a CPU without wide int8
+    instructions (AVX-512 BW/VNNI, ARM dot product) its int8 graph ran 0.89x float32, so auto
+    keeps float32 there. The CPU is read from /proc/cpuinfo; COVIDCT_INT8_CPU overrides it."""
+    from covidct import devices, export, quantize
+    from covidct.errors import ModelError
+
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    assert devices.cpu_flags(avx2) == {"fpu", "sse2", "avx", "avx2", "fma"}
+    assert devices.cpu_flags("Features\t: fp asimd asimddp\n") >= {"asimddp"}
+    assert devices.cpu_flags("model name: x\n") is None
+    monkeypatch.delenv("COVIDCT_INT8_CPU")
+    assert not devices.int8_is_fast(avx2)
+    assert devices.int8_is_fast(avx2.replace("avx2", "avx2 avx512f avx512bw"))
+    assert devices.int8_is_fast("")  # flags unknown: the check decides alone
+
+    cached = export._cached_int8(model, require_pass=False)
+    original = quantize.parity_path(cached).read_text()
+    try:
+        quantize.parity_path(cached).write_text(json.dumps({**json.loads(original), "passed": True}))
+        for told, expected in (("fast", "onnx-int8"), ("slow", "onnx")):
+            monkeypatch.setenv("COVIDCT_INT8_CPU", told)
+            assert export.choose_runtime(model, "auto") == expected, told
+            assert export.choose_runtime(model, "onnx-int8") == "onnx-int8"  # asked for
+        monkeypatch.setenv("COVIDCT_INT8_CPU", "maybe")
+        with pytest.raises(ModelError, match="COVIDCT_INT8_CPU"):
+            export.choose_runtime(model, "auto")
     finally:
         quantize.parity_path(cached).write_text(original)
 

@@ -25,6 +25,8 @@ def demo(tmp_path_factory):
     said: list[str] = []
     mp = pytest.MonkeyPatch()  # the demo's int8 graphs go to the ONNX cache: a private one
     mp.setenv("COVIDCT_CACHE", str(tmp_path_factory.mktemp("demo-cache")))
+    # auto's choice by the stored check alone, on any CPU (the CPU rule has its own test)
+    mp.setenv("COVIDCT_INT8_CPU", "fast")
     result = run_demo(tmp_path_factory.mktemp("demo") / "out", TOY, progress=False, say=said.append)
     yield result, said
     mp.undo()

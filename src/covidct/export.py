@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
+from .devices import int8_is_fast
 from .errors import ModelError
 from .int8_files import DENOISER_RULE_VERSION, int8_path, parity_path, read_parity
 
@@ -260,7 +261,9 @@ def choose_runtime(model, runtime: str = "auto") -> str:
     probabilities to 1e-4, `covidct predict` to 1e-3); the network of the model's
     ``int8_role`` runs on int8 instead when an int8 graph made for this very model file (its
     digest) passed its parity check against float32 on held-out training data
-    (:func:`passed_check`): the slice classifier's (same call on >= 99% of the slices, median
+    (:func:`passed_check`) and, for CovidCTNet's BCDU-Net (``int8_needs_fast_cpu``), the CPU
+    has wide int8 instructions (covidct.devices.int8_is_fast; without them its int8 graph is
+    slower than float32): the slice classifier's (same call on >= 99% of the slices, median
     probability difference <= 0.02), CovidCTNet's BCDU-Net's (the same on scans, and the
     infection maps alike inside the lungs, see covidct.quantize.denoiser_parity).
     ``train-bit``/``train-covidctnet`` make and check that graph when they finish,
@@ -274,7 +277,8 @@ def choose_runtime(model, runtime: str = "auto") -> str:
 
         if importlib.util.find_spec("onnxruntime") is None:
             return "torch"
-        if model.int8_auto and _cached_int8(model, require_pass=True):
+        if (model.int8_auto and _cached_int8(model, require_pass=True)
+                and (not model.int8_needs_fast_cpu or int8_is_fast())):
             return "onnx-int8"
         return "onnx"
     if runtime == "onnx-int8" and not model.int8_role:

@@ -63,9 +63,12 @@ class Model(Protocol):
     #: The network ``covidct export --int8`` quantizes (a role of :meth:`networks`:
     #: ``"classifier"`` for the slice classifier, ``"denoiser"`` for CovidCTNet's BCDU-Net;
     #: None: none), and whether ``--runtime auto`` runs that int8 graph once its parity check
-    #: passed (``int8_auto``; else only ``--runtime onnx-int8`` does).
+    #: passed (``int8_auto``; else only ``--runtime onnx-int8`` does), and whether auto needs
+    #: a CPU with wide int8 instructions for it as well (``int8_needs_fast_cpu``, see
+    #: covidct.devices.int8_is_fast: where int8 is slower than float32, auto keeps float32).
     int8_role: str | None
     int8_auto: bool
+    int8_needs_fast_cpu: bool
 
     def describe(self) -> dict[str, Any]:
         """Provenance without patient data: ``name``, ``method``, ``file`` (a dict as above),

@@ -99,6 +99,8 @@ class SliceClassifier:
     #: its parity check passed (covidct.models.Model.int8_role).
     int8_role: str | None = "classifier"
     int8_auto: bool = True
+    #: BiT's int8 graph beat float32 on AVX2 too (1.10x; 2.32x with AVX-512; BENCHMARKS.md).
+    int8_needs_fast_cpu: bool = False
     #: How the web page shows it (covidct.models.Model.display).
     display: ClassVar[dict[str, str]] = {
         "title": "slice classifier", "overlay_label": "Grad-CAM (slice classifier)",

@@ -53,6 +53,9 @@ class CovidCTNet:
     #: the infection map inside the lungs as well as the call (a map is more than a call).
     int8_role = "denoiser"
     int8_auto = True
+    #: Only on a CPU with wide int8 instructions: BCDU-Net's int8 graph ran 0.89x float32 on
+    #: an AVX2-only CPU (2.13x with AVX-512; BENCHMARKS.md).
+    int8_needs_fast_cpu = True
     #: How the web page shows it (covidct.models.Model.display).
     display = {"title": "CovidCTNet", "overlay_label": "infection map (CovidCTNet)",
                "strip_label": "CovidCTNet infection burden (relative)",
