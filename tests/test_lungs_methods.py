@@ -171,3 +171,64 @@ def test_lung_masked_ablation_row_reads_masked_inputs_from_files(tmp_path):
                         "lung_masked": {"val": {"accuracy": 0.6}}})["rows"]
     assert [r["model"].split(" (")[0] for r in rows] == [
         "3D CNN on infection maps", "3D CNN on lung-masked infection maps"]
+
+
+def test_input_floor_and_mask_erode_change_what_the_3d_cnn_reads_not_the_map(tmp_path):
+    import torch
+
+    from covidct.covidctnet.bcdunet import BCDUNet
+    from covidct.covidctnet.cache import ArrayCache
+    from covidct.covidctnet.settings import INPUT_INFECTION, INPUT_VOLUME, VolumeSettings
+    from covidct.covidctnet.train import TrainConfig, _new_model
+    from covidct.errors import ModelError
+    from covidct.models import load_model
+    from covidct.synth.cohort import CohortSettings, generate_cohort
+
+    cohort = tmp_path / "cohort"
+    generate_cohort(cohort, CohortSettings(patients=1, seed=9, matrix=96, slice_mm=(5.0, 5.0),
+                                           max_slices=40, formats=("nifti",)), progress=False)
+    scan_file = next(cohort.glob("patients/*/ct.nii.gz"))
+    config = TrainConfig(data=str(cohort), out=str(tmp_path / "run"), slice_size=40,
+                         volume_slices=34, max_denoised_slices=20, denoiser_width=4,
+                         mask_input=True, input_floor=0.02)
+    torch.manual_seed(0)
+    cache = ArrayCache(tmp_path / "cache")
+    masked = _new_model(config, INPUT_INFECTION, BCDUNet(4), cache, mask_input=True)
+    floored = _new_model(config, INPUT_INFECTION, masked.denoiser, cache, mask_input=True,
+                         input_floor=config.input_floor)
+    assert floored.settings.input_floor == 0.02 and masked.settings.input_floor is None
+    # The ablation reads plain volumes: a floor in CT units would cut the lungs away.
+    assert _new_model(config, INPUT_VOLUME, None, cache, input_floor=0.02).settings.input_floor is None
+    signed, _ = masked.input_for_file(scan_file)
+    reads, _ = floored.input_for_file(scan_file)
+    assert (signed < 0).any() and (signed > 0.02).any()
+    np.testing.assert_allclose(reads, np.maximum(signed - 0.02, 0), atol=1e-7)
+    assert reads.min() == 0 and not np.allclose(reads, signed)
+    # The map scored against the lesions and shown is the map, not the floored copy.
+    np.testing.assert_array_equal(floored.map_for_file(scan_file), signed)
+    # The floor travels in the model file and is applied at prediction.
+    path = floored.save(tmp_path / "floored.pt")
+    loaded = load_model(path)
+    assert loaded.settings.input_floor == 0.02
+    from covidct.scanio import load_scan
+
+    prediction = loaded.predict(load_scan(scan_file))
+    np.testing.assert_allclose(prediction.probabilities, floored.classify(reads[None])[0], atol=1e-5)
+    assert (prediction.maps["infection"] < 0).any()
+    # mask_erode shaves the mask's outline (in-plane) off what the 3D CNN reads, not off the map.
+    from scipy import ndimage
+
+    eroded = _new_model(config, INPUT_INFECTION, masked.denoiser, cache, mask_input=True,
+                        mask_erode=1)
+    lungs = masked._lungs_for_file(scan_file, masked._file_content(scan_file)) > 0
+    inner = ndimage.binary_erosion(lungs, structure=np.ones((1, 3, 3), bool))
+    shaved, _ = eroded.input_for_file(scan_file)
+    assert 0 < inner.sum() < lungs.sum() and np.abs(signed[lungs & ~inner]).sum() > 0
+    np.testing.assert_array_equal(shaved, signed * inner)
+    np.testing.assert_array_equal(eroded.map_for_file(scan_file), signed)
+    assert _new_model(config, INPUT_INFECTION, masked.denoiser, cache,
+                      mask_erode=1).settings.mask_erode == 0  # no mask, nothing to shave
+    with pytest.raises(ModelError, match="input_floor"):
+        VolumeSettings(input_floor=-0.1)
+    with pytest.raises(ModelError, match="mask_erode"):
+        VolumeSettings(mask_erode=-1)

@@ -323,8 +323,7 @@ def denoiser_parity(model, float_path: str | os.PathLike, int8: str | os.PathLik
         for net, probs, found in zip(networks, probabilities, maps):
             array = infection_map(volume, net, model.settings)
             found.append(array)
-            probs.append(model.classify((array * lungs if model.settings.mask_input
-                                         else array)[None])[0])
+            probs.append(model.classify(model.reads(array, lungs)[None])[0])
         per_scan.append(map_agreement(maps[0][-1], maps[1][-1], lungs))
     reference, quantized = (np.stack(p) for p in probabilities)
     gap = np.abs(reference - quantized).max(1)

@@ -210,9 +210,11 @@ class CovidCTNet:
         """The (volume_slices, S, S) infection map or plain volume, before any lung mask."""
         if self.settings.input != INPUT_INFECTION:
             return cnn_input(volume, None, self.settings), "n/a"
-        # input_scale, mask_input and cnn_norm do not change the map itself: leave them out of the key.
+        # Settings of what the 3D CNN reads (scale, mask, floor, norm) do not change the map
+        # itself: leave them out of the key.
         settings = {k: v for k, v in self.settings.to_dict().items()
-                    if k not in ("input_scale", "mask_input", "cnn_norm")}
+                    if k not in ("input_scale", "mask_input", "cnn_norm", "input_floor",
+                                 "mask_erode")}
         key = ArrayCache.key("infection", content, {**settings, "denoiser": self._weights_key()})
         cached = self.cache.load(key)
         if cached is not None:
@@ -226,11 +228,28 @@ class CovidCTNet:
         """The (volume_slices, S, S) array the 3D CNN reads (infection map or plain volume),
         times the lung mask on its grid (``lungs``) when ``settings.mask_input``."""
         array, state = self.raw_input(volume, content)
+        if self.settings.mask_input and lungs is None:
+            raise ModelError("this CovidCTNet reads lung-masked inputs: a lung mask is needed")
+        return self.reads(array, lungs), state
+
+    def reads(self, raw: np.ndarray, lungs: np.ndarray | None) -> np.ndarray:
+        """What the 3D CNN reads from a raw map (or volume) and the lung mask on its grid:
+        the map floored at ``settings.input_floor`` (infection maps only), times the lung
+        mask (less ``settings.mask_erode`` voxels of its outline) when ``settings.mask_input``.
+        Training, prediction and the int8 check all call this, so they cannot read different
+        things."""
+        array = raw
+        if self.settings.input_floor is not None and self.settings.input == INPUT_INFECTION:
+            array = np.maximum(array - np.float32(self.settings.input_floor), np.float32(0))
         if self.settings.mask_input:
-            if lungs is None:
-                raise ModelError("this CovidCTNet reads lung-masked inputs: a lung mask is needed")
+            if self.settings.mask_erode:
+                # lazy: scipy is only needed here
+                from scipy import ndimage
+
+                lungs = ndimage.binary_erosion(lungs > 0, structure=np.ones((1, 3, 3), bool),
+                                               iterations=self.settings.mask_erode)
             array = array * lungs
-        return array, state
+        return array
 
     def classify(self, inputs: np.ndarray) -> np.ndarray:
         """Class probabilities (N, C) for (N, D, S, S) network inputs."""
@@ -264,7 +283,7 @@ class CovidCTNet:
         lungs = lung_grid(scan_lungs(scan), scan, raw.shape)
         timings["lung_mask"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        inputs = raw * lungs if self.settings.mask_input else raw
+        inputs = self.reads(raw, lungs)
         probabilities = self.classify(inputs[None])[0]
         timings["classify"] = time.perf_counter() - mark
         timings["total"] = time.perf_counter() - start
@@ -313,6 +332,15 @@ class CovidCTNet:
         lungs = self._lungs_for_file(path, content) if self.settings.mask_input else None
         inputs, _ = self.network_input(volume, content, lungs)
         return inputs, meta
+
+    def map_for_file(self, path: str | os.PathLike) -> np.ndarray:
+        """The infection map of a scan file as predictions show it (inside the lung mask when
+        ``settings.mask_input``), without ``input_floor``: what is scored against the
+        lesions is the map, not the floored copy the 3D CNN reads."""
+        volume, _ = self.volume_for_file(path)
+        content = self._file_content(path)
+        raw, _ = self.raw_input(volume, content)
+        return raw * self._lungs_for_file(path, content) if self.settings.mask_input else raw
 
     def _lungs_for_file(self, path: str | os.PathLike, content: str) -> np.ndarray:
         """The lung mask on the network's grid for a scan file (cached by the file's bytes)."""

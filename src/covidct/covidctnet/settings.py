@@ -44,6 +44,16 @@ class VolumeSettings:
     #: Normalisation after each of the 3D CNN's convolutions: "none" (the method), "batch"
     #: or "group" (cnn3d.CNN3D; this project's variant).
     cnn_norm: str = "none"
+    #: The 3D CNN reads max(map - input_floor, 0) instead of the signed infection map (None:
+    #: the map as it is, the method). Healthy lung leaves a residual too (vessels, and the
+    #: lung's edge against the chest wall and heart on the coarse grid): a floor drops the
+    #: small values it is made of and the negative half, which no lesion makes.
+    input_floor: float | None = None
+    #: With ``mask_input``: shave this many voxels off the lung mask's outline in every slice
+    #: before it multiplies what the 3D CNN reads (0: the mask as it is). On the coarse grid
+    #: the outline's voxels hold chest wall and heart as well as lung, and the denoiser's
+    #: residual there is as large as a small lesion's, in every class.
+    mask_erode: int = 0
 
     def __post_init__(self) -> None:
         # BCDU-Net pools three times (multiples of 8); the 3D CNN's unpadded first conv and
@@ -58,6 +68,11 @@ class VolumeSettings:
             raise ModelError(f"unknown cnn_norm {self.cnn_norm!r}; choose from {', '.join(CNN_NORMS)}")
         if not self.input_scale > 0:
             raise ModelError(f"input_scale must be positive, got {self.input_scale}")
+        if self.input_floor is not None and not 0.0 <= self.input_floor < 1.0:
+            raise ModelError(f"input_floor must be in [0, 1) (the map's window units), "
+                             f"got {self.input_floor}")
+        if self.mask_erode < 0:
+            raise ModelError(f"mask_erode must not be negative, got {self.mask_erode}")
         if self.spacing_mm <= 0 or self.max_denoised_slices < 0:
             raise ModelError("spacing_mm must be positive and max_denoised_slices >= 0")
 

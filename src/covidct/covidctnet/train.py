@@ -94,6 +94,10 @@ class TrainConfig:
     augment_shift: int = 2
     weight_decay: float = 0.0         # Adam's L2 penalty on the 3D CNN (the method: none)
     mask_input: bool = False          # the main 3D CNN reads lung-masked maps (VolumeSettings)
+    #: The main 3D CNN reads max(map - input_floor, 0) (VolumeSettings.input_floor; None: the
+    #: signed map, as the method).
+    input_floor: float | None = None
+    mask_erode: int = 0               # with mask_input: VolumeSettings.mask_erode
     #: Normalisation after each 3D CNN convolution (VolumeSettings.cnn_norm; the method: none).
     cnn_norm: str = "none"
     #: Raise the 3D CNN's learning rate linearly from lr / steps to lr over this many epochs
@@ -174,7 +178,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         denoiser = denoiser.to(device)  # the infection maps of the whole cohort run here
         if config.denoiser_file:
             summary["denoiser"] = {**facts, "file": str(path)}
-        main = _new_model(config, INPUT_INFECTION, denoiser, cache, mask_input=config.mask_input)
+        main = _new_model(config, INPUT_INFECTION, denoiser, cache, mask_input=config.mask_input,
+                          input_floor=config.input_floor, mask_erode=config.mask_erode)
         summary["classifier"] = train_classifier(config, run, cohort, main, "classifier", device,
                                                  run.model)
         if config.ablation:
@@ -435,12 +440,15 @@ def _network_inputs(net: CovidCTNet, items: list[CohortItem], desc: str,
 
 
 def _new_model(config: TrainConfig, input_kind: str, denoiser, cache,
-               mask_input: bool = False) -> CovidCTNet:
+               mask_input: bool = False, input_floor: float | None = None,
+               mask_erode: int = 0) -> CovidCTNet:
     import torch
 
     torch.manual_seed(config.seed)  # the main model and the ablations start from the same draw
     classes = BINARY_CLASSES if config.binary else VOLUME_CLASSES
-    settings = replace(config.settings(input_kind), mask_input=mask_input)
+    settings = replace(config.settings(input_kind), mask_input=mask_input,
+                       input_floor=input_floor if input_kind == INPUT_INFECTION else None,
+                       mask_erode=mask_erode if mask_input else 0)
     return CovidCTNet.build(settings, classes, denoiser, cache=cache)
 
 

@@ -63,7 +63,7 @@ def infection_localisation(model: Any, data: str | os.PathLike, split: str,
         return None
     maps, truths, labels, volumes = [], [], [], []
     for item in items:
-        maps.append(model.input_for_file(item.path)[0])
+        maps.append(model.map_for_file(item.path))
         files = truth_files[item.patient_id]
         truths.append(truth_on_grid(files["lesions"], files["lungs"], model.settings))
         labels.append(item.label)
