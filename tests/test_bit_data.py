@@ -181,3 +181,28 @@ def test_synthetic_marker_is_found_in_or_above_the_data_folder(tmp_path):
     assert not find_synthetic_marker(tmp_path / "covidx", tmp_path / "covidx" / "images")
     (tmp_path / "covidx" / "README.txt").write_text(f"{SYNTHETIC_TAG}: phantoms\n")
     assert find_synthetic_marker(tmp_path / "covidx" / "images")
+
+
+def test_rewindow_spreads_lung_from_ground_glass_and_both_transforms_apply_it():
+    from covidct.windowing import COVIDX_LUNG, LUNG_DETAIL
+
+    table = slice_data.rewindow_table(LUNG_DETAIL.name)
+    lung, glass, vessel = COVIDX_LUNG.to_uint8(np.array([-850.0, -600.0, 40.0]))
+    # In the COVIDx picture aerated lung and ground glass are ~42 grey levels apart; re-windowed
+    # at least twice that, and soft tissue saturates.
+    assert int(glass) - int(lung) < 50
+    assert int(table[glass]) - int(table[lung]) >= 2 * (int(glass) - int(lung))
+    assert table[vessel] == 255 and table[0] == 0 and np.all(np.diff(table.astype(int)) >= 0)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(60, 200, (48, 48), dtype=np.uint8)
+    for plain, windowed in ((EvalTransform(24), EvalTransform(24, LUNG_DETAIL.name)),
+                            (TrainTransform(40, 32), TrainTransform(40, 32, LUNG_DETAIL.name))):
+        assert np.array_equal(windowed.prepare(pixels), plain.prepare(table[pixels]))
+        assert not np.array_equal(windowed.prepare(pixels), plain.prepare(pixels))
+
+
+def test_unknown_rewindow_is_refused_when_the_config_is_made(tmp_path):
+    from covidct.bit.settings import TrainConfig
+
+    with pytest.raises(CovidctError, match="unknown window 'lung-narow'"):
+        TrainConfig(train_split="t", images="i", out=str(tmp_path), rewindow="lung-narow")

@@ -311,3 +311,26 @@ def test_balance_patients_without_balanced_is_refused_in_one_line(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--balance-patients" in proc.stderr and "--balanced" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_rewindow_travels_in_the_model_file_and_scoring_reads_through_it(trained, cohort, tmp_path):
+    from covidct.bit.model import SliceClassifier, build_network
+    from covidct.bit.slice_data import EvalTransform, rewindow_table
+    from covidct.windowing import LUNG_DETAIL
+
+    assert read_model_file(trained.model_path)["rewindow"] is None  # the paper's: as given
+    torch.manual_seed(0)
+    net = build_network(TINY_ARCH).eval()
+    for p in net.parameters():  # a non-zero head, so the pixels matter
+        torch.nn.init.normal_(p, std=0.05)
+    path = SliceClassifier(net=net, arch=TINY_ARCH, resize=40, crop=32,
+                           rewindow=LUNG_DETAIL.name).save(tmp_path / "m.pt")
+    model = load_model(path)
+    assert model.rewindow == LUNG_DETAIL.name and model.describe()["rewindow"] == LUNG_DETAIL.name
+    pixels = np.asarray(Image.open(cohort / "images" / "NCP_4_0_0.png"))
+    assert torch.equal(model.eval_transform()(pixels), EvalTransform(32)(rewindow_table(LUNG_DETAIL.name)[pixels]))
+    # Without the file's rewindow the same network scores other numbers: scoring applies it.
+    scored = model.score_dataset(cohort / "test_COVIDx_CT-2A.txt", cohort / "images").y_prob
+    model.rewindow = None
+    plain = model.score_dataset(cohort / "test_COVIDx_CT-2A.txt", cohort / "images").y_prob
+    assert not np.allclose(scored, plain, atol=1e-4)

@@ -48,16 +48,27 @@ class Window:
         """Approximate HU from a picture made with this window (saturated ends stay at the ends)."""
         return np.asarray(pixels, dtype=np.float32) / 255.0 * self.width + self.low
 
+    def table_from(self, picture: "Window") -> np.ndarray:
+        """A 256-entry uint8 table that turns an 8-bit picture made with ``picture`` into this
+        window (``table[pixels]``): a picture can be re-windowed only within its own range."""
+        return self.to_uint8(picture.from_uint8(np.arange(256)))
+
 
 #: COVIDx CT lung window: center -600, width 1500, i.e. [-1350, 150] HU -> [0, 255].
 COVIDX_LUNG = Window("covidx-lung", -1350.0, 150.0)
 #: CovidCTNet's range: HU clipped to [-1000, 400] and scaled to [0, 1].
 COVIDCTNET = Window("covidctnet", -1000.0, 400.0)
+#: What the slice classifier may read instead (``rewindow``, issue 12): the COVIDx picture narrowed
+#: to the lung's own range. Aerated lung (about -850 HU) and ground glass (-600) lie 40-60 grey
+#: levels apart in the COVIDx window, 85 here; everything from -250 HU up (vessels,
+#: consolidation, chest wall) saturates, since the COVIDx window spends 60% of its range there.
+LUNG_DETAIL = Window("lung-detail", -1000.0, -250.0)
 #: Display presets for the viewer (not used by any model).
 DISPLAY_LUNG = Window("lung", -1350.0, 150.0)
 DISPLAY_MEDIASTINUM = Window("mediastinum", -160.0, 240.0)
 
-WINDOWS = {w.name: w for w in (COVIDX_LUNG, COVIDCTNET, DISPLAY_LUNG, DISPLAY_MEDIASTINUM)}
+WINDOWS = {w.name: w for w in (COVIDX_LUNG, COVIDCTNET, LUNG_DETAIL, DISPLAY_LUNG,
+                                DISPLAY_MEDIASTINUM)}
 
 
 def get_window(name: str) -> Window:

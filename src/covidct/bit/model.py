@@ -82,6 +82,9 @@ class SliceClassifier:
     crop: int
     class_names: tuple[str, ...] = SLICE_CLASSES
     window: str = COVIDX_LUNG.name
+    #: The window the network reads its 8-bit lung-window slices in (None: as they are);
+    #: covidct.bit.slice_data.EvalTransform applies it, so every reader does the same.
+    rewindow: str | None = None
     crop_rule: str = "box"
     init: str = "random"
     trained_on: dict[str, Any] = field(default_factory=dict)
@@ -117,6 +120,8 @@ class SliceClassifier:
         self.device = torch.device("cpu") if self._net is None else next(self._net.parameters()).device
         #: The window named by ``window``: what pre-processing turns HU into 8 bits with.
         self.window_spec = get_window(self.window)
+        if self.rewindow is not None:
+            get_window(self.rewindow)
 
     # Saving and loading ------------------------------------------------------------
 
@@ -127,6 +132,7 @@ class SliceClassifier:
             "state_dict": cpu_state(self.torch_net),
             "class_names": list(self.class_names),
             "window": self.window,
+            "rewindow": self.rewindow,
             "resolution": {"resize": self.resize, "crop": self.crop},
             "crop_rule": self.crop_rule,
             "scan_crop_rule": "auto-body",
@@ -152,7 +158,8 @@ class SliceClassifier:
             raise ModelError(f"bit model file lacks {exc}", where) from None
         get_window(window)
         model = cls(net=None, arch=arch, resize=resize, crop=crop, class_names=class_names,
-                    window=window, crop_rule=record.get("crop_rule", "box"),
+                    window=window, rewindow=record.get("rewindow"),
+                    crop_rule=record.get("crop_rule", "box"),
                     init=record.get("init", ""), trained_on=record.get("trained_on", {}),
                     training=record.get("training", {}),
                     version=record.get("version") or record.get("covidct_version") or "",
@@ -176,8 +183,10 @@ class SliceClassifier:
 
     def export_metadata(self) -> dict[str, Any]:
         return {"covidct_source": self.file, "covidct_window": self.window,
-                "covidct_input": "8-bit lung-window slice cropped to its body box, resized to "
-                                 f"{self.crop}x{self.crop}, x/127.5-1, repeated to 3 channels"}
+                "covidct_input": "8-bit lung-window slice cropped to its body box, "
+                                 + (f"re-windowed to {self.rewindow}, " if self.rewindow else "")
+                                 + f"resized to {self.crop}x{self.crop}, x/127.5-1, repeated to "
+                                 "3 channels"}
 
     def use_networks(self, swapped: dict[str, Any], runtime: str) -> None:
         """Score on ``swapped["classifier"]``; Grad-CAM keeps :attr:`torch_net` (the same
@@ -191,11 +200,17 @@ class SliceClassifier:
 
     # Prediction ---------------------------------------------------------------------
 
+    def eval_transform(self) -> EvalTransform:
+        """A cropped 8-bit slice to the network's input, as in training (evaluation, Grad-CAM,
+        features and int8 calibration all read through it)."""
+        return EvalTransform(self.crop, self.rewindow)
+
     def describe(self) -> dict[str, Any]:
         """Model provenance for a Prediction (no patient data; covidct.models.Model.describe)."""
         return {"name": METHOD_BIT, "method": self.method, "file": dict(self.file),
                 "covidct_version": self.version, "class_names": list(self.class_names),
                 "arch": self.arch, "init": self.init, "window": self.window,
+                "rewindow": self.rewindow,
                 "resolution": [self.resize, self.crop], "trained_on": self.trained_on,
                 "synthetic": bool(self.trained_on.get("synthetic", False))}
 
@@ -205,7 +220,7 @@ class SliceClassifier:
 
     def predict_pixels(self, slices: Sequence[np.ndarray], boxes: Sequence[Sequence[int]]) -> np.ndarray:
         """Class probabilities (n, C) of 8-bit slices cropped to their boxes."""
-        transform = EvalTransform(self.crop)
+        transform = self.eval_transform()
         tensors = [transform(crop_box(s, b)) for s, b in zip(slices, boxes)]
         batches = [(torch.stack(tensors[i:i + self.batch_size]), torch.zeros(0))
                    for i in range(0, len(tensors), self.batch_size)]
@@ -242,7 +257,7 @@ class SliceClassifier:
     def score_dataset(self, split_file: str | Path, image_dir: str | Path, batch_size: int = 32,
                       workers: int = 0) -> Scores:
         """Per-slice probabilities on a labelled COVIDx split (for covidct evaluate)."""
-        dataset = COVIDxDataset(split_file, image_dir, EvalTransform(self.crop))
+        dataset = COVIDxDataset(split_file, image_dir, self.eval_transform())
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                              collate_fn=collate)
         logits, labels = infer_logits(self.net, _progress(loader, "scoring"), self.device)

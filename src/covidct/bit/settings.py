@@ -29,6 +29,7 @@ class TrainConfig:
     init: str = "bit-m"                     # the paper's best initialisation (ImageNet-21k)
     resize: int = RESOLUTIONS[DEFAULT_RESOLUTION][0]
     crop: int = RESOLUTIONS[DEFAULT_RESOLUTION][1]
+    rewindow: str | None = None             # read the COVIDx pictures in this window (the paper: as given)
     schedule: tuple[int, ...] = SCHEDULES[DEFAULT_SCHEDULE]
     batch_size: int = 64
     batch_split: int = 1                    # micro-batches per step (gradient accumulation)
@@ -55,6 +56,10 @@ class TrainConfig:
         self.schedule = tuple(int(s) for s in self.schedule)
         if self.batch_size < 1 or self.batch_split < 1 or self.val_every < 1:
             raise CovidctError("batch size, batch split and --val-every must be positive")
+        if self.rewindow is not None:
+            from ..windowing import get_window  # lazy: keeps numpy off the --help path
+
+            get_window(self.rewindow)  # an unknown name fails here, not after data loading
         if self.balance_patients and not self.balanced:
             raise CovidctError("--balance-patients balances the patients within each class of "
                                "--balanced sampling; give both")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -20,6 +21,7 @@ from PIL import Image
 from ..constants import SYNTHETIC_TAG
 from ..covidx import SliceRecord, check_images, read_split
 from ..errors import CovidctError, DatasetError
+from ..windowing import COVIDX_LUNG, get_window
 
 #: BiT normalisation: pixels in [0, 1] -> [-1, 1] (timm's IMAGENET_INCEPTION_MEAN/STD).
 MEAN, STD = 0.5, 0.5
@@ -55,18 +57,31 @@ def _resize(pixels: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR))
 
 
+@lru_cache(maxsize=None)
+def rewindow_table(window: str) -> np.ndarray:
+    """The table that re-windows an 8-bit COVIDx (lung-window) picture to the named window."""
+    return get_window(window).table_from(COVIDX_LUNG)
+
+
+def _rewindowed(pixels: np.ndarray, window: str | None) -> np.ndarray:
+    """``pixels`` as the classifier reads them: in ``window`` (None: the picture as it is)."""
+    return pixels if window is None else rewindow_table(window)[pixels]
+
+
 @dataclass(frozen=True)
 class EvalTransform:
-    """BiT-HyperRule evaluation: resize the cropped slice to (crop, crop)."""
+    """BiT-HyperRule evaluation: resize the cropped slice to (crop, crop). ``rewindow``: first
+    turn the COVIDx-window picture into that window (a model's ``rewindow``)."""
 
     crop: int
+    rewindow: str | None = None
 
     def __call__(self, pixels: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
         return self.augment(self.prepare(pixels), rng)
 
     def prepare(self, pixels: np.ndarray) -> np.ndarray:
         """The deterministic part (what :class:`COVIDxDataset` may keep): the resized slice."""
-        return _resize(pixels, self.crop)
+        return _resize(_rewindowed(pixels, self.rewindow), self.crop)
 
     def augment(self, prepared: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
         return to_tensor(prepared)
@@ -74,17 +89,19 @@ class EvalTransform:
 
 @dataclass(frozen=True)
 class TrainTransform:
-    """BiT-HyperRule training: resize to (resize, resize), random (crop, crop), random h-flip."""
+    """BiT-HyperRule training: resize to (resize, resize), random (crop, crop), random h-flip
+    (``rewindow`` as :class:`EvalTransform`'s)."""
 
     resize: int
     crop: int
+    rewindow: str | None = None
 
     def __call__(self, pixels: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         return self.augment(self.prepare(pixels), rng)
 
     def prepare(self, pixels: np.ndarray) -> np.ndarray:
         """The deterministic part (what :class:`COVIDxDataset` may keep): the resized slice."""
-        return _resize(pixels, self.resize)
+        return _resize(_rewindowed(pixels, self.rewindow), self.resize)
 
     def augment(self, img: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         top, left = (int(v) for v in rng.integers(0, self.resize - self.crop + 1, size=2))
