@@ -52,7 +52,8 @@ from ..prediction import Prediction, Scores
 from ..scan import Scan
 from ..lungs import lung_report, scan_lungs
 from ..windowing import COVIDX_LUNG, get_window
-from .slice_data import COVIDxDataset, EvalTransform, collate, crop_box, find_synthetic_marker
+from .slice_data import (CROP_RULES, COVIDxDataset, EvalTransform, collate, crop_box,
+                         find_synthetic_marker, input_box)
 # Re-exported: model files, scripts and tests name them from here.
 from .inputs import (MAX_SLICES, aggregation_rule, covidx_split, lung_slices,  # noqa: F401
                      scan_body_box, scan_summary, slice_pixels)
@@ -85,6 +86,7 @@ class SliceClassifier:
     #: The window the network reads its 8-bit lung-window slices in (None: as they are);
     #: covidct.bit.slice_data.EvalTransform applies it, so every reader does the same.
     rewindow: str | None = None
+    #: "box": the body box; "lungs": the lungs' box inside it (slice_data.CROP_RULES).
     crop_rule: str = "box"
     init: str = "random"
     trained_on: dict[str, Any] = field(default_factory=dict)
@@ -122,6 +124,9 @@ class SliceClassifier:
         self.window_spec = get_window(self.window)
         if self.rewindow is not None:
             get_window(self.rewindow)
+        if self.crop_rule not in CROP_RULES:
+            raise ModelError(f"unknown crop rule {self.crop_rule!r}; known: {', '.join(CROP_RULES)}",
+                             self.file.get("name"))
 
     # Saving and loading ------------------------------------------------------------
 
@@ -135,7 +140,7 @@ class SliceClassifier:
             "rewindow": self.rewindow,
             "resolution": {"resize": self.resize, "crop": self.crop},
             "crop_rule": self.crop_rule,
-            "scan_crop_rule": "auto-body",
+            "scan_crop_rule": "auto-body" if self.crop_rule == "box" else "auto-body-lungs",
             "init": self.init,
             "trained_on": self.trained_on,
             "synthetic": bool(self.trained_on.get("synthetic", False)),
@@ -183,7 +188,8 @@ class SliceClassifier:
 
     def export_metadata(self) -> dict[str, Any]:
         return {"covidct_source": self.file, "covidct_window": self.window,
-                "covidct_input": "8-bit lung-window slice cropped to its body box, "
+                "covidct_input": "8-bit lung-window slice cropped to its "
+                                 + ("body box, " if self.crop_rule == "box" else "lungs' box, ")
                                  + (f"re-windowed to {self.rewindow}, " if self.rewindow else "")
                                  + f"resized to {self.crop}x{self.crop}, x/127.5-1, repeated to "
                                  "3 channels"}
@@ -200,6 +206,19 @@ class SliceClassifier:
 
     # Prediction ---------------------------------------------------------------------
 
+    def input_box(self, pixels: np.ndarray, box: Sequence[int]) -> tuple[int, int, int, int]:
+        """The box this network reads of an 8-bit slice whose body box is ``box`` (the split
+        file's or the scan's automatic one), by its ``crop_rule``."""
+        return input_box(pixels, box, self.crop_rule)
+
+    def scan_box(self, pixels: np.ndarray) -> tuple[int, int, int, int]:
+        """:meth:`input_box` of a scan slice, from its automatic body box."""
+        return self.input_box(pixels, scan_body_box(pixels, self.window_spec))
+
+    def dataset(self, split_file: str | Path, image_dir: str | Path) -> COVIDxDataset:
+        """A labelled COVIDx split as this network reads it (crop rule, transform)."""
+        return COVIDxDataset(split_file, image_dir, self.eval_transform(), crop_rule=self.crop_rule)
+
     def eval_transform(self) -> EvalTransform:
         """A cropped 8-bit slice to the network's input, as in training (evaluation, Grad-CAM,
         features and int8 calibration all read through it)."""
@@ -210,7 +229,7 @@ class SliceClassifier:
         return {"name": METHOD_BIT, "method": self.method, "file": dict(self.file),
                 "covidct_version": self.version, "class_names": list(self.class_names),
                 "arch": self.arch, "init": self.init, "window": self.window,
-                "rewindow": self.rewindow,
+                "rewindow": self.rewindow, "crop_rule": self.crop_rule,
                 "resolution": [self.resize, self.crop], "trained_on": self.trained_on,
                 "synthetic": bool(self.trained_on.get("synthetic", False))}
 
@@ -239,7 +258,7 @@ class SliceClassifier:
         indices, found = lung_slices(scan, self.max_slices)  # refuses implausible scans
         selected = time.perf_counter()
         pixels = [self.pixels(scan, int(k)) for k in indices]
-        boxes = [scan_body_box(p, self.window_spec) for p in pixels]
+        boxes = [self.scan_box(p) for p in pixels]
         cropped = time.perf_counter()
         probs = self.predict_pixels(pixels, boxes)
         done = time.perf_counter()
@@ -257,7 +276,7 @@ class SliceClassifier:
     def score_dataset(self, split_file: str | Path, image_dir: str | Path, batch_size: int = 32,
                       workers: int = 0) -> Scores:
         """Per-slice probabilities on a labelled COVIDx split (for covidct evaluate)."""
-        dataset = COVIDxDataset(split_file, image_dir, self.eval_transform())
+        dataset = self.dataset(split_file, image_dir)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                              collate_fn=collate)
         logits, labels = infer_logits(self.net, _progress(loader, "scoring"), self.device)
@@ -281,7 +300,7 @@ class SliceClassifier:
         for row in order[:n_slices]:
             k = int(prediction.slice_indices[row])
             pixels = self.pixels(scan, k)
-            box = scan_body_box(pixels, self.window_spec)
+            box = self.scan_box(pixels)
             cam = slice_gradcam(self, pixels, box, class_index=called)
             # The lung outline, so a reader sees whether the heat is in the lung.
             outline = crop_box(lungs.labels[k], box) > 0
@@ -313,7 +332,7 @@ class SliceClassifier:
         pre-processed as :meth:`predict` does (lung window, body box), returned on the
         slice's own grid in [0, 1] (zero outside the box): the web viewer's overlay."""
         pixels = slice_pixels(values, is_hu, self.window_spec)
-        box = scan_body_box(pixels, self.window_spec)
+        box = self.scan_box(pixels)
         cam = slice_gradcam(self, pixels, box, class_index=class_index)["cam"]
         x0, y0, x1, y1 = box
         full = np.zeros(pixels.shape, dtype=np.float32)

@@ -29,7 +29,8 @@ class TrainConfig:
     init: str = "bit-m"                     # the paper's best initialisation (ImageNet-21k)
     resize: int = RESOLUTIONS[DEFAULT_RESOLUTION][0]
     crop: int = RESOLUTIONS[DEFAULT_RESOLUTION][1]
-    rewindow: str | None = None             # read the COVIDx pictures in this window (the paper: as given)
+    rewindow: str | None = None
+    crop_rule: str = "box"                  # "lungs": the lungs' box inside the body box (the paper: body)             # read the COVIDx pictures in this window (the paper: as given)
     schedule: tuple[int, ...] = SCHEDULES[DEFAULT_SCHEDULE]
     batch_size: int = 64
     batch_split: int = 1                    # micro-batches per step (gradient accumulation)
@@ -60,6 +61,8 @@ class TrainConfig:
             from ..windowing import get_window  # lazy: keeps numpy off the --help path
 
             get_window(self.rewindow)  # an unknown name fails here, not after data loading
+        if self.crop_rule not in ("box", "lungs"):  # slice_data.CROP_RULES (torch-free here)
+            raise CovidctError(f"unknown crop rule {self.crop_rule!r}; known: box, lungs")
         if self.balance_patients and not self.balanced:
             raise CovidctError("--balance-patients balances the patients within each class of "
                                "--balanced sampling; give both")

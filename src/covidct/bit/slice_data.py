@@ -21,7 +21,7 @@ from PIL import Image
 from ..constants import SYNTHETIC_TAG
 from ..covidx import SliceRecord, check_images, read_split
 from ..errors import CovidctError, DatasetError
-from ..windowing import COVIDX_LUNG, get_window
+from ..windowing import COVIDX_LUNG, get_window, lung_box
 
 #: BiT normalisation: pixels in [0, 1] -> [-1, 1] (timm's IMAGENET_INCEPTION_MEAN/STD).
 MEAN, STD = 0.5, 0.5
@@ -35,6 +35,21 @@ def crop_box(pixels: np.ndarray, box: Sequence[int]) -> np.ndarray:
     """Cut an inclusive (xmin, ymin, xmax, ymax) box out of a 2D uint8 slice."""
     xmin, ymin, xmax, ymax = (int(v) for v in box)
     return pixels[ymin:ymax + 1, xmin:xmax + 1]
+
+
+#: What a slice classifier crops its slices to: "box", the body box it is given (the split
+#: file's, or the automatic one of a scan); "lungs", the aerated lungs' box inside it
+#: (covidct.windowing.lung_box), where lesions get about twice the pixels at the same size.
+CROP_RULES = ("box", "lungs")
+
+
+def input_box(pixels: np.ndarray, box: Sequence[int], crop_rule: str = "box") -> tuple[int, int, int, int]:
+    """The box a classifier with ``crop_rule`` reads of an 8-bit slice whose body box is ``box``."""
+    if crop_rule == "lungs":
+        return lung_box(pixels, tuple(int(v) for v in box))
+    if crop_rule != "box":
+        raise CovidctError(f"unknown crop rule {crop_rule!r}; known: {', '.join(CROP_RULES)}")
+    return tuple(int(v) for v in box)
 
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
@@ -130,7 +145,8 @@ def read_gray(path: str | os.PathLike) -> np.ndarray:
 # The COVIDx dataset -------------------------------------------------------------------
 
 class COVIDxDataset(torch.utils.data.Dataset):
-    """COVIDx CT slices (``filename class xmin ymin xmax ymax``) cropped to their body box.
+    """COVIDx CT slices (``filename class xmin ymin xmax ymax``) cropped to their body box
+    (``crop_rule`` "lungs": to the lungs' box inside it, :func:`input_box`).
 
     Items are addressed by ``(index, seed)``; the seed drives the random crop and flip of
     that item, so augmentation is reproducible in any worker. A plain int index uses seed 0.
@@ -146,13 +162,16 @@ class COVIDxDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, split: str | os.PathLike | Sequence[SliceRecord], image_dir: str | os.PathLike,
-                 transform=None, check: bool = True, keep_prepared: bool = False):
+                 transform=None, check: bool = True, keep_prepared: bool = False,
+                 crop_rule: str = "box"):
         self.split_file = None if isinstance(split, (list, tuple)) else Path(split)
         self.records: list[SliceRecord] = list(split) if self.split_file is None else read_split(split)
         if not self.records:
             raise DatasetError("no slices to use", self.split_file or image_dir)
         self.image_dir = Path(image_dir)
         self.transform = transform or EvalTransform(224)
+        input_box(np.zeros((2, 2), np.uint8), (0, 0, 1, 1), crop_rule)  # an unknown rule fails now
+        self.crop_rule = crop_rule
         self._prepared: dict[int, np.ndarray] | None = {} if keep_prepared else None
         if check:
             check_images(self.records, self.image_dir)
@@ -177,7 +196,8 @@ class COVIDxDataset(torch.utils.data.Dataset):
         return self.transform.augment(prepared, rng), record.label
 
     def _read(self, record: SliceRecord) -> np.ndarray:
-        return crop_box(read_gray(self.image_dir / record.filename), record.box)
+        pixels = read_gray(self.image_dir / record.filename)
+        return crop_box(pixels, input_box(pixels, record.box, self.crop_rule))
 
 
 #: Memory that one process may spend keeping prepared training slices (keep_prepared).
