@@ -52,8 +52,9 @@ from ..prediction import Prediction, Scores
 from ..scan import Scan
 from ..lungs import lung_report, scan_lungs
 from ..windowing import COVIDX_LUNG, get_window
-from .slice_data import (CROP_RULES, COVIDxDataset, EvalTransform, collate, crop_box,
-                         find_synthetic_marker, input_box)
+from .settings import CROP_RULES
+from .slice_data import (COVIDxDataset, EvalTransform, collate, crop_box, find_synthetic_marker,
+                         input_box)
 # Re-exported: model files, scripts and tests name them from here.
 from .inputs import (MAX_SLICES, aggregation_rule, covidx_split, lung_slices,  # noqa: F401
                      scan_body_box, scan_summary, slice_pixels)
@@ -86,7 +87,7 @@ class SliceClassifier:
     #: The window the network reads its 8-bit lung-window slices in (None: as they are);
     #: covidct.bit.slice_data.EvalTransform applies it, so every reader does the same.
     rewindow: str | None = None
-    #: "box": the body box; "lungs": the lungs' box inside it (slice_data.CROP_RULES).
+    #: "box": the body box; "lungs": the lungs' box inside it (settings.CROP_RULES).
     crop_rule: str = "box"
     init: str = "random"
     trained_on: dict[str, Any] = field(default_factory=dict)

@@ -22,6 +22,7 @@ from ..constants import SYNTHETIC_TAG
 from ..covidx import SliceRecord, check_images, read_split
 from ..errors import CovidctError, DatasetError
 from ..windowing import COVIDX_LUNG, get_window, lung_box
+from .settings import CROP_RULES
 
 #: BiT normalisation: pixels in [0, 1] -> [-1, 1] (timm's IMAGENET_INCEPTION_MEAN/STD).
 MEAN, STD = 0.5, 0.5
@@ -35,12 +36,6 @@ def crop_box(pixels: np.ndarray, box: Sequence[int]) -> np.ndarray:
     """Cut an inclusive (xmin, ymin, xmax, ymax) box out of a 2D uint8 slice."""
     xmin, ymin, xmax, ymax = (int(v) for v in box)
     return pixels[ymin:ymax + 1, xmin:xmax + 1]
-
-
-#: What a slice classifier crops its slices to: "box", the body box it is given (the split
-#: file's, or the automatic one of a scan); "lungs", the aerated lungs' box inside it
-#: (covidct.windowing.lung_box), where lesions get about twice the pixels at the same size.
-CROP_RULES = ("box", "lungs")
 
 
 def input_box(pixels: np.ndarray, box: Sequence[int], crop_rule: str = "box") -> tuple[int, int, int, int]:
