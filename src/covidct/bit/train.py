@@ -131,7 +131,8 @@ def _prepare_data(config: TrainConfig, proc: _Proc) -> _Data:
     records = read_split(config.train_split)
     if config.max_train_per_class:
         records = subsample_per_class(records, config.max_train_per_class, config.seed)
-    train = COVIDxDataset(records, config.images, TrainTransform(config.resize, config.crop, config.rewindow),
+    train = COVIDxDataset(records, config.images,
+                          TrainTransform(config.resize, config.crop, config.rewindow),
                           keep_prepared=fits_in_memory(len(records), config.resize),
                           crop_rule=config.crop_rule)
     summary: dict[str, Any] = {"train": _split_summary(records, config.train_split)}
@@ -374,9 +375,8 @@ def _finish(config: TrainConfig, net: torch.nn.Module, data: _Data, weights: str
                 "seed": config.seed, "best_step": best["step"], "best_val_acc": best["val_acc"]
                 if best["step"] is not None else None}
     classifier = SliceClassifier(net=net, arch=config.arch, resize=config.resize, crop=config.crop,
-                                 rewindow=config.rewindow, crop_rule=config.crop_rule, init=config.init,
-                                 trained_on=data.summary,
-                                 training=training)
+                                 rewindow=config.rewindow, crop_rule=config.crop_rule,
+                                 init=config.init, trained_on=data.summary, training=training)
     model_path = classifier.save(run_dir / "model.pt")
     tail = [r["loss"] for r in history[-10:]]
     val_rows = [r for r in history if r["val_acc"] is not None]
