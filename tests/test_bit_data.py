@@ -181,3 +181,78 @@ def test_synthetic_marker_is_found_in_or_above_the_data_folder(tmp_path):
     assert not find_synthetic_marker(tmp_path / "covidx", tmp_path / "covidx" / "images")
     (tmp_path / "covidx" / "README.txt").write_text(f"{SYNTHETIC_TAG}: phantoms\n")
     assert find_synthetic_marker(tmp_path / "covidx" / "images")
+
+
+def test_rewindow_spreads_lung_from_ground_glass_and_both_transforms_apply_it():
+    from covidct.windowing import COVIDX_LUNG, LUNG_DETAIL
+
+    table = slice_data.rewindow_table(LUNG_DETAIL.name)
+    lung, glass, vessel = COVIDX_LUNG.to_uint8(np.array([-850.0, -600.0, 40.0]))
+    # In the COVIDx picture aerated lung and ground glass are ~42 grey levels apart; re-windowed
+    # at least twice that, and soft tissue saturates.
+    assert int(glass) - int(lung) < 50
+    assert int(table[glass]) - int(table[lung]) >= 2 * (int(glass) - int(lung))
+    assert table[vessel] == 255 and table[0] == 0 and np.all(np.diff(table.astype(int)) >= 0)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(60, 200, (48, 48), dtype=np.uint8)
+    for plain, windowed in ((EvalTransform(24), EvalTransform(24, LUNG_DETAIL.name)),
+                            (TrainTransform(40, 32), TrainTransform(40, 32, LUNG_DETAIL.name))):
+        assert np.array_equal(windowed.prepare(pixels), plain.prepare(table[pixels]))
+        assert not np.array_equal(windowed.prepare(pixels), plain.prepare(pixels))
+
+
+def test_unknown_rewindow_is_refused_when_the_config_is_made(tmp_path):
+    from covidct.bit.settings import TrainConfig
+
+    with pytest.raises(CovidctError, match="unknown window 'lung-narow'"):
+        TrainConfig(train_split="t", images="i", out=str(tmp_path), rewindow="lung-narow")
+
+
+def _chest(size=128, bubble=True):
+    """An 8-bit COVIDx-window chest: air outside, a soft-tissue body, two aerated lungs and (below
+    them) a small gas bubble; returns the picture, its body box and the lungs' true extent."""
+    from covidct.windowing import COVIDX_LUNG
+
+    yy, xx = np.mgrid[0:size, 0:size]
+    hu = np.full((size, size), -1000.0)
+    body = ((xx - 64) / 56) ** 2 + ((yy - 64) / 40) ** 2 < 1
+    hu[body] = 40.0
+    lungs = (((xx - 44) / 14) ** 2 + ((yy - 58) / 22) ** 2 < 1) | (((xx - 84) / 14) ** 2 + ((yy - 58) / 22) ** 2 < 1)
+    hu[lungs] = -850.0
+    if bubble:
+        hu[(xx - 64) ** 2 + (yy - 94) ** 2 < 9] = -1000.0  # bowel gas: air, but not lung
+    ys, xs = np.nonzero(body)
+    box = (int(xs.min()) - 2, int(ys.min()) - 2, int(xs.max()) + 2, int(ys.max()) + 2)
+    ly, lx = np.nonzero(lungs)
+    return COVIDX_LUNG.to_uint8(hu), box, (int(lx.min()), int(ly.min()), int(lx.max()), int(ly.max()))
+
+
+def test_lung_box_holds_the_lungs_with_a_margin_and_leaves_out_gas_and_the_body_wall():
+    from covidct.windowing import lung_box
+
+    pixels, body, lungs = _chest()
+    x0, y0, x1, y1 = lung_box(pixels, body)
+    assert x0 <= lungs[0] - 4 and y0 <= lungs[1] - 4 and x1 >= lungs[2] + 4 and y1 >= lungs[3] + 4
+    assert body[0] <= x0 and body[1] <= y0 and x1 <= body[2] and y1 <= body[3]
+    assert y1 < 91          # the gas bubble at rows 91-97 is not lung
+    assert (x1 - x0) * (y1 - y0) < 0.6 * (body[2] - body[0]) * (body[3] - body[1])
+    solid = pixels.copy()
+    solid[solid < 100] = 236  # no air inside the body: the body box is read as it is
+    solid[:body[1]] = 0
+    assert lung_box(solid, body) == tuple(body)
+
+
+def test_dataset_crops_by_its_crop_rule_and_refuses_an_unknown_one(tmp_path):
+    from covidct.windowing import lung_box
+
+    pixels, body, _ = _chest()
+    (tmp_path / "images").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "images" / "P0_1.png")
+    records = [SliceRecord("P0_1.png", 2, body)]
+    whole = COVIDxDataset(records, tmp_path / "images", EvalTransform(32))
+    lungs = COVIDxDataset(records, tmp_path / "images", EvalTransform(32), crop_rule="lungs")
+    x0, y0, x1, y1 = lung_box(pixels, body)
+    assert torch.equal(lungs[0][0], EvalTransform(32)(pixels[y0:y1 + 1, x0:x1 + 1]))
+    assert not torch.equal(lungs[0][0], whole[0][0])
+    with pytest.raises(CovidctError, match="unknown crop rule 'lung'"):
+        COVIDxDataset(records, tmp_path / "images", crop_rule="lung")

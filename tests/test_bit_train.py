@@ -311,3 +311,50 @@ def test_balance_patients_without_balanced_is_refused_in_one_line(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--balance-patients" in proc.stderr and "--balanced" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_rewindow_travels_in_the_model_file_and_scoring_reads_through_it(trained, cohort, tmp_path):
+    from covidct.bit.model import SliceClassifier, build_network
+    from covidct.bit.slice_data import EvalTransform, rewindow_table
+    from covidct.windowing import LUNG_DETAIL
+
+    assert read_model_file(trained.model_path)["rewindow"] is None  # the paper's: as given
+    torch.manual_seed(0)
+    net = build_network(TINY_ARCH).eval()
+    for p in net.parameters():  # a non-zero head, so the pixels matter
+        torch.nn.init.normal_(p, std=0.05)
+    path = SliceClassifier(net=net, arch=TINY_ARCH, resize=40, crop=32,
+                           rewindow=LUNG_DETAIL.name).save(tmp_path / "m.pt")
+    model = load_model(path)
+    assert model.rewindow == LUNG_DETAIL.name and model.describe()["rewindow"] == LUNG_DETAIL.name
+    pixels = np.asarray(Image.open(cohort / "images" / "NCP_4_0_0.png"))
+    assert torch.equal(model.eval_transform()(pixels), EvalTransform(32)(rewindow_table(LUNG_DETAIL.name)[pixels]))
+    # Without the file's rewindow the same network scores other numbers: scoring applies it.
+    scored = model.score_dataset(cohort / "test_COVIDx_CT-2A.txt", cohort / "images").y_prob
+    model.rewindow = None
+    plain = model.score_dataset(cohort / "test_COVIDx_CT-2A.txt", cohort / "images").y_prob
+    assert not np.allclose(scored, plain, atol=1e-4)
+
+
+def test_lungs_crop_rule_travels_in_the_model_file_and_every_reader_crops_by_it(cohort, tmp_path):
+    from covidct.bit.model import SliceClassifier, build_network
+    from covidct.covidx import read_split
+    from covidct.windowing import lung_box
+
+    torch.manual_seed(0)
+    net = build_network(TINY_ARCH).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    path = SliceClassifier(net=net, arch=TINY_ARCH, resize=40, crop=32, crop_rule="lungs").save(tmp_path / "m.pt")
+    assert read_model_file(path)["scan_crop_rule"] == "auto-body-lungs"
+    model = load_model(path)
+    assert model.crop_rule == "lungs" and model.describe()["crop_rule"] == "lungs"
+    record = read_split(cohort / "test_COVIDx_CT-2A.txt")[0]
+    pixels = np.asarray(Image.open(cohort / "images" / record.filename))
+    assert model.input_box(pixels, record.box) == lung_box(pixels, record.box) != record.box
+    split = cohort / "test_COVIDx_CT-2A.txt"
+    lungs = model.score_dataset(split, cohort / "images").y_prob
+    model.crop_rule = "box"
+    assert not np.allclose(lungs, model.score_dataset(split, cohort / "images").y_prob, atol=1e-4)
+    with pytest.raises(CovidctError, match="unknown crop rule"):
+        tiny_config(cohort, tmp_path / "r", crop_rule="lung")

@@ -107,3 +107,17 @@ def test_bad_demo_options_exit_2_before_any_work(tmp_path, capsys, args, words):
     assert cli_main(["demo", "--out", str(out), "--no-progress", *args]) == 2
     assert words in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_slice_classifier_crop_rule_and_window_reach_its_training(tmp_path):
+    from dataclasses import replace
+
+    from covidct.demo import bit_train_config
+
+    def config(settings):
+        return bit_train_config(settings, tmp_path / "train.txt", tmp_path, tmp_path / "run",
+                                False, "test")
+
+    assert (config(DemoSettings()).crop_rule, config(DemoSettings()).rewindow) == ("box", None)
+    chosen = config(replace(DemoSettings(), bit_crop_rule="lungs", bit_rewindow="lung-detail"))
+    assert (chosen.crop_rule, chosen.rewindow) == ("lungs", "lung-detail")

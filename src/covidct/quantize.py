@@ -87,9 +87,9 @@ def training_inputs(model, split_file: str | os.PathLike, image_dir: str | os.Pa
     import torch
 
     # lazy: imports torch, PIL, which this module does not need on import
-    from .bit.slice_data import COVIDxDataset, EvalTransform, normalize
+    from .bit.slice_data import normalize
 
-    dataset = COVIDxDataset(split_file, image_dir, EvalTransform(model.crop))
+    dataset = model.dataset(split_file, image_dir)
     picks = evenly_spaced(len(dataset), n)
     pixels = torch.stack([dataset[int(i)][0] for i in picks])
     return np.ascontiguousarray(normalize(pixels).numpy(), dtype=np.float32)

@@ -52,7 +52,9 @@ from ..prediction import Prediction, Scores
 from ..scan import Scan
 from ..lungs import lung_report, scan_lungs
 from ..windowing import COVIDX_LUNG, get_window
-from .slice_data import COVIDxDataset, EvalTransform, collate, crop_box, find_synthetic_marker
+from .settings import CROP_RULES
+from .slice_data import (COVIDxDataset, EvalTransform, collate, crop_box, find_synthetic_marker,
+                         input_box)
 # Re-exported: model files, scripts and tests name them from here.
 from .inputs import (MAX_SLICES, aggregation_rule, covidx_split, lung_slices,  # noqa: F401
                      scan_body_box, scan_summary, slice_pixels)
@@ -82,6 +84,10 @@ class SliceClassifier:
     crop: int
     class_names: tuple[str, ...] = SLICE_CLASSES
     window: str = COVIDX_LUNG.name
+    #: The window the network reads its 8-bit lung-window slices in (None: as they are);
+    #: covidct.bit.slice_data.EvalTransform applies it, so every reader does the same.
+    rewindow: str | None = None
+    #: "box": the body box; "lungs": the lungs' box inside it (settings.CROP_RULES).
     crop_rule: str = "box"
     init: str = "random"
     trained_on: dict[str, Any] = field(default_factory=dict)
@@ -119,6 +125,11 @@ class SliceClassifier:
         self.device = torch.device("cpu") if self._net is None else next(self._net.parameters()).device
         #: The window named by ``window``: what pre-processing turns HU into 8 bits with.
         self.window_spec = get_window(self.window)
+        if self.rewindow is not None:
+            get_window(self.rewindow)
+        if self.crop_rule not in CROP_RULES:
+            raise ModelError(f"unknown crop rule {self.crop_rule!r}; known: {', '.join(CROP_RULES)}",
+                             self.file.get("name"))
 
     # Saving and loading ------------------------------------------------------------
 
@@ -129,9 +140,10 @@ class SliceClassifier:
             "state_dict": cpu_state(self.torch_net),
             "class_names": list(self.class_names),
             "window": self.window,
+            "rewindow": self.rewindow,
             "resolution": {"resize": self.resize, "crop": self.crop},
             "crop_rule": self.crop_rule,
-            "scan_crop_rule": "auto-body",
+            "scan_crop_rule": "auto-body" if self.crop_rule == "box" else "auto-body-lungs",
             "init": self.init,
             "trained_on": self.trained_on,
             "synthetic": bool(self.trained_on.get("synthetic", False)),
@@ -154,7 +166,8 @@ class SliceClassifier:
             raise ModelError(f"bit model file lacks {exc}", where) from None
         get_window(window)
         model = cls(net=None, arch=arch, resize=resize, crop=crop, class_names=class_names,
-                    window=window, crop_rule=record.get("crop_rule", "box"),
+                    window=window, rewindow=record.get("rewindow"),
+                    crop_rule=record.get("crop_rule", "box"),
                     init=record.get("init", ""), trained_on=record.get("trained_on", {}),
                     training=record.get("training", {}),
                     version=record.get("version") or record.get("covidct_version") or "",
@@ -178,8 +191,11 @@ class SliceClassifier:
 
     def export_metadata(self) -> dict[str, Any]:
         return {"covidct_source": self.file, "covidct_window": self.window,
-                "covidct_input": "8-bit lung-window slice cropped to its body box, resized to "
-                                 f"{self.crop}x{self.crop}, x/127.5-1, repeated to 3 channels"}
+                "covidct_input": "8-bit lung-window slice cropped to its "
+                                 + ("body box, " if self.crop_rule == "box" else "lungs' box, ")
+                                 + (f"re-windowed to {self.rewindow}, " if self.rewindow else "")
+                                 + f"resized to {self.crop}x{self.crop}, x/127.5-1, repeated to "
+                                 "3 channels"}
 
     def use_networks(self, swapped: dict[str, Any], runtime: str) -> None:
         """Score on ``swapped["classifier"]``; Grad-CAM keeps :attr:`torch_net` (the same
@@ -193,11 +209,30 @@ class SliceClassifier:
 
     # Prediction ---------------------------------------------------------------------
 
+    def input_box(self, pixels: np.ndarray, box: Sequence[int]) -> tuple[int, int, int, int]:
+        """The box this network reads of an 8-bit slice whose body box is ``box`` (the split
+        file's or the scan's automatic one), by its ``crop_rule``."""
+        return input_box(pixels, box, self.crop_rule)
+
+    def scan_box(self, pixels: np.ndarray) -> tuple[int, int, int, int]:
+        """:meth:`input_box` of a scan slice, from its automatic body box."""
+        return self.input_box(pixels, scan_body_box(pixels, self.window_spec))
+
+    def dataset(self, split_file: str | Path, image_dir: str | Path) -> COVIDxDataset:
+        """A labelled COVIDx split as this network reads it (crop rule, transform)."""
+        return COVIDxDataset(split_file, image_dir, self.eval_transform(), crop_rule=self.crop_rule)
+
+    def eval_transform(self) -> EvalTransform:
+        """A cropped 8-bit slice to the network's input, as in training (evaluation, Grad-CAM,
+        features and int8 calibration all read through it)."""
+        return EvalTransform(self.crop, self.rewindow)
+
     def describe(self) -> dict[str, Any]:
         """Model provenance for a Prediction (no patient data; covidct.models.Model.describe)."""
         return {"name": METHOD_BIT, "method": self.method, "file": dict(self.file),
                 "covidct_version": self.version, "class_names": list(self.class_names),
                 "arch": self.arch, "init": self.init, "window": self.window,
+                "rewindow": self.rewindow, "crop_rule": self.crop_rule,
                 "resolution": [self.resize, self.crop], "trained_on": self.trained_on,
                 "synthetic": bool(self.trained_on.get("synthetic", False))}
 
@@ -207,7 +242,7 @@ class SliceClassifier:
 
     def predict_pixels(self, slices: Sequence[np.ndarray], boxes: Sequence[Sequence[int]]) -> np.ndarray:
         """Class probabilities (n, C) of 8-bit slices cropped to their boxes."""
-        transform = EvalTransform(self.crop)
+        transform = self.eval_transform()
         tensors = [transform(crop_box(s, b)) for s, b in zip(slices, boxes)]
         batches = [(torch.stack(tensors[i:i + self.batch_size]), torch.zeros(0))
                    for i in range(0, len(tensors), self.batch_size)]
@@ -226,7 +261,7 @@ class SliceClassifier:
         indices, found = lung_slices(scan, self.max_slices)  # refuses implausible scans
         selected = time.perf_counter()
         pixels = [self.pixels(scan, int(k)) for k in indices]
-        boxes = [scan_body_box(p, self.window_spec) for p in pixels]
+        boxes = [self.scan_box(p) for p in pixels]
         cropped = time.perf_counter()
         probs = self.predict_pixels(pixels, boxes)
         done = time.perf_counter()
@@ -244,7 +279,7 @@ class SliceClassifier:
     def score_dataset(self, split_file: str | Path, image_dir: str | Path, batch_size: int = 32,
                       workers: int = 0) -> Scores:
         """Per-slice probabilities on a labelled COVIDx split (for covidct evaluate)."""
-        dataset = COVIDxDataset(split_file, image_dir, EvalTransform(self.crop))
+        dataset = self.dataset(split_file, image_dir)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                              collate_fn=collate)
         logits, labels = infer_logits(self.net, _progress(loader, "scoring"), self.device)
@@ -268,7 +303,7 @@ class SliceClassifier:
         for row in order[:n_slices]:
             k = int(prediction.slice_indices[row])
             pixels = self.pixels(scan, k)
-            box = scan_body_box(pixels, self.window_spec)
+            box = self.scan_box(pixels)
             cam = slice_gradcam(self, pixels, box, class_index=called)
             # The lung outline, so a reader sees whether the heat is in the lung.
             outline = crop_box(lungs.labels[k], box) > 0
@@ -300,7 +335,7 @@ class SliceClassifier:
         pre-processed as :meth:`predict` does (lung window, body box), returned on the
         slice's own grid in [0, 1] (zero outside the box): the web viewer's overlay."""
         pixels = slice_pixels(values, is_hu, self.window_spec)
-        box = scan_body_box(pixels, self.window_spec)
+        box = self.scan_box(pixels)
         cam = slice_gradcam(self, pixels, box, class_index=class_index)["cam"]
         x0, y0, x1, y1 = box
         full = np.zeros(pixels.shape, dtype=np.float32)

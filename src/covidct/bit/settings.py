@@ -14,6 +14,10 @@ DEFAULT_ARCH = "resnetv2_50x1_bit"
 #: A 4-block BiT-layout ResNet-v2 (GroupNorm + weight standardisation, bottleneck units
 #: named as in BiT) of 0.5 M parameters: not in the paper; for tests and quick CPU demos.
 TINY_ARCH = "resnetv2_tiny_bit"
+#: What a slice classifier crops its slices to: "box", the body box it is given (the split
+#: file's, or the automatic one of a scan); "lungs", the aerated lungs' box inside it
+#: (covidct.windowing.lung_box), where lesions get about 1.4x the pixels at the same input size.
+CROP_RULES = ("box", "lungs")
 
 
 @dataclass
@@ -29,6 +33,8 @@ class TrainConfig:
     init: str = "bit-m"                     # the paper's best initialisation (ImageNet-21k)
     resize: int = RESOLUTIONS[DEFAULT_RESOLUTION][0]
     crop: int = RESOLUTIONS[DEFAULT_RESOLUTION][1]
+    rewindow: str | None = None             # read the COVIDx pictures in this window (the paper: as given)
+    crop_rule: str = "box"                  # "lungs": the lungs' box inside the body box (the paper: body)
     schedule: tuple[int, ...] = SCHEDULES[DEFAULT_SCHEDULE]
     batch_size: int = 64
     batch_split: int = 1                    # micro-batches per step (gradient accumulation)
@@ -55,6 +61,12 @@ class TrainConfig:
         self.schedule = tuple(int(s) for s in self.schedule)
         if self.batch_size < 1 or self.batch_split < 1 or self.val_every < 1:
             raise CovidctError("batch size, batch split and --val-every must be positive")
+        if self.rewindow is not None:
+            from ..windowing import get_window  # lazy: keeps numpy off the --help path
+
+            get_window(self.rewindow)  # an unknown name fails here, not after data loading
+        if self.crop_rule not in CROP_RULES:
+            raise CovidctError(f"unknown crop rule {self.crop_rule!r}; known: {', '.join(CROP_RULES)}")
         if self.balance_patients and not self.balanced:
             raise CovidctError("--balance-patients balances the patients within each class of "
                                "--balanced sampling; give both")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -20,6 +21,8 @@ from PIL import Image
 from ..constants import SYNTHETIC_TAG
 from ..covidx import SliceRecord, check_images, read_split
 from ..errors import CovidctError, DatasetError
+from ..windowing import COVIDX_LUNG, get_window, lung_box
+from .settings import CROP_RULES
 
 #: BiT normalisation: pixels in [0, 1] -> [-1, 1] (timm's IMAGENET_INCEPTION_MEAN/STD).
 MEAN, STD = 0.5, 0.5
@@ -33,6 +36,15 @@ def crop_box(pixels: np.ndarray, box: Sequence[int]) -> np.ndarray:
     """Cut an inclusive (xmin, ymin, xmax, ymax) box out of a 2D uint8 slice."""
     xmin, ymin, xmax, ymax = (int(v) for v in box)
     return pixels[ymin:ymax + 1, xmin:xmax + 1]
+
+
+def input_box(pixels: np.ndarray, box: Sequence[int], crop_rule: str = "box") -> tuple[int, int, int, int]:
+    """The box a classifier with ``crop_rule`` reads of an 8-bit slice whose body box is ``box``."""
+    if crop_rule == "lungs":
+        return lung_box(pixels, tuple(int(v) for v in box))
+    if crop_rule != "box":
+        raise CovidctError(f"unknown crop rule {crop_rule!r}; known: {', '.join(CROP_RULES)}")
+    return tuple(int(v) for v in box)
 
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
@@ -55,18 +67,31 @@ def _resize(pixels: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR))
 
 
+@lru_cache(maxsize=None)
+def rewindow_table(window: str) -> np.ndarray:
+    """The table that re-windows an 8-bit COVIDx (lung-window) picture to the named window."""
+    return get_window(window).table_from(COVIDX_LUNG)
+
+
+def _rewindowed(pixels: np.ndarray, window: str | None) -> np.ndarray:
+    """``pixels`` as the classifier reads them: in ``window`` (None: the picture as it is)."""
+    return pixels if window is None else rewindow_table(window)[pixels]
+
+
 @dataclass(frozen=True)
 class EvalTransform:
-    """BiT-HyperRule evaluation: resize the cropped slice to (crop, crop)."""
+    """BiT-HyperRule evaluation: resize the cropped slice to (crop, crop). ``rewindow``: first
+    turn the COVIDx-window picture into that window (a model's ``rewindow``)."""
 
     crop: int
+    rewindow: str | None = None
 
     def __call__(self, pixels: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
         return self.augment(self.prepare(pixels), rng)
 
     def prepare(self, pixels: np.ndarray) -> np.ndarray:
         """The deterministic part (what :class:`COVIDxDataset` may keep): the resized slice."""
-        return _resize(pixels, self.crop)
+        return _resize(_rewindowed(pixels, self.rewindow), self.crop)
 
     def augment(self, prepared: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
         return to_tensor(prepared)
@@ -74,17 +99,19 @@ class EvalTransform:
 
 @dataclass(frozen=True)
 class TrainTransform:
-    """BiT-HyperRule training: resize to (resize, resize), random (crop, crop), random h-flip."""
+    """BiT-HyperRule training: resize to (resize, resize), random (crop, crop), random h-flip
+    (``rewindow`` as :class:`EvalTransform`'s)."""
 
     resize: int
     crop: int
+    rewindow: str | None = None
 
     def __call__(self, pixels: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         return self.augment(self.prepare(pixels), rng)
 
     def prepare(self, pixels: np.ndarray) -> np.ndarray:
         """The deterministic part (what :class:`COVIDxDataset` may keep): the resized slice."""
-        return _resize(pixels, self.resize)
+        return _resize(_rewindowed(pixels, self.rewindow), self.resize)
 
     def augment(self, img: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         top, left = (int(v) for v in rng.integers(0, self.resize - self.crop + 1, size=2))
@@ -113,7 +140,8 @@ def read_gray(path: str | os.PathLike) -> np.ndarray:
 # The COVIDx dataset -------------------------------------------------------------------
 
 class COVIDxDataset(torch.utils.data.Dataset):
-    """COVIDx CT slices (``filename class xmin ymin xmax ymax``) cropped to their body box.
+    """COVIDx CT slices (``filename class xmin ymin xmax ymax``) cropped to their body box
+    (``crop_rule`` "lungs": to the lungs' box inside it, :func:`input_box`).
 
     Items are addressed by ``(index, seed)``; the seed drives the random crop and flip of
     that item, so augmentation is reproducible in any worker. A plain int index uses seed 0.
@@ -129,13 +157,16 @@ class COVIDxDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, split: str | os.PathLike | Sequence[SliceRecord], image_dir: str | os.PathLike,
-                 transform=None, check: bool = True, keep_prepared: bool = False):
+                 transform=None, check: bool = True, keep_prepared: bool = False,
+                 crop_rule: str = "box"):
         self.split_file = None if isinstance(split, (list, tuple)) else Path(split)
         self.records: list[SliceRecord] = list(split) if self.split_file is None else read_split(split)
         if not self.records:
             raise DatasetError("no slices to use", self.split_file or image_dir)
         self.image_dir = Path(image_dir)
         self.transform = transform or EvalTransform(224)
+        input_box(np.zeros((2, 2), np.uint8), (0, 0, 1, 1), crop_rule)  # an unknown rule fails now
+        self.crop_rule = crop_rule
         self._prepared: dict[int, np.ndarray] | None = {} if keep_prepared else None
         if check:
             check_images(self.records, self.image_dir)
@@ -160,7 +191,8 @@ class COVIDxDataset(torch.utils.data.Dataset):
         return self.transform.augment(prepared, rng), record.label
 
     def _read(self, record: SliceRecord) -> np.ndarray:
-        return crop_box(read_gray(self.image_dir / record.filename), record.box)
+        pixels = read_gray(self.image_dir / record.filename)
+        return crop_box(pixels, input_box(pixels, record.box, self.crop_rule))
 
 
 #: Memory that one process may spend keeping prepared training slices (keep_prepared).

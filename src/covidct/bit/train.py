@@ -52,8 +52,9 @@ log = logging.getLogger(__name__)
 
 HISTORY_FIELDS = ("step", "loss", "lr", "images_per_s", "data_wait_s", "val_loss", "val_acc")
 #: Settings that must not change when a run is resumed.
-_RESUME_KEYS = ("arch", "init", "resize", "crop", "schedule", "batch_size", "lr", "momentum",
-                "mixup_alpha", "balanced", "balance_patients", "seed", "max_train_per_class", "train_split")
+_RESUME_KEYS = ("arch", "init", "resize", "crop", "rewindow", "crop_rule", "schedule",
+                "batch_size", "lr", "momentum", "mixup_alpha", "balanced", "balance_patients",
+                "seed", "max_train_per_class", "train_split")
 
 
 @dataclass
@@ -130,8 +131,10 @@ def _prepare_data(config: TrainConfig, proc: _Proc) -> _Data:
     records = read_split(config.train_split)
     if config.max_train_per_class:
         records = subsample_per_class(records, config.max_train_per_class, config.seed)
-    train = COVIDxDataset(records, config.images, TrainTransform(config.resize, config.crop),
-                          keep_prepared=fits_in_memory(len(records), config.resize))
+    train = COVIDxDataset(records, config.images,
+                          TrainTransform(config.resize, config.crop, config.rewindow),
+                          keep_prepared=fits_in_memory(len(records), config.resize),
+                          crop_rule=config.crop_rule)
     summary: dict[str, Any] = {"train": _split_summary(records, config.train_split)}
     val = None
     if config.val_split:
@@ -143,8 +146,9 @@ def _prepare_data(config: TrainConfig, proc: _Proc) -> _Data:
         val_images = config.val_images or config.images
         COVIDxDataset(val_records, val_images, check=True)  # fail now, not at the first validation
         val = COVIDxDataset(val_records[proc.rank::proc.world], val_images,
-                            EvalTransform(config.crop), check=False,
-                            keep_prepared=fits_in_memory(len(val_records), config.crop))
+                            EvalTransform(config.crop, config.rewindow), check=False,
+                            keep_prepared=fits_in_memory(len(val_records), config.crop),
+                            crop_rule=config.crop_rule)
         summary["val"] = _split_summary(val_records, config.val_split)
     synthetic = config.synthetic
     if synthetic is None:
@@ -366,12 +370,13 @@ def _finish(config: TrainConfig, net: torch.nn.Module, data: _Data, weights: str
     training = {"weights_from": chosen, "init": weights, "schedule": list(config.schedule),
                 "batch_size": config.batch_size, "lr": config.lr,
                 "mixup_alpha": config.mixup_alpha, "balanced": config.balanced,
-                "balance_patients": config.balance_patients,
+                "balance_patients": config.balance_patients, "rewindow": config.rewindow,
+                "crop_rule": config.crop_rule,
                 "seed": config.seed, "best_step": best["step"], "best_val_acc": best["val_acc"]
                 if best["step"] is not None else None}
     classifier = SliceClassifier(net=net, arch=config.arch, resize=config.resize, crop=config.crop,
-                                 crop_rule="box", init=config.init, trained_on=data.summary,
-                                 training=training)
+                                 rewindow=config.rewindow, crop_rule=config.crop_rule,
+                                 init=config.init, trained_on=data.summary, training=training)
     model_path = classifier.save(run_dir / "model.pt")
     tail = [r["loss"] for r in history[-10:]]
     val_rows = [r for r in history if r["val_acc"] is not None]

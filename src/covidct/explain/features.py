@@ -68,9 +68,9 @@ def dataset_features(classifier: Any, split_file, image_dir, max_items: int | No
     names) of the sampled slices, pre-processed exactly as evaluation does.
     """
     # lazy: imports PIL, which this module does not need on import
-    from ..bit.slice_data import COVIDxDataset, EvalTransform, collate
+    from ..bit.slice_data import collate
 
-    dataset = COVIDxDataset(split_file, image_dir, EvalTransform(int(classifier.crop)))
+    dataset = classifier.dataset(split_file, image_dir)
     chosen = sample_indices(dataset.labels, max_items, seed)
     subset = torch.utils.data.Subset(dataset, chosen.tolist())
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=collate)

@@ -86,10 +86,7 @@ def default_target_layer(network: nn.Module) -> nn.Module:
 
 def slice_tensor(classifier: Any, pixels: np.ndarray) -> torch.Tensor:
     """A cropped 8-bit slice as the classifier's (3, crop, crop) float evaluation input."""
-    # lazy: imports PIL, which this module does not need on import
-    from ..bit.slice_data import EvalTransform
-
-    return network_input(EvalTransform(int(classifier.crop))(np.asarray(pixels, dtype=np.uint8))[None])[0]
+    return network_input(classifier.eval_transform()(np.asarray(pixels, dtype=np.uint8))[None])[0]
 
 
 def network_input(images: torch.Tensor) -> torch.Tensor:

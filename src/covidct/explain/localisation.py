@@ -141,9 +141,10 @@ def gradcam_localisation(classifier: Any, split_file: Path, image_dir: Path, sco
         mask_file = masks / record.filename
         if not mask_file.is_file():
             continue
-        lesion = crop_box(read_gray(mask_file), record.box) > 127
-        cam = slice_gradcam(classifier, read_gray(image_dir / record.filename), record.box,
-                            class_index=int(scores.y_true[k]))["cam"]
+        pixels = read_gray(image_dir / record.filename)
+        box = classifier.input_box(pixels, record.box)  # the crop the network read
+        lesion = crop_box(read_gray(mask_file), box) > 127
+        cam = slice_gradcam(classifier, pixels, box, class_index=int(scores.y_true[k]))["cam"]
         if not lesion.any() or cam.sum() <= 0:
             continue
         share.append(float(cam[lesion].sum() / cam.sum()))

@@ -127,7 +127,8 @@ def write_gradcam_gallery(classifier: Any, split_file: Path, image_dir: Path, sc
             if record is None:
                 raise DatasetError(f"scored slice {scores.items[case.index]!r} is not in the split "
                                    "file: the scores come from other data", split_file)
-            result = slice_gradcam(classifier, read_gray(image_dir / record.filename), record.box,
+            pixels = read_gray(image_dir / record.filename)
+            result = slice_gradcam(classifier, pixels, classifier.input_box(pixels, record.box),
                                    class_index=case.predicted_class)
             file = _picture_name(number, names[case.true_class], case)
             (tmp / file).write_bytes(png_bytes(gradcam_picture(result["pixels"], result["cam"])))
