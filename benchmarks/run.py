@@ -83,6 +83,7 @@ def covidctnet(sizes: Sizes, threads: int, peak: float) -> dict[str, Any]:
     out = bench.run(n_slices, matrix, threads=threads, settings=settings)
     out["memory"] = _predict_memory_subprocess(n_slices, matrix, threads, sizes.volume_settings)
     # The default runtime (ONNX Runtime), reading the DICOM series included, fresh process.
+    from covidct.devices import int8_is_fast
     from covidct.scanio import save_scan
 
     # Its model file is one whose int8 check (what train-covidctnet ends with) was run: auto
@@ -95,7 +96,9 @@ def covidctnet(sizes: Sizes, threads: int, peak: float) -> dict[str, Any]:
         **_predict_memory_subprocess(n_slices, matrix, threads, sizes.volume_settings,
                                      runtime="auto", path=str(series),
                                      model_path=checked["model"], onnx_cache=checked["cache"]),
-        "int8_check": checked["int8_check"], "int8_check_s": checked["int8_check_s"]}
+        "int8_check": checked["int8_check"], "int8_check_s": checked["int8_check_s"],
+        # auto also asks for wide int8 instructions (covidct.devices.int8_is_fast)
+        "int8_fast_cpu": int8_is_fast()}
     cnn_flops = forward_flops(CNN3D(3, settings.volume_shape).eval(),
                               torch.zeros(1, 1, *settings.volume_shape))
     denoiser_flops = forward_flops(BCDUNet(settings.denoiser_width).eval(),
@@ -390,8 +393,10 @@ def table(result: dict[str, Any]) -> str:
         d = v.get("default_runtime", {})
         if "predict_total_s" in d:
             ok = d["predict_total_s"] <= 10 and d["peak_rss_during_predict_gb"] < 2
+            cpu = {True: "; CPU with wide int8 instructions", False: "; CPU without wide int8 "
+                   "instructions: auto keeps float32"}.get(d.get("int8_fast_cpu"), "")
             add("covidctnet", f"| 4 | CovidCTNet per scan, default runtime ({d.get('runtime')}; "
-                f"{_int8_check_text(d.get('int8_check'))}), reading the "
+                f"{_int8_check_text(d.get('int8_check'))}{cpu}), reading the "
                 f"DICOM series included (read {d['read_s']:.1f} s), fresh process | "
                 f"{v['predict_total_s']:.1f} s (PyTorch, scan in memory) | {d['predict_total_s']:.1f} s, "
                 f"peak RSS {d['peak_rss_during_predict_gb']:.2f} GB | "

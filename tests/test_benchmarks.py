@@ -42,12 +42,16 @@ def test_tiny_benchmarks_produce_every_row(tmp_path, monkeypatch):
     assert result["training_cpu"]["images_per_s"] > 0 and "training_cuda" not in result
     assert patient["baseline_every_slice_eager_s"] > 0  # run, not estimated
     assert result["inference"]["int8_vs_float32_onnx"] > 0
-    # The default-runtime row's model file had its int8 check run; auto followed it.
+    # The default-runtime row's model file had its int8 check run; auto followed it, and this
+    # CPU's int8 speed (covidct.devices.int8_is_fast), which the row records.
     check = volumes["default_runtime"]["int8_check"]
     assert "skipped" not in check and check["rule_version"] == 2, check
-    assert volumes["default_runtime"]["runtime"] == ("onnx-int8" if check["passed"] else "onnx")
+    fast = volumes["default_runtime"]["int8_fast_cpu"]
+    assert volumes["default_runtime"]["runtime"] == (
+        "onnx-int8" if check["passed"] and fast else "onnx")
     row = next(ln for ln in md.read_text().splitlines() if "default runtime (" in ln)
     assert ("int8 check passed" if check["passed"] else "int8 check FAILED") in row
+    assert ("without wide int8 instructions" in row) == (not fast), row
     assert volumes["default_runtime"]["read_s"] > 0
     assert 0 < result["startup"]["python_s"] < result["startup"]["help_s"]
     loading = result["model_loading"]

@@ -63,12 +63,15 @@ COVIDCTNET = Window("covidctnet", -1000.0, 400.0)
 #: levels apart in the COVIDx window, 85 here; everything from -250 HU up (vessels,
 #: consolidation, chest wall) saturates, since the COVIDx window spends 60% of its range there.
 LUNG_DETAIL = Window("lung-detail", -1000.0, -250.0)
+#: The same up to -100 HU: ground glass keeps 70 grey levels above lung, and denser ground
+#: glass and thin vessels do not saturate (the lead of DEMO.md's "Fifth round: slice classifier").
+LUNG_DETAIL_WIDE = Window("lung-detail-wide", -1000.0, -100.0)
 #: Display presets for the viewer (not used by any model).
 DISPLAY_LUNG = Window("lung", -1350.0, 150.0)
 DISPLAY_MEDIASTINUM = Window("mediastinum", -160.0, 240.0)
 
-WINDOWS = {w.name: w for w in (COVIDX_LUNG, COVIDCTNET, LUNG_DETAIL, DISPLAY_LUNG,
-                                DISPLAY_MEDIASTINUM)}
+WINDOWS = {w.name: w for w in (COVIDX_LUNG, COVIDCTNET, LUNG_DETAIL, LUNG_DETAIL_WIDE,
+                                DISPLAY_LUNG, DISPLAY_MEDIASTINUM)}
 
 
 def get_window(name: str) -> Window:
