@@ -141,24 +141,30 @@ def test_a_cohort_without_volumes_is_evaluated_without_lung_scores(tmp_path, run
     assert (out / "results.json").is_file() and not (out / "lungs.json").exists()
 
 
-def test_lung_masked_ablation_row_reads_masked_inputs_from_files(tmp_path):
+def _one_scan_tiny_config(tmp_path, **options):
+    """One SYNTHETIC patient's NIfTI scan, a tiny CovidCTNet TrainConfig with ``options``, and
+    a private array cache (torch seeded)."""
     import torch
 
-    from covidct.synth.cohort import CohortSettings, generate_cohort
-    from covidct.covidctnet.bcdunet import BCDUNet
     from covidct.covidctnet.cache import ArrayCache
-    from covidct.covidctnet.settings import INPUT_INFECTION
-    from covidct.covidctnet.train import TrainConfig, _comparison, _new_model
+    from covidct.covidctnet.train import TrainConfig
+    from covidct.synth.cohort import CohortSettings, generate_cohort
 
     cohort = tmp_path / "cohort"
     generate_cohort(cohort, CohortSettings(patients=1, seed=9, matrix=96, slice_mm=(5.0, 5.0),
                                            max_slices=40, formats=("nifti",)), progress=False)
-    scan_file = next(cohort.glob("patients/*/ct.nii.gz"))
     config = TrainConfig(data=str(cohort), out=str(tmp_path / "run"), slice_size=40,
-                         volume_slices=34, max_denoised_slices=20, denoiser_width=4,
-                         lung_ablation=True)
+                         volume_slices=34, max_denoised_slices=20, denoiser_width=4, **options)
     torch.manual_seed(0)
-    cache = ArrayCache(tmp_path / "cache")
+    return next(cohort.glob("patients/*/ct.nii.gz")), config, ArrayCache(tmp_path / "cache")
+
+
+def test_lung_masked_ablation_row_reads_masked_inputs_from_files(tmp_path):
+    from covidct.covidctnet.bcdunet import BCDUNet
+    from covidct.covidctnet.settings import INPUT_INFECTION
+    from covidct.covidctnet.train import _comparison, _new_model
+
+    scan_file, config, cache = _one_scan_tiny_config(tmp_path, lung_ablation=True)
     plain = _new_model(config, INPUT_INFECTION, BCDUNet(4), cache)
     masked = _new_model(config, INPUT_INFECTION, plain.denoiser, cache, mask_input=True)
     assert masked.settings.mask_input and not plain.settings.mask_input
@@ -174,25 +180,13 @@ def test_lung_masked_ablation_row_reads_masked_inputs_from_files(tmp_path):
 
 
 def test_input_floor_and_mask_erode_change_what_the_3d_cnn_reads_not_the_map(tmp_path):
-    import torch
-
     from covidct.covidctnet.bcdunet import BCDUNet
-    from covidct.covidctnet.cache import ArrayCache
     from covidct.covidctnet.settings import INPUT_INFECTION, INPUT_VOLUME, VolumeSettings
-    from covidct.covidctnet.train import TrainConfig, _new_model
+    from covidct.covidctnet.train import _new_model
     from covidct.errors import ModelError
     from covidct.models import load_model
-    from covidct.synth.cohort import CohortSettings, generate_cohort
 
-    cohort = tmp_path / "cohort"
-    generate_cohort(cohort, CohortSettings(patients=1, seed=9, matrix=96, slice_mm=(5.0, 5.0),
-                                           max_slices=40, formats=("nifti",)), progress=False)
-    scan_file = next(cohort.glob("patients/*/ct.nii.gz"))
-    config = TrainConfig(data=str(cohort), out=str(tmp_path / "run"), slice_size=40,
-                         volume_slices=34, max_denoised_slices=20, denoiser_width=4,
-                         mask_input=True, input_floor=0.02)
-    torch.manual_seed(0)
-    cache = ArrayCache(tmp_path / "cache")
+    scan_file, config, cache = _one_scan_tiny_config(tmp_path, mask_input=True, input_floor=0.02)
     masked = _new_model(config, INPUT_INFECTION, BCDUNet(4), cache, mask_input=True)
     floored = _new_model(config, INPUT_INFECTION, masked.denoiser, cache, mask_input=True,
                          input_floor=config.input_floor)
