@@ -254,6 +254,10 @@ def test_command_line_options_map_to_the_config(cohort, tmp_path):
                                       "--schedule", "bit-500", "--no-mixup", "--val-split", "none"]))
     assert (config.resize, config.crop, config.schedule[-1], config.mixup_alpha) == (160, 128, 500, 0.0)
     assert config.val_split is None
+    assert (config.crop_rule, config.rewindow) == ("box", None)  # the paper's
+    config = config_from_args(_parse(["--data", str(cohort), "--out", "x", "--crop-rule", "lungs",
+                                      "--rewindow", "lung-detail-wide"]))
+    assert (config.crop_rule, config.rewindow) == ("lungs", "lung-detail-wide")
     with pytest.raises(CovidctError, match="--data"):
         config_from_args(_parse(["--out", "x"]))
 
@@ -311,6 +315,17 @@ def test_balance_patients_without_balanced_is_refused_in_one_line(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--balance-patients" in proc.stderr and "--balanced" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_unknown_crop_rule_or_window_is_refused_before_any_work(tmp_path):
+    for option, value in (("--crop-rule", "lung"), ("--rewindow", "mediastinum")):
+        proc = subprocess.run([sys.executable, "-m", "covidct", "train-bit", "--data", str(tmp_path),
+                               "--out", str(tmp_path / "run"), option, value],
+                              capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert f"{option}: invalid choice: '{value}'" in proc.stderr
+        assert not (tmp_path / "run").exists()
 
 
 def test_rewindow_travels_in_the_model_file_and_scoring_reads_through_it(trained, cohort, tmp_path):

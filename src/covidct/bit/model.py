@@ -52,7 +52,7 @@ from ..prediction import Prediction, Scores
 from ..scan import Scan
 from ..lungs import lung_report, scan_lungs
 from ..windowing import COVIDX_LUNG, get_window
-from .settings import CROP_RULES
+from .settings import check_crop_rule
 from .slice_data import (COVIDxDataset, EvalTransform, collate, crop_box, find_synthetic_marker,
                          input_box)
 # Re-exported: model files, scripts and tests name them from here.
@@ -127,9 +127,7 @@ class SliceClassifier:
         self.window_spec = get_window(self.window)
         if self.rewindow is not None:
             get_window(self.rewindow)
-        if self.crop_rule not in CROP_RULES:
-            raise ModelError(f"unknown crop rule {self.crop_rule!r}; known: {', '.join(CROP_RULES)}",
-                             self.file.get("name"))
+        check_crop_rule(self.crop_rule, self.file.get("name"), ModelError)
 
     # Saving and loading ------------------------------------------------------------
 

@@ -18,6 +18,16 @@ TINY_ARCH = "resnetv2_tiny_bit"
 #: file's, or the automatic one of a scan); "lungs", the aerated lungs' box inside it
 #: (covidct.windowing.lung_box), where lesions get about 1.4x the pixels at the same input size.
 CROP_RULES = ("box", "lungs")
+#: Windows a slice classifier may re-read its COVIDx pictures in (``rewindow``; defined in
+#: covidct.windowing): narrower than the COVIDx window, on the lung's own range.
+REWINDOWS = ("lung-detail", "lung-detail-wide")
+
+
+def check_crop_rule(rule: str, path=None, error: type[CovidctError] = CovidctError) -> str:
+    """``rule`` if it is one of :data:`CROP_RULES`; else ``error`` (naming ``path``, if given)."""
+    if rule not in CROP_RULES:
+        raise error(f"unknown crop rule {rule!r}; known: {', '.join(CROP_RULES)}", path)
+    return rule
 
 
 @dataclass
@@ -65,8 +75,7 @@ class TrainConfig:
             from ..windowing import get_window  # lazy: keeps numpy off the --help path
 
             get_window(self.rewindow)  # an unknown name fails here, not after data loading
-        if self.crop_rule not in CROP_RULES:
-            raise CovidctError(f"unknown crop rule {self.crop_rule!r}; known: {', '.join(CROP_RULES)}")
+        check_crop_rule(self.crop_rule)
         if self.balance_patients and not self.balanced:
             raise CovidctError("--balance-patients balances the patients within each class of "
                                "--balanced sampling; give both")

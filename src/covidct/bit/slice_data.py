@@ -22,7 +22,7 @@ from ..constants import SYNTHETIC_TAG
 from ..covidx import SliceRecord, check_images, read_split
 from ..errors import CovidctError, DatasetError
 from ..windowing import COVIDX_LUNG, get_window, lung_box
-from .settings import CROP_RULES
+from .settings import check_crop_rule
 
 #: BiT normalisation: pixels in [0, 1] -> [-1, 1] (timm's IMAGENET_INCEPTION_MEAN/STD).
 MEAN, STD = 0.5, 0.5
@@ -40,10 +40,8 @@ def crop_box(pixels: np.ndarray, box: Sequence[int]) -> np.ndarray:
 
 def input_box(pixels: np.ndarray, box: Sequence[int], crop_rule: str = "box") -> tuple[int, int, int, int]:
     """The box a classifier with ``crop_rule`` reads of an 8-bit slice whose body box is ``box``."""
-    if crop_rule == "lungs":
+    if check_crop_rule(crop_rule) == "lungs":
         return lung_box(pixels, tuple(int(v) for v in box))
-    if crop_rule != "box":
-        raise CovidctError(f"unknown crop rule {crop_rule!r}; known: {', '.join(CROP_RULES)}")
     return tuple(int(v) for v in box)
 
 
@@ -165,8 +163,7 @@ class COVIDxDataset(torch.utils.data.Dataset):
             raise DatasetError("no slices to use", self.split_file or image_dir)
         self.image_dir = Path(image_dir)
         self.transform = transform or EvalTransform(224)
-        input_box(np.zeros((2, 2), np.uint8), (0, 0, 1, 1), crop_rule)  # an unknown rule fails now
-        self.crop_rule = crop_rule
+        self.crop_rule = check_crop_rule(crop_rule)  # an unknown rule fails now, not in a worker
         self._prepared: dict[int, np.ndarray] | None = {} if keep_prepared else None
         if check:
             check_images(self.records, self.image_dir)

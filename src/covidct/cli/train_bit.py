@@ -12,7 +12,7 @@ from ..covidx import IMAGES_DIR, SPLIT_SUFFIX, split_path
 from ..errors import CovidctError
 from ..bit.schedule import (DEFAULT_RESOLUTION, DEFAULT_SCHEDULE, RESOLUTIONS, SCHEDULES,
                                parse_resolution, parse_schedule)
-from ..bit.settings import TINY_ARCH, TrainConfig
+from ..bit.settings import CROP_RULES, REWINDOWS, TINY_ARCH, TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,6 +65,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--resolution", default=DEFAULT_RESOLUTION,
                        help="'resize,crop' in pixels or a paper preset by crop size: "
                             + ", ".join(f"{k} = {v[0]},{v[1]}" for k, v in RESOLUTIONS.items()))
+    model.add_argument("--crop-rule", choices=CROP_RULES, default=TrainConfig.crop_rule,
+                       help="what each slice is cropped to before resizing: 'box', the split "
+                            "file's body box (the paper); 'lungs', the aerated lungs' box inside "
+                            "it (lesions get about 1.4x the pixels; `covidct demo` uses it)")
+    model.add_argument("--rewindow", choices=REWINDOWS, default=TrainConfig.rewindow,
+                       help="re-read the COVIDx pictures in a narrower lung window: lung-detail "
+                            "[-1000, -250] HU, lung-detail-wide [-1000, -100] HU (default: the "
+                            "picture as it is, the paper; `covidct demo` uses lung-detail-wide)")
 
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--schedule", default=DEFAULT_SCHEDULE,
@@ -116,7 +124,8 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig(
         train_split=str(train_split), images=str(images), out=args.out,
         val_split=str(val_split) if val_split else None, arch=args.arch, init=args.init,
-        resize=resize, crop=crop, schedule=parse_schedule(args.schedule),
+        resize=resize, crop=crop, crop_rule=args.crop_rule, rewindow=args.rewindow,
+        schedule=parse_schedule(args.schedule),
         batch_size=args.batch_size, batch_split=args.batch_split, lr=args.lr,
         mixup_alpha=0.0 if args.no_mixup else TrainConfig.mixup_alpha, balanced=args.balanced,
         balance_patients=args.balance_patients,
