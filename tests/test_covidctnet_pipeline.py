@@ -492,10 +492,25 @@ def test_train3d_refuses_a_missing_or_mismatched_denoiser(synth_denoiser_run, ph
     assert "40-pixel slices" in capsys.readouterr().err
 
 
+def test_mask_erode_reaches_the_training_and_a_negative_one_is_refused(phantom_cohort, tmp_path,
+                                                                        run_cli, monkeypatch):
+    from covidct.covidctnet import train as train_module
+
+    seen = {}
+    monkeypatch.setattr(train_module, "train", lambda config: seen.setdefault("config", config) and {})
+    assert cli_main(["train-covidctnet", "--data", str(phantom_cohort), "--out", str(tmp_path / "r"),
+                     "--mask-input", "--mask-erode", "1", "--no-int8", "--no-progress"]) == 0
+    assert (seen["config"].mask_input, seen["config"].mask_erode) == (True, 1)
+    rc, _, err = run_cli("train-covidctnet", "--data", phantom_cohort, "--out", tmp_path / "bad",
+                         "--mask-input", "--mask-erode", "-1", "--no-progress")
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "mask_erode" in err and not (tmp_path / "bad").exists()
+
+
 def test_train3d_help_explains_the_options(run_cli):
     rc, out, _ = run_cli("train-covidctnet", "--help")
     assert rc == 0
-    for option in ("--stage", "--binary", "--resume", "--denoise-slices", "--no-ablation",
+    for option in ("--stage", "--binary", "--resume", "--denoise-slices", "--no-ablation", "--mask-erode",
                    "--cnn-norm", "--lr-warmup-epochs", "--lr-schedule", "--noise-weight", "--fresh-noise", "lobar"):
         assert option in out
     assert "Control/" in out and "summary.json" in out

@@ -68,6 +68,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--mask-input", action="store_true",
                    help="the 3D CNN reads infection maps inside the lung mask (covidct.lungs; "
                         "the paper has no lung mask)")
+    g.add_argument("--mask-erode", type=int, default=0, metavar="N",
+                   help="with --mask-input: shave N voxels off the lung mask's outline in every "
+                        "slice first (default 0; `covidct demo` uses 1: on the coarse grid the "
+                        "outline holds chest wall and heart, whose residual is as large as a "
+                        "small lesion's in every class)")
     g.add_argument("--cnn-norm", choices=("none", "batch", "group"), default="none",
                    help="normalisation after each 3D CNN convolution (default none, as the "
                         "method; saved in the model)")

@@ -128,7 +128,8 @@ class TrainConfig:
             raise ModelError("augment_shift, weight_decay and lr_warmup_epochs must not be negative")
         if not 0.0 <= self.noisy_fraction <= 1.0:
             raise ModelError("noisy_fraction must be in [0, 1]")
-        self.settings()  # refuses an unknown cnn_norm (and bad sizes) before any work
+        # refuses an unknown cnn_norm, bad sizes, floor or erosion before any work
+        replace(self.settings(), input_floor=self.input_floor, mask_erode=self.mask_erode)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ModelError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}")
         if self.noise_region not in NOISE_REGIONS:
