@@ -47,6 +47,18 @@ def test_every_stage_writes_its_output(demo):
     assert result.report == out / "report.html"
 
 
+def test_demo_models_read_what_the_demo_settings_chose(demo):
+    """The demo's input choices (the lungs' box in the lung-detail-wide window; the lung mask
+    less its outline) are in its model files, so evaluation and prediction read the same."""
+    from covidct.models import load_model
+
+    result, _ = demo
+    bit = load_model(result.out / "models" / "bit.pt")
+    assert (bit.crop_rule, bit.rewindow) == (TOY.bit_crop_rule, TOY.bit_rewindow) == ("lungs", "lung-detail-wide")
+    covidctnet = load_model(result.out / "models" / "covidctnet.pt")
+    assert covidctnet.settings.mask_input and covidctnet.settings.mask_erode == TOY.mask_erode == 1
+
+
 def test_demo_models_get_checked_int8_graphs(demo):
     """Both models' int8 graphs were made and checked; `predict --runtime auto` follows each
     check (float32 where it failed), as for a model from train-bit/train-covidctnet."""
@@ -118,6 +130,6 @@ def test_slice_classifier_crop_rule_and_window_reach_its_training(tmp_path):
         return bit_train_config(settings, tmp_path / "train.txt", tmp_path, tmp_path / "run",
                                 False, "test")
 
-    assert (config(DemoSettings()).crop_rule, config(DemoSettings()).rewindow) == ("box", None)
-    chosen = config(replace(DemoSettings(), bit_crop_rule="lungs", bit_rewindow="lung-detail"))
-    assert (chosen.crop_rule, chosen.rewindow) == ("lungs", "lung-detail")
+    assert (config(DemoSettings()).crop_rule, config(DemoSettings()).rewindow) == ("lungs", "lung-detail-wide")
+    chosen = config(replace(DemoSettings(), bit_crop_rule="box", bit_rewindow=None))
+    assert (chosen.crop_rule, chosen.rewindow) == ("box", None)
