@@ -201,11 +201,14 @@ def test_rewindow_spreads_lung_from_ground_glass_and_both_transforms_apply_it():
         assert not np.array_equal(windowed.prepare(pixels), plain.prepare(pixels))
 
 
-def test_unknown_rewindow_is_refused_when_the_config_is_made(tmp_path):
+@pytest.mark.parametrize("name", ["lung-narow", "mediastinum", "covidctnet"])
+def test_a_rewindow_other_than_the_lung_ones_is_refused_when_the_config_is_made(tmp_path, name):
+    """A misspelt name, and windows that exist but reach beyond the COVIDx picture's range
+    (its 8 bits cannot give them back), fail before any data is read."""
     from covidct.bit.settings import TrainConfig
 
-    with pytest.raises(CovidctError, match="unknown window 'lung-narow'"):
-        TrainConfig(train_split="t", images="i", out=str(tmp_path), rewindow="lung-narow")
+    with pytest.raises(CovidctError, match=f"unknown re-window '{name}'; known: lung-detail, lung-detail-wide"):
+        TrainConfig(train_split="t", images="i", out=str(tmp_path), rewindow=name)
 
 
 def _chest(size=128, bubble=True):

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from covidct.constants import DISCLAIMER, SLICE_CLASSES, SYNTHETIC_TAG
-from covidct.errors import CovidctError, DatasetError, ScanError
+from covidct.errors import CovidctError, DatasetError, ModelError, ScanError
 from covidct.models import load_model, read_model_file
 from covidct.bit.model import MAX_SLICES, TINY_ARCH
 from covidct.bit.train import TrainConfig, train
@@ -349,6 +349,13 @@ def test_rewindow_travels_in_the_model_file_and_scoring_reads_through_it(trained
     model.rewindow = None
     plain = model.score_dataset(cohort / "test_COVIDx_CT-2A.txt", cohort / "images").y_prob
     assert not np.allclose(scored, plain, atol=1e-4)
+    # A file naming a window the COVIDx picture cannot give back is refused, naming the file.
+    record = torch.load(path, weights_only=False)
+    record["rewindow"] = "mediastinum"
+    torch.save(record, tmp_path / "bad.pt")
+    with pytest.raises(ModelError, match="unknown re-window 'mediastinum'") as refused:
+        load_model(tmp_path / "bad.pt")
+    assert "bad.pt" in str(refused.value)
 
 
 def test_lungs_crop_rule_travels_in_the_model_file_and_every_reader_crops_by_it(cohort, tmp_path):

@@ -52,7 +52,7 @@ from ..prediction import Prediction, Scores
 from ..scan import Scan
 from ..lungs import lung_report, scan_lungs
 from ..windowing import COVIDX_LUNG, get_window
-from .settings import check_crop_rule
+from .settings import check_crop_rule, check_rewindow
 from .slice_data import (COVIDxDataset, EvalTransform, collate, crop_box, find_synthetic_marker,
                          input_box)
 # Re-exported: model files, scripts and tests name them from here.
@@ -125,8 +125,7 @@ class SliceClassifier:
         self.device = torch.device("cpu") if self._net is None else next(self._net.parameters()).device
         #: The window named by ``window``: what pre-processing turns HU into 8 bits with.
         self.window_spec = get_window(self.window)
-        if self.rewindow is not None:
-            get_window(self.rewindow)
+        check_rewindow(self.rewindow, self.file.get("name"), ModelError)
         check_crop_rule(self.crop_rule, self.file.get("name"), ModelError)
 
     # Saving and loading ------------------------------------------------------------

@@ -25,9 +25,20 @@ REWINDOWS = ("lung-detail", "lung-detail-wide")
 
 def check_crop_rule(rule: str, path=None, error: type[CovidctError] = CovidctError) -> str:
     """``rule`` if it is one of :data:`CROP_RULES`; else ``error`` (naming ``path``, if given)."""
-    if rule not in CROP_RULES:
-        raise error(f"unknown crop rule {rule!r}; known: {', '.join(CROP_RULES)}", path)
-    return rule
+    return _known("crop rule", rule, CROP_RULES, path, error)
+
+
+def check_rewindow(window: str | None, path=None, error: type[CovidctError] = CovidctError) -> str | None:
+    """``window`` if it is None or one of :data:`REWINDOWS`; else ``error``. Any other window
+    (the mediastinum's, say) reaches beyond the COVIDx picture's range, whose 8 bits cannot
+    give it back: a model would train on clipped pixels without a word."""
+    return None if window is None else _known("re-window", window, REWINDOWS, path, error)
+
+
+def _known(what: str, value: str, known: tuple[str, ...], path, error: type[CovidctError]) -> str:
+    if value not in known:
+        raise error(f"unknown {what} {value!r}; known: {', '.join(known)}", path)
+    return value
 
 
 @dataclass
@@ -71,10 +82,7 @@ class TrainConfig:
         self.schedule = tuple(int(s) for s in self.schedule)
         if self.batch_size < 1 or self.batch_split < 1 or self.val_every < 1:
             raise CovidctError("batch size, batch split and --val-every must be positive")
-        if self.rewindow is not None:
-            from ..windowing import get_window  # lazy: keeps numpy off the --help path
-
-            get_window(self.rewindow)  # an unknown name fails here, not after data loading
+        check_rewindow(self.rewindow)  # an unknown name fails here, not after data loading
         check_crop_rule(self.crop_rule)
         if self.balance_patients and not self.balanced:
             raise CovidctError("--balance-patients balances the patients within each class of "
