@@ -57,6 +57,10 @@ def test_demo_models_read_what_the_demo_settings_chose(demo):
     assert (bit.crop_rule, bit.rewindow) == (TOY.bit_crop_rule, TOY.bit_rewindow) == ("lungs", "lung-detail-wide")
     covidctnet = load_model(result.out / "models" / "covidctnet.pt")
     assert covidctnet.settings.mask_input and covidctnet.settings.mask_erode == TOY.mask_erode == 1
+    # ... and the run's records say so (they once recorded the plain settings: no mask, no erosion).
+    run = result.out / "runs" / "covidctnet"
+    for record in (json.loads((run / "config.json").read_text()), json.loads((run / "summary.json").read_text())):
+        assert (record["settings"]["mask_input"], record["settings"]["mask_erode"]) == (True, 1)
 
 
 def test_demo_models_get_checked_int8_graphs(demo):

@@ -191,6 +191,7 @@ def test_input_floor_and_mask_erode_change_what_the_3d_cnn_reads_not_the_map(tmp
     floored = _new_model(config, INPUT_INFECTION, masked.denoiser, cache, mask_input=True,
                          input_floor=config.input_floor)
     assert floored.settings.input_floor == 0.02 and masked.settings.input_floor is None
+    assert config.main_settings() == floored.settings  # what the run's config.json records
     # The ablation reads plain volumes: a floor in CT units would cut the lungs away.
     assert _new_model(config, INPUT_VOLUME, None, cache, input_floor=0.02).settings.input_floor is None
     signed, _ = masked.input_for_file(scan_file)

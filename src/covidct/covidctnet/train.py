@@ -143,6 +143,11 @@ class TrainConfig:
                               denoiser_width=self.denoiser_width, input=input_kind,
                               cnn_norm=self.cnn_norm)
 
+    def main_settings(self) -> VolumeSettings:
+        """The main model's settings, as its run records them: the infection map read as
+        ``mask_input``, ``input_floor`` and ``mask_erode`` say (the ablations read otherwise)."""
+        return _read_as(self.settings(), self.mask_input, self.input_floor, self.mask_erode)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -163,7 +168,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if config.stage == "classifier":
         config = _fit_to_denoiser(config, _denoiser_path(config, run))
     _check_resume(run, config)
-    write_json(run.config, {**config.to_dict(), "settings": config.settings().to_dict()})
+    write_json(run.config, {**config.to_dict(), "settings": config.main_settings().to_dict()})
     device = choose_device(config.device)
     cache = ArrayCache(config.cache_dir) if config.cache_dir else ArrayCache.default()
     cohort = load_cohort(config.data, config.seed, config.val_fraction, config.test_fraction)
@@ -447,10 +452,18 @@ def _new_model(config: TrainConfig, input_kind: str, denoiser, cache,
 
     torch.manual_seed(config.seed)  # the main model and the ablations start from the same draw
     classes = BINARY_CLASSES if config.binary else VOLUME_CLASSES
-    settings = replace(config.settings(input_kind), mask_input=mask_input,
-                       input_floor=input_floor if input_kind == INPUT_INFECTION else None,
-                       mask_erode=mask_erode if mask_input else 0)
+    settings = _read_as(config.settings(input_kind), mask_input, input_floor, mask_erode)
     return CovidCTNet.build(settings, classes, denoiser, cache=cache)
+
+
+def _read_as(settings: VolumeSettings, mask_input: bool, input_floor: float | None,
+             mask_erode: int) -> VolumeSettings:
+    """``settings`` whose 3D CNN reads its input inside the lung mask (less ``mask_erode``
+    voxels of outline) and above ``input_floor``; a floor in CT units would cut plain volumes'
+    lungs away, and without a mask there is no outline to shave."""
+    return replace(settings, mask_input=mask_input,
+                   input_floor=input_floor if settings.input == INPUT_INFECTION else None,
+                   mask_erode=mask_erode if mask_input else 0)
 
 
 def _metrics(y_true: np.ndarray, y_prob: np.ndarray, class_names) -> dict[str, Any]:
@@ -609,4 +622,4 @@ def _data_summary(cohort: Cohort, config: TrainConfig) -> dict[str, Any]:
                      "total_patients": len(cohort.items)},
             "mode": "COVID-19 vs rest" if config.binary else "3-class",
             "class_names": list(BINARY_CLASSES if config.binary else VOLUME_CLASSES),
-            "settings": config.settings().to_dict()}
+            "settings": config.main_settings().to_dict()}
