@@ -109,6 +109,58 @@ def model_files(sizes: Sizes, work: Path) -> dict[str, Path]:
     return paths
 
 
+def checked_model_files(sizes: Sizes, threads: int, work: Path) -> dict[str, Any]:
+    """The row-9 networks (random weights) with the int8 check that train-bit and
+    train-covidctnet end with actually run, on a small SYNTHETIC cohort's training data, graphs
+    and checks in their own $COVIDCT_CACHE: what the default runtime finds for a trained model.
+    The check's verdict, not this benchmark, decides whether ``auto`` runs int8 (on random
+    weights the verdict says nothing about accuracy: tests/test_int8.py holds that). Returns
+    the model folder (bit.pt, covidctnet.pt), the cache and both checks; made once per workdir."""
+    import shutil
+
+    from covidct.covidctnet.settings import VolumeSettings
+    from covidct.covidx import IMAGES_DIR, split_path
+    from covidct.models import load_model
+    from covidct.quantize import check_after_training
+    from covidct.synth.cohort import CohortSettings, generate_cohort
+
+    from .volumes import checked_model
+
+    folder = work / "int8-models"
+    record = folder / "checks.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    covidctnet = checked_model(folder, VolumeSettings(**sizes.volume_settings), threads)
+    shutil.copyfile(model_files(sizes, work)["bit"], folder / "bit.pt")
+    slices = folder / "slices"
+    generate_cohort(slices, CohortSettings(patients=6, seed=11, matrix=sizes.cohort_matrix,
+                                           slice_mm=(2.5, 2.5), max_slices=sizes.cohort_slices,
+                                           split=(0.5, 0.0, 0.5), formats=("covidx",)),
+                    progress=False)
+    previous = os.environ.get("COVIDCT_CACHE")
+    os.environ["COVIDCT_CACHE"] = covidctnet["cache"]
+    try:
+        bit = check_after_training(load_model(folder / "bit.pt"),
+                                   split=split_path(slices / "covidx", "train"),
+                                   images=slices / "covidx" / IMAGES_DIR, threads=threads)
+    finally:
+        if previous is None:
+            os.environ.pop("COVIDCT_CACHE", None)
+        else:
+            os.environ["COVIDCT_CACHE"] = previous
+    out = {"models": str(folder), "cache": covidctnet["cache"],
+           "checks": {"bit": bit, "covidctnet": covidctnet["int8_check"]}}
+    record.write_text(json.dumps(out, default=str))
+    return out
+
+
+def int8_verdicts(checked: dict[str, Any]) -> str:
+    """'bit passed, covidctnet passed' (or failed/skipped): what auto will run."""
+    def verdict(check: dict[str, Any]) -> str:
+        return "skipped" if "skipped" in check else ("passed" if check.get("passed") else "failed")
+    return ", ".join(f"{m} {verdict(c)}" for m, c in checked["checks"].items())
+
+
 def dicom_series(sizes: Sizes, work: Path) -> Path:
     """The cold-predict series: ``sizes.cold_series`` slices written as a DICOM folder."""
     from covidct.scanio import save_scan
@@ -163,22 +215,28 @@ def _load_child(spec: str) -> int:
 def cold_predict(sizes: Sizes, threads: int, work: Path) -> dict[str, Any]:
     """`covidct predict SERIES --model bit.pt --model covidctnet.pt`, a fresh process each,
     default runtime against --runtime torch (ONNX exports already cached by model loading; no cached
-    infection maps)."""
+    infection maps); and the default runtime once more on model files whose int8 check ran
+    (:func:`checked_model_files`), as those of train-bit, train-covidctnet and the demo."""
     paths = model_files(sizes, work)
     series = dicom_series(sizes, work)
-    env = child_env(COVIDCT_CACHE=str(work / "cache"))
     out: dict[str, Any] = {"slices": sizes.cold_series[0], "matrix": sizes.cold_series[1]}
-    for runtime in ("torch", "auto"):
+    checked = checked_model_files(sizes, threads, work)
+    int8_models = Path(checked["models"])
+    variants = {"torch": (paths, "torch", work / "cache"), "auto": (paths, "auto", work / "cache"),
+                "auto_int8_checked": ({m: int8_models / f"{m}.pt" for m in paths}, "auto",
+                                      Path(checked["cache"]))}
+    for name, (models, runtime, cache) in variants.items():
         args = [sys.executable, "-m", "covidct", "predict", str(series), "--model",
-                str(paths["bit"]), "--model", str(paths["covidctnet"]), "--runtime", runtime]
+                str(models["bit"]), "--model", str(models["covidctnet"]), "--runtime", runtime]
         runs = []
         for _ in range(max(1, sizes.reps - 1)):
-            clear_array_cache(work / "cache")
-            runs.append(timed_process(args, env))
+            clear_array_cache(cache)
+            runs.append(timed_process(args, child_env(COVIDCT_CACHE=str(cache))))
         best = min(runs, key=lambda r: r["seconds"])
-        out[runtime] = {"seconds": best["seconds"], "peak_rss_gb": best["peak_rss_gb"],
-                        "runtimes": [ln.split(": runtime ")[1] for ln in best["stderr"].splitlines()
-                                     if ": runtime " in ln]}
+        out[name] = {"seconds": best["seconds"], "peak_rss_gb": best["peak_rss_gb"],
+                     "runtimes": [ln.split(": runtime ")[1] for ln in best["stderr"].splitlines()
+                                  if ": runtime " in ln]}
+    out["int8_checks"] = int8_verdicts(checked)
     return out
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from .common import Sizes
-from .startup import child_env, clear_array_cache, dicom_series, model_files
+from .startup import (checked_model_files, child_env, clear_array_cache, dicom_series,
+                      int8_verdicts, model_files)
 
 
 def _free_port() -> int:
@@ -31,16 +32,25 @@ def _zip(series: Path, out: Path) -> Path:
 
 def upload_to_result(sizes: Sizes, threads: int, work: Path) -> dict[str, Any]:
     """Seconds from the start of the upload to the finished job, for the row-9 series
-    (best of ``reps`` uploads after one warm-up), with the server's own stage timings."""
+    (best of ``reps`` uploads after one warm-up), with the server's own stage timings: for
+    the row-9 model files, and (``int8_checked``) for those whose int8 check ran, as a
+    trained model's (startup.checked_model_files)."""
+    checked = checked_model_files(sizes, threads, work)
+    return {**_serve_and_upload(sizes, model_files(sizes, work)["bit"].parent, work / "cache", work),
+            "int8_checked": {**_serve_and_upload(sizes, Path(checked["models"]),
+                                                 Path(checked["cache"]), work),
+                             "int8_checks": int8_verdicts(checked)}}
+
+
+def _serve_and_upload(sizes: Sizes, models: Path, cache: Path, work: Path) -> dict[str, Any]:
     import httpx
 
-    models = model_files(sizes, work)
     archive = _zip(dicom_series(sizes, work), work / "cold-series.zip")
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "covidct", "serve", "--port", str(port), "--models",
-         str(models["bit"].parent), "--data", str(work / "serve-data"), "--workers", "1"],
-        env=child_env(COVIDCT_CACHE=str(work / "cache")), stdout=subprocess.DEVNULL,
+         str(models), "--data", str(work / "serve-data"), "--workers", "1"],
+        env=child_env(COVIDCT_CACHE=str(cache)), stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -58,7 +68,7 @@ def upload_to_result(sizes: Sizes, threads: int, work: Path) -> dict[str, Any]:
             ready_s = time.perf_counter() - started
             runs = []
             for _ in range(1 + max(1, sizes.reps - 1)):
-                clear_array_cache(work / "cache")  # each upload is a new scan to the server
+                clear_array_cache(cache)  # each upload is a new scan to the server
                 runs.append(_one_upload(client, archive))
     finally:
         server.terminate()

@@ -23,7 +23,7 @@ def test_tiny_benchmarks_produce_every_row(tmp_path, monkeypatch):
     md, js = tmp_path / "BENCHMARKS.md", tmp_path / "results.json"
     # --max-load -1: every load is "too high", so every row must come out marked LOADED.
     assert main(["--tiny", "--threads", "1", "--md", str(md), "--json", str(js),
-                 "--max-load", "-1", "--allow-loaded"]) == 0
+                 "--workdir", str(tmp_path / "work"), "--max-load", "-1", "--allow-loaded"]) == 0
     result = json.loads(js.read_text())
     assert result["loaded"] and set(result["section_load"]) >= {"inference", "startup", "web"}
     variants = result["inference"]["variants"]
@@ -58,6 +58,16 @@ def test_tiny_benchmarks_produce_every_row(tmp_path, monkeypatch):
     assert loading["auto"]["bit_runtime"] == "onnx" and loading["auto"]["covidctnet_runtime"] == "onnx"
     assert result["cold_predict"]["auto"]["runtimes"] == ["onnx", "onnx"]
     assert result["cold_predict"]["torch"]["peak_rss_gb"] > 0
+    # ... and on model files whose int8 check ran, as a trained model's, auto follows each check
+    # (BCDU-Net's only on a CPU with wide int8 instructions).
+    from covidct.devices import int8_is_fast
+
+    checked = json.loads((tmp_path / "work" / "int8-models" / "checks.json").read_text())["checks"]
+    expected = ["onnx-int8" if checked[m].get("passed") and (m == "bit" or int8_is_fast()) else "onnx"
+                for m in ("bit", "covidctnet")]
+    assert result["cold_predict"]["auto_int8_checked"]["runtimes"] == expected, checked
+    assert result["web"]["int8_checked"]["seconds"] > 0
+    assert sum("model files whose int8 check ran" in ln for ln in md.read_text().splitlines()) == 2
     assert result["web"]["seconds"] > 0 and result["web"]["slices"] == result["sizes"]["cold_series"][0]
     assert result["archive"]["workers_2"]["scans_per_s"] > 0
     text = md.read_text()
