@@ -163,3 +163,19 @@ def test_cnn3d_normalisation_option_adds_one_layer_per_convolution(norm, layer):
     assert not any(isinstance(m, (nn.BatchNorm3d, nn.GroupNorm)) for m in plain.modules())
     with pytest.raises(ValueError, match="normalisation"):
         CNN3D(norm="layer")
+
+
+def test_cnn_members_average_their_probabilities():
+    from covidct.covidctnet.cnn3d import CNN3DMembers, build_cnn
+
+    assert type(build_cnn(3, (34, 48, 48))) is CNN3D  # one member: the method's network
+    torch.manual_seed(0)
+    ensemble = build_cnn(3, (34, 48, 48), members=3).eval()
+    assert isinstance(ensemble, CNN3DMembers) and len(ensemble.members) == 3
+    x = torch.randn(2, 1, 34, 48, 48)
+    with torch.no_grad():
+        each = torch.stack([torch.softmax(m(x), dim=1) for m in ensemble.members])
+        assert not torch.allclose(each[0], each[1])  # different draws
+        torch.testing.assert_close(ensemble.predict_proba(x), each.mean(0), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="at least two"):
+        CNN3DMembers([CNN3D(3, (34, 48, 48))])

@@ -667,3 +667,44 @@ def test_int8_denoiser_keeps_the_calls_and_is_the_default(model, phantom_run, ph
                for r in ("onnx-int8", "None")}
     assert (results["onnx-int8"]["probabilities"] == results["None"]["probabilities"]) == \
         (expected == "onnx-int8")
+
+
+def test_cnn_members_train_each_from_its_own_seed_and_predict_their_average(
+        phantom_cohort, synth_denoiser_run, tmp_path, run_cli):
+    """`--cnn-members 2`: member 0 is exactly the lone 3D CNN of the same run settings, member 1
+    another draw; the model file holds both, and prediction (PyTorch and ONNX Runtime) gives
+    the average of their probabilities."""
+    from covidct.covidctnet.volume_data import load_cohort
+    from covidct.covidctnet.train import _network_inputs
+    from covidct.scanio import load_scan
+
+    common = ["--data", str(phantom_cohort), "--stage", "classifier", "--denoiser",
+              str(synth_denoiser_run[1] / "denoiser.pt"), "--epochs", "3", "--batch-size", "6",
+              "--test-fraction", "0.35", "--no-ablation", "--standardise-inputs", "--no-int8", *TINY]
+    train3d(*common, "--out", str(tmp_path / "one"))
+    train3d(*common, "--out", str(tmp_path / "two"), "--cnn-members", "2")
+    lone, pair = load_model(tmp_path / "one" / "model.pt"), load_model(tmp_path / "two" / "model.pt")
+    assert pair.settings.cnn_members == 2 and len(pair.classifier.members) == 2
+    first, second = (m.state_dict() for m in pair.classifier.members)
+    for key, value in lone.classifier.state_dict().items():
+        assert torch.equal(value, first[key]), key
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert len(summary["classifier"]["members"]) == 2
+    history = (tmp_path / "two" / "history.csv").read_text()
+    assert "classifier-member1," in history
+    # Prediction reads the average, on PyTorch and on ONNX Runtime alike.
+    cohort = load_cohort(str(phantom_cohort), 0, 0.15, 0.35)
+    x, _, _ = _network_inputs(pair, cohort.split("test")[:3], "test", False)
+    each = [torch.softmax(m(torch.from_numpy(x * np.float32(pair.settings.input_scale))[:, None]), 1)
+            for m in pair.classifier.members]
+    expected = torch.stack(each).mean(0).detach().numpy()
+    np.testing.assert_allclose(pair.classify(x), expected, atol=1e-5)
+    scan = cohort.split("test")[0].path
+    pytest.importorskip("onnxruntime")
+    onnx = load_model(tmp_path / "two" / "model.pt", runtime="onnx")
+    np.testing.assert_allclose(onnx.predict(load_scan(scan)).probabilities,
+                               pair.predict(load_scan(scan)).probabilities, atol=1e-4)
+    rc, _, err = run_cli("train-covidctnet", *common, "--out", tmp_path / "bad", "--cnn-members", "0")
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "cnn_members" in err and not (tmp_path / "bad").exists()

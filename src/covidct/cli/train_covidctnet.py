@@ -73,6 +73,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "slice first (default 0; `covidct demo` uses 1: on the coarse grid the "
                         "outline holds chest wall and heart, whose residual is as large as a "
                         "small lesion's in every class)")
+    g.add_argument("--cnn-members", type=int, default=1, metavar="K",
+                   help="train K 3D CNNs from different seeds on the same inputs and average "
+                        "their probabilities (default 1, the method; each member costs one more "
+                        "3D CNN training). On the demo's cohorts the training seed alone moved "
+                        "held-out accuracy by up to 4 patients of 12; four averaged were steadier")
     g.add_argument("--cnn-norm", choices=("none", "batch", "group"), default="none",
                    help="normalisation after each 3D CNN convolution (default none, as the "
                         "method; saved in the model)")

@@ -86,21 +86,22 @@ class CovidCTNet:
               **kwargs) -> "CovidCTNet":
         """A fresh (untrained) 3D CNN around an existing denoiser."""
         # lazy: imports torch, which this module does not need on import
-        from .cnn3d import CNN3D
+        from .cnn3d import build_cnn
 
-        return cls(CNN3D(len(class_names), settings.volume_shape, norm=settings.cnn_norm), denoiser, settings,
-                   tuple(class_names), **kwargs)
+        return cls(build_cnn(len(class_names), settings.volume_shape, settings.cnn_norm,
+                             settings.cnn_members), denoiser, settings, tuple(class_names), **kwargs)
 
     @classmethod
     def from_payload(cls, record: dict[str, Any]) -> "CovidCTNet":
         # lazy: imports torch, which this module does not need on import
         from .bcdunet import BCDUNet
-        from .cnn3d import CNN3D
+        from .cnn3d import build_cnn
 
         try:
             settings = VolumeSettings.from_dict(dict(record["settings"]))
             class_names = tuple(record["class_names"])
-            classifier = CNN3D(len(class_names), settings.volume_shape, norm=settings.cnn_norm)
+            classifier = build_cnn(len(class_names), settings.volume_shape, settings.cnn_norm,
+                                   settings.cnn_members)
             classifier.load_state_dict(record["classifier"])
             denoiser = None
             if record.get("denoiser") is not None:

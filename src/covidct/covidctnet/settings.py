@@ -54,6 +54,9 @@ class VolumeSettings:
     #: the outline's voxels hold chest wall and heart as well as lung, and the denoiser's
     #: residual there is as large as a small lesion's, in every class.
     mask_erode: int = 0
+    #: 3D CNNs trained from different seeds whose probabilities are averaged (1: one, the
+    #: method; cnn3d.CNN3DMembers).
+    cnn_members: int = 1
 
     def __post_init__(self) -> None:
         # BCDU-Net pools three times (multiples of 8); the 3D CNN's unpadded first conv and
@@ -71,6 +74,8 @@ class VolumeSettings:
         if self.input_floor is not None and not 0.0 <= self.input_floor < 1.0:
             raise ModelError(f"input_floor must be in [0, 1) (the map's window units), "
                              f"got {self.input_floor}")
+        if self.cnn_members < 1:
+            raise ModelError(f"cnn_members must be at least 1, got {self.cnn_members}")
         if self.mask_erode < 0:
             raise ModelError(f"mask_erode must not be negative, got {self.mask_erode}")
         if self.spacing_mm <= 0 or self.max_denoised_slices < 0:

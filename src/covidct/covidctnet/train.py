@@ -100,6 +100,9 @@ class TrainConfig:
     mask_erode: int = 0               # with mask_input: VolumeSettings.mask_erode
     #: Normalisation after each 3D CNN convolution (VolumeSettings.cnn_norm; the method: none).
     cnn_norm: str = "none"
+    #: 3D CNNs trained from different seeds and averaged (VolumeSettings.cnn_members; the
+    #: method: 1). Each costs one more 3D CNN training.
+    cnn_members: int = 1
     #: Raise the 3D CNN's learning rate linearly from lr / steps to lr over this many epochs
     #: (the method: 0, no warm-up); lets a normalised network start at a higher rate.
     lr_warmup_epochs: int = 0
@@ -141,7 +144,7 @@ class TrainConfig:
         return VolumeSettings(slice_size=self.slice_size, volume_slices=self.volume_slices,
                               max_denoised_slices=self.max_denoised_slices,
                               denoiser_width=self.denoiser_width, input=input_kind,
-                              cnn_norm=self.cnn_norm)
+                              cnn_norm=self.cnn_norm, cnn_members=self.cnn_members)
 
     def main_settings(self) -> VolumeSettings:
         """The main model's settings, as its run records them: the infection map read as
@@ -303,10 +306,8 @@ def _control_slices(loader: CovidCTNet, items: list[CohortItem],
 
 def train_classifier(config: TrainConfig, run: RunFolder, cohort: Cohort, net: CovidCTNet,
                      stage: str, device, model_path: Path) -> dict[str, Any]:
-    """Train ``net``'s 3D CNN on its inputs; save its model file; return results."""
-    import torch
-    import torch.nn.functional as F
-
+    """Train ``net``'s 3D CNN (every member of an ensemble) on its inputs; save its model
+    file; return results."""
     splits = {s: cohort.split(s) for s in ("train", "val", "test")}
     if not splits["train"]:
         raise DatasetError("the train split is empty", config.data)
@@ -319,8 +320,49 @@ def train_classifier(config: TrainConfig, run: RunFolder, cohort: Cohort, net: C
 
     if config.standardise_inputs:
         net.settings = replace(net.settings, input_scale=_unit_sd_scale(x_train))
-    scale = np.float32(net.settings.input_scale)
     cnn = net.classifier.to(device)
+    # An ensemble's members train one after another, each from its own seed, each picking
+    # its own best epoch; member 0 trains exactly as a lone 3D CNN does.
+    members = list(cnn.members) if hasattr(cnn, "members") else [cnn]
+    loops = [_fit_cnn(member, k, config, run, stage, arrays, np.float32(net.settings.input_scale),
+                      device) for k, member in enumerate(members)]
+    loop = loops[0]
+    net.classifier = cnn.cpu().eval()
+
+    results = {"model_file": str(model_path.relative_to(run.root)), "input": net.settings.input,
+               "input_scale": net.settings.input_scale,
+               "epochs_run": loop.epochs_run, "best_epoch": loop.best_epoch,
+               "best_loss": loop.best_loss, "stopped_early": loop.stopped_early,
+               "seconds": sum(m.seconds for m in loops)}
+    if len(loops) > 1:
+        results["members"] = [{"best_epoch": m.best_epoch, "best_loss": m.best_loss,
+                               "epochs_run": m.epochs_run} for m in loops]
+    for split in ("val", "test"):
+        x, y, _ = arrays[split]
+        results[split] = _metrics(y, net.classify(x), net.class_names) if len(y) else None
+    net.training = {"data": Path(cohort.source).name, "counts": cohort.counts(),
+                    "split_from": cohort.split_from,
+                    "split_options": {"seed": config.seed, "val_fraction": config.val_fraction,
+                                      "test_fraction": config.test_fraction},
+                    "synthetic": bool(synthetic or cohort.synthetic
+                                      or any(a[2] for a in arrays.values())),
+                    "stage": stage, "epochs_run": loop.epochs_run, "best_epoch": loop.best_epoch,
+                    "seed": config.seed}
+    net.info["name"] = {"classifier": "covidctnet", "lung_masked": "covidctnet-lung-masked"}.get(
+        stage, "covidctnet-ablation")
+    net.save(model_path)
+    results["synthetic"] = net.training["synthetic"]
+    return results
+
+
+def _fit_cnn(cnn, member: int, config: TrainConfig, run: RunFolder, stage: str,
+             arrays: dict[str, tuple], scale: np.float32, device) -> "_EpochLoop":
+    """Train one 3D CNN (``member`` of an ensemble; 0 for a lone one) on ``arrays`` and load
+    its best epoch; returns its epoch loop (best epoch, loss, time)."""
+    import torch
+    import torch.nn.functional as F
+
+    x_train, y_train, _ = arrays["train"]
     optimizer = torch.optim.Adam(cnn.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = -(-len(y_train) // config.batch_size)
     warmup = _learning_rate(optimizer, config.lr, config.lr_warmup_epochs * steps_per_epoch,
@@ -346,12 +388,14 @@ def train_classifier(config: TrainConfig, run: RunFolder, cohort: Cohort, net: C
                 correct += (logits.argmax(1) == yb).sum().item()
         return loss / len(y_val), correct / len(y_val)
 
-    loop = _EpochLoop(stage, run, config.epochs, config.patience, config.resume, config.progress)
+    name = stage if member == 0 else f"{stage}-member{member}"
+    loop = _EpochLoop(name, run, config.epochs, config.patience, config.resume, config.progress)
     loop.restore(cnn, optimizer)
+    draw = [config.seed] if member == 0 else [config.seed, 1000 + member]
     for epoch in loop:
-        torch.manual_seed(config.seed * 1000 + epoch)
-        order = np.random.default_rng([config.seed, 4, epoch]).permutation(len(y_train))
-        rng = np.random.default_rng([config.seed, 5, epoch]) if config.augment else None
+        torch.manual_seed(config.seed * 1000 + epoch + 7919 * member)
+        order = np.random.default_rng([*draw, 4, epoch]).permutation(len(y_train))
+        rng = np.random.default_rng([*draw, 5, epoch]) if config.augment else None
         cnn.train()
         total = seen = 0.0
         for step, (xb, yb, n) in enumerate(batches(x_train, y_train, order, rng)):
@@ -367,29 +411,7 @@ def train_classifier(config: TrainConfig, run: RunFolder, cohort: Cohort, net: C
         val_loss, val_accuracy = validate()
         loop.end_epoch(cnn, optimizer, total / max(seen, 1), val_loss, val_accuracy)
     loop.load_best(cnn)
-    net.classifier = cnn.cpu().eval()
-
-    results = {"model_file": str(model_path.relative_to(run.root)), "input": net.settings.input,
-               "input_scale": net.settings.input_scale,
-               "epochs_run": loop.epochs_run, "best_epoch": loop.best_epoch,
-               "best_loss": loop.best_loss, "stopped_early": loop.stopped_early,
-               "seconds": loop.seconds}
-    for split in ("val", "test"):
-        x, y, _ = arrays[split]
-        results[split] = _metrics(y, net.classify(x), net.class_names) if len(y) else None
-    net.training = {"data": Path(cohort.source).name, "counts": cohort.counts(),
-                    "split_from": cohort.split_from,
-                    "split_options": {"seed": config.seed, "val_fraction": config.val_fraction,
-                                      "test_fraction": config.test_fraction},
-                    "synthetic": bool(synthetic or cohort.synthetic
-                                      or any(a[2] for a in arrays.values())),
-                    "stage": stage, "epochs_run": loop.epochs_run, "best_epoch": loop.best_epoch,
-                    "seed": config.seed}
-    net.info["name"] = {"classifier": "covidctnet", "lung_masked": "covidctnet-lung-masked"}.get(
-        stage, "covidctnet-ablation")
-    net.save(model_path)
-    results["synthetic"] = net.training["synthetic"]
-    return results
+    return loop
 
 
 def _learning_rate(optimizer, lr: float, warmup_steps: int, total_steps: int,

@@ -23,6 +23,9 @@ DEFAULT_MAX_ITEMS = 1500
 
 def penultimate(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Penultimate features (N, D) of one batch, for timm models and CovidCTNet's CNN3D."""
+    members = getattr(network, "members", None)
+    if isinstance(members, nn.ModuleList):  # CNN3DMembers: every member's features, side by side
+        return torch.cat([penultimate(m, images).flatten(1) for m in members], dim=1)
     if hasattr(network, "forward_features") and hasattr(network, "forward_head"):
         return network.forward_head(network.forward_features(images), pre_logits=True)
     features, head = getattr(network, "features", None), getattr(network, "classifier", None)
