@@ -1,6 +1,7 @@
 """Shared pieces of the benchmarks: sizes, timing, FLOP counting, the matmul peak, the machine."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -61,6 +62,21 @@ TINY = Sizes(name="tiny", arch="resnetv2_tiny_bit", crop=64, matmul_n=512, batch
                               "max_denoised_slices": 16},
              loader_images=8, loader_matrix=96, train_batch_cpu=2, train_batch_cuda=8,
              train_steps=2, cold_series=(24, 64))  # 24 x 2.5 mm: enough lung for CovidCTNet
+
+
+@contextlib.contextmanager
+def covidct_cache(folder):
+    """$COVIDCT_CACHE set to ``folder`` inside the block (ONNX exports, int8 graphs and their
+    checks go there), restored after it."""
+    previous = os.environ.get("COVIDCT_CACHE")
+    os.environ["COVIDCT_CACHE"] = str(folder)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("COVIDCT_CACHE", None)
+        else:
+            os.environ["COVIDCT_CACHE"] = previous
 
 
 def best_time(fn: Callable[[], Any], reps: int, warmup: int = 1) -> float:

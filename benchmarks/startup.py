@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import Sizes
+from .common import Sizes, covidct_cache
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,17 +137,10 @@ def checked_model_files(sizes: Sizes, threads: int, work: Path) -> dict[str, Any
                                            slice_mm=(2.5, 2.5), max_slices=sizes.cohort_slices,
                                            split=(0.5, 0.0, 0.5), formats=("covidx",)),
                     progress=False)
-    previous = os.environ.get("COVIDCT_CACHE")
-    os.environ["COVIDCT_CACHE"] = covidctnet["cache"]
-    try:
+    with covidct_cache(covidctnet["cache"]):
         bit = check_after_training(load_model(folder / "bit.pt"),
                                    split=split_path(slices / "covidx", "train"),
                                    images=slices / "covidx" / IMAGES_DIR, threads=threads)
-    finally:
-        if previous is None:
-            os.environ.pop("COVIDCT_CACHE", None)
-        else:
-            os.environ["COVIDCT_CACHE"] = previous
     out = {"models": str(folder), "cache": covidctnet["cache"],
            "checks": {"bit": bit, "covidctnet": covidctnet["int8_check"]}}
     record.write_text(json.dumps(out, default=str))

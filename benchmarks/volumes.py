@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .common import covidct_cache
+
 
 def _best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     best, result = float("inf"), None
@@ -87,7 +89,6 @@ def checked_model(folder, settings=None, threads: int = 2) -> dict[str, Any]:
     verdict, not this benchmark's: an untrained network may fail it, and then the default
     runtime row times float32, as a user's would. Returns the model path, the cache folder
     (``COVIDCT_CACHE`` for the prediction), the check and its time."""
-    import os
     from pathlib import Path
 
     import torch
@@ -115,17 +116,10 @@ def checked_model(folder, settings=None, threads: int = 2) -> dict[str, Any]:
                                     **CHECK_PHANTOM_GEOMETRY)
             save_scan(scan, cohort / name / f"{name}{k:02d}.nii.gz")
     cache = folder / "cache"
-    previous = os.environ.get("COVIDCT_CACHE")
-    os.environ["COVIDCT_CACHE"] = str(cache)
-    try:
+    with covidct_cache(cache):
         start = time.perf_counter()
         check = check_after_training(load_model(path), cohort, threads=threads)
         seconds = time.perf_counter() - start
-    finally:
-        if previous is None:
-            os.environ.pop("COVIDCT_CACHE", None)
-        else:
-            os.environ["COVIDCT_CACHE"] = previous
     return {"model": str(path), "cache": str(cache), "int8_check": check, "int8_check_s": seconds}
 
 
@@ -176,7 +170,6 @@ def default_runtime(n_slices: int = 300, size: int = 512, threads: int = 2,
                     settings=None) -> dict[str, Any]:
     """:func:`checked_model`, then one prediction of the series written as DICOM and read
     back, on what ``--runtime auto`` picks for that model file (all in this process)."""
-    import os
     import tempfile
     from pathlib import Path
 
@@ -187,16 +180,9 @@ def default_runtime(n_slices: int = 300, size: int = 512, threads: int = 2,
     checked = checked_model(folder, settings, threads)
     series = folder / "series"
     save_scan(benchmark_series(n_slices, size), series)
-    previous = os.environ.get("COVIDCT_CACHE")
-    os.environ["COVIDCT_CACHE"] = checked["cache"]
-    try:
+    with covidct_cache(checked["cache"]):
         result = predict_only(n_slices, size, threads=threads, settings=settings, runtime="auto",
                               path=str(series), model_path=checked["model"])
-    finally:
-        if previous is None:
-            os.environ.pop("COVIDCT_CACHE", None)
-        else:
-            os.environ["COVIDCT_CACHE"] = previous
     return {**result, **{k: checked[k] for k in ("int8_check", "int8_check_s")}}
 
 
