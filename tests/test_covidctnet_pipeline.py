@@ -356,7 +356,7 @@ def test_ablation_binary_mode_and_resume_continue_where_they_stopped(synth_denoi
                                                                      phantom_cohort, tmp_path):
     common = ["--data", str(phantom_cohort), "--stage", "classifier", "--binary",
               "--denoiser", str(synth_denoiser_run[1] / "denoiser.pt"), "--test-fraction", "0.35",
-              "--no-int8", *TINY]
+              "--mask-input", "--mask-erode", "1", "--no-int8", *TINY]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     # The width given here is not the denoiser's: the run takes the denoiser's own.
     train3d(*common, "--out", str(straight), "--epochs", "2", "--denoiser-width", "16")
@@ -368,9 +368,14 @@ def test_ablation_binary_mode_and_resume_continue_where_they_stopped(synth_denoi
     assert summary["class_names"] == ["non-COVID-19", "COVID-19"]
     models = {row["model"] for row in summary["comparison"]["rows"]}
     assert len(models) == 2 and any("plain volumes" in m for m in models)
-    assert load_model(straight / "model.pt").settings.denoiser_width == 8
+    assert all("inside the lung mask" in m for m in models)
+    main = load_model(straight / "model.pt")
+    assert main.settings.denoiser_width == 8
     ablation = load_model(straight / "ablation" / "model.pt")
     assert ablation.settings.input == "volume" and ablation.denoiser is None
+    # The ablation differs from the main model in the map only: it reads the same lungs.
+    assert (ablation.settings.mask_input, ablation.settings.mask_erode) == (True, 1)
+    assert (main.settings.mask_input, main.settings.mask_erode) == (True, 1)
 
     history = list(csv.DictReader(open(resumed / "history.csv")))
     assert [(r["stage"], r["epoch"]) for r in history] == [

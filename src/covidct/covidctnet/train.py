@@ -8,7 +8,8 @@ Stage "classifier": the frozen denoiser turns every scan into an infection map
 (50 x 128 x 128); the published 3D CNN learns Control / CAP / COVID-19 (or COVID-19 vs rest
 with ``binary``) with Adam 1e-4, batch 16, up to 100 epochs and early stopping on the
 validation loss. The ablation of the method's Fig. 1 trains the same 3D CNN, same splits
-and seed, on the plain pre-processed volumes (no BCDU-Net, no Perlin noise).
+and seed, on the plain pre-processed volumes (no BCDU-Net, no Perlin noise), read as the
+main model reads its map (inside the lung mask with ``mask_input``).
 
 Every epoch writes a checkpoint atomically; ``resume`` continues a stage from its last one.
 """
@@ -192,14 +193,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
         summary["classifier"] = train_classifier(config, run, cohort, main, "classifier", device,
                                                  run.model)
         if config.ablation:
-            plain = _new_model(config, INPUT_VOLUME, None, cache)
+            # Read as the main model reads its map (lung mask, shaved outline), so that the two
+            # rows differ only in the map: the method's Fig. 1 question.
+            plain = _new_model(config, INPUT_VOLUME, None, cache, mask_input=config.mask_input,
+                               mask_erode=config.mask_erode)
             summary["ablation"] = train_classifier(config, run, cohort, plain, "ablation", device,
                                                    run.ablation_model)
         if config.lung_ablation:
             masked = _new_model(config, INPUT_INFECTION, denoiser, cache, mask_input=True)
             summary["lung_masked"] = train_classifier(config, run, cohort, masked, "lung_masked",
                                                       device, run.root / "lung-masked" / "model.pt")
-        summary["comparison"] = _comparison(summary)
+        summary["comparison"] = _comparison(summary, masked=config.mask_input)
     summary["synthetic"] = bool(summary.get("synthetic") or cohort.synthetic or any(
         (summary.get(k) or {}).get("synthetic")
         for k in ("denoiser", "classifier", "ablation", "lung_masked")))
@@ -501,11 +505,13 @@ def _metrics(y_true: np.ndarray, y_prob: np.ndarray, class_names) -> dict[str, A
     return figures
 
 
-def _comparison(summary: dict[str, Any]) -> dict[str, Any]:
-    """CovidCTNet vs the ablation on the same split, side by side (the method's Fig. 1)."""
+def _comparison(summary: dict[str, Any], masked: bool = False) -> dict[str, Any]:
+    """CovidCTNet vs the ablation on the same split, side by side (the method's Fig. 1);
+    ``masked``: both read their input inside the lung mask (``mask_input``)."""
+    inside = " inside the lung mask" if masked else ""
     rows = []
-    for key, name in (("classifier", "3D CNN on infection maps (BCDU-Net + Perlin noise)"),
-                      ("ablation", "3D CNN on plain volumes (no BCDU-Net, no Perlin noise)"),
+    for key, name in (("classifier", f"3D CNN on infection maps{inside} (BCDU-Net + Perlin noise)"),
+                      ("ablation", f"3D CNN on plain volumes{inside} (no BCDU-Net, no Perlin noise)"),
                       ("lung_masked", "3D CNN on lung-masked infection maps (covidct; not in the paper)")):
         result = summary.get(key)
         if not result:
