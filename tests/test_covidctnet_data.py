@@ -190,3 +190,8 @@ def test_training_augmentation_flips_and_shifts_without_inventing_content():
     assert 0 < flipped < len(x)
     for item, same in zip(x, augment(x, np.random.default_rng(2), shift=0)):
         assert np.array_equal(same, item) or np.array_equal(same, item[..., ::-1])
+    # Two channels (--cnn-input infection+volume) move together: the same draws as one channel.
+    two = augment(np.stack([x, 2 * x], axis=1), np.random.default_rng(1), shift=2)
+    assert two.shape == (16, 2, 6, 10, 12)
+    np.testing.assert_array_equal(two[:, 0], out)
+    np.testing.assert_array_equal(two[:, 1], 2 * out)

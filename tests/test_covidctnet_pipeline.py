@@ -713,3 +713,41 @@ def test_cnn_members_train_each_from_its_own_seed_and_predict_their_average(
     rc, _, err = run_cli("train-covidctnet", *common, "--out", tmp_path / "bad", "--cnn-members", "0")
     assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "cnn_members" in err and not (tmp_path / "bad").exists()
+
+
+def test_cnn_input_infection_plus_volume_trains_from_the_command_line(
+        phantom_cohort, synth_denoiser_run, tmp_path, run_cli, volumes_env):
+    """`train-covidctnet --cnn-input infection+volume`: the 3D CNN reads the map and the CT as
+    two channels, each scaled to unit SD on the training scans; the model file predicts on
+    PyTorch and ONNX Runtime alike and still shows the map; the ablation stays one channel."""
+    from covidct.scanio import load_scan
+
+    common = ["--data", phantom_cohort, "--stage", "classifier", "--denoiser",
+              synth_denoiser_run[1] / "denoiser.pt", "--epochs", "2", "--batch-size", "6",
+              "--test-fraction", "0.35", "--standardise-inputs", "--mask-input", "--augment",
+              "--no-int8", *TINY]
+    run = tmp_path / "both"
+    rc, out, err = run_cli("train-covidctnet", *common, "--out", run, "--cnn-input",
+                           "infection+volume", timeout=600,
+                           extra_env={"COVIDCT_CACHE": str(volumes_env)})
+    assert rc == 0, err
+    assert "infection maps and CT inside the lung mask" in out
+    model = load_model(run / "model.pt")
+    assert model.settings.input == "infection+volume" and model.classifier.in_channels == 2
+    summary = json.loads((run / "summary.json").read_text())
+    scales = summary["classifier"]["channel_scales"]
+    assert scales == [model.settings.input_scale, model.settings.volume_scale]
+    assert scales[0] > scales[1] > 0  # the map's SD is smaller than the CT's
+    assert json.loads((run / "config.json").read_text())["settings"]["input"] == "infection+volume"
+    ablation = load_model(run / "ablation" / "model.pt")
+    assert ablation.settings.input == "volume" and ablation.classifier.in_channels == 1
+    scan = load_scan(next(phantom_cohort.glob("Covid/*")))
+    prediction = model.predict(scan)
+    assert prediction.maps["infection"].shape == model.settings.volume_shape
+    pytest.importorskip("onnxruntime")
+    onnx = load_model(run / "model.pt", runtime="onnx")
+    np.testing.assert_allclose(onnx.predict(scan).probabilities, prediction.probabilities, atol=1e-4)
+    rc, _, err = run_cli("train-covidctnet", *common, "--out", tmp_path / "bad", "--cnn-input",
+                         "volume")
+    assert rc == 2 and "Traceback" not in err and "--cnn-input" in err
+    assert not (tmp_path / "bad").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -227,3 +228,40 @@ def test_input_floor_and_mask_erode_change_what_the_3d_cnn_reads_not_the_map(tmp
         VolumeSettings(input_floor=-0.1)
     with pytest.raises(ModelError, match="mask_erode"):
         VolumeSettings(mask_erode=-1)
+
+
+def test_two_channel_input_reads_the_map_and_the_ct_as_the_one_channel_models_do(tmp_path):
+    """"infection+volume": channel 0 is exactly what the map-reading 3D CNN reads (floor,
+    mask, shaved outline), channel 1 the plain volume inside the same mask, without the
+    floor; each channel has its own factor; the model file keeps it and predictions show
+    the map alone."""
+    from covidct.covidctnet.bcdunet import BCDUNet
+    from covidct.covidctnet.pipeline import network_batch
+    from covidct.covidctnet.settings import INPUT_BOTH, INPUT_INFECTION, INPUT_VOLUME
+    from covidct.covidctnet.train import _new_model
+    from covidct.models import load_model
+    from covidct.scanio import load_scan
+
+    scan_file, config, cache = _one_scan_tiny_config(tmp_path, mask_input=True, input_floor=0.02)
+    reading = dict(mask_input=True, input_floor=0.02, mask_erode=1)
+    both = _new_model(config, INPUT_BOTH, BCDUNet(4), cache, **reading)
+    alone = _new_model(config, INPUT_INFECTION, both.denoiser, cache, **reading)
+    plain = _new_model(config, INPUT_VOLUME, None, cache, **reading)
+    assert both.settings.channels == 2 and both.classifier.in_channels == 2
+    two, _ = both.input_for_file(scan_file)
+    assert two.shape == (2, *both.settings.volume_shape)
+    np.testing.assert_array_equal(two[0], alone.input_for_file(scan_file)[0])
+    np.testing.assert_array_equal(two[1], plain.input_for_file(scan_file)[0])
+    assert plain.settings.input_floor is None and two[1].max() > 0  # the CT is not floored
+    np.testing.assert_array_equal(both.map_for_file(scan_file), alone.map_for_file(scan_file))
+    # Each channel is read times its own factor.
+    both.settings = replace(both.settings, input_scale=3.0, volume_scale=0.5)
+    batch = network_batch(two[None], both.settings)
+    np.testing.assert_allclose(batch[0, 0], two[0] * 3.0)
+    np.testing.assert_allclose(batch[0, 1], two[1] * 0.5)
+    loaded = load_model(both.save(tmp_path / "both.pt"))
+    assert (loaded.settings.input, loaded.settings.volume_scale) == (INPUT_BOTH, 0.5)
+    prediction = loaded.predict(load_scan(scan_file))
+    np.testing.assert_allclose(prediction.probabilities, both.classify(two[None])[0], atol=1e-5)
+    assert prediction.maps["infection"].shape == both.settings.volume_shape
+    assert "infection map and CT" in prediction.aggregation

@@ -312,7 +312,7 @@ def denoiser_parity(model, float_path: str | os.PathLike, int8: str | os.PathLik
     with a 99th-percentile difference of at most :data:`MAX_MAP_P99` of the float map's
     standard deviation there (:func:`map_agreement`)."""
     # lazy: imports torch, which this module does not need on import
-    from .covidctnet.infection_maps import infection_map
+    from .covidctnet.infection_maps import infection_map, with_volume
     from .export import OnnxNetwork
 
     networks = (OnnxNetwork(float_path, threads), OnnxNetwork(int8, threads))
@@ -323,7 +323,8 @@ def denoiser_parity(model, float_path: str | os.PathLike, int8: str | os.PathLik
         for net, probs, found in zip(networks, probabilities, maps):
             array = infection_map(volume, net, model.settings)
             found.append(array)
-            probs.append(model.classify(model.reads(array, lungs)[None])[0])
+            probs.append(model.classify(model.reads(with_volume(array, volume, model.settings),
+                                                    lungs)[None])[0])
         per_scan.append(map_agreement(maps[0][-1], maps[1][-1], lungs))
     reference, quantized = (np.stack(p) for p in probabilities)
     gap = np.abs(reference - quantized).max(1)

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..constants import DISCLAIMER
-from ..covidctnet.settings import LR_SCHEDULES, VolumeSettings
+from ..covidctnet.settings import LR_SCHEDULES, MAIN_INPUTS, VolumeSettings
 
 #: The method's pre-processing and network sizes, as the help shows them.
 DEFAULTS = VolumeSettings()
@@ -78,6 +78,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "their probabilities (default 1, the method; each member costs one more "
                         "3D CNN training). On the demo's cohorts the training seed alone moved "
                         "held-out accuracy by up to 4 patients of 12; four averaged were steadier")
+    g.add_argument("--cnn-input", choices=MAIN_INPUTS, default=MAIN_INPUTS[0],
+                   help="what the 3D CNN reads: the infection map (infection, default, the "
+                        "method) or the map and the pre-processed CT as two channels "
+                        "(infection+volume; not in the method). On the demo's synthetic cohorts "
+                        "the map misses CAP's consolidation, which the CT shows (DEMO.md)")
     g.add_argument("--cnn-norm", choices=("none", "batch", "group"), default="none",
                    help="normalisation after each 3D CNN convolution (default none, as the "
                         "method; saved in the model)")

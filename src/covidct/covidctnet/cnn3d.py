@@ -11,6 +11,9 @@ every convolution, before its ReLU: this project's option (``--cnn-norm``). With
 small-scale network sat at the uniform prediction for tens of epochs before it learnt
 (README, "CovidCTNet's map, checked against truth").
 
+``in_channels`` (default 1, the method) is 2 for this project's ``--cnn-input
+infection+volume``: the map and the CT as two channels of the first convolution.
+
 ``forward`` returns logits (softmax is applied by ``predict_proba`` and folded into the
 cross-entropy loss during training).
 
@@ -59,13 +62,14 @@ def flattened_size(input_shape: tuple[int, int, int]) -> int:
 
 class CNN3D(nn.Module):
     def __init__(self, n_classes: int = 3, input_shape: tuple[int, int, int] = (50, 128, 128),
-                 dropout: float = 0.3, norm: str = "none"):
+                 dropout: float = 0.3, norm: str = "none", in_channels: int = 1):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"unknown 3D CNN normalisation {norm!r}; choose from {', '.join(NORMS)}")
         self.input_shape = tuple(input_shape)
+        self.in_channels = in_channels
         layers: list[nn.Module] = []
-        in_ch = 1
+        in_ch = in_channels
         for k, ch in enumerate(STAGE_CHANNELS):
             layers += _stage(in_ch, ch, first=k == 0, norm=norm)
             in_ch = ch
@@ -81,9 +85,9 @@ class CNN3D(nn.Module):
         nn.init.xavier_uniform_(self.classifier[-1].weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 5 or tuple(x.shape[1:]) != (1, *self.input_shape):
-            raise ValueError(f"3D CNN needs (N, 1, {', '.join(map(str, self.input_shape))}), "
-                             f"got {tuple(x.shape)}")
+        if x.ndim != 5 or tuple(x.shape[1:]) != (self.in_channels, *self.input_shape):
+            raise ValueError(f"3D CNN needs (N, {self.in_channels}, "
+                             f"{', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}")
         return self.classifier(self.features(x))
 
     @torch.no_grad()
@@ -113,8 +117,9 @@ class CNN3DMembers(nn.Module):
 
 
 def build_cnn(n_classes: int, input_shape: tuple[int, int, int], norm: str = "none",
-              members: int = 1) -> nn.Module:
+              members: int = 1, in_channels: int = 1) -> nn.Module:
     """One :class:`CNN3D`, or ``members`` of them averaged (:class:`CNN3DMembers`)."""
-    if members == 1:
-        return CNN3D(n_classes, input_shape, norm=norm)
-    return CNN3DMembers([CNN3D(n_classes, input_shape, norm=norm) for _ in range(members)])
+    def one() -> CNN3D:
+        return CNN3D(n_classes, input_shape, norm=norm, in_channels=in_channels)
+
+    return one() if members == 1 else CNN3DMembers([one() for _ in range(members)])

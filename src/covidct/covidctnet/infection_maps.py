@@ -16,7 +16,7 @@ import numpy as np
 
 from ..scan import evenly_spaced
 from .preprocess import resize_depth
-from .settings import INPUT_VOLUME, VolumeSettings
+from .settings import INPUT_BOTH, INPUT_VOLUME, VolumeSettings
 
 
 def denoise_indices(n_slices: int, max_slices: int) -> np.ndarray:
@@ -52,10 +52,19 @@ def infection_map(volume: np.ndarray, denoiser, settings: VolumeSettings,
 
 
 def cnn_input(volume: np.ndarray, denoiser, settings: VolumeSettings) -> np.ndarray:
-    """What the 3D CNN reads for ``settings.input``: infection map, or the plain volume."""
+    """What the 3D CNN reads for ``settings.input`` (``settings.input_shape``): infection
+    map, the plain volume, or both as two channels."""
     if settings.input == INPUT_VOLUME:
         return resize_depth(volume, settings.volume_slices)
-    return infection_map(volume, denoiser, settings)
+    return with_volume(infection_map(volume, denoiser, settings), volume, settings)
+
+
+def with_volume(infection: np.ndarray, volume: np.ndarray, settings: VolumeSettings) -> np.ndarray:
+    """The channels of a map-reading 3D CNN: the map, and for "infection+volume" the
+    pre-processed volume resized alike as the second channel."""
+    if settings.input != INPUT_BOTH:
+        return infection
+    return np.stack([infection, resize_depth(volume, settings.volume_slices)])
 
 
 def map_to_scan_grid(infection: np.ndarray, volume_depth: int, scan_shape: tuple[int, int, int],

@@ -29,10 +29,10 @@ from ..lungs import MAP_THRESHOLD, _percent, lung_report, scan_lungs
 from ..scanio import load_scan
 from .cache import ArrayCache, scan_digest, weights_digest
 from .volume_data import load_cohort
-from .infection_maps import cnn_input, map_to_scan_grid
+from .infection_maps import cnn_input, infection_map, map_to_scan_grid, with_volume
 from .mapback import map_on_scan_slices
 from .preprocess import check_scan, lung_grid, preprocess_volume
-from .settings import INPUT_INFECTION, VolumeSettings
+from .settings import INPUT_BOTH, INPUT_INFECTION, VolumeSettings
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,19 @@ log = logging.getLogger(__name__)
 INFECTION_ON_SCAN = INPUT_INFECTION + "_on_scan"
 #: Class names of a COVID-vs-rest (``--binary``) model.
 BINARY_CLASSES = ("non-COVID-19", "COVID-19")
+#: How a prediction's aggregation text names what the 3D CNN read.
+_INPUT_NAMES = {INPUT_INFECTION: "infection map", "volume": "volume",
+                INPUT_BOTH: "infection map and CT (two channels)"}
+
+
+def network_batch(inputs: np.ndarray, settings: VolumeSettings) -> np.ndarray:
+    """(N, C, D, S, S) float32 what the 3D CNN is fed from (N, *settings.input_shape) inputs:
+    each channel times its factor (``settings.channel_scales``). Training, prediction and
+    the t-SNE features all go through here."""
+    batch = np.asarray(inputs, dtype=np.float32).reshape(
+        len(inputs), settings.channels, *settings.volume_shape)
+    scales = np.asarray(settings.channel_scales, dtype=np.float32).reshape(1, -1, 1, 1, 1)
+    return np.ascontiguousarray(batch * scales)
 
 
 class CovidCTNet:
@@ -65,7 +78,7 @@ class CovidCTNet:
                  class_names: tuple[str, ...] = VOLUME_CLASSES,
                  training: dict[str, Any] | None = None, info: dict[str, Any] | None = None,
                  cache: ArrayCache | None = None):
-        if settings.input == INPUT_INFECTION and denoiser is None:
+        if settings.reads_map and denoiser is None:
             raise ModelError("a CovidCTNet reading infection maps needs its BCDU-Net denoiser")
         self.classifier = classifier.eval()
         self.denoiser = None if denoiser is None else denoiser.eval()
@@ -89,7 +102,8 @@ class CovidCTNet:
         from .cnn3d import build_cnn
 
         return cls(build_cnn(len(class_names), settings.volume_shape, settings.cnn_norm,
-                             settings.cnn_members), denoiser, settings, tuple(class_names), **kwargs)
+                             settings.cnn_members, settings.channels), denoiser, settings,
+                   tuple(class_names), **kwargs)
 
     @classmethod
     def from_payload(cls, record: dict[str, Any]) -> "CovidCTNet":
@@ -101,7 +115,7 @@ class CovidCTNet:
             settings = VolumeSettings.from_dict(dict(record["settings"]))
             class_names = tuple(record["class_names"])
             classifier = build_cnn(len(class_names), settings.volume_shape, settings.cnn_norm,
-                                   settings.cnn_members)
+                                   settings.cnn_members, settings.channels)
             classifier.load_state_dict(record["classifier"])
             denoiser = None
             if record.get("denoiser") is not None:
@@ -151,7 +165,8 @@ class CovidCTNet:
     # -- runtimes, export and caches ------------------------------------------------------
 
     def networks(self) -> dict[str, tuple[Any, tuple[int, ...], dict[int, str]]]:
-        out = {"classifier": (self.classifier, (1, 1, *self.settings.volume_shape), {0: "batch"})}
+        out = {"classifier": (self.classifier, (1, self.settings.channels, *self.settings.volume_shape),
+                              {0: "batch"})}
         if self.denoiser is not None:
             size = self.settings.slice_size
             out["denoiser"] = (self.denoiser, (1, 1, size, size),
@@ -208,25 +223,33 @@ class CovidCTNet:
         return volume, "miss"
 
     def raw_input(self, volume: np.ndarray, content: str) -> tuple[np.ndarray, str]:
-        """The (volume_slices, S, S) infection map or plain volume, before any lung mask."""
-        if self.settings.input != INPUT_INFECTION:
+        """The infection map, plain volume or both (``settings.input_shape``), before any
+        lung mask."""
+        if not self.settings.reads_map:
             return cnn_input(volume, None, self.settings), "n/a"
-        # Settings of what the 3D CNN reads (scale, mask, floor, norm) do not change the map
-        # itself: leave them out of the key.
+        # Settings of what the 3D CNN reads (scale, mask, floor, norm, members, the CT beside
+        # the map) do not change the map itself: leave them out of the key.
         settings = {k: v for k, v in self.settings.to_dict().items()
                     if k not in ("input_scale", "mask_input", "cnn_norm", "input_floor",
-                                 "mask_erode")}
-        key = ArrayCache.key("infection", content, {**settings, "denoiser": self._weights_key()})
+                                 "mask_erode", "cnn_members", "volume_scale")}
+        key = ArrayCache.key("infection", content, {**settings, "input": INPUT_INFECTION,
+                                                    "denoiser": self._weights_key()})
         cached = self.cache.load(key)
         if cached is not None:
-            return cached[0], "hit"
-        array = cnn_input(volume, self.denoiser, self.settings)
-        self.cache.save(key, array)
-        return array, "miss"
+            infection, state = cached[0], "hit"
+        else:
+            infection, state = infection_map(volume, self.denoiser, self.settings), "miss"
+            self.cache.save(key, infection)
+        return with_volume(infection, volume, self.settings), state
+
+    def map_of(self, raw: np.ndarray) -> np.ndarray:
+        """The infection map in a raw input (its first channel for "infection+volume")."""
+        return raw[0] if self.settings.input == INPUT_BOTH else raw
 
     def network_input(self, volume: np.ndarray, content: str,
                       lungs: np.ndarray | None = None) -> tuple[np.ndarray, str]:
-        """The (volume_slices, S, S) array the 3D CNN reads (infection map or plain volume),
+        """The array the 3D CNN reads (``settings.input_shape``: infection map, plain volume
+        or both),
         times the lung mask on its grid (``lungs``) when ``settings.mask_input``."""
         array, state = self.raw_input(volume, content)
         if self.settings.mask_input and lungs is None:
@@ -235,13 +258,15 @@ class CovidCTNet:
 
     def reads(self, raw: np.ndarray, lungs: np.ndarray | None) -> np.ndarray:
         """What the 3D CNN reads from a raw map (or volume) and the lung mask on its grid:
-        the map floored at ``settings.input_floor`` (infection maps only), times the lung
-        mask (less ``settings.mask_erode`` voxels of its outline) when ``settings.mask_input``.
-        Training, prediction and the int8 check all call this, so they cannot read different
-        things."""
+        the map floored at ``settings.input_floor`` (the map channel only), times the lung
+        mask (less ``settings.mask_erode`` voxels of its outline) on every channel when
+        ``settings.mask_input``. Training, prediction and the int8 check all call this, so
+        they cannot read different things."""
         array = raw
-        if self.settings.input_floor is not None and self.settings.input == INPUT_INFECTION:
-            array = np.maximum(array - np.float32(self.settings.input_floor), np.float32(0))
+        if self.settings.input_floor is not None and self.settings.reads_map:
+            floored = np.maximum(self.map_of(raw) - np.float32(self.settings.input_floor),
+                                 np.float32(0))
+            array = floored if raw.ndim == 3 else np.concatenate([floored[None], raw[1:]])
         if self.settings.mask_input:
             if self.settings.mask_erode:
                 # lazy: scipy is only needed here
@@ -253,14 +278,14 @@ class CovidCTNet:
         return array
 
     def classify(self, inputs: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, C) for (N, D, S, S) network inputs."""
+        """Class probabilities (N, classes) for (N, *settings.input_shape) network inputs."""
         import torch
 
         device = next(self.classifier.parameters()).device
         self.classifier.eval()
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))[:, None].to(device)
-            return torch.softmax(self.classifier(x * self.settings.input_scale), dim=1).double().cpu().numpy()
+            x = torch.from_numpy(network_batch(inputs, self.settings)).to(device)
+            return torch.softmax(self.classifier(x), dim=1).double().cpu().numpy()
 
     # -- prediction ---------------------------------------------------------------------
 
@@ -278,22 +303,23 @@ class CovidCTNet:
         timings["preprocess"] = time.perf_counter() - start
         mark = time.perf_counter()
         raw, input_cache = self.raw_input(volume, content)
-        timings["infection_map" if self.settings.input == INPUT_INFECTION else "resize"] = \
+        timings["infection_map" if self.settings.reads_map else "resize"] = \
             time.perf_counter() - mark
         mark = time.perf_counter()
-        lungs = lung_grid(scan_lungs(scan), scan, raw.shape)
+        lungs = lung_grid(scan_lungs(scan), scan, self.settings.volume_shape)
         timings["lung_mask"] = time.perf_counter() - mark
         mark = time.perf_counter()
         inputs = self.reads(raw, lungs)
         probabilities = self.classify(inputs[None])[0]
         timings["classify"] = time.perf_counter() - mark
         timings["total"] = time.perf_counter() - start
-        kind = "infection map" if self.settings.input == INPUT_INFECTION else "volume"
+        kind = _INPUT_NAMES[self.settings.input]
         maps = {self.settings.input: inputs}
         report = lung_report(scan)
-        if self.settings.input == INPUT_INFECTION:
+        if self.settings.reads_map:
             # Reported inside the lungs (pictures, projections, most affected slices); the
             # map as the network computed it stays available.
+            raw = self.map_of(raw)
             maps = {INPUT_INFECTION: raw * lungs, INPUT_INFECTION + "_raw": raw}
             # The map per scan slice, in the scan's orientation: what callers draw and score.
             maps[INFECTION_ON_SCAN] = map_on_scan_slices(maps[INPUT_INFECTION], scan.n_slices,
@@ -340,7 +366,7 @@ class CovidCTNet:
         lesions is the map, not the floored copy the 3D CNN reads."""
         volume, _ = self.volume_for_file(path)
         content = self._file_content(path)
-        raw, _ = self.raw_input(volume, content)
+        raw = self.map_of(self.raw_input(volume, content)[0])
         return raw * self._lungs_for_file(path, content) if self.settings.mask_input else raw
 
     def _lungs_for_file(self, path: str | os.PathLike, content: str) -> np.ndarray:

@@ -11,9 +11,15 @@ from typing import Any
 from ..errors import ModelError
 
 #: What the 3D CNN reads: the method's infection maps, or (the ablation of the method's
-#: Fig. 1) the plain pre-processed volume without BCDU-Net and Perlin noise.
+#: Fig. 1) the plain pre-processed volume without BCDU-Net and Perlin noise, or (this
+#: project's variant, ``--cnn-input``) both as two channels: on the synthetic cohorts the map
+#: loses CAP's consolidation, which the CT itself shows (DEMO.md, "Eighth round").
 INPUT_INFECTION = "infection"
 INPUT_VOLUME = "volume"
+INPUT_BOTH = "infection+volume"
+INPUTS = (INPUT_INFECTION, INPUT_VOLUME, INPUT_BOTH)
+#: What the main 3D CNN of train-covidctnet may read (the plain volume is the ablation's).
+MAIN_INPUTS = (INPUT_INFECTION, INPUT_BOTH)
 #: The 3D CNN's normalisation options (cnn3d.CNN3D's ``norm``), here so that reading settings
 #: does not import torch.
 CNN_NORMS = ("none", "batch", "group")
@@ -38,6 +44,9 @@ class VolumeSettings:
     #: an SD near 0.05, and the CNN's output (ReLU layers, no normalisation) scales with its
     #: input, so unscaled maps make every Adam step move the prediction ~20x less.
     input_scale: float = 1.0
+    #: With ``input`` "infection+volume": the factor of the CT channel (the map's is
+    #: ``input_scale``); ``standardise_inputs`` scales each channel to SD 1 on its own.
+    volume_scale: float = 1.0
     #: Multiply the 3D CNN's input by the lung mask (covidct.lungs) on its grid. The method
     #: has no lung mask (False); True is this project's variant, with an ablation row.
     mask_input: bool = False
@@ -65,12 +74,13 @@ class VolumeSettings:
             raise ModelError(f"slice_size must be a multiple of 8 and >= 40, got {self.slice_size}")
         if self.volume_slices < 34:
             raise ModelError(f"volume_slices must be >= 34, got {self.volume_slices}")
-        if self.input not in (INPUT_INFECTION, INPUT_VOLUME):
-            raise ModelError(f"unknown 3D CNN input {self.input!r}")
+        if self.input not in INPUTS:
+            raise ModelError(f"unknown 3D CNN input {self.input!r}; choose from {', '.join(INPUTS)}")
         if self.cnn_norm not in CNN_NORMS:
             raise ModelError(f"unknown cnn_norm {self.cnn_norm!r}; choose from {', '.join(CNN_NORMS)}")
-        if not self.input_scale > 0:
-            raise ModelError(f"input_scale must be positive, got {self.input_scale}")
+        if not (self.input_scale > 0 and self.volume_scale > 0):
+            raise ModelError(f"input_scale and volume_scale must be positive, got "
+                             f"{self.input_scale}, {self.volume_scale}")
         if self.input_floor is not None and not 0.0 <= self.input_floor < 1.0:
             raise ModelError(f"input_floor must be in [0, 1) (the map's window units), "
                              f"got {self.input_floor}")
@@ -84,6 +94,27 @@ class VolumeSettings:
     @property
     def volume_shape(self) -> tuple[int, int, int]:
         return self.volume_slices, self.slice_size, self.slice_size
+
+    @property
+    def reads_map(self) -> bool:
+        """Whether the 3D CNN reads an infection map (and the model needs its BCDU-Net)."""
+        return self.input in (INPUT_INFECTION, INPUT_BOTH)
+
+    @property
+    def channels(self) -> int:
+        """The 3D CNN's input channels: the map and the CT for "infection+volume", else one."""
+        return 2 if self.input == INPUT_BOTH else 1
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One scan's network input as arrays hold it: (D, S, S), or (2, D, S, S) with the
+        map first for "infection+volume"."""
+        return self.volume_shape if self.channels == 1 else (self.channels, *self.volume_shape)
+
+    @property
+    def channel_scales(self) -> tuple[float, ...]:
+        """The factor each input channel is read times (map first)."""
+        return (self.input_scale,) if self.channels == 1 else (self.input_scale, self.volume_scale)
 
     def preprocess_key(self) -> dict[str, Any]:
         """The settings that determine the pre-processed volume (the cache key part)."""

@@ -31,9 +31,9 @@ from ..errors import DatasetError, ModelError
 from .volume_data import Cohort, CohortItem, load_cohort
 from .infection_maps import denoise_indices
 from .perlin import NOISE_KINDS, NOISE_REGIONS, PseudoInfection
-from .pipeline import BINARY_CLASSES, CovidCTNet
+from .pipeline import BINARY_CLASSES, CovidCTNet, network_batch
 from .runfolder import RunFolder, load_denoiser_file
-from .settings import INPUT_INFECTION, INPUT_VOLUME, LR_SCHEDULES, VolumeSettings
+from .settings import INPUT_INFECTION, INPUT_VOLUME, LR_SCHEDULES, MAIN_INPUTS, VolumeSettings
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,9 @@ class TrainConfig:
     #: 3D CNNs trained from different seeds and averaged (VolumeSettings.cnn_members; the
     #: method: 1). Each costs one more 3D CNN training.
     cnn_members: int = 1
+    #: What the main 3D CNN reads: the infection map ("infection", the method) or the map and
+    #: the pre-processed CT as two channels ("infection+volume"; VolumeSettings.input).
+    cnn_input: str = INPUT_INFECTION
     #: Raise the 3D CNN's learning rate linearly from lr / steps to lr over this many epochs
     #: (the method: 0, no warm-up); lets a normalised network start at a higher rate.
     lr_warmup_epochs: int = 0
@@ -132,6 +135,8 @@ class TrainConfig:
             raise ModelError("augment_shift, weight_decay and lr_warmup_epochs must not be negative")
         if not 0.0 <= self.noisy_fraction <= 1.0:
             raise ModelError("noisy_fraction must be in [0, 1]")
+        if self.cnn_input not in MAIN_INPUTS:
+            raise ModelError(f"cnn_input must be one of {', '.join(MAIN_INPUTS)}")
         # refuses an unknown cnn_norm, bad sizes, floor or erosion before any work
         replace(self.settings(), input_floor=self.input_floor, mask_erode=self.mask_erode)
         if self.lr_schedule not in LR_SCHEDULES:
@@ -150,7 +155,8 @@ class TrainConfig:
     def main_settings(self) -> VolumeSettings:
         """The main model's settings, as its run records them: the infection map read as
         ``mask_input``, ``input_floor`` and ``mask_erode`` say (the ablations read otherwise)."""
-        return _read_as(self.settings(), self.mask_input, self.input_floor, self.mask_erode)
+        return _read_as(self.settings(self.cnn_input), self.mask_input, self.input_floor,
+                        self.mask_erode)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -188,7 +194,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         denoiser = denoiser.to(device)  # the infection maps of the whole cohort run here
         if config.denoiser_file:
             summary["denoiser"] = {**facts, "file": str(path)}
-        main = _new_model(config, INPUT_INFECTION, denoiser, cache, mask_input=config.mask_input,
+        main = _new_model(config, config.cnn_input, denoiser, cache, mask_input=config.mask_input,
                           input_floor=config.input_floor, mask_erode=config.mask_erode)
         summary["classifier"] = train_classifier(config, run, cohort, main, "classifier", device,
                                                  run.model)
@@ -203,7 +209,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
             masked = _new_model(config, INPUT_INFECTION, denoiser, cache, mask_input=True)
             summary["lung_masked"] = train_classifier(config, run, cohort, masked, "lung_masked",
                                                       device, run.root / "lung-masked" / "model.pt")
-        summary["comparison"] = _comparison(summary, masked=config.mask_input)
+        summary["comparison"] = _comparison(summary, masked=config.mask_input,
+                                            main_input=config.cnn_input)
     summary["synthetic"] = bool(summary.get("synthetic") or cohort.synthetic or any(
         (summary.get(k) or {}).get("synthetic")
         for k in ("denoiser", "classifier", "ablation", "lung_masked")))
@@ -322,19 +329,22 @@ def train_classifier(config: TrainConfig, run: RunFolder, cohort: Cohort, net: C
     if len(present) < 2:
         raise DatasetError("the train split needs at least two classes", config.data)
 
-    if config.standardise_inputs:
-        net.settings = replace(net.settings, input_scale=_unit_sd_scale(x_train))
+    if config.standardise_inputs:  # each channel on its own (map and CT differ ~10x in SD)
+        scales = [_unit_sd_scale(x_train if net.settings.channels == 1 else x_train[:, c])
+                  for c in range(net.settings.channels)]
+        net.settings = replace(net.settings, input_scale=scales[0],
+                               volume_scale=scales[1] if len(scales) > 1 else 1.0)
     cnn = net.classifier.to(device)
     # An ensemble's members train one after another, each from its own seed, each picking
     # its own best epoch; member 0 trains exactly as a lone 3D CNN does.
     members = list(cnn.members) if hasattr(cnn, "members") else [cnn]
-    loops = [_fit_cnn(member, k, config, run, stage, arrays, np.float32(net.settings.input_scale),
-                      device) for k, member in enumerate(members)]
+    loops = [_fit_cnn(member, k, config, run, stage, arrays, net.settings, device)
+             for k, member in enumerate(members)]
     loop = loops[0]
     net.classifier = cnn.cpu().eval()
 
     results = {"model_file": str(model_path.relative_to(run.root)), "input": net.settings.input,
-               "input_scale": net.settings.input_scale,
+               "input_scale": net.settings.input_scale, "channel_scales": list(net.settings.channel_scales),
                "epochs_run": loop.epochs_run, "best_epoch": loop.best_epoch,
                "best_loss": loop.best_loss, "stopped_early": loop.stopped_early,
                "seconds": sum(m.seconds for m in loops)}
@@ -360,7 +370,7 @@ def train_classifier(config: TrainConfig, run: RunFolder, cohort: Cohort, net: C
 
 
 def _fit_cnn(cnn, member: int, config: TrainConfig, run: RunFolder, stage: str,
-             arrays: dict[str, tuple], scale: np.float32, device) -> "_EpochLoop":
+             arrays: dict[str, tuple], settings: VolumeSettings, device) -> "_EpochLoop":
     """Train one 3D CNN (``member`` of an ensemble; 0 for a lone one) on ``arrays`` and load
     its best epoch; returns its epoch loop (best epoch, loss, time)."""
     import torch
@@ -376,7 +386,7 @@ def _fit_cnn(cnn, member: int, config: TrainConfig, run: RunFolder, stage: str,
         for start in range(0, len(order), config.batch_size):
             idx = order[start:start + config.batch_size]
             xb = x[idx] if rng is None else augment(x[idx], rng, config.augment_shift)
-            yield (torch.from_numpy(xb * scale)[:, None].to(device),
+            yield (torch.from_numpy(network_batch(xb, settings)).to(device),
                    torch.from_numpy(y[idx]).long().to(device), len(idx))
 
     def validate() -> tuple[float | None, float | None]:
@@ -437,16 +447,17 @@ def _learning_rate(optimizer, lr: float, warmup_steps: int, total_steps: int,
 
 
 def augment(x: np.ndarray, rng: np.random.Generator, shift: int) -> np.ndarray:
-    """(N, D, H, W) inputs, each flipped left-right with probability 1/2 and shifted by up to
-    ``shift`` voxels along every axis (zero fill): the findings' side and exact position
-    carry no class, so the 3D CNN should not learn them."""
+    """(N, D, H, W) or (N, C, D, H, W) inputs, each flipped left-right with probability 1/2
+    and shifted by up to ``shift`` voxels along D, H and W (zero fill; all channels alike):
+    the findings' side and exact position carry no class, so the 3D CNN should not learn them."""
     out = np.zeros_like(x)
     for k, item in enumerate(x):
         if rng.random() < 0.5:
             item = item[..., ::-1]
         moves = rng.integers(-shift, shift + 1, size=3) if shift else np.zeros(3, int)
-        src = tuple(slice(max(0, -m), n - max(0, m)) for m, n in zip(moves, item.shape))
-        dst = tuple(slice(max(0, m), n - max(0, -m)) for m, n in zip(moves, item.shape))
+        lead = (slice(None),) * (item.ndim - 3)
+        src = lead + tuple(slice(max(0, -m), n - max(0, m)) for m, n in zip(moves, item.shape[-3:]))
+        dst = lead + tuple(slice(max(0, m), n - max(0, -m)) for m, n in zip(moves, item.shape[-3:]))
         out[k][dst] = item[src]
     return out
 
@@ -461,7 +472,7 @@ def _network_inputs(net: CovidCTNet, items: list[CohortItem], desc: str,
                     progress: bool) -> tuple[np.ndarray, np.ndarray, bool]:
     from tqdm import tqdm
 
-    shape = net.settings.volume_shape
+    shape = net.settings.input_shape
     x = np.zeros((len(items), *shape), dtype=np.float32)
     synthetic = False
     for k, item in enumerate(tqdm(items, desc=desc, unit="scan", disable=not progress)):
@@ -488,7 +499,7 @@ def _read_as(settings: VolumeSettings, mask_input: bool, input_floor: float | No
     voxels of outline) and above ``input_floor``; a floor in CT units would cut plain volumes'
     lungs away, and without a mask there is no outline to shave."""
     return replace(settings, mask_input=mask_input,
-                   input_floor=input_floor if settings.input == INPUT_INFECTION else None,
+                   input_floor=input_floor if settings.reads_map else None,
                    mask_erode=mask_erode if mask_input else 0)
 
 
@@ -505,12 +516,14 @@ def _metrics(y_true: np.ndarray, y_prob: np.ndarray, class_names) -> dict[str, A
     return figures
 
 
-def _comparison(summary: dict[str, Any], masked: bool = False) -> dict[str, Any]:
+def _comparison(summary: dict[str, Any], masked: bool = False,
+                main_input: str = INPUT_INFECTION) -> dict[str, Any]:
     """CovidCTNet vs the ablation on the same split, side by side (the method's Fig. 1);
     ``masked``: both read their input inside the lung mask (``mask_input``)."""
     inside = " inside the lung mask" if masked else ""
+    reads = "infection maps" if main_input == INPUT_INFECTION else "infection maps and CT"
     rows = []
-    for key, name in (("classifier", f"3D CNN on infection maps{inside} (BCDU-Net + Perlin noise)"),
+    for key, name in (("classifier", f"3D CNN on {reads}{inside} (BCDU-Net + Perlin noise)"),
                       ("ablation", f"3D CNN on plain volumes{inside} (no BCDU-Net, no Perlin noise)"),
                       ("lung_masked", "3D CNN on lung-masked infection maps (covidct; not in the paper)")):
         result = summary.get(key)

@@ -24,7 +24,6 @@ from ..atomic import write_bytes
 from ..covidx import read_split
 from ..labels import labels_path, read_labels
 from ..scan import evenly_spaced
-from ..covidctnet.settings import INPUT_INFECTION
 from .plotting import figure_bytes
 
 LOCALISATION_PNG = "localisation.png"
@@ -56,7 +55,7 @@ def infection_localisation(model: Any, data: str | os.PathLike, split: str,
     from ..covidctnet.truth import score_map, truth_on_grid
 
     truth_files = truth_rows(data)
-    if truth_files is None or model.settings.input != INPUT_INFECTION:
+    if truth_files is None or not model.settings.reads_map:
         return None
     items = [i for i in model.cohort(data).split(split) if i.patient_id in truth_files]
     if not items:

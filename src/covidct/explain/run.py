@@ -169,7 +169,7 @@ def scan_arrays(model: Any, path: Path) -> tuple[np.ndarray, np.ndarray, float |
     scan = load_scan(path)
     content = "file:" + file_digest(path)
     volume, _ = model.volume(scan, content)
-    raw, _ = model.raw_input(volume, content)
+    raw = model.map_of(model.raw_input(volume, content)[0])
     inputs = raw * lung_grid(scan_lungs(scan), scan, raw.shape)
     fov = float(scan.shape[2] * scan.spacing[2]) if scan.geometry_known else None
     return volume, inputs, fov
@@ -179,7 +179,7 @@ def write_infection_gallery(model: Any, data, split: str, scores, cases: list[Ca
                             out_dir: Path) -> dict[str, Any]:
     """Infection-map overlays and projections of the chosen scans."""
 
-    if model.settings.input != "infection":
+    if not model.settings.reads_map:
         return {"folder": None, "n": 0,
                 "note": "this CovidCTNet reads plain volumes (no BCDU-Net), so it has no infection maps"}
     stored = _stored_names(out_dir.parent)
@@ -211,10 +211,10 @@ def scan_features(model: Any, data, split: str) -> dict[str, np.ndarray]:
     # lazy: imports torch, which this module does not need on import
     from .features import compute_features
 
+    from ..covidctnet.pipeline import network_batch
+
     items = load_cohort(data).split(split)
-    scale = np.float32(model.settings.input_scale)
-    inputs = (torch.from_numpy(np.ascontiguousarray(model.input_for_file(i.path)[0] * scale,
-                                                    np.float32))[None, None]
+    inputs = (torch.from_numpy(network_batch(model.input_for_file(i.path)[0][None], model.settings))
               for i in _progress(items, "features"))
     features = compute_features(model.classifier, inputs)
     return {"features": features, "labels": np.array([model.target_index(i.label) for i in items]),
