@@ -236,7 +236,7 @@ def test_two_channel_input_reads_the_map_and_the_ct_as_the_one_channel_models_do
     floor; each channel has its own factor; the model file keeps it and predictions show
     the map alone."""
     from covidct.covidctnet.bcdunet import BCDUNet
-    from covidct.covidctnet.pipeline import network_batch
+    from covidct.covidctnet.infection_maps import network_batch
     from covidct.covidctnet.settings import INPUT_BOTH, INPUT_INFECTION, INPUT_VOLUME
     from covidct.covidctnet.train import _new_model
     from covidct.models import load_model

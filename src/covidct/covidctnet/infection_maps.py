@@ -97,3 +97,13 @@ def map_to_scan_grid(infection: np.ndarray, volume_depth: int, scan_shape: tuple
         if flip:
             grid = np.flip(grid, axis=axis)
     return np.ascontiguousarray(grid, dtype=np.float32)
+
+
+def network_batch(inputs: np.ndarray, settings: VolumeSettings) -> np.ndarray:
+    """(N, C, D, S, S) float32 what the 3D CNN is fed from (N, *settings.input_shape) inputs:
+    each channel times its factor (``settings.channel_scales``). Training, prediction and
+    the t-SNE features all go through here."""
+    batch = np.asarray(inputs, dtype=np.float32).reshape(
+        len(inputs), settings.channels, *settings.volume_shape)
+    scales = np.asarray(settings.channel_scales, dtype=np.float32).reshape(1, -1, 1, 1, 1)
+    return np.ascontiguousarray(batch * scales)

@@ -29,7 +29,8 @@ from ..lungs import MAP_THRESHOLD, _percent, lung_report, scan_lungs
 from ..scanio import load_scan
 from .cache import ArrayCache, scan_digest, weights_digest
 from .volume_data import load_cohort
-from .infection_maps import cnn_input, infection_map, map_to_scan_grid, with_volume
+from .infection_maps import (cnn_input, infection_map, map_to_scan_grid, network_batch,
+                             with_volume)
 from .mapback import map_on_scan_slices
 from .preprocess import check_scan, lung_grid, preprocess_volume
 from .settings import INPUT_BOTH, INPUT_INFECTION, VolumeSettings
@@ -44,15 +45,6 @@ BINARY_CLASSES = ("non-COVID-19", "COVID-19")
 _INPUT_NAMES = {INPUT_INFECTION: "infection map", "volume": "volume",
                 INPUT_BOTH: "infection map and CT (two channels)"}
 
-
-def network_batch(inputs: np.ndarray, settings: VolumeSettings) -> np.ndarray:
-    """(N, C, D, S, S) float32 what the 3D CNN is fed from (N, *settings.input_shape) inputs:
-    each channel times its factor (``settings.channel_scales``). Training, prediction and
-    the t-SNE features all go through here."""
-    batch = np.asarray(inputs, dtype=np.float32).reshape(
-        len(inputs), settings.channels, *settings.volume_shape)
-    scales = np.asarray(settings.channel_scales, dtype=np.float32).reshape(1, -1, 1, 1, 1)
-    return np.ascontiguousarray(batch * scales)
 
 
 class CovidCTNet:

@@ -29,9 +29,9 @@ from ..constants import DISCLAIMER, SYNTHETIC_NOTICE, VOLUME_CLASSES
 from ..devices import choose_device, cpu_state
 from ..errors import DatasetError, ModelError
 from .volume_data import Cohort, CohortItem, load_cohort
-from .infection_maps import denoise_indices
+from .infection_maps import denoise_indices, network_batch
 from .perlin import NOISE_KINDS, NOISE_REGIONS, PseudoInfection
-from .pipeline import BINARY_CLASSES, CovidCTNet, network_batch
+from .pipeline import BINARY_CLASSES, CovidCTNet
 from .runfolder import RunFolder, load_denoiser_file
 from .settings import INPUT_INFECTION, INPUT_VOLUME, LR_SCHEDULES, MAIN_INPUTS, VolumeSettings
 

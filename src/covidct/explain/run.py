@@ -211,7 +211,7 @@ def scan_features(model: Any, data, split: str) -> dict[str, np.ndarray]:
     # lazy: imports torch, which this module does not need on import
     from .features import compute_features
 
-    from ..covidctnet.pipeline import network_batch
+    from ..covidctnet.infection_maps import network_batch
 
     items = load_cohort(data).split(split)
     inputs = (torch.from_numpy(network_batch(model.input_for_file(i.path)[0][None], model.settings))
