@@ -24,7 +24,8 @@ HOW = {
                "It shows where the model looked, not what it found; heat outside the lungs is a "
                "warning sign. Mistakes are shown on purpose.",
     "infection": "yellow to red marks where a slice is denser than the BCDU-Net's reconstruction "
-                 "of a normal lung (the infection map the 3D CNN classifies), on the three most "
+                 "of a normal lung (the infection map the 3D CNN classifies, alone or beside the "
+                 "CT: the model's input says which), on the three most "
                  "affected slices, then projected through the whole scan from above (axial) and "
                  "from the front (coronal, head at the top). The colour scale is the same for every "
                  "scan: full red is the density step from aerated lung to ground glass.",
