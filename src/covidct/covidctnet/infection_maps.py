@@ -16,7 +16,7 @@ import numpy as np
 
 from ..scan import evenly_spaced
 from .preprocess import resize_depth
-from .settings import INPUT_BOTH, INPUT_VOLUME, VolumeSettings
+from .settings import INPUT_BOTH, VolumeSettings
 
 
 def denoise_indices(n_slices: int, max_slices: int) -> np.ndarray:
@@ -49,14 +49,6 @@ def infection_map(volume: np.ndarray, denoiser, settings: VolumeSettings,
     chosen = volume[denoise_indices(len(volume), settings.max_denoised_slices)]
     difference = chosen - denoise(chosen, denoiser, batch_size)
     return resize_depth(difference, settings.volume_slices)
-
-
-def cnn_input(volume: np.ndarray, denoiser, settings: VolumeSettings) -> np.ndarray:
-    """What the 3D CNN reads for ``settings.input`` (``settings.input_shape``): infection
-    map, the plain volume, or both as two channels."""
-    if settings.input == INPUT_VOLUME:
-        return resize_depth(volume, settings.volume_slices)
-    return with_volume(infection_map(volume, denoiser, settings), volume, settings)
 
 
 def with_volume(infection: np.ndarray, volume: np.ndarray, settings: VolumeSettings) -> np.ndarray:

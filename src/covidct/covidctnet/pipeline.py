@@ -29,11 +29,10 @@ from ..lungs import MAP_THRESHOLD, _percent, lung_report, scan_lungs
 from ..scanio import load_scan
 from .cache import ArrayCache, scan_digest, weights_digest
 from .volume_data import load_cohort
-from .infection_maps import (cnn_input, infection_map, map_to_scan_grid, network_batch,
-                             with_volume)
+from .infection_maps import infection_map, map_to_scan_grid, network_batch, with_volume
 from .mapback import map_on_scan_slices
-from .preprocess import check_scan, lung_grid, preprocess_volume
-from .settings import INPUT_BOTH, INPUT_INFECTION, VolumeSettings
+from .preprocess import check_scan, lung_grid, preprocess_volume, resize_depth
+from .settings import INPUT_BOTH, INPUT_INFECTION, INPUT_VOLUME, VolumeSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +41,8 @@ INFECTION_ON_SCAN = INPUT_INFECTION + "_on_scan"
 #: Class names of a COVID-vs-rest (``--binary``) model.
 BINARY_CLASSES = ("non-COVID-19", "COVID-19")
 #: How a prediction's aggregation text names what the 3D CNN read.
-_INPUT_NAMES = {INPUT_INFECTION: "infection map", "volume": "volume",
+_INPUT_NAMES = {INPUT_INFECTION: "infection map", INPUT_VOLUME: "volume",
                 INPUT_BOTH: "infection map and CT (two channels)"}
-
 
 
 class CovidCTNet:
@@ -218,7 +216,7 @@ class CovidCTNet:
         """The infection map, plain volume or both (``settings.input_shape``), before any
         lung mask."""
         if not self.settings.reads_map:
-            return cnn_input(volume, None, self.settings), "n/a"
+            return resize_depth(volume, self.settings.volume_slices), "n/a"
         # Settings of what the 3D CNN reads (scale, mask, floor, norm, members, the CT beside
         # the map) do not change the map itself: leave them out of the key.
         settings = {k: v for k, v in self.settings.to_dict().items()
@@ -241,8 +239,7 @@ class CovidCTNet:
     def network_input(self, volume: np.ndarray, content: str,
                       lungs: np.ndarray | None = None) -> tuple[np.ndarray, str]:
         """The array the 3D CNN reads (``settings.input_shape``: infection map, plain volume
-        or both),
-        times the lung mask on its grid (``lungs``) when ``settings.mask_input``."""
+        or both), times the lung mask on its grid (``lungs``) when ``settings.mask_input``."""
         array, state = self.raw_input(volume, content)
         if self.settings.mask_input and lungs is None:
             raise ModelError("this CovidCTNet reads lung-masked inputs: a lung mask is needed")
