@@ -47,6 +47,24 @@ def test_train_transform_is_reproducible_per_seed_and_flips(tmp_path):
     assert directions == {True, False}  # some crops flipped, some not
 
 
+def test_jitter_scales_turns_and_shifts_within_its_bounds_reproducibly():
+    # A bright disc on a dark square: its size in the crop tells the scale, its mean the shift.
+    yy, xx = np.mgrid[:72, :72]
+    pixels = np.where((yy - 36) ** 2 + (xx - 36) ** 2 < 20 ** 2, 200, 40).astype(np.uint8)
+    plain, jittered = TrainTransform(72, 64), TrainTransform(72, 64, jitter=True)
+    a = jittered(pixels, np.random.default_rng(3))
+    assert a.shape == (1, 64, 64) and a.dtype == torch.uint8
+    assert torch.equal(a, jittered(pixels, np.random.default_rng(3)))
+    discs = [(jittered(pixels, np.random.default_rng(s))[0].numpy() > 120).sum() for s in range(40)]
+    plain_disc = (plain(pixels, np.random.default_rng(0))[0].numpy() > 120).sum()
+    # the disc's area follows the zoom: (64/57)^2 ~ 1.26 down to (64/72)^2 ~ 0.79 of plain
+    assert 0.7 * plain_disc < min(discs) < 0.95 * plain_disc < 1.05 * plain_disc < max(discs) < 1.35 * plain_disc
+    # background stays dark and the disc bright: the shift is small (<= 8 levels, 5% contrast)
+    out = np.stack([jittered(pixels, np.random.default_rng(s))[0].numpy() for s in range(40)])
+    corners = out[:, :4, :4].astype(int)
+    assert 40 - 12 <= corners.min() and corners.max() <= 40 + 12 and len(np.unique(corners)) > 3
+
+
 @pytest.mark.parametrize("transform", [TrainTransform(40, 32), EvalTransform(24)])
 def test_kept_slices_give_the_same_items_and_are_decoded_once(tmp_path, monkeypatch, transform):
     rng = np.random.default_rng(0)

@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -260,6 +261,19 @@ def test_command_line_options_map_to_the_config(cohort, tmp_path):
     assert (config.crop_rule, config.rewindow) == ("lungs", "lung-detail-wide")
     with pytest.raises(CovidctError, match="--data"):
         config_from_args(_parse(["--out", "x"]))
+
+
+def test_jitter_option_reaches_the_config_and_an_older_checkpoint_resumes(tmp_path):
+    from covidct.bit.train import _check_resumable
+    from covidct.cli.train_bit import config_from_args
+
+    config = config_from_args(_parse(["--data", str(tmp_path), "--out", "r", "--jitter"]))
+    assert config.jitter is True
+    plain = config_from_args(_parse(["--data", str(tmp_path), "--out", "r"]))
+    saved = {k: v for k, v in asdict(plain).items() if k != "jitter"}  # before --jitter existed
+    _check_resumable(saved, plain, tmp_path / "last.pt")
+    with pytest.raises(CovidctError, match="jitter"):
+        _check_resumable(saved, config, tmp_path / "last.pt")
 
 
 def test_command_line_defaults_are_the_config_defaults(cohort, tmp_path):

@@ -64,6 +64,7 @@ class TrainConfig:
     mixup_alpha: float = 0.1                # 0 disables mixup
     balanced: bool = False                  # class-balanced sampling (the paper did not)
     balance_patients: bool = False          # with balanced: patients of a class drawn equally
+    jitter: bool = False                    # scale, turn, contrast jitter too (the paper: crop, flip)
     workers: int = 4
     val_every: int = 100
     max_val: int | None = None              # validate on a fixed random subset of this size

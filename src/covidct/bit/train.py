@@ -26,7 +26,7 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 HISTORY_FIELDS = ("step", "loss", "lr", "images_per_s", "data_wait_s", "val_loss", "val_acc")
 #: Settings that must not change when a run is resumed.
 _RESUME_KEYS = ("arch", "init", "resize", "crop", "rewindow", "crop_rule", "schedule",
-                "batch_size", "lr", "momentum", "mixup_alpha", "balanced", "balance_patients",
+                "batch_size", "lr", "momentum", "mixup_alpha", "balanced", "balance_patients", "jitter",
                 "seed", "max_train_per_class", "train_split")
 
 
@@ -132,7 +132,7 @@ def _prepare_data(config: TrainConfig, proc: _Proc) -> _Data:
     if config.max_train_per_class:
         records = subsample_per_class(records, config.max_train_per_class, config.seed)
     train = COVIDxDataset(records, config.images,
-                          TrainTransform(config.resize, config.crop, config.rewindow),
+                          TrainTransform(config.resize, config.crop, config.rewindow, config.jitter),
                           keep_prepared=fits_in_memory(len(records), config.resize),
                           crop_rule=config.crop_rule)
     summary: dict[str, Any] = {"train": _split_summary(records, config.train_split)}
@@ -174,7 +174,10 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
     now = asdict(config)
-    changed = [k for k in _RESUME_KEYS if _plain(saved.get(k)) != _plain(now.get(k))]
+    # A key missing from an older checkpoint's settings had its default then.
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    changed = [k for k in _RESUME_KEYS
+               if _plain(saved.get(k, defaults.get(k))) != _plain(now.get(k))]
     if changed:
         raise CovidctError(f"cannot resume: settings differ from the checkpoint's ({', '.join(changed)})",
                            path)

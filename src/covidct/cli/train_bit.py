@@ -87,6 +87,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--lr", type=float, default=TrainConfig.lr, help="base learning rate")
     opt.add_argument("--no-mixup", action="store_true",
                      help=f"disable mixup (Beta({TrainConfig.mixup_alpha}, {TrainConfig.mixup_alpha}))")
+    opt.add_argument("--jitter", action="store_true",
+                     help="also scale (0.9-1.1x), turn (up to 10 degrees) and shift the contrast "
+                          "and brightness of each training slice (the paper: crop and flip "
+                          "only; `covidct demo` uses it: few training patients span few body "
+                          "sizes and postures)")
     opt.add_argument("--seed", type=int, default=TrainConfig.seed,
                      help="seed of every random choice")
 
@@ -128,7 +133,7 @@ def config_from_args(args: argparse.Namespace):
         schedule=parse_schedule(args.schedule),
         batch_size=args.batch_size, batch_split=args.batch_split, lr=args.lr,
         mixup_alpha=0.0 if args.no_mixup else TrainConfig.mixup_alpha, balanced=args.balanced,
-        balance_patients=args.balance_patients,
+        balance_patients=args.balance_patients, jitter=args.jitter,
         workers=args.workers,
         val_every=args.val_every, max_val=args.max_val,
         max_train_per_class=args.max_train_per_class, seed=args.seed, device=args.device,

@@ -47,7 +47,7 @@ def experiments_section(found: Findings) -> str:
 
 #: Settings shown for a run, when present (slice classifier, then CovidCTNet).
 _RUN_KEYS = ("arch", "init", "weights", "resize", "crop", "schedule", "batch_size", "lr", "momentum",
-             "mixup_alpha", "balanced", "stage", "binary", "slice_size", "volume_slices",
+             "mixup_alpha", "balanced", "jitter", "stage", "binary", "slice_size", "volume_slices",
              "max_denoised_slices", "denoiser_epochs", "denoiser_lr", "epochs", "patience",
              "ablation", "seed", "device", "processes")
 
