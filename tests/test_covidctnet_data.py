@@ -195,3 +195,27 @@ def test_training_augmentation_flips_and_shifts_without_inventing_content():
     assert two.shape == (16, 2, 6, 10, 12)
     np.testing.assert_array_equal(two[:, 0], out)
     np.testing.assert_array_equal(two[:, 1], 2 * out)
+
+
+def test_zoom_augmentation_scales_about_the_centre_within_its_bound_and_channels_alike():
+    """--augment-zoom z: a centred block grows or shrinks by a factor in [1 - z, 1 + z] along
+    each axis and stays centred; both channels move together; z = 0 draws as before."""
+    from covidct.covidctnet.train import augment
+
+    x = np.zeros((24, 2, 21, 21, 21), np.float32)
+    x[:, :, 6:15, 6:15, 6:15] = 1.0          # a 9-voxel cube at the centre
+    x[:, 1] *= 3.0
+    out = augment(x, np.random.default_rng(4), shift=0, zoom=0.2)
+    np.testing.assert_allclose(out[:, 1], 3.0 * out[:, 0], rtol=1e-5, atol=1e-6)
+    extents = []
+    for item in out[:, 0]:
+        for axis in range(3):
+            profile = item.sum(axis=tuple(a for a in range(3) if a != axis))
+            extents.append(profile.sum() / profile.max())                 # width along the axis
+            centre = (profile * np.arange(21)).sum() / profile.sum()
+            assert abs(centre - 10.0) < 0.3
+    extents = np.array(extents) / 9.0
+    assert extents.min() > 0.8 - 0.06 and extents.max() < 1.2 + 0.06
+    assert extents.min() < 0.9 and extents.max() > 1.1                     # it does scale
+    np.testing.assert_array_equal(augment(x, np.random.default_rng(4), shift=2, zoom=0.0),
+                                  augment(x, np.random.default_rng(4), shift=2))

@@ -63,6 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--augment", action="store_true",
                    help="random left-right flips and small shifts of the training inputs "
                         "(the method: none)")
+    g.add_argument("--augment-zoom", type=float, default=0.0, metavar="Z",
+                   help="with --augment: also scale each training input by a factor in "
+                        "[1 - Z, 1 + Z] along each axis (default 0: none; patients differ in "
+                        "size and build, which a few dozen do not span)")
     g.add_argument("--weight-decay", type=float, default=0.0,
                    help="Adam's L2 penalty on the 3D CNN (default 0, as the method)")
     g.add_argument("--mask-input", action="store_true",

@@ -93,6 +93,9 @@ class TrainConfig:
     #: patients the published 3D CNN memorises them within a few epochs without it.
     augment: bool = False
     augment_shift: int = 2
+    #: With augment: also scale each training input by up to this fraction along each axis
+    #: (0: none). A few dozen patients span few body sizes and builds.
+    augment_zoom: float = 0.0
     weight_decay: float = 0.0         # Adam's L2 penalty on the 3D CNN (the method: none)
     mask_input: bool = False          # the main 3D CNN reads lung-masked maps (VolumeSettings)
     #: The main 3D CNN reads max(map - input_floor, 0) (VolumeSettings.input_floor; None: the
@@ -133,6 +136,8 @@ class TrainConfig:
             raise ModelError("noise_weight must be positive")
         if self.augment_shift < 0 or self.weight_decay < 0 or self.lr_warmup_epochs < 0:
             raise ModelError("augment_shift, weight_decay and lr_warmup_epochs must not be negative")
+        if not 0.0 <= self.augment_zoom < 1.0:
+            raise ModelError("augment_zoom must be in [0, 1)")
         if not 0.0 <= self.noisy_fraction <= 1.0:
             raise ModelError("noisy_fraction must be in [0, 1]")
         if self.cnn_input not in MAIN_INPUTS:
@@ -385,7 +390,8 @@ def _fit_cnn(cnn, member: int, config: TrainConfig, run: RunFolder, stage: str,
     def batches(x: np.ndarray, y: np.ndarray, order: np.ndarray, rng=None):
         for start in range(0, len(order), config.batch_size):
             idx = order[start:start + config.batch_size]
-            xb = x[idx] if rng is None else augment(x[idx], rng, config.augment_shift)
+            xb = x[idx] if rng is None else augment(x[idx], rng, config.augment_shift,
+                                                     config.augment_zoom)
             yield (torch.from_numpy(network_batch(xb, settings)).to(device),
                    torch.from_numpy(y[idx]).long().to(device), len(idx))
 
@@ -446,20 +452,39 @@ def _learning_rate(optimizer, lr: float, warmup_steps: int, total_steps: int,
     return set_rate
 
 
-def augment(x: np.ndarray, rng: np.random.Generator, shift: int) -> np.ndarray:
-    """(N, D, H, W) or (N, C, D, H, W) inputs, each flipped left-right with probability 1/2
-    and shifted by up to ``shift`` voxels along D, H and W (zero fill; all channels alike):
-    the findings' side and exact position carry no class, so the 3D CNN should not learn them."""
+def augment(x: np.ndarray, rng: np.random.Generator, shift: int, zoom: float = 0.0) -> np.ndarray:
+    """(N, D, H, W) or (N, C, D, H, W) inputs, each flipped left-right with probability 1/2,
+    with ``zoom`` > 0 scaled about its centre by a factor in [1 - zoom, 1 + zoom] along each
+    of D, H and W, and shifted by up to ``shift`` voxels along them (zero fill; all channels
+    alike): the findings' side and exact position carry no class, nor do the patient's size
+    and build, so the 3D CNN should not learn them."""
     out = np.zeros_like(x)
     for k, item in enumerate(x):
         if rng.random() < 0.5:
             item = item[..., ::-1]
+        if zoom > 0:
+            item = _zoomed(item, rng.uniform(1.0 - zoom, 1.0 + zoom, size=3))
         moves = rng.integers(-shift, shift + 1, size=3) if shift else np.zeros(3, int)
         lead = (slice(None),) * (item.ndim - 3)
         src = lead + tuple(slice(max(0, -m), n - max(0, m)) for m, n in zip(moves, item.shape[-3:]))
         dst = lead + tuple(slice(max(0, m), n - max(0, -m)) for m, n in zip(moves, item.shape[-3:]))
         out[k][dst] = item[src]
     return out
+
+
+def _zoomed(item: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """``item`` ((D, H, W) or (C, D, H, W)) scaled by ``factors`` about its centre, linear
+    interpolation, zero outside."""
+    from scipy.ndimage import affine_transform
+
+    shape = np.array(item.shape[-3:], dtype=np.float64)
+    centre = (shape - 1) / 2
+    scale = 1.0 / np.asarray(factors, dtype=np.float64)
+    offset = centre - scale * centre
+    volumes = item.reshape(-1, *item.shape[-3:])
+    out = np.stack([affine_transform(v, scale, offset=offset, order=1, mode="constant", cval=0.0)
+                    for v in volumes])
+    return out.reshape(item.shape).astype(item.dtype, copy=False)
 
 
 def _unit_sd_scale(x: np.ndarray) -> float:
