@@ -147,7 +147,6 @@ class DemoSettings:
     # denoiser's (validation patients, seed 0): it no longer memorises, but the maps do not
     # yet carry the classes (DEMO.md, "CovidCTNet's map, checked against truth")
     augment: bool = True
-    augment_zoom: float = 0.0
     # The method's no-BCDU-Net ablation (the same 3D CNN on plain volumes) took 133 of the
     # demo's 712 s on a quiet 2-core AVX2 machine (seed 0, 2026-12-04) and is not needed for
     # its figures: `covidct demo --ablation` (or train-covidctnet, where it stays on) adds it.
