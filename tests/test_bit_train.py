@@ -132,11 +132,33 @@ def test_predict_real_slice_and_real_50_slice_series(trained, shared_dir):
     assert 10 <= n <= 50 and series.slice_probabilities.shape == (n, 3)
     assert np.all(np.diff(series.slice_indices) > 0) and series.slice_indices.max() < 50
     assert np.allclose(series.slice_probabilities.sum(1), 1.0)
-    assert np.allclose(series.probabilities, series.slice_probabilities.mean(0))
+    # A series is called by its scan_k (12) most abnormal slices: least likely Normal.
+    k = min(model.scan_k, n)
+    worst = np.argsort(series.slice_probabilities[:, 0], kind="stable")[:k]
+    assert model.scan_rule == "topk" and model.scan_k == 12
+    assert np.allclose(series.probabilities, series.slice_probabilities[worst].mean(0))
     out = series.to_dict()
     assert out["disclaimer"] == DISCLAIMER and "lung" in out["aggregation"]
     assert out["model"]["synthetic"] is True and "synthetic_notice" in out  # trained on toy data
     assert out["scan"]["shape"] == [50, 512, 512]
+
+
+def test_model_files_from_before_the_scan_rule_keep_the_mean(trained, shared_dir, tmp_path):
+    """A file saved before ``scan_rule`` existed calls a series by the mean of all its scored
+    slices, as it did; a new file saves its rule; a rule the aggregator lacks is refused."""
+    from covidct.bit.model import SliceClassifier
+    from covidct.scanio import load_scan
+
+    payload = read_model_file(trained.model_path)
+    assert (payload["scan_rule"], payload["scan_k"]) == ("topk", 12)
+    old = {k: v for k, v in payload.items() if k not in ("scan_rule", "scan_k")}
+    model = SliceClassifier.from_payload(old)
+    assert model.scan_rule == "mean"
+    series = model.predict(load_scan(shared_dir / "data" / "real-ct-examples" / "volume_example"))
+    assert np.allclose(series.probabilities, series.slice_probabilities.mean(0))
+    assert "most abnormal" not in series.aggregation
+    with pytest.raises(ModelError, match="scan_rule"):
+        SliceClassifier.from_payload({**payload, "scan_rule": "median"})
 
 
 def test_long_hu_series_is_windowed_and_capped(trained, make_hu_volume):

@@ -18,11 +18,16 @@ from ..windowing import COVIDX_LUNG, Window, body_box
 MAX_SLICES = 32
 
 
-def aggregation_rule(max_slices: int = MAX_SLICES) -> str:
+def aggregation_rule(max_slices: int = MAX_SLICES, rule: str = "mean", k: int = 12,
+                     found: bool = True) -> str:
     """The patient-level rule, in words, for prediction outputs."""
-    return (f"mean of per-slice class probabilities over the scored lung slices (slices whose "
-            f"lung-mask area is >= {LUNG_SLICE_MM2:.0f} mm^2; at most {max_slices}, "
-            "evenly spaced)")
+    scored = (f"the scored lung slices (slices whose lung-mask area is >= {LUNG_SLICE_MM2:.0f} "
+              f"mm^2; at most {max_slices}, evenly spaced)" if found else
+              "all slices (no slice passed the lung-slice rule, so none was excluded)")
+    if rule == "topk":
+        return (f"mean of per-slice class probabilities over the {k} most abnormal (least "
+                f"likely Normal) of {scored}")
+    return f"mean of per-slice class probabilities over {scored}"
 
 
 def lung_slices(scan: Scan, max_slices: int = MAX_SLICES) -> tuple[np.ndarray, bool]:
