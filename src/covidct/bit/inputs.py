@@ -18,9 +18,9 @@ from ..windowing import COVIDX_LUNG, Window, body_box
 MAX_SLICES = 32
 
 
-def aggregation_rule(max_slices: int = MAX_SLICES, rule: str = "mean", k: int = 12,
+def aggregation_rule(max_slices: int = MAX_SLICES, rule: str = "mean", k: int | None = None,
                      found: bool = True) -> str:
-    """The patient-level rule, in words, for prediction outputs."""
+    """The patient-level rule, in words, for prediction outputs (``k``: rule "topk"'s)."""
     scored = (f"the scored lung slices (slices whose lung-mask area is >= {LUNG_SLICE_MM2:.0f} "
               f"mm^2; at most {max_slices}, evenly spaced)" if found else
               "all slices (no slice passed the lung-slice rule, so none was excluded)")

@@ -183,7 +183,7 @@ class SliceClassifier:
                     window=window, rewindow=record.get("rewindow"),
                     crop_rule=record.get("crop_rule", "box"),
                     scan_rule=record.get("scan_rule", "mean"),
-                    scan_k=int(record.get("scan_k", 12)),
+                    scan_k=int(record.get("scan_k", cls.scan_k)),
                     init=record.get("init", ""), trained_on=record.get("trained_on", {}),
                     training=record.get("training", {}),
                     version=record.get("version") or record.get("covidct_version") or "",
