@@ -416,3 +416,27 @@ def test_lungs_crop_rule_travels_in_the_model_file_and_every_reader_crops_by_it(
     assert not np.allclose(lungs, model.score_dataset(split, cohort / "images").y_prob, atol=1e-4)
     with pytest.raises(CovidctError, match="unknown crop rule"):
         tiny_config(cohort, tmp_path / "r", crop_rule="lung")
+
+
+@pytest.mark.slow
+def test_evaluate_on_a_synth_cohort_also_calls_each_whole_series(trained, synthetic_cohort, run_cli,
+                                                                 tmp_path):
+    """On a covidct synth cohort, `evaluate` scores the labelled pictures (the paper's protocol)
+    and also each test patient's whole DICOM series the way `predict` calls it."""
+    from covidct.scanio import load_scan
+
+    out = tmp_path / "evaluation"
+    rc, stdout, stderr = run_cli("evaluate", synthetic_cohort / "covidx", "--model", trained.model_path,
+                                 "--out", out, "--n-boot", "20", timeout=300)
+    assert rc == 0, stderr
+    results = json.loads((out / "results.json").read_text())
+    series = results["metrics"]["series"]
+    rows = [r for r in csv.DictReader((synthetic_cohort / "labels.csv").open()) if r["split"] == "test"]
+    assert rows and series["level"] == "series" and series["n_patients"] == len(rows)
+    model = load_model(trained.model_path)
+    calls = [model.predict(load_scan(synthetic_cohort / r["dicom"])).label == r["label"] for r in rows]
+    assert series["accuracy"]["value"] == pytest.approx(np.mean(calls))
+    assert "most abnormal" in results["provenance"]["settings"]["series_rule"]
+    assert "| series |" in stdout and "series: n = " in stdout
+    assert "\nseries,accuracy," in (out / "results.csv").read_text()
+    assert not any(r["patient_id"] in (out / "results.json").read_text() for r in rows)

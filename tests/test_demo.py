@@ -92,6 +92,11 @@ def test_summary_is_labelled_synthetic_and_names_a_held_out_patient(demo):
     for method, row in summary["test_results"].items():
         assert 0.0 <= row["accuracy"]["value"] <= 1.0, method
         assert row["n_patients"] == test_patients >= 2, method  # both methods: the same patients
+    # The slice classifier is also scored as a hospital runs it: one call per whole series.
+    series = summary["test_results"]["bit"]["series"]
+    assert series["level"] == "series" and series["n_patients"] == test_patients
+    assert "series" not in summary["test_results"]["covidctnet"]
+    assert sum("bit         whole-series accuracy" in line for line in result.lines) == 1
     assert result.lines[0] == SYNTHETIC_NOTICE
     html = result.report.read_text()
     assert "SYNTHETIC" in html and "Grad-CAM" in html

@@ -429,7 +429,13 @@ def _headline(saved: dict[str, Any]) -> dict[str, Any]:
     """Accuracy and COVID AUC with CIs at the level a clinician cares about (the patient)."""
     metrics = saved.get("metrics", saved)
     level = "patient" if "patient" in metrics else "scan" if "scan" in metrics else next(iter(metrics))
-    figures = metrics[level]
+    headline = _figures(level, metrics[level])
+    if "series" in metrics:  # the slice classifier's calls of whole DICOM series
+        headline["series"] = _figures("series", metrics["series"])
+    return headline
+
+
+def _figures(level: str, figures: dict[str, Any]) -> dict[str, Any]:
     return {"level": level, "n_patients": figures.get("n_patients"),
             "accuracy": figures.get("accuracy"),
             "covid_auc": (figures.get("binary") or {}).get("auc")}
@@ -437,10 +443,14 @@ def _headline(saved: dict[str, Any]) -> dict[str, Any]:
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     lines = [SYNTHETIC_NOTICE, "Held-out test patients (95% CI from a patient bootstrap):"]
-    for method, row in summary["test_results"].items():
-        accuracy, auc = format_figure(row["accuracy"], 1, 2), format_figure(row["covid_auc"], 1, 2)
-        lines.append(f"  {method:<11} {row['level']}-level accuracy {accuracy}, "
-                     f"COVID-vs-rest AUC {auc}, n={row['n_patients']} patients")
+    for method, headline in summary["test_results"].items():
+        for row in (headline, headline.get("series")):
+            if row is None:
+                continue
+            accuracy, auc = format_figure(row["accuracy"], 1, 2), format_figure(row["covid_auc"], 1, 2)
+            level = "whole-series" if row["level"] == "series" else f"{row['level']}-level"
+            lines.append(f"  {method:<11} {level} accuracy {accuracy}, "
+                         f"COVID-vs-rest AUC {auc}, n={row['n_patients']} patients")
     example = summary["example"]
     calls = ", ".join(f"{m} -> {label}" for m, label in example["calls"].items())
     lines.append(f"Example: held-out patient {example['patient']} (truth {example['true_label']}): {calls}")

@@ -6,6 +6,7 @@ covidct.metrics.save_results, plus ``scores.npz`` with the raw outputs for figur
 from __future__ import annotations
 
 import io
+from collections import Counter
 import os
 import platform
 import sys
@@ -17,6 +18,7 @@ import numpy as np
 from . import __version__
 from .atomic import private_files, write_bytes, write_json
 from .errors import DatasetError
+from .labels import read_labels
 from .lungs_eval import LUNGS_JSON, evaluate_lungs, find_truth
 from .metrics import metrics_with_ci, save_results, slice_and_patient_metrics
 from .privacy import folder_salt, pseudonym, show_paths
@@ -59,12 +61,21 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike, split: s
     scores.groups = np.array([namer(str(g), "patient") for g in scores.groups])
     scores.items = [namer(str(i), "item") for i in scores.items]
     metrics = metrics_for(scores, n_boot=n_boot, seed=seed, rule=rule)
+    # A slice classifier scored on a synthetic cohort's labelled pictures is also scored the
+    # way a hospital user runs it: one call per whole DICOM series (its own slice choice and
+    # series rule), so that the two paths cannot drift apart unseen.
+    series = series_scores(model, data, split) if scores.level == "slice" else None
+    if series is not None:
+        series.groups = np.array([namer(str(g), "patient") for g in series.groups])
+        metrics["series"] = metrics_for(series, n_boot=n_boot, seed=seed)["scan"]
+        metrics["series"]["level"] = "series"
     provenance = {
         **scores.provenance,
         "method": model.method,
         "data": _hidden_path(data), "split": split, "level": scores.level,
         "n_items": int(len(scores.y_true)), "n_patients": int(len(set(scores.groups.tolist()))),
-        "settings": {"n_boot": n_boot, "seed": seed, "patient_rule": rule},
+        "settings": {"n_boot": n_boot, "seed": seed, "patient_rule": rule,
+                     **({"series_rule": series.provenance["rule"]} if series is not None else {})},
         "synthetic": bool(scores.provenance.get("synthetic", False)),
         "command": _command(), "covidct_version": __version__,
         "names": "as given" if show_paths() else "patients and files by salted digest",
@@ -87,6 +98,38 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike, split: s
                 write_json(out_dir / LUNGS_JSON, lungs)
     return {"metrics": metrics, "provenance": provenance, "scores": scores, "lungs": lungs,
             "localisation": localisation}
+
+
+def series_scores(model: Model, data: str | os.PathLike, split: str) -> Scores | None:
+    """One row per whole series of ``split`` in the synthetic cohort that holds ``data`` (its
+    labels.csv names each patient's DICOM series), each called by ``model.predict``; None when
+    ``data`` is not part of such a cohort."""
+    from .scanio import load_scan
+
+    labels = find_truth(data)
+    if labels is None:
+        return None
+    rows = [r for r in read_labels(labels) if r.get("split") == split and r.get("dicom")
+            and r.get("label") in model.class_names]
+    if not rows:
+        return None
+    probabilities, rules = [], Counter()
+    for row in _progress(rows, f"{split} series"):
+        prediction = model.predict(load_scan(labels.parent / row["dicom"]))
+        probabilities.append(prediction.probabilities)
+        rules[prediction.aggregation] += 1
+    names = list(model.class_names)
+    return Scores(method=model.method, class_names=tuple(names), level="scan",
+                  y_true=np.array([names.index(r["label"]) for r in rows]),
+                  y_prob=np.stack(probabilities), groups=np.array([r["patient_id"] for r in rows]),
+                  items=[r["patient_id"] for r in rows], provenance={"rule": rules.most_common(1)[0][0]})
+
+
+def _progress(rows, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(rows, desc=desc, unit="series", leave=False, dynamic_ncols=True,
+                disable=not sys.stderr.isatty())
 
 
 def localise(model: Model, data: str | os.PathLike, split: str, scores: Scores,

@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "slice-level and patient-level results side by side. Writes results.json, "
                     "results.csv and scores.npz into --out; on a covidct synth cohort (true lungs "
                     "in labels.csv) also lungs.json: the lung mask's Dice and lesion coverage and "
-                    "the involvement figures against the true lesion share.")
+                    "the involvement figures against the true lesion share, and, for the slice "
+                    "classifier, a third level: each patient's whole DICOM series called as "
+                    "`covidct predict` calls it (its own slice choice and series rule).")
     p.add_argument("data", help=f"bit: a COVIDx-layout folder ({LAYOUT}) or a "
                                 "split file; covidctnet: a folder per class or a labels CSV")
     p.add_argument("--model", default=None, help="model file (default: <method>.pt in "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, Mapping, Sequence
 
-ITEM_NAMES = {"slice": "slices", "patient": "slices", "scan": "scans"}
+ITEM_NAMES = {"slice": "slices", "patient": "slices", "scan": "scans", "series": "series"}
 
 
 def figure_parts(figure: Any) -> tuple[Any, Any, Any]:

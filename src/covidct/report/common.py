@@ -34,8 +34,12 @@ def evaluation_title(ev: Evaluation) -> str:
 
 
 def is_scan_level(level: str, result: Mapping[str, Any]) -> bool:
-    """CovidCTNet's results: one item per scan (the patient), no slices."""
-    return level == "scan" or result.get("level") == "scan"
+    """One item per scan (the patient), no slices: CovidCTNet's results, and the slice
+    classifier's calls of whole series."""
+    return level in SCAN_LEVELS or result.get("level") in SCAN_LEVELS
+
+
+SCAN_LEVELS = ("scan", "series")
 
 
 def run_method(run: TrainingRun) -> str:

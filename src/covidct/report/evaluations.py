@@ -166,9 +166,13 @@ def overall_table(levels: Mapping[str, Mapping[str, Any]]) -> str:
     ]
     rows = [[label, *(fmt(_get(r, *path)) for r in levels.values())] for label, path, fmt in rows_spec]
     rows.append(["Patients", *(count(r.get("n_patients")) for r in levels.values())])
-    if not any(is_scan_level(name, r) for name, r in levels.items()):
-        rows.append(["Slices", *(count(r.get("n_slices")) for r in levels.values())])
-    caption = "Overall figures" + (", slice level and patient level side by side" if len(levels) > 1 else "")
+    if not all(is_scan_level(name, r) for name, r in levels.items()):
+        rows.append(["Slices", *("" if is_scan_level(name, r) else count(r.get("n_slices"))
+                                 for name, r in levels.items())])
+    caption = "Overall figures" + (", levels side by side" if len(levels) > 1 else "")
+    if "series" in levels:
+        caption += ("; whole series: each test patient's DICOM series called as covidct predict "
+                    "calls it (its own slice choice and series rule)")
     return subsection("Overall", table(["Figure", *_level_header(levels)], rows, caption=caption, css="figures"))
 
 

@@ -14,7 +14,7 @@ from ..metrics import roc_points
 from ..metrics.tables import figure_parts
 
 LEVEL_TITLES = {"slice": "Slice level", "patient": "Patient level", "scan": "Scan (patient) level",
-                "model": "Model"}
+                "series": "Whole series (as predict)", "model": "Model"}
 
 
 def level_title(level: str) -> str:
