@@ -696,6 +696,18 @@ def test_cnn_members_train_each_from_its_own_seed_and_predict_their_average(
     assert any(not torch.equal(first[k], second[k]) for k in first)
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert len(summary["classifier"]["members"]) == 2
+    # Members 1.. train in forked processes beside member 0 (two or more cores): the same
+    # weights as one after another in this process, and its record read back from its files.
+    from covidct.covidctnet import train as training
+    assert training._can_fork()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(training, "_can_fork", lambda: False)
+        train3d(*common, "--out", str(tmp_path / "serial"), "--cnn-members", "2")
+    serial = load_model(tmp_path / "serial" / "model.pt")
+    for key, value in serial.classifier.members[1].state_dict().items():
+        assert torch.equal(value, second[key]), key
+    serial_summary = json.loads((tmp_path / "serial" / "summary.json").read_text())
+    assert serial_summary["classifier"]["members"] == summary["classifier"]["members"]
     history = (tmp_path / "two" / "history.csv").read_text()
     assert "classifier-member1," in history
     # Prediction reads the average, on PyTorch and on ONNX Runtime alike.

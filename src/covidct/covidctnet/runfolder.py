@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,31 @@ class RunFolder:
             return list(csv.DictReader(fh))
 
     def write_history(self, stage: str, rows: list[dict[str, Any]]) -> None:
-        """Replace ``stage``'s rows (other stages' rows are kept)."""
-        kept = [r for r in self.read_history() if r.get("stage") != stage]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in kept + [{**r, "stage": stage} for r in rows]:
-            writer.writerow({k: _fmt(row.get(k)) for k in HISTORY_COLUMNS})
-        write_text(self.history, buf.getvalue())
+        """Replace ``stage``'s rows (other stages' rows are kept). Locked: an ensemble's
+        members train in parallel processes and write the same file."""
+        with self._history_lock():
+            kept = [r for r in self.read_history() if r.get("stage") != stage]
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for row in kept + [{**r, "stage": stage} for r in rows]:
+                writer.writerow({k: _fmt(row.get(k)) for k in HISTORY_COLUMNS})
+            write_text(self.history, buf.getvalue())
+
+    @contextmanager
+    def _history_lock(self):
+        try:
+            import fcntl
+        except ImportError:  # no fcntl (Windows): members train one after another there
+            yield
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".history.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     # -- checkpoints ----------------------------------------------------------------------
 

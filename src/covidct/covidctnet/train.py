@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -340,11 +343,10 @@ def train_classifier(config: TrainConfig, run: RunFolder, cohort: Cohort, net: C
         net.settings = replace(net.settings, input_scale=scales[0],
                                volume_scale=scales[1] if len(scales) > 1 else 1.0)
     cnn = net.classifier.to(device)
-    # An ensemble's members train one after another, each from its own seed, each picking
-    # its own best epoch; member 0 trains exactly as a lone 3D CNN does.
+    # An ensemble's members train each from its own seed, each picking its own best epoch;
+    # member 0 trains exactly as a lone 3D CNN does.
     members = list(cnn.members) if hasattr(cnn, "members") else [cnn]
-    loops = [_fit_cnn(member, k, config, run, stage, arrays, net.settings, device)
-             for k, member in enumerate(members)]
+    loops = _fit_members(members, config, run, stage, arrays, net.settings, device)
     loop = loops[0]
     net.classifier = cnn.cpu().eval()
 
@@ -372,6 +374,82 @@ def train_classifier(config: TrainConfig, run: RunFolder, cohort: Cohort, net: C
     net.save(model_path)
     results["synthetic"] = net.training["synthetic"]
     return results
+
+
+def _fit_members(members: list, config: TrainConfig, run: RunFolder, stage: str,
+                 arrays: dict[str, tuple], settings: VolumeSettings, device) -> list["_EpochLoop"]:
+    """Train an ensemble's members; returns their epoch loops, member 0 first.
+
+    On a CPU with two or more cores the members train side by side, members 1.. in forked
+    processes, every one on one thread: in the 3D CNN's channels-last layout a second
+    thread made a training step only 1.2-1.3x faster, a second process 2x. Each member
+    draws from its own seeds, so the result does not depend on which runs where; each
+    writes its own checkpoints, from which this process reads the others' best weights."""
+    import torch
+
+    if len(members) == 1 or getattr(device, "type", str(device)) != "cpu" or not _can_fork():
+        return [_fit_cnn(member, k, config, run, stage, arrays, settings, device)
+                for k, member in enumerate(members)]
+    context = multiprocessing.get_context("fork")
+    children = [context.Process(target=_member_process, name=f"3D CNN member {k}",
+                                args=(member, k, config, run, stage, arrays, settings, device))
+                for k, member in enumerate(members) if k > 0]
+    threads = torch.get_num_threads()
+    for child in children:
+        child.start()
+    try:
+        torch.set_num_threads(1)
+        loops = [_fit_cnn(members[0], 0, config, run, stage, arrays, settings, device)]
+    except BaseException:
+        for child in children:
+            child.terminate()
+        raise
+    finally:
+        torch.set_num_threads(threads)
+        for child in children:
+            child.join()
+    for k, child in enumerate(children, start=1):
+        if child.exitcode != 0:
+            raise ModelError(f"3D CNN member {k} stopped with exit code {child.exitcode}; "
+                             f"--resume continues from its last epoch", run.root)
+        loops.append(_finished_member(members[k], k, config, run, stage))
+    return loops
+
+
+def _can_fork() -> bool:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (cores or 1) >= 2 and "fork" in multiprocessing.get_all_start_methods()
+
+
+def _member_process(member, k: int, config: TrainConfig, run: RunFolder, stage: str,
+                    arrays: dict[str, tuple], settings: VolumeSettings, device) -> None:
+    """A forked process's work: member ``k`` on one thread, no progress bar (the first
+    member's bar stands for all); its checkpoints carry the result."""
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        _fit_cnn(member, k, replace(config, progress=False), run, stage, arrays, settings, device)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # the parent reports it in one line; details to the log
+        log.error("3D CNN member %d failed: %s", k, exc)
+        sys.exit(1)
+
+
+def _finished_member(member, k: int, config: TrainConfig, run: RunFolder,
+                     stage: str) -> "_EpochLoop":
+    """Member ``k``'s epoch loop as its process left it, its best weights loaded."""
+    import torch
+
+    loop = _EpochLoop(_member_stage(stage, k), run, config.epochs, config.patience, True, False)
+    loop.restore(member, torch.optim.Adam(member.parameters()))
+    loop.load_best(member)
+    return loop
+
+
+def _member_stage(stage: str, member: int) -> str:
+    return stage if member == 0 else f"{stage}-member{member}"
 
 
 def _fit_cnn(cnn, member: int, config: TrainConfig, run: RunFolder, stage: str,
@@ -408,7 +486,7 @@ def _fit_cnn(cnn, member: int, config: TrainConfig, run: RunFolder, stage: str,
                 correct += (logits.argmax(1) == yb).sum().item()
         return loss / len(y_val), correct / len(y_val)
 
-    name = stage if member == 0 else f"{stage}-member{member}"
+    name = _member_stage(stage, member)
     loop = _EpochLoop(name, run, config.epochs, config.patience, config.resume, config.progress)
     loop.restore(cnn, optimizer)
     draw = [config.seed] if member == 0 else [config.seed, 1000 + member]
