@@ -129,8 +129,8 @@ class DemoSettings:
     # maps (seeds 0-2), 3 training seeds each, patient accuracy / COVID-vs-rest AUC: one 3D CNN
     # of 20 epochs 0.748 / 0.882, 40 0.819 / 0.950, 60 0.865 / 0.967, 100 0.823 / 0.936 (8
     # runs); two of 60 averaged 0.896 / 0.980 (worst run 0.78; one of 40: 0.73). Cost: the
-    # CovidCTNet stage took 250-284 s instead of 129-141 s (the 3D CNN's channels-last layout
-    # makes a two-thread step only 1.2-1.3x faster) (DEMO.md, "Eleventh round")
+    # CovidCTNet stage took 130-186 s on fresh seeds 20-22 (129-141 s before on seeds 14-16),
+    # the members training side by side (DEMO.md, "Eleventh round")
     cnn_members: int = 2
     epochs: int = 60
     batch_size: int = 8               # 5 steps per epoch on 36 training patients
