@@ -6,10 +6,10 @@ covidct.metrics.save_results, plus ``scores.npz`` with the raw outputs for figur
 from __future__ import annotations
 
 import io
-from collections import Counter
 import os
 import platform
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,9 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike, split: s
     # A slice classifier scored on a synthetic cohort's labelled pictures is also scored the
     # way a hospital user runs it: one call per whole DICOM series (its own slice choice and
     # series rule), so that the two paths cannot drift apart unseen.
-    series = series_scores(model, data, split) if scores.level == "slice" else None
+    truth = find_truth(data)
+    series = (series_scores(model, truth, split)
+              if scores.level == "slice" and truth is not None else None)
     if series is not None:
         series.groups = np.array([namer(str(g), "patient") for g in series.groups])
         metrics["series"] = metrics_for(series, n_boot=n_boot, seed=seed)["scan"]
@@ -85,7 +87,6 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike, split: s
         provenance["images"] = _hidden_path(provenance["images"])
     # Where the data has true lungs (a covidct synth cohort), the lung mask and the involvement
     # figures are scored too, on the same split.
-    truth = find_truth(data)
     lungs = evaluate_lungs(truth, split=split) if truth is not None else None
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -100,15 +101,12 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike, split: s
             "localisation": localisation}
 
 
-def series_scores(model: Model, data: str | os.PathLike, split: str) -> Scores | None:
-    """One row per whole series of ``split`` in the synthetic cohort that holds ``data`` (its
-    labels.csv names each patient's DICOM series), each called by ``model.predict``; None when
-    ``data`` is not part of such a cohort."""
+def series_scores(model: Model, labels: Path, split: str) -> Scores | None:
+    """One row per whole DICOM series of ``split`` named in a synthetic cohort's ``labels``
+    (:func:`covidct.lungs_eval.find_truth`), each called by ``model.predict``; None when the
+    split names none."""
     from .scanio import load_scan
 
-    labels = find_truth(data)
-    if labels is None:
-        return None
     rows = [r for r in read_labels(labels) if r.get("split") == split and r.get("dicom")
             and r.get("label") in model.class_names]
     if not rows:
@@ -122,7 +120,7 @@ def series_scores(model: Model, data: str | os.PathLike, split: str) -> Scores |
     return Scores(method=model.method, class_names=tuple(names), level="scan",
                   y_true=np.array([names.index(r["label"]) for r in rows]),
                   y_prob=np.stack(probabilities), groups=np.array([r["patient_id"] for r in rows]),
-                  items=[r["patient_id"] for r in rows], provenance={"rule": rules.most_common(1)[0][0]})
+                  provenance={"rule": rules.most_common(1)[0][0]})
 
 
 def _progress(rows, desc: str):

@@ -84,7 +84,8 @@ class CNN3D(nn.Module):
         # The softmax layer keeps Keras' default (Glorot uniform), as in the method's code.
         nn.init.xavier_uniform_(self.classifier[-1].weight)
         # Channels-last 3D tensors take oneDNN's fast convolutions on CPU: a training step of
-        # the demo's 3D CNN (batch 8, 2 x 40 x 48 x 48, BatchNorm, one thread) ran 2.5x faster.
+        # the demo's 3D CNN (batch 8, 2 x 40 x 48 x 48, BatchNorm) ran 2.1x faster on one
+        # thread, 1.2-1.3x on two.
         # Weights loaded later are copied into these tensors and keep the layout.
         self.to(memory_format=torch.channels_last_3d)
 
