@@ -22,6 +22,7 @@ from .labels import read_labels
 from .lungs_eval import LUNGS_JSON, evaluate_lungs, find_truth
 from .metrics import metrics_with_ci, save_results, slice_and_patient_metrics
 from .privacy import folder_salt, pseudonym, show_paths
+from .progress import inner_bar
 from .models import Model, load_model
 from .prediction import Scores
 
@@ -112,7 +113,7 @@ def series_scores(model: Model, labels: Path, split: str) -> Scores | None:
     if not rows:
         return None
     probabilities, rules = [], Counter()
-    for row in _progress(rows, f"{split} series"):
+    for row in inner_bar(rows, f"{split} series", "series", tty_only=True):
         prediction = model.predict(load_scan(labels.parent / row["dicom"]))
         probabilities.append(prediction.probabilities)
         rules[prediction.aggregation] += 1
@@ -121,13 +122,6 @@ def series_scores(model: Model, labels: Path, split: str) -> Scores | None:
                   y_true=np.array([names.index(r["label"]) for r in rows]),
                   y_prob=np.stack(probabilities), groups=np.array([r["patient_id"] for r in rows]),
                   provenance={"rule": rules.most_common(1)[0][0]})
-
-
-def _progress(rows, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(rows, desc=desc, unit="series", leave=False, dynamic_ncols=True,
-                disable=not sys.stderr.isatty())
 
 
 def localise(model: Model, data: str | os.PathLike, split: str, scores: Scores,

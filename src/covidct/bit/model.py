@@ -53,6 +53,7 @@ from ..metrics import aggregate_by_patient
 from ..metrics.aggregate import RULES
 from ..models import save_model_file
 from ..prediction import Prediction, Scores
+from ..progress import inner_bar
 from ..scan import Scan
 from ..lungs import lung_report, scan_lungs
 from ..windowing import COVIDX_LUNG, get_window
@@ -297,7 +298,7 @@ class SliceClassifier:
         dataset = self.dataset(split_file, image_dir)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                              collate_fn=collate)
-        logits, labels = infer_logits(self.net, _progress(loader, "scoring"), self.device)
+        logits, labels = infer_logits(self.net, inner_bar(loader, "scoring", "batch"), self.device)
         return Scores(
             method=METHOD_BIT, class_names=self.class_names, y_true=labels.numpy(),
             y_prob=torch.softmax(logits, dim=1).double().numpy(),
@@ -386,12 +387,6 @@ class SliceClassifier:
     def features(self, data: str | Path, split: str, max_items: int, seed: int) -> dict[str, np.ndarray]:
         split_file, image_dir = covidx_split(data, split)
         return dataset_features(self, split_file, image_dir, max_items=max_items, seed=seed)
-
-
-def _progress(iterable, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
 
 
 def _active_network(self: SliceClassifier) -> torch.nn.Module:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..progress import inner_bar
 from .gradcam import network_input
 from .plotting import class_colour, new_figure
 
@@ -77,8 +78,8 @@ def dataset_features(classifier: Any, split_file, image_dir, max_items: int | No
     chosen = sample_indices(dataset.labels, max_items, seed)
     subset = torch.utils.data.Subset(dataset, chosen.tolist())
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=collate)
-    features = compute_features(classifier.net,
-                                (network_input(images) for images, _ in _progress(loader)))
+    batches = inner_bar(loader, "features", "batch")
+    features = compute_features(classifier.net, (network_input(images) for images, _ in batches))
     records = [dataset.records[i] for i in chosen]
     return {"features": features, "labels": dataset.labels[chosen],
             "groups": np.array([r.patient for r in records], dtype=str),
@@ -144,9 +145,3 @@ def plot_tsne(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
     heading = title or "t-SNE of penultimate-layer features"
     ax.set_title(heading + (" (SYNTHETIC data)" if synthetic else ""), fontsize=9)
     return fig
-
-
-def _progress(iterable):
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc="features", unit="batch", leave=False, dynamic_ncols=True)

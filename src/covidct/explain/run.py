@@ -28,6 +28,7 @@ from ..covidx import read_split
 from ..digest import file_digest
 from ..errors import DatasetError, ModelError
 from ..models import load_model
+from ..progress import inner_bar
 from ..scanio import load_scan
 from ..covidctnet.volume_data import load_cohort
 from .cases import Case, select_cases
@@ -122,7 +123,7 @@ def write_gradcam_gallery(classifier: Any, split_file: Path, image_dir: Path, sc
     names = tuple(scores.class_names)
     entries = []
     with atomic_dir(out_dir) as tmp:
-        for number, case in enumerate(_progress(cases, "grad-cam"), start=1):
+        for number, case in enumerate(inner_bar(cases, "grad-cam", "case"), start=1):
             record = records.get(str(scores.items[case.index]))
             if record is None:
                 raise DatasetError(f"scored slice {scores.items[case.index]!r} is not in the split "
@@ -187,7 +188,7 @@ def write_infection_gallery(model: Any, data, split: str, scores, cases: list[Ca
     names = tuple(scores.class_names)
     entries = []
     with atomic_dir(out_dir) as tmp:
-        for number, case in enumerate(_progress(cases, "infection maps"), start=1):
+        for number, case in enumerate(inner_bar(cases, "infection maps", "case"), start=1):
             patient = str(scores.items[case.index])
             if patient not in paths:
                 raise DatasetError(f"a scored scan is not in split {split!r} of the cohort: the "
@@ -215,7 +216,7 @@ def scan_features(model: Any, data, split: str) -> dict[str, np.ndarray]:
 
     items = load_cohort(data).split(split)
     inputs = (torch.from_numpy(network_batch(model.input_for_file(i.path)[0][None], model.settings))
-              for i in _progress(items, "features"))
+              for i in inner_bar(items, "features", "case"))
     features = compute_features(model.classifier, inputs)
     return {"features": features, "labels": np.array([model.target_index(i.label) for i in items]),
             "groups": np.array([i.patient_id for i in items], dtype=str),
@@ -245,9 +246,3 @@ def write_tsne(features: dict[str, np.ndarray], class_names, eval_dir: Path, see
     return {"file": TSNE_PNG, "features": FEATURES_NPZ, "n": n,
             "feature_dim": int(features["features"].shape[1]),
             "neighbour_agreement": agreement, "seed": seed}
-
-
-def _progress(iterable, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, unit="case", leave=False, dynamic_ncols=True)
