@@ -192,3 +192,22 @@ def test_lobar_kind_mixes_lobar_consolidations_and_opacities():
     # a lobar consolidation turns at least a tenth of the aerated lung dense; opacities of
     # ground-glass density none of it: both kinds appear
     assert (share > 0.1).sum() >= 8 and (share == 0).sum() >= 3
+
+
+def test_pseudo_map_auc_rewards_removing_the_pseudo_infection_not_copying():
+    """The denoiser's validation map AUC (train-covidctnet --denoiser-select map-auc): a
+    denoiser that returns the clean slice singles out the changed pixels (not all: a lobar
+    consolidation also lightens the vessels it swallows, whose map is negative); one that
+    copies its input is at chance; one that removes half of each change ranks as a full
+    removal (a ranking, not a loss), and one that doubles each change is its mirror image."""
+    from covidct.covidctnet.train import pseudo_map_auc
+
+    clean = np.repeat(_chest_slice()[None], 12, axis=0)
+    inputs, _ = PseudoInfection().apply(clean, np.random.default_rng(4), fraction=0.5,
+                                        region=perlin.NOISE_LUNGS, kind=perlin.NOISE_LOBAR)
+    removed = pseudo_map_auc(inputs, clean, clean)
+    assert removed > 0.9
+    assert pseudo_map_auc(inputs, clean, inputs) == pytest.approx(0.5)
+    assert pseudo_map_auc(inputs, clean, (inputs + clean) / 2) == pytest.approx(removed, abs=0.01)
+    assert pseudo_map_auc(inputs, clean, 2 * inputs - clean) == pytest.approx(1 - removed)
+    assert pseudo_map_auc(clean, clean, clean) is None  # nothing changed: no AUC

@@ -209,6 +209,35 @@ def test_denoiser_run_folder(synth_denoiser_run):
     assert not (run / "model.pt").exists()
 
 
+def test_denoiser_kept_by_its_validation_map_auc(run_cli, tmp_path):
+    """`train-covidctnet --denoiser-select map-auc` as a user types it: every epoch's map AUC
+    on the noisy validation control slices is in history.csv, and the denoiser kept is the
+    epoch with the highest one (not the lowest loss), as its facts say."""
+    from covidct.synth import CohortSettings, generate_cohort
+
+    data, run = tmp_path / "cohort", tmp_path / "run"
+    generate_cohort(data, CohortSettings(patients=9, seed=5, difficulty=0.0, matrix=64,
+                                         max_slices=30, split=(0.67, 0.33, 0.0),
+                                         formats=("nifti", "covidctnet")), progress=False)
+    rc, out, err = run_cli("train-covidctnet", "--data", data, "--out", run, "--stage", "denoiser",
+                           "--denoiser-epochs", "4", "--denoiser-patience", "4",
+                           "--denoiser-lr", "3e-3", "--slices-per-scan", "24",
+                           "--denoiser-batch-size", "4", "--noise-region", "lungs",
+                           "--noise-kind", "lobar", "--denoiser-select", "map-auc",
+                           "--cache-dir", tmp_path / "cache", *TINY, timeout=300)
+    assert rc == 0, err
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    aucs = [float(r["val_map_auc"]) for r in rows]
+    assert len(aucs) == 4 and all(0.0 <= a <= 1.0 for a in aucs)
+    facts = json.loads((run / "summary.json").read_text())["denoiser"]
+    assert facts["val_patients"] >= 1 and facts["selected_by"] == "map-auc"
+    assert facts["best_epoch"] == int(np.argmax(aucs))
+    assert facts["val_map_auc"] == pytest.approx(max(aucs), abs=1e-5)
+    assert facts["best_loss"] == pytest.approx(float(rows[facts["best_epoch"]]["val_loss"]), abs=1e-5)
+    _, _, saved = load_denoiser_file(run / "denoiser.pt")
+    assert saved["selected_by"] == "map-auc" and saved["best_epoch"] == facts["best_epoch"]
+
+
 def test_capped_denoising_matches_denoising_every_slice(synth_denoiser_run):
     """The default cap (100 evenly spaced 1-mm slices through BCDU-Net) against the method's
     every-slice route, on a ~300-slice resampled synthetic scan."""

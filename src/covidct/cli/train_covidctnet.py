@@ -115,6 +115,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="Adam learning rate (default 1e-3)")
     g.add_argument("--denoiser-patience", type=int, default=3,
                    help="early-stopping patience in epochs (default 3)")
+    g.add_argument("--denoiser-select", choices=("loss", "map-auc"), default="loss",
+                   help="which epoch's denoiser is kept: the lowest validation loss (default, "
+                        "the method) or the one whose infection map best singles out the "
+                        "pseudo-infection on the validation control slices (ROC AUC of input "
+                        "minus output, changed vs untouched lung pixels; the loss mostly "
+                        "measures copying)")
     g.add_argument("--slices-per-scan", type=int, default=0,
                    help="train on this many evenly spaced slices per control scan (default 0: all)")
     g.add_argument("--noisy-fraction", type=float, default=0.5,

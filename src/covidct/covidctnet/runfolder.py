@@ -22,7 +22,8 @@ from ..atomic import atomic_path, write_json, write_text
 from ..errors import ModelError
 from ..models import read_record
 
-HISTORY_COLUMNS = ("stage", "epoch", "train_loss", "val_loss", "val_accuracy", "seconds")
+HISTORY_COLUMNS = ("stage", "epoch", "train_loss", "val_loss", "val_accuracy", "seconds",
+                   "val_map_auc")
 DENOISER_FORMAT = "covidctnet-denoiser"
 
 
