@@ -61,6 +61,10 @@ def test_demo_models_read_what_the_demo_settings_chose(demo):
     run = result.out / "runs" / "covidctnet"
     for record in (json.loads((run / "config.json").read_text()), json.loads((run / "summary.json").read_text())):
         assert (record["settings"]["mask_input"], record["settings"]["mask_erode"]) == (True, 1)
+    # The map is scored as shown (inside the lung mask) and as the method makes it (no mask).
+    found = json.loads((result.out / "evaluation" / "covidctnet" / "localisation.json").read_text())
+    for auc in (found["auc"], found["method_map"]["auc"]):
+        assert auc is None or 0.0 <= auc <= 1.0, found
 
 
 def test_demo_models_get_checked_int8_graphs(demo):
@@ -100,6 +104,7 @@ def test_summary_is_labelled_synthetic_and_names_a_held_out_patient(demo):
     assert result.lines[0] == SYNTHETIC_NOTICE
     html = result.report.read_text()
     assert "SYNTHETIC" in html and "Grad-CAM" in html
+    assert "without the lung mask (the method&#x27;s map" in html or "without the lung mask (the method's map" in html
 
 
 def test_second_run_reuses_every_stage(demo):

@@ -349,14 +349,16 @@ class CovidCTNet:
         inputs, _ = self.network_input(volume, content, lungs)
         return inputs, meta
 
-    def map_for_file(self, path: str | os.PathLike) -> np.ndarray:
+    def map_for_file(self, path: str | os.PathLike, inside_lungs: bool = True) -> np.ndarray:
         """The infection map of a scan file as predictions show it (inside the lung mask when
-        ``settings.mask_input``), without ``input_floor``: what is scored against the
-        lesions is the map, not the floored copy the 3D CNN reads."""
+        ``settings.mask_input``; ``inside_lungs=False``: the method's map, input minus output,
+        everywhere), without ``input_floor``: what is scored against the lesions is the map,
+        not the floored copy the 3D CNN reads."""
         volume, _ = self.volume_for_file(path)
         content = self._file_content(path)
         raw = self.map_of(self.raw_input(volume, content)[0])
-        return raw * self._lungs_for_file(path, content) if self.settings.mask_input else raw
+        masked = inside_lungs and self.settings.mask_input
+        return raw * self._lungs_for_file(path, content) if masked else raw
 
     def _lungs_for_file(self, path: str | os.PathLike, content: str) -> np.ndarray:
         """The lung mask on the network's grid for a scan file (cached by the file's bytes)."""
