@@ -61,6 +61,10 @@ def test_demo_models_read_what_the_demo_settings_chose(demo):
     run = result.out / "runs" / "covidctnet"
     for record in (json.loads((run / "config.json").read_text()), json.loads((run / "summary.json").read_text())):
         assert (record["settings"]["mask_input"], record["settings"]["mask_erode"]) == (True, 1)
+    # The denoiser kept is the epoch whose map best finds the validation pseudo-infection.
+    facts = json.loads((run / "summary.json").read_text())["denoiser"]
+    assert TOY.denoiser_select == "map-auc"
+    assert facts["selected_by"] == ("map-auc" if facts["val_slices"] else "loss"), facts
     # The map is scored as shown (inside the lung mask) and as the method makes it (no mask).
     found = json.loads((result.out / "evaluation" / "covidctnet" / "localisation.json").read_text())
     for auc in (found["auc"], found["method_map"]["auc"]):
