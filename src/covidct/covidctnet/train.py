@@ -91,7 +91,7 @@ class TrainConfig:
     #: pseudo-infection on the validation control slices (:func:`pseudo_map_auc`; needs
     #: control scans in the validation split, else the loss decides). The loss is mostly
     #: copying: on a synthetic development cohort the map's AUC against the true lesions
-    #: swung between 0.58 and 0.92 from one epoch to the next while the loss barely moved,
+    #: swung between 0.27 and 0.96 from one epoch to the next while the loss barely moved,
     #: and the pseudo-infection's AUC swung with it (DEMO.md, "Twelfth round").
     denoiser_select: str = "loss"
     denoiser_file: str | None = None  # reuse a denoiser.pt instead of the run's own
@@ -324,7 +324,8 @@ def train_denoiser(config: TrainConfig, run: RunFolder, cohort: Cohort, cache, d
     facts = {"train_patients": len(train_items), "train_slices": int(len(clean)),
              "noisy_slices": int(noisy.sum()), "val_patients": len(val_items),
              "val_slices": int(len(val_clean)), "epochs_run": loop.epochs_run,
-             "best_epoch": loop.best_epoch, "best_loss": _number(best.get("val_loss")) if by_map else loop.best_loss,
+             "best_epoch": loop.best_epoch,
+             "best_loss": _number(best.get("val_loss")) if by_map else loop.best_loss,
              "selected_by": "map-auc" if by_map else "loss",
              "val_map_auc": _number(best.get("val_map_auc")),
              "stopped_early": loop.stopped_early, "seconds": loop.seconds,
@@ -747,7 +748,8 @@ class _EpochLoop:
         seconds = time.perf_counter() - self._tick
         self.seconds += seconds
         self.epochs_run = self.epoch + 1
-        monitored = monitor if monitor is not None else val_loss if val_loss is not None else train_loss
+        monitored = monitor if monitor is not None else val_loss
+        monitored = train_loss if monitored is None else monitored
         if self.best_loss is None or monitored < self.best_loss:
             self.best_loss, self.best_epoch, self.bad_epochs = monitored, self.epoch, 0
             self.run.save_checkpoint(f"{self.stage}-best", {"model": cpu_state(model),

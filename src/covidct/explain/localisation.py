@@ -182,8 +182,8 @@ def localisation_lines(result: dict[str, Any] | None) -> list[str]:
             lines.append(f"  {label:<9} mean map on lesions {_fmt(row['mean_on_lesions'], 4)}, "
                          f"on healthy lung {_fmt(row['mean_on_healthy_lung'], 4)} ({row['scans']} scans)")
         if result.get("method_map"):
-            lines.append(f"  without the lung mask (the method's map, input minus output): voxel AUC "
-                         f"{_fmt(result['method_map']['auc'])}")
+            lines.append(f"  without the lung mask (the method's map, input minus output): "
+                         f"voxel AUC {_fmt(result['method_map']['auc'])}")
         return lines
     if not result.get("n_slices"):
         return [f"Grad-CAM vs true lesions: {result.get('note', 'nothing scored')}"]
