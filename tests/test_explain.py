@@ -292,9 +292,14 @@ def _full_graph_gradcam(net, layer, image, class_index):
 
 
 @pytest.mark.parametrize("frozen", [False, True])
-def test_gradcam_stopping_at_the_target_layer_gives_the_full_graph_map(frozen):
+def test_gradcam_stopping_at_the_target_layer_gives_the_full_graph_map(frozen, monkeypatch):
+    """The backward route (networks whose head is not one linear map of the pooled target
+    layer; forced here for BiT): the backward pass stops at the target layer."""
     from covidct.bit.model import TINY_ARCH, build_network
+    from covidct.explain import gradcam as gradcam_module
     from covidct.explain.gradcam import default_target_layer
+
+    monkeypatch.setattr(gradcam_module, "_linear_head_weights", lambda *a: None)
 
     torch.manual_seed(3)
     net = build_network(TINY_ARCH).eval()
@@ -319,6 +324,34 @@ def test_gradcam_stopping_at_the_target_layer_gives_the_full_graph_map(frozen):
     assert all(p.requires_grad == (not frozen) for p in net.parameters())  # left as they were
 
 
+def test_bit_gradcam_from_one_forward_pass_equals_the_library_map():
+    """For BiT the target layer is what the head averages and weighs, so Grad-CAM needs no
+    backward pass: the forward route's map equals pytorch-grad-cam's full-graph map for every
+    class (float rounding), and nothing runs backward. A network with another head (the toy:
+    pooled by max, read by a linear layer outside forward_features) takes the library route."""
+    from covidct.bit.model import TINY_ARCH, build_network
+    from covidct.explain.gradcam import _linear_head_weights, default_target_layer
+
+    torch.manual_seed(5)
+    net = build_network(TINY_ARCH).eval()
+    for p in net.head.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    layer = default_target_layer(net)
+    assert _linear_head_weights(net, layer) is not None
+    image = torch.rand(3, 64, 56) * 2 - 1                   # not square
+    backward = []
+    net.stem.register_full_backward_hook(lambda *a: backward.append(1))
+    fast = [gradcam(net, layer, image, class_index=c) for c in range(3)]
+    assert not backward
+    for c, got in enumerate(fast):
+        expected = _full_graph_gradcam(net, layer, image, c)
+        assert got.shape == (64, 56) and got.max() == pytest.approx(1.0)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert not np.allclose(fast[0], fast[1])                 # the class matters
+    toy = Toy()
+    assert _linear_head_weights(toy, toy.pool) is None
+
+
 def test_slice_gradcam_of_a_given_class_skips_the_extra_forward_pass():
     from covidct.bit.model import TINY_ARCH, SliceClassifier, build_network
     from covidct.explain.gradcam import slice_gradcam
@@ -327,10 +360,35 @@ def test_slice_gradcam_of_a_given_class_skips_the_extra_forward_pass():
     model = SliceClassifier(net=build_network(TINY_ARCH).eval(), arch=TINY_ARCH, resize=72, crop=64)
     pixels = (np.random.default_rng(0).random((80, 80)) * 255).astype(np.uint8)
     calls = []
-    model.net.register_forward_hook(lambda *a: calls.append(1))
+    model.net.stem.register_forward_hook(lambda *a: calls.append(1))  # forward and forward_features
     called = slice_gradcam(model, pixels, (4, 4, 75, 75))
     assert called["probabilities"] is not None and len(calls) == 2  # probabilities + Grad-CAM
     calls.clear()
     given = slice_gradcam(model, pixels, (4, 4, 75, 75), class_index=called["class_index"])
     assert given["probabilities"] is None and len(calls) == 1
     np.testing.assert_array_equal(given["cam"], called["cam"])
+
+
+def test_prepare_pictures_builds_the_torch_network_in_the_background():
+    """A model file's PyTorch network (Grad-CAM's; a model on ONNX Runtime builds it on first
+    use) can be built beside the prediction: `covidct predict` asks for it before predicting.
+    The network is the file's, and a file whose weights do not fit still fails on first use."""
+    from covidct.bit.model import TINY_ARCH, SliceClassifier, build_network
+    from covidct.errors import ModelError
+
+    torch.manual_seed(0)
+    model = SliceClassifier(net=build_network(TINY_ARCH).eval(), arch=TINY_ARCH, resize=72, crop=64)
+    loaded = SliceClassifier.from_payload(model.payload())
+    loaded.prepare_pictures()
+    assert loaded._build is None and loaded._pending is not None
+    net = loaded.torch_net
+    assert loaded._pending is None and loaded.torch_net is net
+    for name, tensor in model.torch_net.state_dict().items():
+        assert torch.equal(net.state_dict()[name], tensor), name
+    loaded.prepare_pictures()  # built already: nothing to do
+    assert loaded._pending is None
+
+    broken = SliceClassifier.from_payload({**model.payload(), "arch": "resnetv2_50x1_bit"})
+    broken.prepare_pictures()
+    with pytest.raises(ModelError, match="weights do not fit"):
+        broken.torch_net

@@ -130,6 +130,7 @@ class SliceClassifier:
     # it while it is not (set by from_payload).
     _torch = None
     _build = None
+    _pending = None  # the network being built in the background (prepare_pictures)
 
     def __post_init__(self) -> None:
         self.class_names = tuple(self.class_names)
@@ -191,6 +192,18 @@ class SliceClassifier:
                     file=record.get("file", {}))
         model._build = partial(_network_from_state, arch, len(class_names), state, where)
         return model
+
+    def prepare_pictures(self) -> None:
+        """Start building the PyTorch network that Grad-CAM needs, in a background thread, if
+        it is not built yet (a model on ONNX Runtime builds it on first use). In a cold
+        `covidct predict` timm's import and the network took about 2 s after the prediction,
+        with one of two cores idle; begun before it, the pictures find the network ready."""
+        if self._torch is None and self._build is not None and self._pending is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(1, thread_name_prefix="covidct-build")
+            self._pending, self._build = pool.submit(self._build), None
+            pool.shutdown(wait=False)
 
     def to(self, device: str | torch.device) -> "SliceClassifier":
         self.device = torch.device(device)
@@ -398,6 +411,8 @@ def _set_active_network(self: SliceClassifier, net) -> None:
 
 
 def _torch_network(self: SliceClassifier) -> torch.nn.Module:
+    if self._pending is not None:  # begun by prepare_pictures; its errors surface here
+        self._torch, self._pending = self._pending.result(), None
     if self._torch is None and self._build is not None:
         self._torch, self._build = self._build(), None
     return self._torch
