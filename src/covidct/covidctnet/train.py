@@ -91,7 +91,7 @@ class TrainConfig:
     #: pseudo-infection on the validation control slices (:func:`pseudo_map_auc`; needs
     #: control scans in the validation split, else the loss decides). The loss is mostly
     #: copying: on a synthetic development cohort the map's AUC against the true lesions
-    #: swung between 0.27 and 0.96 from one epoch to the next while the loss barely moved,
+    #: swung between 0.28 and 0.96 from one epoch to the next while the loss barely moved,
     #: and the pseudo-infection's AUC swung with it (DEMO.md, "Twelfth round").
     denoiser_select: str = "loss"
     denoiser_file: str | None = None  # reuse a denoiser.pt instead of the run's own
