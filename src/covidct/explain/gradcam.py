@@ -78,12 +78,14 @@ def _linear_head_weights(network: nn.Module, target_layer: nn.Module) -> torch.T
 
     Then the gradient of class c's logit at every position of feature map k is w_ck / (h w):
     Grad-CAM's weights are known without a backward pass, and its map is the class
-    activation map sum_k w_ck A_k (Zhou et al. 2016), which one forward pass gives (a cold
-    `covidct predict` spent 0.6 s per BiT-R50x1 picture on the backward route)."""
+    activation map sum_k w_ck A_k (Zhou et al. 2016), which one forward pass gives (the
+    backward route also imports the library, and with it scikit-learn: 0.8 s of a cold
+    `covidct predict`). A head with layers between pooling and ``fc`` gives None."""
     head = getattr(network, "head", None)
     pool, fc = getattr(head, "global_pool", None), getattr(head, "fc", None)
     if (target_layer is not getattr(network, "norm", None)
-            or not hasattr(network, "forward_features") or getattr(pool, "pool_type", None) != "avg"):
+            or not hasattr(network, "forward_features") or getattr(pool, "pool_type", None) != "avg"
+            or not isinstance(getattr(head, "pre_logits", nn.Identity()), nn.Identity)):
         return None
     if isinstance(fc, nn.Conv2d) and fc.kernel_size == (1, 1) and fc.groups == 1:
         return fc.weight.detach()[:, :, 0, 0]
