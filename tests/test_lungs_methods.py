@@ -105,6 +105,11 @@ def test_evaluate_scores_the_lung_mask_and_involvement_on_a_synthetic_cohort(tmp
     assert "Lung mask on 5 scans" in stdout and "MAE" in stdout
     lungs = json.loads((out / "lungs.json").read_text())
     assert lungs["synthetic"] and lungs["n_scans"] == 5 and len(lungs["per_scan"]) == 5
+    # Patients by the same salted names as the scores, not by their ids in labels.csv.
+    ids = {line.split(",")[0] for line in (cohort / "labels.csv").read_text().splitlines()[1:]}
+    named = {e["patient_id"] for e in lungs["per_scan"]}
+    assert not named & ids and all(n.startswith("patient-") for n in named)
+    assert not any(i in (out / "lungs.json").read_text() for i in ids)
     assert lungs["dice"]["mean"] >= 0.9
     versus = lungs["involvement_vs_truth"]
     assert versus["mae_percent_points"] >= 0 and "pearson_r" in versus

@@ -89,6 +89,8 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike, split: s
     # Where the data has true lungs (a covidct synth cohort), the lung mask and the involvement
     # figures are scored too, on the same split.
     lungs = evaluate_lungs(truth, split=split) if truth is not None else None
+    for entry in (lungs or {}).get("per_scan", []):  # the same names as the scores'
+        entry["patient_id"] = namer(str(entry["patient_id"]), "patient")
     if out_dir is not None:
         out_dir = Path(out_dir)
         with private_files():  # per-patient scores: 0600 files in a 0700 folder
