@@ -117,6 +117,12 @@ class Model(Protocol):
         A no-op for a method without intermediates worth keeping."""
         ...
 
+    def prepare_pictures(self) -> None:
+        """Start, in the background, what only its pictures need (the slice classifier on ONNX
+        Runtime: the PyTorch network Grad-CAM reads), so that it overlaps with prediction. A
+        no-op for a method whose pictures need nothing more."""
+        ...
+
     def save_pictures(self, prediction: Any, scan: Any, out_dir: Any) -> list[Path]:
         """Its explanation pictures for one prediction, as PNG files beside the JSON."""
         ...

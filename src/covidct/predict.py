@@ -116,7 +116,7 @@ def predict_to_folder(scan_path: Scan | str | os.PathLike, models: Sequence[Mode
     out_dir = check_writable(out_dir)
     if pictures:  # what only the pictures need is built while the models predict
         for model in models:
-            getattr(model, "prepare_pictures", lambda: None)()
+            model.prepare_pictures()
     predictions = predict(scan, models)
     outputs = {}
     with private_files():

@@ -471,6 +471,9 @@ class CovidCTNet:
 
     # -- pictures -----------------------------------------------------------------------
 
+    def prepare_pictures(self) -> None:
+        """Nothing to prepare: its pictures are drawn from the map prediction made."""
+
     def save_pictures(self, prediction: Prediction, scan: Scan,
                       out_dir: str | os.PathLike) -> list[Path]:
         """Infection-map pictures next to the prediction JSON (see volumes.pictures)."""

@@ -266,6 +266,7 @@ def train_denoiser(config: TrainConfig, run: RunFolder, cohort: Cohort, cache, d
                                 config.noisy_fraction, config.noise_region, config.noise_kind)
     val_inputs, _ = noise.apply(val_clean, np.random.default_rng([config.seed, 2]),
                                 config.noisy_fraction, config.noise_region, config.noise_kind)
+    val_lungs = lung_region(val_clean)  # where the map AUC is scored, every epoch
 
     torch.manual_seed(config.seed)
     model = BCDUNet(settings.denoiser_width).to(device)
@@ -293,7 +294,7 @@ def train_denoiser(config: TrainConfig, run: RunFolder, cohort: Cohort, cache, d
                 losses.append(loss.item() * len(logits))
                 outputs.append(torch.sigmoid(logits)[:, 0].float().cpu().numpy())
         return (float(np.sum(losses) / len(val_clean)),
-                pseudo_map_auc(val_inputs, val_clean, np.concatenate(outputs)))
+                pseudo_map_auc(val_inputs, val_clean, np.concatenate(outputs), val_lungs))
 
     loop = _EpochLoop("denoiser", run, config.denoiser_epochs, config.denoiser_patience,
                       config.resume, config.progress)
@@ -334,15 +335,21 @@ def train_denoiser(config: TrainConfig, run: RunFolder, cohort: Cohort, cache, d
     return model, facts
 
 
-def pseudo_map_auc(inputs: np.ndarray, clean: np.ndarray, outputs: np.ndarray) -> float | None:
+def lung_region(clean: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool: the aerated lung of each clean slice (perlin.air_in_body)."""
+    return np.stack([air_in_body(c) > 0 for c in clean]) if len(clean) else np.zeros(clean.shape, bool)
+
+
+def pseudo_map_auc(inputs: np.ndarray, clean: np.ndarray, outputs: np.ndarray,
+                   lungs: np.ndarray | None = None) -> float | None:
     """ROC AUC of the denoiser's map (input minus output) for the pixels the pseudo-infection
     changed against the untouched lung, over (N, H, W) validation control slices: what the
-    map is for, measured where the truth is known without lesion masks (None without both)."""
+    map is for, measured where the truth is known without lesion masks (None without both).
+    ``lungs``: :func:`lung_region` of ``clean``, when the caller has it already."""
     from ..metrics.ranking import roc_auc
 
     changed = np.abs(inputs - clean) > NOISE_CHANGED
-    lung = np.stack([air_in_body(c) > 0 for c in clean]) if len(clean) else changed
-    inside = lung | changed
+    inside = (lung_region(clean) if lungs is None else lungs) | changed
     positive = changed[inside]
     if not positive.any() or positive.all():
         return None
