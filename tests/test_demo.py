@@ -151,3 +151,11 @@ def test_slice_classifier_crop_rule_and_window_reach_its_training(tmp_path):
     assert (config(DemoSettings()).crop_rule, config(DemoSettings()).rewindow) == ("lungs", "lung-detail-wide")
     chosen = config(replace(DemoSettings(), bit_crop_rule="box", bit_rewindow=None))
     assert (chosen.crop_rule, chosen.rewindow) == ("box", None)
+
+
+def test_demo_help_states_the_patients_the_demo_uses(run_cli):
+    # the help text is written without importing covidct.demo (start-up time), so this ties
+    # its stated default to DemoSettings
+    rc, out, _ = run_cli("demo", "--help")
+    assert rc == 0
+    assert f"(default: {DemoSettings().patients})" in " ".join(out.split())

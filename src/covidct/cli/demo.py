@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="demo folder (default: %(default)s); the trained models land in DIR/models, "
                         "where covidct predict looks by default")
     p.add_argument("--patients", type=int, default=None, metavar="N",
-                   help="synthetic patients, balanced over the classes (default: 60)")
+                   help="synthetic patients, balanced over the classes, split by patient 60/20/20 "
+                        "into train/val/test (default: 90)")
     p.add_argument("--difficulty", type=float, default=None, metavar="D",
                    help="how hard the phantoms' findings are to see, 0-1 (default: 0, large "
                         "typical lesions; see covidct synth --help)")
