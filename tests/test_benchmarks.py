@@ -94,3 +94,18 @@ def test_cuda_request_without_a_gpu_is_refused(capsys):
 
     assert main(["--tiny", "--device", "cuda"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_op_profile_splits_each_graphs_time_by_operator(tmp_path, monkeypatch, capsys):
+    from benchmarks.opprofile import main, profile_row1
+
+    monkeypatch.setenv("COVIDCT_CACHE", str(tmp_path / "cache"))
+    result = profile_row1(tiny=True, threads=1, workdir=tmp_path)
+    float32, int8 = result["graphs"]["float32"], result["graphs"]["int8"]
+    assert "Conv" in float32["op_shares"] and "QLinearConv" in int8["op_shares"]
+    assert "QLinearConv" not in float32["op_shares"]
+    for graph in (float32, int8):
+        assert graph["seconds_per_slice"] > 0
+        assert abs(sum(graph["op_shares"].values()) - 1) < 1e-6
+    assert main(["--tiny", "--workdir", str(tmp_path / "cli")]) == 0
+    assert "int8:" in capsys.readouterr().out
