@@ -7,7 +7,7 @@ Row 1 reports each path's fraction of the matmul peak; this says which operators
 there. On the 2-core Xeon of BENCHMARKS.md (2026-12-06, one thread, batch 1, random weights)
 the float32 graph spent 68% of its kernel time in convolutions and the rest in GroupNorm (as
 exported: InstanceNormalization, then Mul and Add for its affine) and the layout reorders
-around it; the int8 graph spent 32% in QLinearConv. Random weights: this measures time only.
+around it; the int8 graph spent 33% in QLinearConv. Random weights: this measures time only.
 """
 from __future__ import annotations
 
@@ -26,15 +26,18 @@ from .common import FULL, TINY
 
 def op_shares(graph: Path, inputs: np.ndarray, threads: int = 1, runs: int = 3
               ) -> tuple[float, dict[str, float]]:
-    """Mean seconds per call and each operator type's share of the kernel time, largest first."""
+    """Mean seconds per call and each operator type's share of the kernel time, largest first.
+    The session is the one prediction builds (covidct.export's options and disabled
+    optimisations), with ONNX Runtime's profiler switched on."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    from covidct.export import DISABLED_OPTIMIZERS, session_options
+
+    options = session_options(threads)
     options.enable_profiling = True
     options.profile_file_prefix = str(graph.with_suffix(""))
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=list(DISABLED_OPTIMIZERS))
     feed = {session.get_inputs()[0].name: inputs}
     session.run(None, feed)  # warm-up: first-call allocations are not the model's time
     start = time.perf_counter()
@@ -82,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=None,
                    help="where the graphs and profiles go (default: a temporary folder)")
     args = p.parse_args(argv)
+    if args.threads < 1:
+        p.error(f"--threads must be at least 1, got {args.threads}")
     with tempfile.TemporaryDirectory(prefix="covidct-opprofile-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)

@@ -109,3 +109,12 @@ def test_op_profile_splits_each_graphs_time_by_operator(tmp_path, monkeypatch, c
         assert abs(sum(graph["op_shares"].values()) - 1) < 1e-6
     assert main(["--tiny", "--workdir", str(tmp_path / "cli")]) == 0
     assert "int8:" in capsys.readouterr().out
+
+
+def test_op_profile_refuses_a_thread_count_below_one(capsys):
+    from benchmarks.opprofile import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--tiny", "--threads", "0"])
+    assert stop.value.code == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
