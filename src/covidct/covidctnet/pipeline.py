@@ -354,11 +354,18 @@ class CovidCTNet:
         ``settings.mask_input``; ``inside_lungs=False``: the method's map, input minus output,
         everywhere), without ``input_floor``: what is scored against the lesions is the map,
         not the floored copy the 3D CNN reads."""
+        shown, method = self.maps_for_file(path)
+        return shown if inside_lungs else method
+
+    def maps_for_file(self, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+        """Both of :meth:`map_for_file`'s maps (as shown, the method's) from one read of
+        the scan's cached volume and map: the same array twice without a lung mask."""
         volume, _ = self.volume_for_file(path)
         content = self._file_content(path)
         raw = self.map_of(self.raw_input(volume, content)[0])
-        masked = inside_lungs and self.settings.mask_input
-        return raw * self._lungs_for_file(path, content) if masked else raw
+        if not self.settings.mask_input:
+            return raw, raw
+        return raw * self._lungs_for_file(path, content), raw
 
     def _lungs_for_file(self, path: str | os.PathLike, content: str) -> np.ndarray:
         """The lung mask on the network's grid for a scan file (cached by the file's bytes)."""

@@ -62,9 +62,10 @@ def infection_localisation(model: Any, data: str | os.PathLike, split: str,
         return None
     maps, method_maps, truths, labels = [], [], [], []
     for item in items:
-        maps.append(model.map_for_file(item.path))
+        shown, method = model.maps_for_file(item.path)
+        maps.append(shown)
         if model.settings.mask_input:
-            method_maps.append(model.map_for_file(item.path, inside_lungs=False))
+            method_maps.append(method)
         files = truth_files[item.patient_id]
         truths.append(truth_on_grid(files["lesions"], files["lungs"], model.settings))
         labels.append(item.label)
