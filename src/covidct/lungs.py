@@ -51,12 +51,21 @@ slices are treated alike):
    of the midline (the vertebral body) is no chest wall. What is added must be more than
    about 2 ``FILL_THICK_MM`` (and 4 working pixels) thick and denser than fat on average
    (``FILL_MIN_HU``, -80 HU): the chest wall that stands off a healthy lung near the apex is
-   a thin sheet of fat and muscle. Limits: slices with no air left in that lung (the lowest
-   slices of a lower lobe, the top of an upper lobe) and a consolidation in both lungs at
-   the same place (no mirror image) are not recovered; the back of the heart next to a
-   lower-lobe consolidation can come with it. Windowed 8-bit pictures clip at 150 HU, so
-   they show no bone and this step (like step 5's bone test) adds nothing there.
-7. The labels are copied back (nearest neighbour) to the scan's grid.
+   a thin sheet of fat and muscle. Limits: a consolidation in both lungs at the same place
+   (no mirror image) is not recovered; the back of the heart next to a lower-lobe
+   consolidation can come with it. Windowed 8-bit pictures clip at 150 HU, so they show no
+   bone and this step (like step 5's bone test) adds nothing there.
+7. Slices with no air left in a lung (the base of a consolidated lower lobe) have no air
+   for step 6 to walk from: what step 6 found is followed from slice to slice, from that
+   lung's largest slice towards both of its ends, into tissue (-400-150 HU) straight above
+   or below it (no sideways growth, so a seed cannot creep through the liver) and inside
+   the other lung's mirror image (as in step 6: below a lung lie liver, spleen and stomach,
+   as dense as a consolidation); the same thickness test. Only step 6's finds seed it, not
+   the lung's other dense voxels: a heart or liver dome filled as a hole of the lung would
+   be followed through the organ. Normal lungs (nothing found by step 6) are unchanged.
+   Limits: the front of an airless slice under a consolidation step 6 found only at the
+   back stays out; an asymmetric apex (the other lung's mirror image smaller) is cut to it.
+8. The labels are copied back (nearest neighbour) to the scan's grid.
 
 Windowed pictures (8-bit PNG/JPG stacks): gray values are mapped back to approximate HU
 with the COVIDx lung window ([-1350, 150] HU -> 0-255, :data:`covidct.windowing.COVIDX_LUNG`),
@@ -86,6 +95,9 @@ from .windowing import COVIDX_LUNG
 RIGHT, LEFT = 1, 2
 LABEL_NAMES = {RIGHT: "right", LEFT: "left"}
 BACKENDS = ("hu", "lungmask")
+#: Version of the HU rule: part of every cache key of a mask or of what it masks. Raise it
+#: whenever a change to the rule changes a mask.
+RULE_VERSION = "hu-v3"
 
 AIR_HU = -400.0
 GAS_HU = -950.0
@@ -433,7 +445,8 @@ def _first_hit(code: np.ndarray, passable: np.ndarray, axis: int,
 
 def _fill_lobes(labels: np.ndarray, hu: np.ndarray, outside: np.ndarray,
                 pixel: tuple[float, float], slice_mm: float, y_to_back: bool) -> None:
-    """In place: consolidated lung between a lung and its ribs (step 6 of the module doc)."""
+    """In place: consolidated lung between a lung and its ribs (step 6 of the module doc),
+    then followed into the slices where its lung has no air left (step 7)."""
     xs = np.arange(labels.shape[2])
     seen = labels.any(axis=(0, 1))
     centre = {}
@@ -470,14 +483,7 @@ def _fill_lobes(labels: np.ndarray, hu: np.ndarray, outside: np.ndarray,
         z = slice(zs[0], zs[-1] + 1)
         crop = (z, slice(None), cols)
         own = own[z]
-        # Where the other lung, mirrored across the midline, says this lung should be.
-        src = np.round(2 * mid - xs[cols]).astype(int)
-        inside = (src >= 0) & (src < xs.size)
-        mirrored = np.zeros(own.shape, bool)
-        mirrored[:, :, inside] = labels[z][:, :, src[inside]] == 3 - side
-        for k in range(grow):
-            mirrored = _square(mirrored, np.logical_or) if k % 2 else _cross(mirrored, np.logical_or)
-        candidate = tissue[crop] & mirrored
+        candidate = tissue[crop] & _mirrored(labels[z], side, mid, cols, grow)
         # Only slices where the candidate is thick enough to pass _thick_parts need the
         # walks below (a healthy lung's candidate is its partial-volume rim: none).
         r = _thick_steps(pixel[1])
@@ -511,8 +517,59 @@ def _fill_lobes(labels: np.ndarray, hu: np.ndarray, outside: np.ndarray,
         add = run >= FILL_MIN_RUN_MM
         if add.any():
             adds[side] = (crop, _thick_parts(add, hu[crop], pixel[1], slice_mm))
+    found = np.zeros(labels.shape, bool)
     for side, (crop, add) in adds.items():
         part = labels[crop]
+        add &= part == 0
+        part[add] = side
+        found[crop] |= add
+    for side in adds:
+        _follow_consolidation(labels, hu, tissue, found & (labels == side), side,
+                              centre[side] > centre[3 - side], mid, grow, pixel[1], slice_mm)
+
+
+def _mirrored(labels: np.ndarray, side: int, mid: float, cols: slice, grow: int) -> np.ndarray:
+    """Where the other lung, mirrored across the midline ``mid`` and grown by ``grow``
+    pixels, says this lung should be, in the columns ``cols`` of this lung's half."""
+    xs = np.arange(labels.shape[2])
+    src = np.round(2 * mid - xs[cols]).astype(int)
+    inside = (src >= 0) & (src < xs.size)
+    mirrored = np.zeros((labels.shape[0], labels.shape[1], xs[cols].size), bool)
+    mirrored[:, :, inside] = labels[:, :, src[inside]] == 3 - side
+    for k in range(grow):
+        mirrored = _square(mirrored, np.logical_or) if k % 2 else _cross(mirrored, np.logical_or)
+    return mirrored
+
+
+def _follow_consolidation(labels: np.ndarray, hu: np.ndarray, tissue: np.ndarray,
+                          found: np.ndarray, side: int, outwards: bool, mid: float, grow: int,
+                          pixel: float, slice_mm: float) -> None:
+    """In place (step 7 of the module doc): a consolidation followed from slice to slice into
+    slices where its lung has little or no air left (the base of a consolidated lower lobe):
+    tissue straight above or below this lung's dense voxels, inside the other lung's mirror
+    image, going from this lung's largest slice towards both of its ends."""
+    width = labels.shape[2]
+    cut = int(np.clip(round(mid), 0, width))
+    cols = slice(cut, width) if outwards else slice(0, cut)
+    part = labels[:, :, cols]
+    own = part == side
+    if not own.any() or cols.start == cols.stop:
+        return
+    candidate = tissue[:, :, cols] & _mirrored(labels, side, mid, cols, grow) & (part == 0)
+    # Seeds: what step 6 found (between air and ribs). Not the lung's other dense voxels: a
+    # heart or a liver dome filled as a hole of the lung would be followed through the organ.
+    dense = found[:, :, cols]
+    add = np.zeros(own.shape, bool)
+    start = int(np.argmax(own.sum(axis=(1, 2))))
+    for step in (1, -1):
+        prev = dense[start]
+        for z in range(start + step, own.shape[0] if step > 0 else -1, step):
+            # Straight on only, no sideways growth: a lung narrows towards its ends, and a
+            # seed that could widen by a pixel a slice would creep through the liver.
+            add[z] = candidate[z] & prev
+            prev = dense[z] | add[z]
+    if add.any():
+        add = _thick_parts(add, hu[:, :, cols], pixel, slice_mm)
         part[add & (part == 0)] = side
 
 
@@ -800,6 +857,18 @@ def use_backend(backend: str = "hu", weights: str | os.PathLike | None = None) -
     with _LOCK:
         _BACKEND.update(backend=backend, weights=weights)
         _RECENT.clear()
+
+
+def mask_rule() -> str:
+    """What masks predictions are made with now (see :func:`use_backend`), for cache keys:
+    the HU rule's version, or the lungmask backend and its weights file."""
+    if _BACKEND["backend"] == "hu":
+        return RULE_VERSION
+    weights = _BACKEND["weights"]
+    if weights is None:
+        return "lungmask"
+    stat = os.stat(weights)
+    return f"lungmask:{os.path.abspath(weights)}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def scan_lungs(scan: Scan) -> LungMask:

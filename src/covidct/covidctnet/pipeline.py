@@ -25,7 +25,7 @@ from ..explain.run import scan_features, write_infection_gallery
 from ..models import save_model_file
 from ..prediction import Prediction, Scores
 from ..scan import Scan
-from ..lungs import MAP_THRESHOLD, _percent, lung_report, scan_lungs
+from ..lungs import MAP_THRESHOLD, _percent, lung_report, mask_rule, scan_lungs
 from ..scanio import load_scan
 from .cache import ArrayCache, scan_digest, weights_digest
 from .volume_data import load_cohort
@@ -370,7 +370,7 @@ class CovidCTNet:
     def _lungs_for_file(self, path: str | os.PathLike, content: str) -> np.ndarray:
         """The lung mask on the network's grid for a scan file (cached by the file's bytes)."""
         shape = self.settings.volume_shape
-        key = ArrayCache.key("lungs", content, {"shape": list(shape), "rule": "hu-v2"})
+        key = ArrayCache.key("lungs", content, {"shape": list(shape), "rule": mask_rule()})
         cached = self.cache.load(key)
         if cached is not None:
             return cached[0]
