@@ -257,6 +257,28 @@ def test_involvement_tracks_the_true_lesion_fraction():
 
 
 @pytest.mark.slow  # lungmask's U-Net on CPU: 10-30 s
+def test_cache_keys_name_the_mask_rule_and_the_backend(tmp_path):
+    """A cached lung grid is keyed by what made it: the HU rule's version, or the lungmask
+    backend with its weights file (a changed file is another key; a missing one a clear error)."""
+    from covidct.lungs import RULE_VERSION, mask_rule, use_backend
+
+    weights = tmp_path / "unet_r231.pth"
+    weights.write_bytes(b"weights")
+    try:
+        assert mask_rule() == RULE_VERSION
+        use_backend("lungmask", weights)
+        first = mask_rule()
+        assert first.startswith("lungmask:") and RULE_VERSION not in first
+        weights.write_bytes(b"other weights")
+        assert mask_rule() != first
+        use_backend("lungmask", tmp_path / "missing.pth")
+        with pytest.raises(ModelError, match="not found"):
+            mask_rule()
+    finally:
+        use_backend("hu")
+    assert mask_rule() == RULE_VERSION
+
+
 def test_lungmask_backend_reads_a_local_weights_file(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     pytest.importorskip("lungmask")

@@ -864,11 +864,9 @@ def mask_rule() -> str:
     the HU rule's version, or the lungmask backend and its weights file."""
     if _BACKEND["backend"] == "hu":
         return RULE_VERSION
-    weights = _BACKEND["weights"]
-    if weights is None:
-        return "lungmask"
-    stat = os.stat(weights)
-    return f"lungmask:{os.path.abspath(weights)}:{stat.st_size}:{stat.st_mtime_ns}"
+    path = check_lungmask_weights(_BACKEND["weights"])
+    stat = os.stat(path)
+    return f"lungmask:{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def scan_lungs(scan: Scan) -> LungMask:
