@@ -546,8 +546,9 @@ def _follow_consolidation(labels: np.ndarray, hu: np.ndarray, tissue: np.ndarray
                           pixel: float, slice_mm: float) -> None:
     """In place (step 7 of the module doc): a consolidation followed from slice to slice into
     slices where its lung has little or no air left (the base of a consolidated lower lobe):
-    tissue straight above or below this lung's dense voxels, inside the other lung's mirror
-    image, going from this lung's largest slice towards both of its ends."""
+    tissue straight above or below what step 6 ``found`` in this lung (or what this step added
+    next to it), inside the other lung's mirror image, going from this lung's largest slice
+    towards both of its ends."""
     width = labels.shape[2]
     cut = int(np.clip(round(mid), 0, width))
     cols = slice(cut, width) if outwards else slice(0, cut)
@@ -558,16 +559,16 @@ def _follow_consolidation(labels: np.ndarray, hu: np.ndarray, tissue: np.ndarray
     candidate = tissue[:, :, cols] & _mirrored(labels, side, mid, cols, grow) & (part == 0)
     # Seeds: what step 6 found (between air and ribs). Not the lung's other dense voxels: a
     # heart or a liver dome filled as a hole of the lung would be followed through the organ.
-    dense = found[:, :, cols]
+    seeds = found[:, :, cols]
     add = np.zeros(own.shape, bool)
     start = int(np.argmax(own.sum(axis=(1, 2))))
     for step in (1, -1):
-        prev = dense[start]
+        prev = seeds[start]
         for z in range(start + step, own.shape[0] if step > 0 else -1, step):
             # Straight on only, no sideways growth: a lung narrows towards its ends, and a
             # seed that could widen by a pixel a slice would creep through the liver.
             add[z] = candidate[z] & prev
-            prev = dense[z] | add[z]
+            prev = seeds[z] | add[z]
     if add.any():
         add = _thick_parts(add, hu[:, :, cols], pixel, slice_mm)
         part[add & (part == 0)] = side
