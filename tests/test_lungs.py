@@ -42,6 +42,25 @@ def scores(patient, mask):
             "coverage": float((infection & mask.lung).sum() / max(1, infection.sum()))}
 
 
+def consolidated_right_base(whole: float, back_half: float):
+    """SYNTHETIC: a normal phantom (seed 5, 2.5 mm slices) whose right lung is consolidated
+    (20 +- 15 HU) in all of its lowest ``whole`` share of slices and in the back half of the
+    slices above them up to ``back_half``; returns (true labels, lesion, HU, lung_mask)."""
+    patient = phantom("Normal", seed=5, slice_mm=2.5)
+    truth = true_lung_labels(patient)
+    right = truth == RIGHT
+    zs = np.flatnonzero(right.any(axis=(1, 2)))  # a phantom's slice 0 is the abdomen end
+    n_whole, n_back = int(whole * zs.size), int(back_half * zs.size)
+    lesion = np.zeros(right.shape, bool)
+    lesion[zs[:n_whole]] = right[zs[:n_whole]]
+    for k in zs[n_whole:n_back]:  # y runs to the back
+        rows = np.flatnonzero(right[k].any(axis=1))
+        lesion[k, (rows[0] + rows[-1]) // 2:] = right[k, (rows[0] + rows[-1]) // 2:]
+    hu = patient.scan.voxels.copy()
+    hu[lesion] = 20.0 + np.random.default_rng(1).normal(0, 15, int(lesion.sum()))
+    return truth, lesion, hu, lung_mask(patient.scan.with_voxels(hu))
+
+
 @pytest.mark.parametrize("variant", anatomy.VARIANTS)
 def test_harder_anatomy_keeps_the_lungs(variant):
     patient = phantom(variants=(variant,))
@@ -113,19 +132,8 @@ def test_juxta_pleural_consolidation_stays_inside():
 def test_lobar_consolidation_stays_inside():
     """SYNTHETIC: the back half of the right lung's lower 40% turned to consolidation (a lower
     lobe without air): the pleural closing alone kept under a fifth of it (hu-v1)."""
-    patient = phantom("Normal", seed=5, slice_mm=2.5)
-    truth = true_lung_labels(patient)
-    right = truth == RIGHT
-    zs = np.flatnonzero(right.any(axis=(1, 2)))
-    low = zs[:int(0.4 * zs.size)]  # a phantom's slice 0 is the abdomen end; y runs to the back
-    lesion = np.zeros(right.shape, bool)
-    for k in low:
-        rows = np.flatnonzero(right[k].any(axis=1))
-        lesion[k, (rows[0] + rows[-1]) // 2:] = right[k, (rows[0] + rows[-1]) // 2:]
-    hu = patient.scan.voxels.copy()
-    hu[lesion] = 20.0 + np.random.default_rng(1).normal(0, 15, int(lesion.sum()))
-    mask = lung_mask(patient.scan.with_voxels(hu))
-    assert lesion.sum() > 0.1 * right.sum()
+    truth, lesion, _, mask = consolidated_right_base(whole=0.0, back_half=0.4)
+    assert lesion.sum() > 0.1 * (truth == RIGHT).sum()
     assert (mask.labels[lesion] == RIGHT).mean() >= 0.8
     # Little else came with it: without the lesion 3% of the mask lies outside the true
     # lungs (partial volume at 2.9 mm pixels), with it 5.7% (the heart's back part next to
@@ -141,19 +149,8 @@ def test_airless_base_of_a_consolidated_lower_lobe_is_followed():
     step 7 follows it down into the airless slices (none of which step 6 can reach: 0% there
     without step 7, 61-63% with it on seeds 5-7; the front of the airless slices, under no
     find, stays out)."""
-    patient = phantom("Normal", seed=5, slice_mm=2.5)
-    truth = true_lung_labels(patient)
-    right = truth == RIGHT
-    zs = np.flatnonzero(right.any(axis=(1, 2)))
-    airless, partial = zs[:int(0.2 * zs.size)], zs[int(0.2 * zs.size):int(0.45 * zs.size)]
-    lesion = np.zeros(right.shape, bool)
-    lesion[airless] = right[airless]
-    for k in partial:
-        rows = np.flatnonzero(right[k].any(axis=1))
-        lesion[k, (rows[0] + rows[-1]) // 2:] = right[k, (rows[0] + rows[-1]) // 2:]
-    hu = patient.scan.voxels.copy()
-    hu[lesion] = 20.0 + np.random.default_rng(1).normal(0, 15, int(lesion.sum()))
-    mask = lung_mask(patient.scan.with_voxels(hu))
+    truth, lesion, hu, mask = consolidated_right_base(whole=0.2, back_half=0.45)
+    zs = np.flatnonzero((truth == RIGHT).any(axis=(1, 2)))
     in_airless = lesion.copy()
     in_airless[zs[int(0.2 * zs.size)]:] = False
     assert (hu[in_airless] >= -400).all()  # no air left there: step 6 cannot reach it

@@ -470,12 +470,12 @@ def _fill_lobes(labels: np.ndarray, hu: np.ndarray, outside: np.ndarray,
     mid = float(np.median(bx)) if bx.size else 0.5 * (centre[RIGHT] + centre[LEFT])
     wall = bone & (np.abs(xs - mid) > SPINE_HALF_MM / pixel[1])[None, None, :]
     grow = max(1, int(round(FILL_MIRROR_MM / pixel[1])))
-    adds = {}
+    adds, halves = {}, {}
     for side in (RIGHT, LEFT):
         # Work on this lung's half of the chest, in the slices that hold this lung.
         outwards = centre[side] > centre[3 - side]  # the lateral side is towards higher x
         cut = int(np.clip(round(mid), 0, xs.size))
-        cols = slice(cut, xs.size) if outwards else slice(0, cut)
+        cols = halves[side] = slice(cut, xs.size) if outwards else slice(0, cut)
         own = labels[:, :, cols] == side
         zs = np.flatnonzero(own.any(axis=(1, 2)))
         if zs.size == 0 or cols.start == cols.stop:
@@ -524,8 +524,8 @@ def _fill_lobes(labels: np.ndarray, hu: np.ndarray, outside: np.ndarray,
         part[add] = side
         found[crop] |= add
     for side in adds:
-        _follow_consolidation(labels, hu, tissue, found & (labels == side), side,
-                              centre[side] > centre[3 - side], mid, grow, pixel[1], slice_mm)
+        _follow_consolidation(labels, hu, tissue, found & (labels == side), side, halves[side],
+                              mid, grow, pixel[1], slice_mm)
 
 
 def _mirrored(labels: np.ndarray, side: int, mid: float, cols: slice, grow: int) -> np.ndarray:
@@ -542,16 +542,13 @@ def _mirrored(labels: np.ndarray, side: int, mid: float, cols: slice, grow: int)
 
 
 def _follow_consolidation(labels: np.ndarray, hu: np.ndarray, tissue: np.ndarray,
-                          found: np.ndarray, side: int, outwards: bool, mid: float, grow: int,
+                          found: np.ndarray, side: int, cols: slice, mid: float, grow: int,
                           pixel: float, slice_mm: float) -> None:
     """In place (step 7 of the module doc): a consolidation followed from slice to slice into
     slices where its lung has little or no air left (the base of a consolidated lower lobe):
     tissue straight above or below what step 6 ``found`` in this lung (or what this step added
     next to it), inside the other lung's mirror image, going from this lung's largest slice
-    towards both of its ends."""
-    width = labels.shape[2]
-    cut = int(np.clip(round(mid), 0, width))
-    cols = slice(cut, width) if outwards else slice(0, cut)
+    towards both of its ends, in ``cols``, this lung's half of the chest (as step 6)."""
     part = labels[:, :, cols]
     own = part == side
     if not own.any() or cols.start == cols.stop:
@@ -570,8 +567,7 @@ def _follow_consolidation(labels: np.ndarray, hu: np.ndarray, tissue: np.ndarray
             add[z] = candidate[z] & prev
             prev = seeds[z] | add[z]
     if add.any():
-        add = _thick_parts(add, hu[:, :, cols], pixel, slice_mm)
-        part[add & (part == 0)] = side
+        part[_thick_parts(add, hu[:, :, cols], pixel, slice_mm)] = side  # candidates: unlabelled
 
 
 def _thick_steps(pixel: float) -> int:
