@@ -684,23 +684,41 @@ def test_int8_denoiser_keeps_the_calls_and_is_the_default(model, phantom_run, ph
             same += probs[0].argmax() == probs[1].argmax()
     assert clear >= len(test) // 2, "the test model makes too few clear calls"
     assert same == clear, (same, clear, check)
+    # The same int8 graph on OpenVINO: checked on its own (its numbers differ slightly), to
+    # the same bars on these held-out patients.
+    openvino = "openvino" in quantize.check_engines()
+    if openvino:
+        on_ov = check["openvino"]
+        assert on_ov["max_prob_diff"] <= INT8_MAX_SCAN_DIFF and on_ov["map_passed"], on_ov
+        assert 0 < on_ov["map_max_abs_diff"] and on_ov != {k: check[k] for k in on_ov}
+        assert recorded["openvino"]["passed"] == (recorded["openvino"]["calls_passed"]
+                                                  and recorded["openvino"]["map_passed"])
 
     # predict as a user runs it: the default runtime follows the stored check (this model's
-    # fails, see above); --runtime onnx-int8 runs int8 regardless.
+    # fails, see above); --runtime onnx-int8 runs int8 regardless; on OpenVINO likewise.
     expected = "onnx-int8" if recorded["passed"] else "onnx"
+    expected_ov = ("openvino-int8" if openvino and recorded["openvino"]["passed"] else expected)
     scan = test[0]
-    for runtime, shown in (("onnx-int8", "onnx-int8"), (None, expected)):
+    runs = [("onnx-int8", "onnx-int8", "onnxruntime"), (None, expected, "onnxruntime")]
+    if openvino:
+        runs += [("openvino-int8", "openvino-int8", "onnxruntime"), (None, expected_ov, "openvino")]
+    for runtime, shown, engine in runs:
         chosen = () if runtime is None else ("--runtime", runtime)
         rc, _, stderr = run_cli("predict", scan, "--model", model_path, *chosen,
-                                "--no-pictures", "--out", tmp_path / f"{runtime}", timeout=300,
-                                extra_env=env)
+                                "--no-pictures", "--out", tmp_path / f"{runtime}-{engine}",
+                                timeout=300, extra_env={**env, "COVIDCT_INT8_ENGINE": engine})
         assert rc == 0, stderr
-        assert f"covidctnet: runtime {shown}" in stderr
+        assert f"covidctnet: runtime {shown}\n" in stderr + "\n", stderr
     # int8 maps are cached apart from float32 ones (same weights, other maps).
     results = {r: json.loads((tmp_path / r / "summary.json").read_text())["results"]["covidctnet"]
-               for r in ("onnx-int8", "None")}
-    assert (results["onnx-int8"]["probabilities"] == results["None"]["probabilities"]) == \
-        (expected == "onnx-int8")
+               for r in ("onnx-int8-onnxruntime", "None-onnxruntime")}
+    assert (results["onnx-int8-onnxruntime"]["probabilities"]
+            == results["None-onnxruntime"]["probabilities"]) == (expected == "onnx-int8")
+    if openvino:  # the OpenVINO int8 maps have a cache key of their own
+        on_ov = json.loads((tmp_path / "openvino-int8-onnxruntime" / "summary.json").read_text())
+        a, b = (np.array(list(r["probabilities"].values()))
+                for r in (results["onnx-int8-onnxruntime"], on_ov["results"]["covidctnet"]))
+        assert 0 < np.abs(a - b).max() <= INT8_MAX_SCAN_DIFF, (a, b)
 
 
 def test_cnn_members_train_each_from_its_own_seed_and_predict_their_average(

@@ -1,6 +1,11 @@
 """ONNX export and the ONNX Runtime path of both methods: parity with PyTorch (tiny models)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -12,6 +17,8 @@ from covidct import export  # noqa: E402
 from covidct.cli import main as cli_main  # noqa: E402
 from covidct.errors import ModelError  # noqa: E402
 from covidct.models import load_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.xdist_group("export")
 
@@ -215,3 +222,35 @@ def test_bad_inputs(bit_file, tmp_path):
     with pytest.raises(ModelError, match="covidct export"):
         export.to_runtime(load_model(bit_file), "onnx", onnx_path=tmp_path / "missing.onnx")
     assert cli_main(["export", str(tmp_path / "nope.pt")]) == 2
+
+
+def test_openvino_sessions_freed_in_any_order_leave_signals_working(bit_file, tmp_path):
+    """OpenVINO's CPU plugin gives the compiling thread a signal stack of its own and frees it
+    with the compiled model: two sessions freed oldest first once left the thread on a freed
+    stack, and the next signal (here a child's exit, as under PyTorch's DataLoader) killed the
+    process with SIGSEGV. Run as a user's process would: a fresh interpreter."""
+    pytest.importorskip("openvino")
+    path = export.export_model(load_model(bit_file), tmp_path / "bit.onnx")["classifier"]
+    script = f"""
+import gc, os, signal
+import numpy as np
+from covidct.export import OpenVinoSession, _sigaltstack
+before = _sigaltstack()
+first, second = OpenVinoSession({str(path)!r}, 1), OpenVinoSession({str(path)!r}, 1)
+for session in (first, second):
+    session.run(None, {{session.input_name: np.zeros((1, 3, 64, 64), np.float32)}})
+del first; gc.collect()
+del second; gc.collect()
+after = _sigaltstack()
+assert (after.ss_sp, after.ss_flags) == (before.ss_sp, before.ss_flags)
+signal.signal(signal.SIGCHLD, lambda *args: None)
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+print("alive")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == 0 and proc.stdout.strip() == "alive", (proc.returncode, proc.stderr)

@@ -131,8 +131,76 @@ def test_train_bit_ends_with_an_int8_check_that_auto_follows(trained, tmp_path, 
     cached = export._cached_int8(model, require_pass=False)
     assert cached is not None and cached.parent == tmp_path / "onnx"
     record = quantize.read_parity(cached)
-    assert ("passed: --runtime auto runs int8" in line) == record["passed"]
+    assert ("passed: --runtime auto runs int8 on ONNX Runtime" in line) == record["passed"]
     assert export.choose_runtime(model, "auto") == ("onnx-int8" if record["passed"] else "onnx")
+    if "openvino" in quantize.check_engines():
+        assert ("on OpenVINO: same call" in line) and "openvino" in record
+        monkeypatch.setenv("COVIDCT_INT8_ENGINE", "openvino")
+        expected = ("openvino-int8" if record["openvino"]["passed"]
+                    else "onnx-int8" if record["passed"] else "onnx")
+        assert export.choose_runtime(model, "auto") == expected
+
+
+@pytest.mark.slow
+def test_openvino_runs_the_same_graphs_with_a_check_of_its_own(trained, env, tmp_path):
+    """OpenVINO runs the exported graphs as they are: float32 with ONNX Runtime's (so
+    PyTorch's) answers, the int8 graph within the int8 bars on held-out SYNTHETIC test slices,
+    checked on its own when the graph is made (its numbers differ slightly from ONNX
+    Runtime's); `--runtime auto` takes it only where that check passed."""
+    pytest.importorskip("openvino")
+    root, model_path = trained
+    covidx = root / "covidx"
+    out = tmp_path / "bit.onnx"
+    rc, stdout, stderr = cli(env, "export", model_path, "--out", out, "--int8",
+                             "--calibration", covidx / "train_COVIDx_CT-2A.txt",
+                             "--images", covidx / "images")
+    assert rc == 0, stderr
+    int8 = quantize.int8_path(out)
+    recorded = quantize.read_parity(int8)
+    on_ov = recorded["openvino"]
+    assert on_ov["passed"] == (on_ov["same_call"] >= quantize.MIN_AGREEMENT
+                               and on_ov["median_prob_diff"] <= quantize.MAX_MEDIAN_DIFF)
+    assert "on OpenVINO: same call" in stdout
+
+    from covidct.models import load_model
+
+    model = load_model(model_path)
+    test = quantize.training_inputs(model, covidx / "test_COVIDx_CT-2A.txt", covidx / "images",
+                                    n=10 ** 6)
+    x = torch.from_numpy(test)
+
+    def probabilities(path, engine):
+        return torch.softmax(export.OnnxNetwork(path, 1, engine=engine)(x), 1).numpy()
+
+    reference = probabilities(out, "onnxruntime")
+    assert np.abs(probabilities(out, "openvino") - reference).max() < 1e-4
+    on_openvino, on_onnxruntime = probabilities(int8, "openvino"), probabilities(int8, "onnxruntime")
+    gap = np.abs(on_openvino - reference).max(1)
+    assert np.median(gap) <= MAX_MEDIAN_DIFF and 0 < gap.max() <= MAX_DIFF, gap
+    assert np.abs(on_openvino - on_onnxruntime).max() > 0  # OpenVINO's own numbers indeed
+    top2 = np.sort(reference, 1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) >= CLEAR_MARGIN
+    assert (reference.argmax(1) == on_openvino.argmax(1))[clear].mean() >= 0.99
+
+    # As a user runs it: by name, and by auto where OpenVINO is the int8 engine.
+    first = sorted((root / "patients").iterdir())[0] / "ct.nii.gz"
+    expected = ("openvino-int8" if on_ov["passed"]
+                else "onnx-int8" if recorded["passed"] else "onnx")
+    summaries = {}
+    for runtime, engine, shown in (("openvino-int8", "onnxruntime", "openvino-int8"),
+                                   ("openvino", "onnxruntime", "openvino"),
+                                   ("onnx", "onnxruntime", "onnx"),
+                                   ("auto", "openvino", expected)):
+        rc, _, stderr = cli({**env, "COVIDCT_INT8_ENGINE": engine}, "predict", first, "--model",
+                            model_path, "--runtime", runtime, "--no-pictures",
+                            "--out", tmp_path / runtime)
+        assert rc == 0, stderr
+        assert f"bit: runtime {shown}\n" in stderr + "\n", stderr
+        summaries[runtime] = json.loads((tmp_path / runtime / "summary.json").read_text())
+    probs = {r: np.array(list(s["results"]["bit"]["probabilities"].values()))
+             for r, s in summaries.items()}
+    assert np.abs(probs["openvino"] - probs["onnx"]).max() < 1e-3
+    assert np.abs(probs["openvino-int8"] - probs["onnx"]).max() <= MAX_DIFF
 
 
 def test_int8_needs_calibration_slices(tmp_path, env, make_hu_volume):

@@ -69,3 +69,34 @@ def int8_is_fast(cpuinfo: str | None = None) -> bool:
         raise ModelError(f"{INT8_CPU_ENV} must be 'fast' or 'slow', got {told!r}")
     flags = cpu_flags(cpuinfo)
     return flags is None or bool(flags & INT8_FAST_FLAGS)
+
+
+#: CPU flags where OpenVINO runs the int8 graphs faster than ONNX Runtime: AMX (its int8
+#: tile instructions, which ONNX Runtime 1.31's CPU kernels do not use) and AVX-512 VNNI.
+#: Measured on a 2-core Xeon with AMX (BENCHMARKS.md): BiT-R50x1's int8 graph 0.058 vs
+#: 0.110 s/slice, BCDU-Net's 1.6 vs 3.4 s per 100 slices; with OpenVINO held to AVX-512
+#: VNNI (ONEDNN_MAX_CPU_ISA) 0.087 s/slice. Not measured against ONNX Runtime on an AVX2-only
+#: CPU, so there ONNX Runtime stays.
+OPENVINO_FAST_FLAGS = frozenset({"amx_int8", "avx512_vnni"})
+#: "onnxruntime" or "openvino" overrides the choice (a user who measured, and the tests).
+INT8_ENGINE_ENV = "COVIDCT_INT8_ENGINE"
+INT8_ENGINES = ("onnxruntime", "openvino")
+
+
+def int8_engine(cpuinfo: str | None = None) -> str:
+    """Which engine ``--runtime auto`` runs a checked int8 graph on: ``$COVIDCT_INT8_ENGINE``
+    when set, else OpenVINO where it is installed and the CPU has :data:`OPENVINO_FAST_FLAGS`,
+    else ONNX Runtime."""
+    import importlib.util
+    import os
+
+    told = os.environ.get(INT8_ENGINE_ENV, "").strip().lower()
+    if told:
+        if told not in INT8_ENGINES:
+            raise ModelError(f"{INT8_ENGINE_ENV} must be one of {', '.join(INT8_ENGINES)}, "
+                             f"got {told!r}")
+        return told
+    if importlib.util.find_spec("openvino") is None:
+        return "onnxruntime"
+    flags = cpu_flags(cpuinfo)
+    return "openvino" if flags and flags & OPENVINO_FAST_FLAGS else "onnxruntime"

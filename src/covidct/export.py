@@ -22,9 +22,11 @@ Grad-CAM and training need the PyTorch runtime.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -39,9 +41,13 @@ from .int8_files import DENOISER_RULE_VERSION, int8_path, parity_path, read_pari
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("torch", "onnx", "onnx-int8")
+RUNTIMES = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 #: What the CLI offers: a runtime, or "auto" (its default), see :func:`choose_runtime`.
 RUNTIME_CHOICES = ("auto", *RUNTIMES)
+#: The engine that runs the exported graphs of each runtime but "torch". Both run the same
+#: ONNX files (the int8 one too: ONNX Runtime's static quantization, read by OpenVINO as is).
+ENGINES = {"onnx": "onnxruntime", "onnx-int8": "onnxruntime",
+           "openvino": "openvino", "openvino-int8": "openvino"}
 #: ONNX Runtime 1.31's "Pad_Fusion" folds BiT's zero Pad before the stem's MaxPool into the
 #: MaxPool's own padding, which pads with -inf: 5e-4 off on the logits of a tiny model
 #: (the stem convolution's output is not rectified, so the pad value matters). Disabled.
@@ -189,28 +195,135 @@ def session_options(threads: int | None = None):
     return options
 
 
+def is_int8(runtime: str) -> bool:
+    """Whether ``runtime`` runs the int8 graph of a model's ``int8_role``."""
+    return runtime.endswith("-int8")
+
+
+def float_runtime(runtime: str) -> str:
+    """The float32 runtime on the same engine ("openvino-int8" -> "openvino")."""
+    return runtime.removesuffix("-int8")
+
+
+class _AltStack:
+    """The calling thread's alternate signal stack, put back as it was after OpenVINO work.
+
+    OpenVINO 2026.4's CPU plugin gives the thread that compiles a model an alternate signal
+    stack of its own, freed when the compiled model goes, which then puts back the stack it
+    found. Models freed in another order than made (or on another thread) leave a thread on a
+    freed stack, and the next signal handled there (a child's exit under PyTorch's DataLoader,
+    Ctrl-C) kills the process with SIGSEGV: seen as a crashed test worker, reproduced by
+    compiling two models and freeing the first (tests/test_export.py). The stack it installs
+    matters only where the thread's own alternate stack is too small for AMX's signal frames
+    (at least 11952 bytes on the Xeon of BENCHMARKS.md); Python's faulthandler's was 59760
+    there, and without one signals use the thread's own stack. Linux only; elsewhere a no-op."""
+
+    def __enter__(self):
+        self.saved = _sigaltstack()
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            _sigaltstack(self.saved)
+
+
+class _Stack(ctypes.Structure):  # Linux's stack_t
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+def _sigaltstack(new: _Stack | None = None) -> _Stack | None:
+    """Set the calling thread's alternate signal stack to ``new`` (a saved one) and return the
+    one before; None where there is no such call (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    old = _Stack()
+    if ctypes.CDLL(None).sigaltstack(None if new is None else ctypes.byref(new),
+                                     ctypes.byref(old)) != 0:
+        return None
+    return old
+
+
+class OpenVinoSession:
+    """An exported ONNX graph compiled by OpenVINO for the CPU, with ONNX Runtime's
+    ``run(None, {name: array}) -> [output]``, so :class:`OnnxNetwork` runs either.
+
+    Float32 precision is asked for: on a CPU with AMX, OpenVINO's default runs float32 graphs
+    (and an int8 graph's float islands) in bfloat16, which would change the answers. An
+    infer request serves one call at a time, while an ONNX Runtime session may be called from
+    several threads at once (benchmarks run one slice per thread side by side): calls take a
+    free request from the session's own pool. Compiling and freeing happen inside
+    :class:`_AltStack`."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        import threading
+
+        import openvino as ov
+
+        with _AltStack():
+            self.compiled = ov.Core().compile_model(str(path), "CPU", {
+                "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+                "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())})
+        self.input_name = self.compiled.inputs[0].any_name
+        self._free: list[Any] = []
+        self._lock = threading.Lock()
+
+    def __del__(self):
+        if sys.is_finalizing():  # the interpreter is going: no signal will be handled
+            return
+        # The compiled model (and its requests, which hold it) go here, inside the bracket.
+        with _AltStack():
+            self._free = []
+            self.compiled = None
+
+    def run(self, _names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self._lock:
+            request = self._free.pop() if self._free else self.compiled.create_infer_request()
+        try:
+            # copy: the request reuses its output buffer on its next call
+            return [request.infer({0: feeds[self.input_name]})[0].copy()]
+        finally:
+            with self._lock:
+                self._free.append(request)
+
+
+def _session(path: Path, threads: int | None, engine: str):
+    if engine == "openvino":
+        import importlib.util
+
+        if importlib.util.find_spec("openvino") is None:
+            raise ModelError("runtime openvino needs the openvino package (pip install openvino)")
+        return OpenVinoSession(path, threads)
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), session_options(threads),
+                                providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(DISABLED_OPTIMIZERS))
+
+
 class OnnxNetwork(torch.nn.Module):
-    """An ONNX Runtime session that stands in for a torch module (eval only, CPU).
+    """An exported graph that stands in for a torch module (eval only, CPU), run by ONNX
+    Runtime or, with ``engine="openvino"``, by OpenVINO.
 
     It takes and returns torch tensors, has ``eval()``/``to()`` and one empty parameter, so
     code that asks ``next(net.parameters()).device`` keeps working.
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None,
-                 max_batch: int = MAX_BATCH):
-        import onnxruntime as ort
+                 max_batch: int = MAX_BATCH, engine: str = "onnxruntime"):
         import torch
 
         super().__init__()
         self.path = Path(path)
         self.max_batch = max_batch
+        self.engine = engine
         try:
-            self.session = ort.InferenceSession(str(self.path), session_options(threads),
-                                                providers=["CPUExecutionProvider"],
-                                                disabled_optimizers=list(DISABLED_OPTIMIZERS))
-        except Exception as exc:  # onnxruntime raises its own exception types
+            self.session = _session(self.path, threads, engine)
+        except ModelError:
+            raise
+        except Exception as exc:  # each engine raises its own exception types
             raise ModelError(f"not a runnable ONNX file ({type(exc).__name__})", path) from None
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_name = (self.session.input_name if engine == "openvino"
+                           else self.session.get_inputs()[0].name)
         self.anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
 
     def forward(self, x):
@@ -267,9 +380,11 @@ def choose_runtime(model, runtime: str = "auto") -> str:
     probability difference <= 0.02), CovidCTNet's BCDU-Net's (the same on scans, and the
     infection maps alike inside the lungs, see covidct.quantize.denoiser_parity).
     ``train-bit``/``train-covidctnet`` make and check that graph when they finish,
-    ``covidct export --int8`` does it for any model file. "onnx-int8" runs the int8 graph
-    whatever its check said (warned if it failed); a CovidCTNet without one runs float32
-    (warned)."""
+    ``covidct export --int8`` does it for any model file. That int8 graph runs on OpenVINO
+    ("openvino-int8") where covidct.devices.int8_engine says it is the faster engine and the
+    check passed on OpenVINO too (the check runs on each installed engine), else on ONNX
+    Runtime ("onnx-int8"). "onnx-int8"/"openvino-int8" run the int8 graph whatever its
+    check said (warned if it failed); a CovidCTNet without one runs float32 (warned)."""
     if runtime not in RUNTIME_CHOICES:
         raise ModelError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIME_CHOICES)}")
     if runtime == "auto":
@@ -277,20 +392,25 @@ def choose_runtime(model, runtime: str = "auto") -> str:
 
         if importlib.util.find_spec("onnxruntime") is None:
             return "torch"
-        if (model.int8_auto and _cached_int8(model, require_pass=True)
-                and (not model.int8_needs_fast_cpu or int8_is_fast())):
-            return "onnx-int8"
+        if not model.int8_auto or (model.int8_needs_fast_cpu and not int8_is_fast()):
+            return "onnx"
+        from .devices import int8_engine
+
+        engines = ["openvino", "onnxruntime"] if int8_engine() == "openvino" else ["onnxruntime"]
+        for engine in engines:
+            if _cached_int8(model, require_pass=True, engine=engine):
+                return "openvino-int8" if engine == "openvino" else "onnx-int8"
         return "onnx"
-    if runtime == "onnx-int8" and not model.int8_role:
-        return "onnx"
-    if (runtime == "onnx-int8" and model.int8_role == "denoiser"
+    if is_int8(runtime) and not model.int8_role:
+        return float_runtime(runtime)
+    if (is_int8(runtime) and model.int8_role == "denoiser"
             and not _cached_int8(model, require_pass=False)):
         # CovidCTNet's int8 BCDU-Net needs its training cohort; where nobody made one, float32
         # (as before it existed), so `--method all --runtime onnx-int8` still runs the int8
         # slice classifier.
         log.warning("%s: no int8 graph for this model file (covidct export MODEL --int8 "
                     "--calibration DATA makes one); running float32", model.method)
-        return "onnx"
+        return float_runtime(runtime)
     return runtime
 
 
@@ -300,52 +420,57 @@ def to_runtime(model, runtime: str = "onnx", threads: int | None = None,
     "auto": see :func:`choose_runtime`).
 
     ``onnx_path``: an exported classifier graph to use (its denoiser graph next to it, the
-    int8 graph of the model's ``int8_role`` too for "onnx-int8"); otherwise the model is
+    int8 graph of the model's ``int8_role`` too for an int8 runtime); otherwise the model is
     exported into the ONNX cache (once per model file; a model not loaded from a file is
     exported to a temporary folder).
     """
     runtime = choose_runtime(model, runtime)
     if runtime == "torch":
         return model
-    role = model.int8_role
+    role, engine = model.int8_role, ENGINES[runtime]
     if onnx_path is not None:
         paths = output_paths(model, onnx_path)
-        if runtime == "onnx-int8":
+        if is_int8(runtime):
             paths[role] = int8_path(paths[role])
         missing = [p for p in paths.values() if not p.is_file()]
         if missing:
             raise ModelError("exported ONNX graph not found (run covidct export first)", missing[0])
     else:
         paths = _cached_export(model)
-        if runtime == "onnx-int8":
+        if is_int8(runtime):
             paths[role] = _cached_int8(model, require_pass=False) or _no_int8(model)
-    if runtime == "onnx-int8":
-        if not passed_check(model, read_parity(paths[role])):
+    if is_int8(runtime):
+        if not passed_check(model, read_parity(paths[role]), engine):
             log.warning("the int8 graph %s did not pass (or has no) parity check against "
-                        "float32; its calls may differ", paths[role].name)
-    model.use_networks({role: OnnxNetwork(paths[role], threads) for role in roles(model)}, runtime)
+                        "float32 on %s; its calls may differ", paths[role].name, engine)
+    model.use_networks({role: OnnxNetwork(paths[role], threads, engine=engine)
+                        for role in roles(model)}, runtime)
     return model
 
 
-def _cached_int8(model, require_pass: bool) -> Path | None:
+def _cached_int8(model, require_pass: bool, engine: str = "onnxruntime") -> Path | None:
     """The int8 graph `covidct export --int8` cached for this model file (None if there is
-    none, or, with ``require_pass``, if its parity check failed)."""
+    none, or, with ``require_pass``, if its parity check on ``engine`` failed or never ran)."""
     sha = _model_sha(model)
     if sha is None or not model.int8_role:
         return None
     path = int8_path(output_paths(model, _cache_path(model, sha))[model.int8_role])
     if not path.is_file():
         return None
-    if require_pass and not passed_check(model, read_parity(path)):
+    if require_pass and not passed_check(model, read_parity(path), engine):
         return None
     return path
 
 
-def passed_check(model, record: dict[str, Any] | None) -> bool:
-    """Whether a stored parity record lets ``--runtime auto`` run the int8 graph: it passed,
-    and for CovidCTNet's BCDU-Net it was judged by the rule that checks the maps too (a
-    record of the calls-only rule never qualifies: re-run ``covidct export --int8``)."""
-    if not (record or {}).get("passed"):
+def passed_check(model, record: dict[str, Any] | None, engine: str = "onnxruntime") -> bool:
+    """Whether a stored parity record lets ``--runtime auto`` run the int8 graph on
+    ``engine``: it passed there (ONNX Runtime's result is the record itself, OpenVINO's its
+    ``"openvino"`` entry, present where OpenVINO was installed when the check ran), and for
+    CovidCTNet's BCDU-Net it was judged by the rule that checks the maps too (a record of
+    the calls-only rule never qualifies: re-run ``covidct export --int8``)."""
+    record = record or {}
+    judged = record if engine == "onnxruntime" else record.get(engine) or {}
+    if not judged.get("passed"):
         return False
     return model.int8_role != "denoiser" or record.get("rule_version") == DENOISER_RULE_VERSION
 

@@ -50,7 +50,7 @@ class Model(Protocol):
     #: ``{"name", "sha256"}`` (first 16 hex digits) of the model file it was loaded from;
     #: empty for a model that was never saved. Keys the ONNX cache.
     file: dict[str, Any]
-    #: Where its networks run: ``"torch"``, ``"onnx"`` or ``"onnx-int8"`` (covidct.export).
+    #: Where its networks run: ``"torch"`` or one of covidct.export.ENGINES's runtimes.
     runtime: str
     #: Name of its explanation pictures: the evaluation gallery's folder and the web viewer's
     #: overlay (``"gradcam"`` for the slice classifier, ``"infection"`` for CovidCTNet).

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_path, write_json
+from .devices import int8_engine
 from .errors import ModelError
 from .scan import evenly_spaced
 from .int8_files import (DENOISER_RULE_VERSION, int8_path, parity_path,  # noqa: F401
@@ -138,9 +139,20 @@ def _first_and_last_products(graph_path: Path, ops: tuple[str, ...] = QUANTIZED_
     return sorted({nodes[0], nodes[-1]}) if nodes else []
 
 
+def check_engines() -> tuple[str, ...]:
+    """The engines an int8 graph is checked on: ONNX Runtime, and OpenVINO where installed
+    (the same graph gives slightly different numbers on each; auto trusts an engine only
+    with its own check, covidct.export.passed_check)."""
+    import importlib.util
+
+    return ("onnxruntime",) + (("openvino",) if importlib.util.find_spec("openvino") else ())
+
+
 def parity(float_path: str | os.PathLike, int8: str | os.PathLike, inputs: np.ndarray,
            threads: int | None = None) -> dict[str, Any]:
-    """int8 vs float32 on ``inputs``: share of the same call, median and max probability gap."""
+    """int8 vs float32 (ONNX Runtime) on ``inputs``: share of the same call, median and max
+    probability gap, with the int8 graph on ONNX Runtime; the same under ``"openvino"`` with
+    it on OpenVINO (:func:`check_engines`)."""
     import torch
 
     # lazy: imports torch, which this module does not need on import
@@ -148,15 +160,21 @@ def parity(float_path: str | os.PathLike, int8: str | os.PathLike, inputs: np.nd
 
     x = torch.from_numpy(inputs)
     reference = torch.softmax(OnnxNetwork(float_path, threads)(x), 1).numpy()
-    quantized = torch.softmax(OnnxNetwork(int8, threads)(x), 1).numpy()
+    checks = {}
+    for engine in check_engines():
+        quantized = torch.softmax(OnnxNetwork(int8, threads, engine=engine)(x), 1).numpy()
+        checks[engine] = _call_agreement(reference, quantized)
+    return {"slices": int(len(inputs)), **checks.pop("onnxruntime"), **checks,
+            "rule": f"same call on >= {MIN_AGREEMENT:.0%} of held-out training slices and "
+                    f"median probability difference <= {MAX_MEDIAN_DIFF}"}
+
+
+def _call_agreement(reference: np.ndarray, quantized: np.ndarray) -> dict[str, Any]:
     gap = np.abs(reference - quantized).max(1)
     agreement = float(np.mean(reference.argmax(1) == quantized.argmax(1)))
     median = float(np.median(gap))
-    return {"slices": int(len(inputs)), "same_call": agreement, "median_prob_diff": median,
-            "max_prob_diff": float(gap.max()),
-            "passed": agreement >= MIN_AGREEMENT and median <= MAX_MEDIAN_DIFF,
-            "rule": f"same call on >= {MIN_AGREEMENT:.0%} of held-out training slices and "
-                    f"median probability difference <= {MAX_MEDIAN_DIFF}"}
+    return {"same_call": agreement, "median_prob_diff": median, "max_prob_diff": float(gap.max()),
+            "passed": agreement >= MIN_AGREEMENT and median <= MAX_MEDIAN_DIFF}
 
 
 def export_int8(model, float_path: str | os.PathLike, inputs: np.ndarray,
@@ -251,14 +269,27 @@ def check_line(check: dict[str, Any]) -> str:
         return f"int8: not made ({check['skipped']}); --runtime auto runs float32"
     held_out = (f"{check['scans']} held-out training scans" if "scans" in check
                 else f"{check['slices']} held-out training slices")
+    figures = _check_figures(check)
+    openvino = check.get("openvino")
+    if openvino:
+        figures += (f"; on OpenVINO: {_check_figures(openvino)} "
+                    f"({'passed' if openvino['passed'] else 'FAILED'})")
+    # What auto will run here (covidct.export.choose_runtime): OpenVINO's int8 where it is
+    # this CPU's int8 engine and passed there, else ONNX Runtime's where that passed.
+    on_openvino = bool(openvino and openvino["passed"]) and int8_engine() == "openvino"
+    verdict = ("passed: --runtime auto runs int8 on "
+               + ("OpenVINO" if on_openvino else "ONNX Runtime")
+               if on_openvino or check["passed"] else "FAILED: --runtime auto runs float32")
+    return f"int8 check on {held_out}: {figures} -> {verdict}"
+
+
+def _check_figures(check: dict[str, Any]) -> str:
     figures = (f"same call {check['same_call']:.1%}, median probability difference "
                f"{check['median_prob_diff']:.4f}")
     if "map_lung_correlation_min" in check:
         figures += (f", map correlation in the lungs >= {check['map_lung_correlation_min']:.3f}, "
                     f"99th pct |difference| <= {check['map_lung_p99_rel_max']:.2f} SD")
-    verdict = ("passed: --runtime auto runs int8" if check["passed"]
-               else "FAILED: --runtime auto runs float32")
-    return f"int8 check on {held_out}: {figures} -> {verdict}"
+    return figures
 
 
 # CovidCTNet's BCDU-Net ---------------------------------------------------------------------
@@ -310,46 +341,60 @@ def denoiser_parity(model, float_path: str | os.PathLike, int8: str | os.PathLik
     Passed when the calls agree (:data:`MIN_AGREEMENT`, :data:`MAX_MEDIAN_DIFF`) and, on
     every scan, the two maps inside its lungs correlate at least :data:`MIN_MAP_CORRELATION`
     with a 99th-percentile difference of at most :data:`MAX_MAP_P99` of the float map's
-    standard deviation there (:func:`map_agreement`)."""
+    standard deviation there (:func:`map_agreement`). The int8 denoiser runs on ONNX Runtime
+    for the record itself and on OpenVINO for its ``"openvino"`` entry (:func:`check_engines`);
+    the float32 reference on ONNX Runtime."""
     # lazy: imports torch, which this module does not need on import
     from .covidctnet.infection_maps import infection_map, with_volume
     from .export import OnnxNetwork
 
-    networks = (OnnxNetwork(float_path, threads), OnnxNetwork(int8, threads))
-    probabilities, maps, per_scan = ([], []), ([], []), []
+    networks = {"float32": OnnxNetwork(float_path, threads),
+                **{engine: OnnxNetwork(int8, threads, engine=engine) for engine in check_engines()}}
+    probabilities = {name: [] for name in networks}
+    maps = {name: [] for name in networks}
+    lung_masks = []
     for path in scans:
         volume, _ = model.volume_for_file(path)
         lungs = model._lungs_for_file(path, model._file_content(path))
-        for net, probs, found in zip(networks, probabilities, maps):
+        lung_masks.append(lungs)
+        for name, net in networks.items():
             array = infection_map(volume, net, model.settings)
-            found.append(array)
-            probs.append(model.classify(model.reads(with_volume(array, volume, model.settings),
-                                                    lungs)[None])[0])
-        per_scan.append(map_agreement(maps[0][-1], maps[1][-1], lungs))
-    reference, quantized = (np.stack(p) for p in probabilities)
-    gap = np.abs(reference - quantized).max(1)
-    same = float(np.mean(reference.argmax(1) == quantized.argmax(1)))
-    difference = np.abs(np.concatenate(maps[0]) - np.concatenate(maps[1]))
-    spread = float(np.concatenate(maps[0]).std()) or 1.0
-    median = float(np.median(gap))
-    calls_passed = same >= MIN_AGREEMENT and median <= MAX_MEDIAN_DIFF
-    correlation = min(s["correlation"] for s in per_scan)
-    p99 = max(s["p99_rel"] for s in per_scan)
-    map_passed = correlation >= MIN_MAP_CORRELATION and p99 <= MAX_MAP_P99
-    return {"scans": len(scans), "same_call": same, "median_prob_diff": median,
-            "max_prob_diff": float(gap.max()),
-            "map_max_abs_diff": float(difference.max()),
-            "map_p99_abs_diff": float(np.quantile(difference, 0.99)),
-            "map_mean_abs_diff": float(difference.mean()), "map_std": spread,
-            "map_lung_correlation_min": correlation, "map_lung_p99_rel_max": p99,
-            "map_lung_scans": int(sum(s["in_lungs"] for s in per_scan)),
-            "calls_passed": calls_passed, "map_passed": map_passed,
-            "passed": calls_passed and map_passed, "rule_version": DENOISER_RULE_VERSION,
+            maps[name].append(array)
+            probabilities[name].append(model.classify(
+                model.reads(with_volume(array, volume, model.settings), lungs)[None])[0])
+    judged = {engine: _denoiser_agreement(probabilities["float32"], maps["float32"],
+                                          probabilities[engine], maps[engine], lung_masks)
+              for engine in networks if engine != "float32"}
+    return {"scans": len(scans), **judged.pop("onnxruntime"), **judged,
+            "rule_version": DENOISER_RULE_VERSION,
             "rule": f"same scan call on >= {MIN_AGREEMENT:.0%} of held-out training scans, "
                     f"median probability difference <= {MAX_MEDIAN_DIFF}, and on every scan "
                     f"the maps inside the lungs correlate >= {MIN_MAP_CORRELATION} with a 99th "
                     f"percentile |difference| <= {MAX_MAP_P99} of the float map's standard "
                     "deviation there"}
+
+
+def _denoiser_agreement(reference_probs, reference_maps, probs, maps, lung_masks
+                        ) -> dict[str, Any]:
+    """The calls and maps of one int8 denoiser against the float32 ones, scan by scan."""
+    per_scan = [map_agreement(a, b, lungs)
+                for a, b, lungs in zip(reference_maps, maps, lung_masks)]
+    calls = _call_agreement(np.stack(reference_probs), np.stack(probs))
+    reference, quantized = np.concatenate(reference_maps), np.concatenate(maps)
+    difference = np.abs(reference - quantized)
+    correlation = min(s["correlation"] for s in per_scan)
+    p99 = max(s["p99_rel"] for s in per_scan)
+    map_passed = correlation >= MIN_MAP_CORRELATION and p99 <= MAX_MAP_P99
+    return {"same_call": calls["same_call"], "median_prob_diff": calls["median_prob_diff"],
+            "max_prob_diff": calls["max_prob_diff"],
+            "map_max_abs_diff": float(difference.max()),
+            "map_p99_abs_diff": float(np.quantile(difference, 0.99)),
+            "map_mean_abs_diff": float(difference.mean()),
+            "map_std": float(reference.std()) or 1.0,
+            "map_lung_correlation_min": correlation, "map_lung_p99_rel_max": p99,
+            "map_lung_scans": int(sum(s["in_lungs"] for s in per_scan)),
+            "calls_passed": calls["passed"], "map_passed": map_passed,
+            "passed": calls["passed"] and map_passed}
 
 
 def map_agreement(reference: np.ndarray, quantized: np.ndarray,

@@ -8,14 +8,17 @@ from ..constants import DISCLAIMER, METHODS
 
 # Spelled out here (not imported from covidct.export, which imports torch) so that
 # `covidct --help` stays fast; tests/test_int8.py checks they match export.RUNTIME_CHOICES.
-RUNTIME_CHOICES = ("auto", "torch", "onnx", "onnx-int8")
+RUNTIME_CHOICES = ("auto", "torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 RUNTIME_HELP = ("auto (default): ONNX Runtime where installed (same answers as PyTorch, "
                 "faster on a CPU; each model is exported once and cached), with the slice "
                 "classifier and CovidCTNet's BCDU-Net on int8 where an int8 graph made for "
                 "this model file (by train-bit/train-covidctnet, the demo or covidct export "
                 "--int8) passed its check against float32 (calls; CovidCTNet's infection maps "
-                "too); torch: PyTorch; onnx: ONNX Runtime float32; onnx-int8: the int8 graph "
-                "whatever its check said (a CovidCTNet without one runs float32). "
+                "too), on OpenVINO where it is the faster engine (CPUs with AMX or AVX-512 "
+                "VNNI; $COVIDCT_INT8_ENGINE=onnxruntime|openvino overrides) and the check "
+                "passed there too; torch: PyTorch; onnx: ONNX Runtime float32; onnx-int8: "
+                "the int8 graph whatever its check said (a CovidCTNet without one runs "
+                "float32); openvino, openvino-int8: the same on OpenVINO. "
                 "Pictures (Grad-CAM) always use PyTorch")
 
 

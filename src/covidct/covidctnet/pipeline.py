@@ -180,9 +180,11 @@ class CovidCTNet:
         if self.denoiser is not None:
             # Infection-map cache keys name the denoiser's weights: keep the torch digest,
             # marked when an int8 denoiser (other maps from the same weights) takes over.
-            self._denoiser_digest = self._weights_key().removesuffix(":int8")
-            if runtime == "onnx-int8" and "denoiser" in swapped:
-                self._denoiser_digest += ":int8"
+            # OpenVINO's int8 maps differ slightly from ONNX Runtime's: a key of their own.
+            self._denoiser_digest = self._weights_key().partition(":int8")[0]
+            if runtime.endswith("-int8") and "denoiser" in swapped:
+                self._denoiser_digest += (":int8" if runtime == "onnx-int8"
+                                          else ":int8-" + runtime.removesuffix("-int8"))
         self.classifier = swapped["classifier"]
         if "denoiser" in swapped:
             self.denoiser = swapped["denoiser"]
