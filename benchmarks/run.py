@@ -152,7 +152,16 @@ def int8_denoiser_lines(q: dict[str, Any] | None) -> list[str]:
         f"(CPU {q['int8_vs_float32_cpu']:.2f}x) | | |",
         f"| 4 | CovidCTNet per scan in memory, ONNX Runtime, int8 BCDU-Net | "
         f"{q['predict_s']['float32']:.1f} s (float32 BCDU-Net) | {q['predict_s']['int8']:.1f} s | "
-        f"{q['predict_int8_vs_float32']:.2f}x | | (the default where its check passed) |"]
+        f"{q['predict_int8_vs_float32']:.2f}x | | (the default where its check passed) |",
+        *([f"| 4 | BCDU-Net on OpenVINO, {n} slices, the same int8 graph (`--runtime "
+           f"openvino-int8`, auto on AMX/AVX-512 VNNI CPUs where checked) | "
+           f"{q['denoise_s']['float32']:.2f} s (float32, ONNX Runtime) | "
+           f"{q['denoise_s']['openvino-int8']:.2f} s (CPU {q['denoise_cpu_s']['openvino-int8']:.2f} s) | "
+           f"{q['openvino_int8_vs_float32']:.2f}x (CPU {q['openvino_int8_vs_float32_cpu']:.2f}x) | | |",
+           f"| 4 | CovidCTNet per scan in memory, OpenVINO int8 BCDU-Net | "
+           f"{q['predict_s']['float32']:.1f} s (float32 BCDU-Net, ONNX Runtime) | "
+           f"{q['predict_s']['openvino-int8']:.1f} s | {q['predict_openvino_int8_vs_float32']:.2f}x | | |"]
+          if "openvino-int8" in q["denoise_s"] else [])]
 
 
 def _predict_memory_subprocess(n_slices: int, matrix: int, threads: int,
@@ -361,7 +370,9 @@ def table(result: dict[str, Any]) -> str:
             ratio = inf["int8_vs_float32_onnx"]
             cpu = inf.get("int8_vs_float32_onnx_cpu")
             cpu_text = f" (CPU seconds per slice: {cpu:.2f}x)" if cpu else ""
-            add("inference", f"| 1 | int8 vs float32, ONNX Runtime, best variant of each | float32 | int8 | "
+            engines = "ONNX Runtime and OpenVINO" if "float32_best" in inf else "ONNX Runtime"
+            add("inference", f"| 1 | int8 vs float32, {engines}, best variant of each | float32 "
+                f"({inf.get('float32_best', 'ONNX Runtime')}) | int8 ({inf.get('int8_best', 'ONNX Runtime')}) | "
                 f"{ratio:.2f}x{cpu_text} | | {_goal(ratio >= 2, '>= 2x')} (answers: tests/test_int8.py) |")
     if "patient" in result:
         p = result["patient"]

@@ -6,6 +6,7 @@ Every scan here is a SYNTHETIC phantom.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
 from pathlib import Path
@@ -52,6 +53,13 @@ def inference(sizes: Sizes, threads: int, peak: float, workdir: Path) -> dict[st
     # thread, no longer leave the other core idle.
     side_by_side = {name: _SideBySide(path, threads) for name, path in
                     (("float32", onnx_path), ("int8", int8_graph))}
+    # The same two graphs on OpenVINO (covidct.export.OpenVinoSession), where installed.
+    openvino = importlib.util.find_spec("openvino") is not None
+    if openvino:
+        on_ov = {name: OnnxNetwork(path, threads, max_batch=0, engine="openvino")
+                 for name, path in (("float32", onnx_path), ("int8", int8_graph))}
+        ov_side = {name: _SideBySide(path, threads, engine="openvino") for name, path in
+                   (("float32", onnx_path), ("int8", int8_graph))}
     inputs = {n: torch.randn(n, 3, crop, crop) for n in (1, batch)}
     channels_last = {n: x.contiguous(memory_format=torch.channels_last) for n, x in inputs.items()}
 
@@ -79,6 +87,15 @@ def inference(sizes: Sizes, threads: int, peak: float, workdir: Path) -> dict[st
         (f"{INT8_VARIANT}, {threads} slices at once, 1 thread each, batch {batch}", batch,
          lambda: side_by_side["int8"](inputs[batch])),
     ]
+    if openvino:
+        variants += [
+            (OV_FLOAT_VARIANT + ", batch 1", 1, lambda: on_ov["float32"](inputs[1])),
+            (f"{OV_FLOAT_VARIANT}, {threads} slices at once, 1 thread each, batch {batch}",
+             batch, lambda: ov_side["float32"](inputs[batch])),
+            (OV_INT8_VARIANT + ", batch 1", 1, lambda: on_ov["int8"](inputs[1])),
+            (f"{OV_INT8_VARIANT}, {threads} slices at once, 1 thread each, batch {batch}",
+             batch, lambda: ov_side["int8"](inputs[batch])),
+        ]
     from .common import matmul_peak_gflops
 
     rows = []
@@ -103,28 +120,31 @@ def inference(sizes: Sizes, threads: int, peak: float, workdir: Path) -> dict[st
     for row in rows:
         row["speedup"] = row["slices_per_s"] / baseline
     best = max(rows, key=lambda r: r["slices_per_s"])
-    floats = [r for r in rows if r["variant"].startswith("ONNX Runtime,")]
-    int8s = [r for r in rows if r["variant"].startswith(INT8_VARIANT)]
+    floats = [r for r in rows if r["variant"].startswith(("ONNX Runtime,", OV_FLOAT_VARIANT))]
+    int8s = [r for r in rows if r["variant"].startswith((INT8_VARIANT, OV_INT8_VARIANT))]
     float_best = max(r["slices_per_s"] for r in floats)
     int8_best = max(r["slices_per_s"] for r in int8s)
     return {"arch": sizes.arch, "crop": crop, "gflops_per_slice": flops / 1e9,
             "onnx_export_s": export_s, "variants": rows, "fastest": best["variant"],
             "onnx_path": str(onnx_path), "onnx_batch_1_rate": rows[4]["slices_per_s"],
             "int8_vs_float32_onnx": int8_best / float_best,
+            "int8_best": max(int8s, key=lambda r: r["slices_per_s"])["variant"],
+            "float32_best": max(floats, key=lambda r: r["slices_per_s"])["variant"],
             "int8_vs_float32_onnx_cpu": (min(r["cpu_s_per_slice"] for r in floats)
                                          / min(r["cpu_s_per_slice"] for r in int8s))}
 
 
 class _SideBySide:
     """A batch as single slices run side by side on ``threads`` one-thread calls of one
-    ONNX Runtime session (its run() may be called from several threads at once)."""
+    session (ONNX Runtime's run() may be called from several threads at once; OpenVINO's
+    session keeps an infer request per thread)."""
 
-    def __init__(self, path: Path, threads: int):
+    def __init__(self, path: Path, threads: int, engine: str = "onnxruntime"):
         from concurrent.futures import ThreadPoolExecutor
 
         from covidct.export import OnnxNetwork
 
-        self.network = OnnxNetwork(path, 1)
+        self.network = OnnxNetwork(path, 1, engine=engine)
         self.pool = ThreadPoolExecutor(max(1, threads))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,6 +152,8 @@ class _SideBySide:
 
 
 INT8_VARIANT = "ONNX Runtime int8 (static, calibrated)"
+OV_FLOAT_VARIANT = "OpenVINO float32 (the same graph)"
+OV_INT8_VARIANT = "OpenVINO int8 (the same int8 graph)"
 
 
 def _int8_graph(onnx_path: Path, sizes: Sizes) -> Path:

@@ -14,6 +14,7 @@ with the process's peak memory. Networks have random weights: timing does not de
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import resource
 import time
@@ -274,6 +275,8 @@ def int8_denoiser(n_slices: int = 300, size: int = 512, threads: int = 2, settin
     quantize_s = time.perf_counter() - start
     int8_net = OnnxNetwork(int8, threads)
     nets = {"float32": float_net, "int8": int8_net}
+    if importlib.util.find_spec("openvino") is not None:  # the same int8 graph on OpenVINO
+        nets["openvino-int8"] = OnnxNetwork(int8, threads, engine="openvino")
     for net in nets.values():
         denoise(chosen[:2], net)
     # CPU seconds too: on a shared machine they move far less with the load than wall time.
@@ -296,7 +299,11 @@ def int8_denoiser(n_slices: int = 300, size: int = 512, threads: int = 2, settin
             "quantize_s": quantize_s, "denoise_s": best, "denoise_cpu_s": cpu,
             "int8_vs_float32": best["float32"] / best["int8"],
             "int8_vs_float32_cpu": cpu["float32"] / cpu["int8"], "predict_s": predict,
-            "predict_int8_vs_float32": predict["float32"] / predict["int8"]}
+            "predict_int8_vs_float32": predict["float32"] / predict["int8"],
+            **({"openvino_int8_vs_float32": best["float32"] / best["openvino-int8"],
+                "openvino_int8_vs_float32_cpu": cpu["float32"] / cpu["openvino-int8"],
+                "predict_openvino_int8_vs_float32": predict["float32"] / predict["openvino-int8"]}
+               if "openvino-int8" in nets else {})}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,15 @@ def test_tiny_benchmarks_produce_every_row(tmp_path, monkeypatch):
     assert result["training_cpu"]["images_per_s"] > 0 and "training_cuda" not in result
     assert patient["baseline_every_slice_eager_s"] > 0  # run, not estimated
     assert result["inference"]["int8_vs_float32_onnx"] > 0
+    # OpenVINO runs the same two graphs, and counts in the best-of-each int8/float32 ratio.
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is not None:
+        names = [v["variant"] for v in variants]
+        assert sum(n.startswith("OpenVINO") for n in names) == 4, names
+        assert result["inference"]["int8_best"] in names
+        assert volumes["int8_denoiser"]["openvino_int8_vs_float32"] > 0
+        assert "BCDU-Net on OpenVINO" in md.read_text()
     # The default-runtime row's model file had its int8 check run; auto followed it, and this
     # CPU's int8 speed (covidct.devices.int8_is_fast), which the row records.
     check = volumes["default_runtime"]["int8_check"]
