@@ -148,10 +148,15 @@ def checked_model_files(sizes: Sizes, threads: int, work: Path) -> dict[str, Any
 
 
 def int8_verdicts(checked: dict[str, Any]) -> str:
-    """'bit passed, covidctnet passed' (or failed/skipped): what auto will run."""
+    """'bit passed (on OpenVINO failed), covidctnet passed (...)' (or skipped): what auto
+    will run, by engine."""
     def verdict(check: dict[str, Any]) -> str:
         return "skipped" if "skipped" in check else ("passed" if check.get("passed") else "failed")
-    return ", ".join(f"{m} {verdict(c)}" for m, c in checked["checks"].items())
+
+    def verdicts(check: dict[str, Any]) -> str:
+        on_openvino = check.get("openvino")
+        return verdict(check) + (f" (on OpenVINO {verdict(on_openvino)})" if on_openvino else "")
+    return ", ".join(f"{m} {verdicts(c)}" for m, c in checked["checks"].items())
 
 
 def dicom_series(sizes: Sizes, work: Path) -> Path:
