@@ -200,6 +200,8 @@ def test_openvino_runs_the_same_graphs_with_a_check_of_its_own(trained, env, tmp
     probs = {r: np.array(list(s["results"]["bit"]["probabilities"].values()))
              for r, s in summaries.items()}
     assert np.abs(probs["openvino"] - probs["onnx"]).max() < 1e-3
+    # What OpenVINO compiled is kept beside the ONNX cache, for the next cold process.
+    assert any((Path(env["COVIDCT_CACHE"]) / "openvino").glob("*.blob"))
     assert np.abs(probs["openvino-int8"] - probs["onnx"]).max() <= MAX_DIFF
 
 

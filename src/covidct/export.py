@@ -259,10 +259,13 @@ class OpenVinoSession:
 
         import openvino as ov
 
+        # OpenVINO keeps what it compiled in the cache folder (keyed by the graph and these
+        # settings): a cold process then loads a model in about 0.1 s instead of 0.4-0.7 s.
         with _AltStack():
             self.compiled = ov.Core().compile_model(str(path), "CPU", {
                 "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
-                "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())})
+                "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
+                "CACHE_DIR": str(openvino_cache())})
         self.input_name = self.compiled.inputs[0].any_name
         self._free: list[Any] = []
         self._lock = threading.Lock()
@@ -343,6 +346,11 @@ def cache_root() -> Path:
     if env and env.strip().lower() not in ("off", "none", "0", "false", "no"):
         return Path(env).expanduser() / "onnx"
     return _CACHE_DEFAULT.expanduser()
+
+
+def openvino_cache() -> Path:
+    """Where OpenVINO keeps compiled graphs: beside the ONNX cache (``openvino``)."""
+    return cache_root().with_name("openvino")
 
 
 def _model_sha(model) -> str | None:
