@@ -554,12 +554,15 @@ def test_train3d_help_explains_the_options(run_cli):
 
 
 def test_cache_folder_holds_only_hashed_array_entries(volumes_env):
-    # onnx/: the graphs train-covidctnet's int8 step exported, named by the model file's digest
+    # onnx/: the graphs train-covidctnet's int8 step exported, named by the model file's digest;
+    # openvino/: what OpenVINO compiled of them (its check), named by OpenVINO's hash of the graph
     files = [p for p in Path(volumes_env).rglob("*") if p.is_file()]
-    names = [p.name for p in files if p.parent.name != "onnx"]
+    names = [p.name for p in files if p.parent.name not in ("onnx", "openvino")]
     graphs = [p.name for p in files if p.parent.name == "onnx"]
+    compiled = [p.name for p in files if p.parent.name == "openvino"]
     assert names and all(n.endswith(".npz") and "-" in n for n in names)
     assert all(n.startswith("covidctnet-") for n in graphs)
+    assert all(n.removesuffix(".blob").isdigit() for n in compiled), compiled
     assert not any("Covid" in n or "Control" in n for n in names + graphs)
     assert os.environ["COVIDCT_CACHE"] == str(volumes_env)
 

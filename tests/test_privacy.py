@@ -128,11 +128,14 @@ def test_no_identifier_in_anything_written_or_printed(tmp_path, models, run_cli)
     leaks += [leak for root in (out, home, tmp_path / "tmp") for leak in _leaks_under(root, tmp_path)]
     assert leaks == []
     # No patient-derived data cached outside --out (the default runtime keeps the models' own
-    # ONNX graphs, named by the model file's digest, under the cache's onnx/ folder), and no
-    # unpacked copy left in the temporary folder.
+    # ONNX graphs, named by the model file's digest, under the cache's onnx/ folder, and what
+    # OpenVINO compiled of them, named by its hash, under openvino/), and no unpacked copy left
+    # in the temporary folder.
     cache = home / ".cache" / "covidct"
     cached = [p.relative_to(cache) for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
-    assert all(p.parts[0] == "onnx" and p.name.startswith(("bit-", "covidctnet-")) for p in cached), cached
+    assert all((p.parts[0] == "onnx" and p.name.startswith(("bit-", "covidctnet-")))
+               or (p.parts[0] == "openvino" and p.name.removesuffix(".blob").isdigit())
+               for p in cached), cached
     assert list((tmp_path / "tmp").glob("covidct*")) == []
     # Derived patient data are private: files 0600, new folders 0700.
     for path in (out / "predict").rglob("*"):
