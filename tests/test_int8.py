@@ -34,6 +34,16 @@ def cli(env, *args, timeout=300):
     return proc.returncode, proc.stdout, proc.stderr
 
 
+def export_int8(env, model_path, covidx, folder):
+    """`covidct export MODEL --int8` on the training split, as a user runs it: (graph, stdout)."""
+    out = folder / "bit.onnx"
+    rc, stdout, stderr = cli(env, "export", model_path, "--out", out, "--int8",
+                             "--calibration", covidx / "train_COVIDx_CT-2A.txt",
+                             "--images", covidx / "images")
+    assert rc == 0, stderr
+    return out, stdout
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny BiT trained briefly on a SYNTHETIC cohort split by patient (half train, half
@@ -73,11 +83,7 @@ CLEAR_MARGIN = 0.2
 def test_int8_export_matches_float32_on_synthetic_test_slices(trained, env, tmp_path):
     root, model_path = trained
     covidx = root / "covidx"
-    out = tmp_path / "bit.onnx"
-    rc, stdout, stderr = cli(env, "export", model_path, "--out", out, "--int8",
-                             "--calibration", covidx / "train_COVIDx_CT-2A.txt",
-                             "--images", covidx / "images")
-    assert rc == 0, stderr
+    out, stdout = export_int8(env, model_path, covidx, tmp_path)
     int8 = quantize.int8_path(out)
     assert int8.is_file() and "int8 check" in stdout
     recorded = quantize.read_parity(int8)
@@ -150,11 +156,7 @@ def test_openvino_runs_the_same_graphs_with_a_check_of_its_own(trained, env, tmp
     pytest.importorskip("openvino")
     root, model_path = trained
     covidx = root / "covidx"
-    out = tmp_path / "bit.onnx"
-    rc, stdout, stderr = cli(env, "export", model_path, "--out", out, "--int8",
-                             "--calibration", covidx / "train_COVIDx_CT-2A.txt",
-                             "--images", covidx / "images")
-    assert rc == 0, stderr
+    out, stdout = export_int8(env, model_path, covidx, tmp_path)
     int8 = quantize.int8_path(out)
     recorded = quantize.read_parity(int8)
     on_ov = recorded["openvino"]
