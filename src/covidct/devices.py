@@ -100,3 +100,9 @@ def int8_engine(cpuinfo: str | None = None) -> str:
         return "onnxruntime"
     flags = cpu_flags(cpuinfo)
     return "openvino" if flags and flags & OPENVINO_FAST_FLAGS else "onnxruntime"
+
+
+def int8_engine_order() -> tuple[str, ...]:
+    """The engines whose passed int8 check ``--runtime auto`` follows, first choice first:
+    :func:`int8_engine`'s, then ONNX Runtime's (covidct.export.choose_runtime)."""
+    return ("openvino", "onnxruntime") if int8_engine() == "openvino" else ("onnxruntime",)

@@ -48,6 +48,8 @@ RUNTIME_CHOICES = ("auto", *RUNTIMES)
 #: ONNX files (the int8 one too: ONNX Runtime's static quantization, read by OpenVINO as is).
 ENGINES = {"onnx": "onnxruntime", "onnx-int8": "onnxruntime",
            "openvino": "openvino", "openvino-int8": "openvino"}
+#: engine -> the runtime that runs its int8 graph
+INT8_RUNTIMES = {engine: runtime for runtime, engine in ENGINES.items() if runtime.endswith("-int8")}
 #: ONNX Runtime 1.31's "Pad_Fusion" folds BiT's zero Pad before the stem's MaxPool into the
 #: MaxPool's own padding, which pads with -inf: 5e-4 off on the logits of a tiny model
 #: (the stem convolution's output is not rectified, so the pad value matters). Disabled.
@@ -402,13 +404,12 @@ def choose_runtime(model, runtime: str = "auto") -> str:
             return "torch"
         if not model.int8_auto or (model.int8_needs_fast_cpu and not int8_is_fast()):
             return "onnx"
-        from .devices import int8_engine
+        from .devices import int8_engine_order
 
-        engines = ["openvino", "onnxruntime"] if int8_engine() == "openvino" else ["onnxruntime"]
-        for engine in engines:
-            if _cached_int8(model, require_pass=True, engine=engine):
-                return "openvino-int8" if engine == "openvino" else "onnx-int8"
-        return "onnx"
+        cached = _cached_int8(model, require_pass=False)
+        record = read_parity(cached) if cached else None
+        return next((INT8_RUNTIMES[engine] for engine in int8_engine_order()
+                     if passed_check(model, record, engine)), "onnx")
     if is_int8(runtime) and not model.int8_role:
         return float_runtime(runtime)
     if (is_int8(runtime) and model.int8_role == "denoiser"
@@ -456,16 +457,16 @@ def to_runtime(model, runtime: str = "onnx", threads: int | None = None,
     return model
 
 
-def _cached_int8(model, require_pass: bool, engine: str = "onnxruntime") -> Path | None:
+def _cached_int8(model, require_pass: bool) -> Path | None:
     """The int8 graph `covidct export --int8` cached for this model file (None if there is
-    none, or, with ``require_pass``, if its parity check on ``engine`` failed or never ran)."""
+    none, or, with ``require_pass``, if its parity check on ONNX Runtime failed)."""
     sha = _model_sha(model)
     if sha is None or not model.int8_role:
         return None
     path = int8_path(output_paths(model, _cache_path(model, sha))[model.int8_role])
     if not path.is_file():
         return None
-    if require_pass and not passed_check(model, read_parity(path), engine):
+    if require_pass and not passed_check(model, read_parity(path)):
         return None
     return path
 

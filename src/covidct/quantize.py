@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_path, write_json
-from .devices import int8_engine
+from .devices import int8_engine_order
 from .errors import ModelError
 from .scan import evenly_spaced
 from .int8_files import (DENOISER_RULE_VERSION, int8_path, parity_path,  # noqa: F401
@@ -79,6 +79,8 @@ MAX_MAP_P99 = 0.75
 #: judged instead.
 MIN_LUNG_VOXELS = 100
 PARITY_KEY = "covidct_int8_parity"
+#: How the one-line check names each engine.
+ENGINE_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 
 
 def training_inputs(model, split_file: str | os.PathLike, image_dir: str | os.PathLike,
@@ -274,12 +276,11 @@ def check_line(check: dict[str, Any]) -> str:
     if openvino:
         figures += (f"; on OpenVINO: {_check_figures(openvino)} "
                     f"({'passed' if openvino['passed'] else 'FAILED'})")
-    # What auto will run here (covidct.export.choose_runtime): OpenVINO's int8 where it is
-    # this CPU's int8 engine and passed there, else ONNX Runtime's where that passed.
-    on_openvino = bool(openvino and openvino["passed"]) and int8_engine() == "openvino"
-    verdict = ("passed: --runtime auto runs int8 on "
-               + ("OpenVINO" if on_openvino else "ONNX Runtime")
-               if on_openvino or check["passed"] else "FAILED: --runtime auto runs float32")
+    # What auto will run here: the first engine in its order whose check passed.
+    passed = {"onnxruntime": check["passed"], "openvino": bool((openvino or {}).get("passed"))}
+    engine = next((e for e in int8_engine_order() if passed[e]), None)
+    verdict = (f"passed: --runtime auto runs int8 on {ENGINE_NAMES[engine]}" if engine
+               else "FAILED: --runtime auto runs float32")
     return f"int8 check on {held_out}: {figures} -> {verdict}"
 
 
